@@ -1,0 +1,8 @@
+//! Collectives: the pure ring schedule, the reduce kernels and the ring runner.
+
+mod buffers;
+mod reduce;
+pub(crate) mod ring;
+mod schedule;
+
+pub use buffers::{Element, InPlaceBuffer, OwnedBuffers, ReduceBuffers, SliceBuffers};

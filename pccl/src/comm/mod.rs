@@ -1,0 +1,399 @@
+//! The communicator: a peer's handle on the run (DESIGN §3, §5).
+
+pub(crate) mod control;
+pub(crate) mod ops;
+pub(crate) mod p2p;
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Duration;
+
+use tokio::io::AsyncWriteExt;
+use tokio::runtime::Runtime;
+use tokio::sync::{mpsc, oneshot, watch};
+
+use crate::collectives::Element;
+use crate::collectives::{InPlaceBuffer, ReduceBuffers, SliceBuffers, ring};
+use crate::config::CommunicatorConfig;
+use crate::error::{Error, Result};
+use crate::net;
+use crate::types::{Attribute, PeerId, ReduceDescriptor, ReduceInfo, ReduceOp, Topology};
+use crate::wire::{ConnectionKind, FailReason, Hello, ToMaster, VoteKind};
+use control::{Cmd, VoteAnswer};
+use ops::{OpKey, Registry};
+use p2p::P2p;
+
+/// What the tasks of a connected communicator share.
+#[derive(Debug)]
+pub(crate) struct Shared {
+    pub(crate) me: PeerId,
+    pub(crate) config: CommunicatorConfig,
+    pub(crate) registry: Arc<Registry>,
+    pub(crate) p2p: P2p,
+    cmds: mpsc::UnboundedSender<Cmd>,
+}
+
+impl Shared {
+    pub(crate) fn control_op_done(&self, key: OpKey, failure: Option<FailReason>) {
+        let _ = self.cmds.send(Cmd::OpDone(key, failure));
+    }
+}
+
+#[derive(Debug)]
+struct Connected {
+    rt: Runtime,
+    shared: Arc<Shared>,
+    stop: watch::Sender<bool>,
+}
+
+/// A peer's handle on a run. `Send + Sync`: calls may come from several threads, but joint
+/// calls (`update_topology`, `are_peers_pending`) are made one at a time per communicator.
+///
+/// Blocking calls must not be made from inside an async runtime.
+#[derive(Debug)]
+pub struct Communicator {
+    config: CommunicatorConfig,
+    me: PeerId,
+    connected: OnceLock<Connected>,
+    connecting: Mutex<bool>,
+    async_in_flight: Arc<AtomicUsize>,
+}
+
+impl Communicator {
+    /// A communicator with these settings; no I/O happens until [`connect`](Self::connect).
+    pub fn new(config: CommunicatorConfig) -> Result<Self> {
+        config.validate()?;
+        Ok(Self {
+            config,
+            me: PeerId::random(),
+            connected: OnceLock::new(),
+            connecting: Mutex::new(false),
+            async_in_flight: Arc::new(AtomicUsize::new(0)),
+        })
+    }
+
+    /// This peer's identity.
+    pub fn id(&self) -> PeerId {
+        self.me
+    }
+
+    /// Connects to the master and returns once this peer is accepted into the run (the
+    /// accepted peers admit it at their next `update_topology`).
+    pub fn connect(&self) -> Result<()> {
+        no_runtime_here()?;
+        let mut connecting = self.connecting.lock().unwrap_or_else(|e| e.into_inner());
+        if *connecting || self.connected.get().is_some() {
+            return Err(Error::InvalidUsage("connect was already called".into()));
+        }
+        *connecting = true;
+        drop(connecting);
+        let result = self.connect_inner();
+        if result.is_err() {
+            *self.connecting.lock().unwrap_or_else(|e| e.into_inner()) = false;
+        }
+        result
+    }
+
+    fn connect_inner(&self) -> Result<()> {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(self.config.worker_threads)
+            .thread_name("pccl-comm")
+            .enable_all()
+            .build()
+            .map_err(|e| Error::Internal(format!("cannot start the runtime: {e}")))?;
+        let config = self.config.clone();
+        let me = self.me;
+        let (cmd_tx, cmd_rx) = mpsc::unbounded_channel();
+        let shared = Arc::new(Shared {
+            me,
+            registry: Arc::new(Registry::new(config.peer_group, config.max_buffered_bytes)),
+            p2p: P2p::new(me, config.pool_size),
+            config: config.clone(),
+            cmds: cmd_tx,
+        });
+        let (stop, stop_rx) = watch::channel(false);
+        let accepted = rt.block_on(async {
+            let scan = if config.p2p_port == 0 { 0 } else { 1000 };
+            let listener = p2p::bind(config.bind_ip, config.p2p_port, scan)?;
+            let port = listener
+                .local_addr()
+                .map_err(|e| Error::Internal(e.to_string()))?
+                .port();
+            tokio::spawn(p2p::accept_loop(
+                listener,
+                me,
+                shared.registry.clone(),
+                stop_rx.clone(),
+            ));
+            let mut stream = dial_master(&config, me).await?;
+            let register = ToMaster::Register {
+                group: config.peer_group,
+                p2p_port: port,
+                advertise_ip: config.advertise_ip,
+            };
+            net::write_control(&mut stream, |b| register.encode(b))
+                .await
+                .map_err(|e| Error::MasterConnectionFailed(e.to_string()))?;
+            let (acc_tx, acc_rx) = oneshot::channel();
+            tokio::spawn(control::run(
+                stream,
+                shared.clone(),
+                cmd_rx,
+                Some(acc_tx),
+                stop_rx,
+            ));
+            tracing::info!(peer = %me, port, "registered with the master, waiting to be accepted");
+            acc_rx
+                .await
+                .unwrap_or_else(|_| Err(Error::Internal("control task ended".into())))
+        });
+        if let Err(e) = accepted {
+            let _ = stop.send(true);
+            rt.shutdown_timeout(Duration::from_secs(1));
+            return Err(e);
+        }
+        tracing::info!(peer = %me, "accepted into the run");
+        let _ = self.connected.set(Connected { rt, shared, stop });
+        Ok(())
+    }
+
+    fn connected(&self) -> Result<&Connected> {
+        let c = self
+            .connected
+            .get()
+            .ok_or_else(|| Error::InvalidUsage("the communicator is not connected".into()))?;
+        if let Some(e) = c.shared.registry.failure() {
+            return Err(e);
+        }
+        Ok(c)
+    }
+
+    /// The topology this peer currently runs on.
+    pub fn topology(&self) -> Result<Arc<Topology>> {
+        Ok(self.connected()?.shared.registry.topology())
+    }
+
+    /// Reads a world-size attribute.
+    pub fn attribute(&self, attr: Attribute) -> Result<usize> {
+        Ok(self.topology()?.attribute(attr, self.config.peer_group))
+    }
+
+    /// Joint call: whether peers wait to be accepted. Every accepted peer must call it; all
+    /// get the same answer. May run while async ops are in flight.
+    pub fn are_peers_pending(&self) -> Result<bool> {
+        match self.vote(VoteKind::ArePeersPending)? {
+            VoteAnswer::PeersPending(p) => Ok(p),
+            VoteAnswer::TopologyUpdated => Err(Error::Internal("mismatched vote answer".into())),
+        }
+    }
+
+    /// Joint call: admits every waiting peer. Every accepted peer must call it.
+    /// `UpdateTopologyFailed` is retryable.
+    pub fn update_topology(&self) -> Result<()> {
+        if self.async_in_flight.load(Ordering::SeqCst) > 0 {
+            return Err(Error::PendingAsyncOps);
+        }
+        match self.vote(VoteKind::UpdateTopology)? {
+            VoteAnswer::TopologyUpdated => Ok(()),
+            VoteAnswer::PeersPending(_) => Err(Error::Internal("mismatched vote answer".into())),
+        }
+    }
+
+    fn vote(&self, kind: VoteKind) -> Result<VoteAnswer> {
+        no_runtime_here()?;
+        let c = self.connected()?;
+        let (tx, rx) = oneshot::channel();
+        c.shared
+            .cmds
+            .send(Cmd::Vote(kind, tx))
+            .map_err(|_| Error::MasterConnectionFailed("control task ended".into()))?;
+        c.rt.block_on(rx)
+            .unwrap_or_else(|_| Err(Error::MasterConnectionFailed("control task ended".into())))
+    }
+
+    /// Blocking all-reduce of `send` into `recv` (distinct slices of equal length).
+    pub fn all_reduce<T: Element>(
+        &self,
+        send: &[T],
+        recv: &mut [T],
+        op: ReduceOp,
+        tag: u64,
+    ) -> Result<ReduceInfo> {
+        let desc = ReduceDescriptor::new(send.len(), T::DTYPE, op).with_tag(tag);
+        let bufs = SliceBuffers::new(bytemuck::cast_slice(send), bytemuck::cast_slice_mut(recv))
+            .ok_or(Error::InvalidArgument(
+                "send and receive buffers differ in length",
+            ))?;
+        self.all_reduce_with(bufs, desc)
+    }
+
+    /// Blocking all-reduce of `buf` in place. On failure `buf` is left untouched.
+    pub fn all_reduce_in_place<T: Element>(
+        &self,
+        buf: &mut [T],
+        op: ReduceOp,
+        tag: u64,
+    ) -> Result<ReduceInfo> {
+        let desc = ReduceDescriptor::new(buf.len(), T::DTYPE, op).with_tag(tag);
+        self.all_reduce_with(InPlaceBuffer::new(bytemuck::cast_slice_mut(buf)), desc)
+    }
+
+    /// Blocking all-reduce over any buffers.
+    pub fn all_reduce_with<B: ReduceBuffers>(
+        &self,
+        mut bufs: B,
+        desc: ReduceDescriptor,
+    ) -> Result<ReduceInfo> {
+        no_runtime_here()?;
+        check_desc(&bufs, &desc)?;
+        let c = self.connected()?;
+        let started = ring::start(&c.shared, &desc)?;
+        c.rt.block_on(ring::run(started, &mut bufs, desc))
+    }
+
+    /// Starts an all-reduce and returns at once; the handle's `wait` gives the buffers back.
+    pub fn all_reduce_async<B: ReduceBuffers + 'static>(
+        &self,
+        mut bufs: B,
+        desc: ReduceDescriptor,
+    ) -> Result<AsyncReduce<B>> {
+        check_desc(&bufs, &desc)?;
+        let c = self.connected()?;
+        let started = ring::start(&c.shared, &desc)?;
+        self.async_in_flight.fetch_add(1, Ordering::SeqCst);
+        let join = c.rt.spawn(async move {
+            let r = ring::run(started, &mut bufs, desc).await;
+            (bufs, r)
+        });
+        Ok(AsyncReduce {
+            join: Some(join),
+            rt: c.rt.handle().clone(),
+            in_flight: self.async_in_flight.clone(),
+            tag: desc.tag,
+        })
+    }
+
+    /// Runs every op, at most `max_in_flight` at once, retrying each failed one until all
+    /// succeed or fewer than two peers remain. Returns the summed transfer figures.
+    pub fn all_reduce_multiple_with_retry<B: ReduceBuffers>(
+        &self,
+        ops: &mut [(B, ReduceDescriptor)],
+        max_in_flight: usize,
+    ) -> Result<ReduceInfo> {
+        no_runtime_here()?;
+        if max_in_flight == 0 {
+            return Err(Error::InvalidArgument("max_in_flight must be at least 1"));
+        }
+        for (b, d) in ops.iter() {
+            check_desc(b, d)?;
+        }
+        let c = self.connected()?;
+        c.rt.block_on(multiple::run(&c.shared, ops, max_in_flight))
+    }
+}
+
+mod multiple;
+
+impl Drop for Communicator {
+    fn drop(&mut self) {
+        if let Some(c) = self.connected.take() {
+            let _ = c.stop.send(true);
+            c.shared
+                .registry
+                .fail_all(Error::InvalidUsage("the communicator is closed".into()));
+            c.rt.shutdown_timeout(Duration::from_secs(2));
+        }
+    }
+}
+
+/// An all-reduce running in the background. Dropping it without `wait` lets the op finish
+/// on its own (other peers are not left waiting) but discards the result.
+#[derive(Debug)]
+#[must_use = "an async all-reduce's result is only known through wait()"]
+pub struct AsyncReduce<B> {
+    join: Option<tokio::task::JoinHandle<(B, Result<ReduceInfo>)>>,
+    rt: tokio::runtime::Handle,
+    in_flight: Arc<AtomicUsize>,
+    tag: u64,
+}
+
+impl<B> AsyncReduce<B> {
+    /// The op's tag.
+    pub fn tag(&self) -> u64 {
+        self.tag
+    }
+
+    /// Blocks until the op has its verdict; gives the buffers back with the outcome.
+    pub fn wait(mut self) -> (B, Result<ReduceInfo>)
+    where
+        B: Send + 'static,
+    {
+        let join = self.join.take().expect("wait consumes the handle");
+        let out = self.rt.block_on(join);
+        self.in_flight.fetch_sub(1, Ordering::SeqCst);
+        match out {
+            Ok(r) => r,
+            Err(e) => panic!("all-reduce task failed: {e}"),
+        }
+    }
+}
+
+impl<B> Drop for AsyncReduce<B> {
+    fn drop(&mut self) {
+        if self.join.take().is_some() {
+            self.in_flight.fetch_sub(1, Ordering::SeqCst);
+        }
+    }
+}
+
+fn check_desc<B: ReduceBuffers>(bufs: &B, desc: &ReduceDescriptor) -> Result<()> {
+    if desc.count == 0 {
+        return Err(Error::InvalidArgument("count must be at least 1"));
+    }
+    if desc.count.checked_mul(desc.dtype.size()) != Some(bufs.send().len()) {
+        return Err(Error::InvalidArgument(
+            "buffer length does not match count times the element size",
+        ));
+    }
+    Ok(())
+}
+
+/// Blocking calls drive their own runtime; inside another one that would panic.
+fn no_runtime_here() -> Result<()> {
+    if tokio::runtime::Handle::try_current().is_ok() {
+        return Err(Error::InvalidUsage(
+            "blocking pccl calls cannot be made from inside an async runtime".into(),
+        ));
+    }
+    Ok(())
+}
+
+async fn dial_master(config: &CommunicatorConfig, me: PeerId) -> Result<tokio::net::TcpStream> {
+    let mut last = String::new();
+    for attempt in 0..config.connect_attempts.max(1) {
+        if attempt > 0 {
+            tokio::time::sleep(control::backoff(attempt)).await;
+        }
+        let mut stream = match net::connect(config.master, Duration::from_secs(5)).await {
+            Ok(s) => s,
+            Err(e) => {
+                last = e.to_string();
+                continue;
+            }
+        };
+        let hello = Hello {
+            kind: ConnectionKind::Control,
+            peer: me,
+        };
+        match net::handshake(&mut stream, hello, Duration::from_secs(5)).await {
+            Ok(h) if h.kind == ConnectionKind::Control => return Ok(stream),
+            Ok(_) => last = "the master answered with the wrong connection kind".into(),
+            Err(e) => last = e.to_string(),
+        }
+        let _ = stream.shutdown().await;
+    }
+    Err(Error::MasterConnectionFailed(format!(
+        "cannot reach the master at {}: {last}",
+        config.master
+    )))
+}

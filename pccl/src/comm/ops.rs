@@ -1,0 +1,307 @@
+//! The registry of in-flight ops: routes data frames to the op they belong to, buffers
+//! frames of ops that have not started here yet, and aborts ops when the group's
+//! membership changes.
+//!
+//! An op is named by (tag, epoch, seq): the epoch of the group membership its ring was
+//! computed from, and how many verdicts this tag has had in that epoch. All members of a
+//! group see the same verdicts in the same order, so they agree on seq without talking.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use bytes::BytesMut;
+use tokio::sync::{Notify, mpsc};
+
+use crate::error::Error;
+use crate::types::{PeerId, Topology};
+use crate::wire::{DataHeader, FailReason};
+
+/// Identity of one op seq.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub(crate) struct OpKey {
+    pub(crate) tag: u64,
+    pub(crate) epoch: u64,
+    pub(crate) seq: u32,
+}
+
+/// What an op's task receives.
+#[derive(Debug)]
+pub(crate) enum OpEvent {
+    /// A data frame from the ring predecessor; `crc_ok` false: the payload was corrupted.
+    Frame {
+        header: DataHeader,
+        payload: BytesMut,
+        crc_ok: bool,
+    },
+    /// The master's verdict on this op.
+    Verdict(Option<FailReason>),
+    /// The op cannot finish (membership changed, master lost).
+    Abort(Error),
+}
+
+#[derive(Debug)]
+struct Slot {
+    key: OpKey,
+    prev: PeerId,
+    frames_open: bool,
+    tx: mpsc::UnboundedSender<OpEvent>,
+}
+
+#[derive(Debug)]
+struct Buffered {
+    header: DataHeader,
+    payload: BytesMut,
+    from: PeerId,
+    crc_ok: bool,
+}
+
+#[derive(Debug)]
+struct Inner {
+    group: u32,
+    topology: Arc<Topology>,
+    epoch: u64,
+    seq: HashMap<u64, u32>,
+    slots: HashMap<u64, Slot>,
+    buffered: Vec<Buffered>,
+    buffered_bytes: usize,
+    /// Set once the master is lost or the communicator closes; every op fails with it.
+    failed: Option<Error>,
+}
+
+/// Shared between the control task, the p2p readers and the op tasks.
+#[derive(Debug)]
+pub(crate) struct Registry {
+    inner: Mutex<Inner>,
+    /// Signalled when buffered bytes drop, so blocked readers retry.
+    space: Notify,
+    max_buffered: usize,
+}
+
+impl Registry {
+    pub(crate) fn new(group: u32, max_buffered: usize) -> Self {
+        Self {
+            inner: Mutex::new(Inner {
+                group,
+                topology: Arc::new(Topology::default()),
+                epoch: 0,
+                seq: HashMap::new(),
+                slots: HashMap::new(),
+                buffered: Vec::new(),
+                buffered_bytes: 0,
+                failed: None,
+            }),
+            space: Notify::new(),
+            max_buffered,
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub(crate) fn topology(&self) -> Arc<Topology> {
+        self.lock().topology.clone()
+    }
+
+    /// Installs a committed topology. If our group's membership changed, every op of the
+    /// old membership is aborted and its buffered frames dropped.
+    pub(crate) fn set_topology(&self, topology: Topology) {
+        let mut g = self.lock();
+        let epoch = topology.group_epoch(g.group).unwrap_or(0);
+        g.topology = Arc::new(topology);
+        if epoch == g.epoch {
+            return;
+        }
+        g.epoch = epoch;
+        g.seq.clear();
+        for (_, slot) in g.slots.drain() {
+            let _ = slot.tx.send(OpEvent::Abort(Error::RankConnectionLost {
+                tag: slot.key.tag,
+                reason: "the group's membership changed".into(),
+            }));
+        }
+        g.purge(|h| h.epoch >= epoch);
+        drop(g);
+        self.space.notify_waiters();
+    }
+
+    /// Fails every op now and later with `err` (master lost, communicator closing).
+    pub(crate) fn fail_all(&self, err: Error) {
+        let mut g = self.lock();
+        for (_, slot) in g.slots.drain() {
+            let _ = slot.tx.send(OpEvent::Abort(err.clone()));
+        }
+        g.failed = Some(err);
+        g.purge(|_| false);
+        drop(g);
+        self.space.notify_waiters();
+    }
+
+    pub(crate) fn failure(&self) -> Option<Error> {
+        self.lock().failed.clone()
+    }
+
+    /// Starts op `tag`: returns its key, the topology it runs on and its event stream,
+    /// already holding any frames that arrived early.
+    pub(crate) fn start(
+        &self,
+        tag: u64,
+        prev: impl FnOnce(&Topology) -> Option<PeerId>,
+    ) -> Result<(OpKey, Arc<Topology>, mpsc::UnboundedReceiver<OpEvent>), Error> {
+        let mut g = self.lock();
+        if let Some(e) = &g.failed {
+            return Err(e.clone());
+        }
+        if g.slots.contains_key(&tag) {
+            return Err(Error::InvalidUsage(format!(
+                "tag {tag} is already in flight"
+            )));
+        }
+        let key = OpKey {
+            tag,
+            epoch: g.epoch,
+            seq: g.seq.get(&tag).copied().unwrap_or(0),
+        };
+        let topology = g.topology.clone();
+        let prev = prev(&topology).unwrap_or_default();
+        let (tx, rx) = mpsc::unbounded_channel();
+        let mut kept = Vec::with_capacity(g.buffered.len());
+        let mut freed = 0;
+        for b in std::mem::take(&mut g.buffered) {
+            if key_of(&b.header) == key && b.from == prev {
+                freed += b.payload.len();
+                let _ = tx.send(OpEvent::Frame {
+                    header: b.header,
+                    payload: b.payload,
+                    crc_ok: b.crc_ok,
+                });
+            } else {
+                kept.push(b);
+            }
+        }
+        g.buffered = kept;
+        g.buffered_bytes -= freed;
+        g.slots.insert(
+            tag,
+            Slot {
+                key,
+                prev,
+                frames_open: true,
+                tx,
+            },
+        );
+        drop(g);
+        if freed > 0 {
+            self.space.notify_waiters();
+        }
+        Ok((key, topology, rx))
+    }
+
+    /// The op has every frame it expects: later frames with its key belong to the next
+    /// op of the tag and are buffered for it.
+    pub(crate) fn close_frames(&self, key: OpKey) {
+        if let Some(s) = self.lock().slots.get_mut(&key.tag) {
+            if s.key == key {
+                s.frames_open = false;
+            }
+        }
+    }
+
+    /// Removes the op's slot (it finished or gave up).
+    pub(crate) fn finish(&self, key: OpKey) {
+        let mut g = self.lock();
+        if g.slots.get(&key.tag).is_some_and(|s| s.key == key) {
+            g.slots.remove(&key.tag);
+        }
+    }
+
+    /// The master decided op (tag, epoch, seq). The next op of the tag uses seq + 1.
+    pub(crate) fn verdict(&self, key: OpKey, failure: Option<FailReason>) {
+        let mut g = self.lock();
+        if key.epoch != g.epoch {
+            return;
+        }
+        let next = g.seq.entry(key.tag).or_insert(0);
+        *next = (*next).max(key.seq + 1);
+        let next = *next;
+        if let Some(s) = g.slots.get(&key.tag) {
+            if s.key == key {
+                let _ = s.tx.send(OpEvent::Verdict(failure));
+            }
+        }
+        let (tag, epoch) = (key.tag, key.epoch);
+        g.purge(|h| !(h.tag == tag && h.epoch == epoch && h.seq < next));
+        drop(g);
+        self.space.notify_waiters();
+    }
+
+    /// Routes one frame from `from`, waiting while the early-frame buffer is full.
+    pub(crate) async fn deliver(
+        &self,
+        header: DataHeader,
+        payload: BytesMut,
+        from: PeerId,
+        crc_ok: bool,
+    ) {
+        let mut payload = Some(payload);
+        loop {
+            let notified = self.space.notified();
+            {
+                let mut g = self.lock();
+                let key = key_of(&header);
+                let stale = key.epoch < g.epoch
+                    || (key.epoch == g.epoch
+                        && key.seq < g.seq.get(&key.tag).copied().unwrap_or(0))
+                    || g.failed.is_some();
+                if stale {
+                    return;
+                }
+                if let Some(s) = g.slots.get(&key.tag) {
+                    if s.key == key && s.frames_open {
+                        if s.prev != from {
+                            tracing::warn!(%from, expected = %s.prev, "frame from a peer that is not our ring predecessor");
+                            return;
+                        }
+                        let _ = s.tx.send(OpEvent::Frame {
+                            header,
+                            payload: payload.take().expect("set"),
+                            crc_ok,
+                        });
+                        return;
+                    }
+                }
+                let len = header.len as usize;
+                if g.buffered_bytes == 0 || g.buffered_bytes + len <= self.max_buffered {
+                    g.buffered_bytes += len;
+                    g.buffered.push(Buffered {
+                        header,
+                        payload: payload.take().expect("set"),
+                        from,
+                        crc_ok,
+                    });
+                    return;
+                }
+            }
+            // Backpressure: stop reading this connection until an op drains the buffer.
+            let _ = tokio::time::timeout(std::time::Duration::from_millis(100), notified).await;
+        }
+    }
+}
+
+impl Inner {
+    /// Keeps buffered frames for which `keep` holds.
+    fn purge(&mut self, keep: impl Fn(&DataHeader) -> bool) {
+        let before = self.buffered_bytes;
+        self.buffered.retain(|b| keep(&b.header));
+        self.buffered_bytes = self.buffered.iter().map(|b| b.payload.len()).sum();
+        debug_assert!(self.buffered_bytes <= before);
+    }
+}
+
+fn key_of(h: &DataHeader) -> OpKey {
+    OpKey {
+        tag: h.tag,
+        epoch: h.epoch,
+        seq: h.seq,
+    }
+}

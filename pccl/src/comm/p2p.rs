@@ -1,0 +1,306 @@
+//! Peer-to-peer data connections. Each peer dials `pool_size` connections to its ring
+//! successor and reads frames from the connections its predecessor dialled, so every
+//! connection carries data one way and nobody races to dial.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{mpsc, watch};
+use tracing::Instrument;
+
+use super::ops::Registry;
+use crate::error::Error;
+use crate::net::{self, ConnectionError};
+use crate::types::{PeerEntry, PeerId};
+use crate::wire::{ConnectionKind, DATA_HEADER_LEN, DataHeader, Hello};
+
+/// How long a p2p dial or handshake may take.
+const DIAL_TIMEOUT: Duration = Duration::from_secs(5);
+/// Frames queued per connection before the op waits for the socket.
+const WRITE_QUEUE: usize = 16;
+
+/// One frame to send.
+#[derive(Debug)]
+pub(crate) struct OutFrame {
+    pub(crate) header: DataHeader,
+    pub(crate) payload: Bytes,
+}
+
+/// The connections to one successor.
+#[derive(Debug)]
+pub(crate) struct Pool {
+    writers: Vec<mpsc::Sender<OutFrame>>,
+    /// Turned true when any connection fails, or to close them all.
+    closed: watch::Sender<bool>,
+}
+
+impl Pool {
+    pub(crate) fn is_closed(&self) -> bool {
+        *self.closed.borrow()
+    }
+
+    pub(crate) fn size(&self) -> usize {
+        self.writers.len()
+    }
+
+    /// Waits for room on connection `index % size`; fails if that connection is gone.
+    pub(crate) async fn reserve(
+        &self,
+        index: usize,
+    ) -> Result<mpsc::Permit<'_, OutFrame>, mpsc::error::SendError<()>> {
+        self.writers[index % self.writers.len()].reserve().await
+    }
+
+    pub(crate) fn close(&self) {
+        let _ = self.closed.send(true);
+    }
+}
+
+/// The p2p side of a communicator.
+#[derive(Debug)]
+pub(crate) struct P2p {
+    me: PeerId,
+    pool_size: usize,
+    pools: Mutex<HashMap<PeerId, Arc<Pool>>>,
+    /// Serialises dials so two ops never open two pools to one peer.
+    dialing: tokio::sync::Mutex<()>,
+}
+
+impl P2p {
+    pub(crate) fn new(me: PeerId, pool_size: usize) -> Self {
+        Self {
+            me,
+            pool_size: pool_size.max(1),
+            pools: Mutex::new(HashMap::new()),
+            dialing: tokio::sync::Mutex::new(()),
+        }
+    }
+
+    /// The open pool to `peer`, dialling it first if there is none.
+    pub(crate) async fn pool(&self, peer: &PeerEntry) -> Result<Arc<Pool>, Error> {
+        if let Some(p) = self.existing(peer.id) {
+            return Ok(p);
+        }
+        let _guard = self.dialing.lock().await;
+        if let Some(p) = self.existing(peer.id) {
+            return Ok(p);
+        }
+        let pool = Arc::new(
+            self.dial(peer)
+                .await
+                .map_err(|e| Error::RankConnectionFailed {
+                    peer: peer.id,
+                    reason: e.to_string(),
+                })?,
+        );
+        self.pools
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(peer.id, pool.clone());
+        Ok(pool)
+    }
+
+    fn existing(&self, peer: PeerId) -> Option<Arc<Pool>> {
+        let pools = self.pools.lock().unwrap_or_else(|e| e.into_inner());
+        pools.get(&peer).filter(|p| !p.is_closed()).cloned()
+    }
+
+    /// Closes pools to peers no longer in `keep`.
+    pub(crate) fn retain(&self, keep: impl Fn(PeerId) -> bool) {
+        self.pools
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .retain(|id, pool| {
+                let k = keep(*id) && !pool.is_closed();
+                if !k {
+                    pool.close();
+                }
+                k
+            });
+    }
+
+    async fn dial(&self, peer: &PeerEntry) -> Result<Pool, ConnectionError> {
+        let mut streams = Vec::with_capacity(self.pool_size);
+        let dials = (0..self.pool_size).map(|_| dial_one(peer.p2p_addr, self.me, peer.id));
+        for s in futures_join_all(dials).await {
+            streams.push(s?);
+        }
+        let (closed, _) = watch::channel(false);
+        let mut writers = Vec::with_capacity(streams.len());
+        for stream in streams {
+            let (tx, rx) = mpsc::channel(WRITE_QUEUE);
+            let span = tracing::debug_span!("p2p-writer", to = %peer.id);
+            tokio::spawn(write_loop(stream, rx, closed.clone()).instrument(span));
+            writers.push(tx);
+        }
+        tracing::debug!(to = %peer.id, n = writers.len(), "p2p pool open");
+        Ok(Pool { writers, closed })
+    }
+}
+
+/// Runs dials concurrently (a tiny join_all, to avoid a dependency for one call).
+async fn futures_join_all<F: Future>(futs: impl Iterator<Item = F>) -> Vec<F::Output>
+where
+    F: Send + 'static,
+    F::Output: Send + 'static,
+{
+    let handles: Vec<_> = futs.map(tokio::spawn).collect();
+    let mut out = Vec::with_capacity(handles.len());
+    for h in handles {
+        out.push(h.await.expect("dial task never panics"));
+    }
+    out
+}
+
+async fn dial_one(
+    addr: SocketAddr,
+    me: PeerId,
+    expect: PeerId,
+) -> Result<TcpStream, ConnectionError> {
+    let mut stream = net::connect(addr, DIAL_TIMEOUT).await?;
+    let hello = Hello {
+        kind: ConnectionKind::P2p,
+        peer: me,
+    };
+    let theirs = net::handshake(&mut stream, hello, DIAL_TIMEOUT).await?;
+    if theirs.peer != expect || theirs.kind != ConnectionKind::P2p {
+        return Err(ConnectionError::Handshake(format!(
+            "{addr} answered as {} instead of {expect}",
+            theirs.peer
+        )));
+    }
+    Ok(stream)
+}
+
+async fn write_loop(
+    mut stream: TcpStream,
+    mut rx: mpsc::Receiver<OutFrame>,
+    closed: watch::Sender<bool>,
+) {
+    let mut closed_rx = closed.subscribe();
+    let mut head = Vec::with_capacity(DATA_HEADER_LEN);
+    loop {
+        let frame = tokio::select! {
+            f = rx.recv() => match f { Some(f) => f, None => break },
+            _ = net::stopped(&mut closed_rx) => break,
+        };
+        head.clear();
+        frame.header.encode(&mut head);
+        let write = async {
+            stream.write_all(&head).await?;
+            stream.write_all(&frame.payload).await
+        };
+        let res = tokio::select! {
+            r = write => r,
+            _ = net::stopped(&mut closed_rx) => break,
+        };
+        if let Err(e) = res {
+            tracing::debug!(error = %e, "p2p write failed");
+            break;
+        }
+    }
+    let _ = closed.send(true);
+}
+
+/// Binds the p2p listener: on `port` exactly, or scanning upward from it.
+pub(crate) fn bind(ip: IpAddr, port: u16, scan: u16) -> Result<TcpListener, Error> {
+    net::listen(ip, port, scan)
+        .map_err(|e| Error::InvalidUsage(format!("cannot bind a p2p listener on {ip}: {e}")))
+}
+
+/// Accepts p2p connections until `stop`; each is handshaken, then read by its own task.
+pub(crate) async fn accept_loop(
+    listener: TcpListener,
+    me: PeerId,
+    registry: Arc<Registry>,
+    mut stop: watch::Receiver<bool>,
+) {
+    loop {
+        let (stream, addr) = tokio::select! {
+            a = listener.accept() => match a {
+                Ok(a) => a,
+                Err(e) => {
+                    tracing::warn!(error = %e, "p2p accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            _ = net::stopped(&mut stop) => return,
+        };
+        let registry = registry.clone();
+        let stop = stop.clone();
+        let span = tracing::debug_span!("p2p-reader", %addr);
+        tokio::spawn(
+            async move {
+                if let Err(e) = serve_inbound(stream, me, registry, stop).await {
+                    tracing::warn!(error = %e, "p2p connection dropped");
+                }
+            }
+            .instrument(span),
+        );
+    }
+}
+
+async fn serve_inbound(
+    mut stream: TcpStream,
+    me: PeerId,
+    registry: Arc<Registry>,
+    mut stop: watch::Receiver<bool>,
+) -> Result<(), ConnectionError> {
+    net::socket::tune(&stream, net::USER_TIMEOUT)?;
+    let hello = net::accept_hello(&mut stream, DIAL_TIMEOUT).await?;
+    if hello.kind != ConnectionKind::P2p {
+        return Err(ConnectionError::Handshake(format!(
+            "unexpected connection kind {:?}",
+            hello.kind
+        )));
+    }
+    let ours = Hello {
+        kind: ConnectionKind::P2p,
+        peer: me,
+    };
+    stream.write_all(&ours.encode()).await?;
+    let from = hello.peer;
+    tokio::select! {
+        r = read_loop(&mut stream, from, &registry) => r,
+        _ = net::stopped(&mut stop) => Ok(()),
+    }
+}
+
+async fn read_loop(
+    stream: &mut TcpStream,
+    from: PeerId,
+    registry: &Registry,
+) -> Result<(), ConnectionError> {
+    let mut head = [0u8; DATA_HEADER_LEN];
+    loop {
+        match stream.read_exact(&mut head).await {
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(()),
+            Err(e) => return Err(e.into()),
+        }
+        let header = DataHeader::decode(&head)?;
+        let len = header.len as usize;
+        let mut payload = BytesMut::with_capacity(len);
+        while payload.len() < len {
+            let n = (&mut *stream)
+                .take((len - payload.len()) as u64)
+                .read_buf(&mut payload)
+                .await?;
+            if n == 0 {
+                return Err(ConnectionError::Closed);
+            }
+        }
+        let crc_ok = header.verify(&payload).is_ok();
+        if !crc_ok {
+            tracing::warn!(%from, tag = header.tag, "payload checksum mismatch");
+        }
+        registry.deliver(header, payload, from, crc_ok).await;
+    }
+}

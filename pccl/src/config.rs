@@ -1,0 +1,89 @@
+//! Communicator settings, checked by `validate` before anything starts.
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::time::Duration;
+
+use crate::error::{Error, Result};
+use crate::wire::MAX_SLICE_BYTES;
+
+/// Default master port (PCCL's `CCOIP_PROTOCOL_PORT_MASTER`).
+pub const DEFAULT_MASTER_PORT: u16 = 48148;
+/// First port a peer tries for its p2p listener.
+pub const DEFAULT_P2P_PORT: u16 = 48150;
+
+/// Settings of one communicator.
+#[derive(Clone, Debug)]
+pub struct CommunicatorConfig {
+    /// Where the master listens.
+    pub master: SocketAddr,
+    /// Collectives and shared-state syncs span one peer group.
+    pub peer_group: u32,
+    /// TCP connections to each ring neighbour; one op is striped over all of them.
+    pub pool_size: usize,
+    /// Address the p2p listener binds.
+    pub bind_ip: IpAddr,
+    /// First port tried for the p2p listener (0: any free port).
+    pub p2p_port: u16,
+    /// Address other peers should dial; `None`: the address the master sees us from.
+    pub advertise_ip: Option<IpAddr>,
+    /// How often we tell the master we are alive.
+    pub heartbeat_interval: Duration,
+    /// How long the master may stay silent before we give up on it.
+    pub master_timeout: Duration,
+    /// Largest pipeline slice in bytes. Must be the same on every peer of a run.
+    pub slice_bytes: usize,
+    /// Bytes of frames we hold for ops that have not started here yet.
+    pub max_buffered_bytes: usize,
+    /// Threads of the communicator's runtime.
+    pub worker_threads: usize,
+    /// How many times `connect` tries to reach the master.
+    pub connect_attempts: u32,
+}
+
+impl CommunicatorConfig {
+    /// Defaults for a communicator of `peer_group` talking to `master`.
+    pub fn new(master: SocketAddr) -> Self {
+        Self {
+            master,
+            peer_group: 0,
+            pool_size: 1,
+            bind_ip: IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+            p2p_port: DEFAULT_P2P_PORT,
+            advertise_ip: None,
+            heartbeat_interval: Duration::from_millis(500),
+            master_timeout: Duration::from_secs(5),
+            slice_bytes: 1 << 20,
+            max_buffered_bytes: 1 << 30,
+            worker_threads: 2,
+            connect_attempts: 5,
+        }
+    }
+
+    /// Rejects settings that cannot work.
+    pub fn validate(&self) -> Result<()> {
+        if self.pool_size == 0 || self.pool_size > 1024 {
+            return Err(Error::InvalidArgument(
+                "pool size must be between 1 and 1024",
+            ));
+        }
+        if self.slice_bytes < 8 || self.slice_bytes > MAX_SLICE_BYTES {
+            return Err(Error::InvalidArgument(
+                "slice size must be between 8 bytes and 64 MiB",
+            ));
+        }
+        if self.heartbeat_interval.is_zero() || self.master_timeout <= self.heartbeat_interval {
+            return Err(Error::InvalidArgument(
+                "the master timeout must exceed the heartbeat interval",
+            ));
+        }
+        if self.worker_threads == 0 {
+            return Err(Error::InvalidArgument(
+                "at least one worker thread is needed",
+            ));
+        }
+        if self.master.port() == 0 {
+            return Err(Error::InvalidArgument("the master address needs a port"));
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,189 @@
+//! The tokio driver around [`MasterState`] (CONVENTIONS C3): per-connection reader tasks
+//! decode frames into one inbox; a single owner task feeds the state machine and writes
+//! its outputs to per-connection writer queues. It only moves bytes.
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::time::Duration;
+
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{mpsc, watch};
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+use tracing::Instrument;
+
+use super::state::{ConnId, MasterState, Output};
+use crate::net::{self, ConnectionError};
+use crate::types::PeerId;
+use crate::wire::{ConnectionKind, FromMaster, Hello, ToMaster};
+
+/// How long a new connection may take to say hello.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
+
+enum Input {
+    Connected {
+        conn: ConnId,
+        peer: PeerId,
+        ip: IpAddr,
+        writer: mpsc::UnboundedSender<FromMaster>,
+    },
+    Message(ConnId, ToMaster),
+    Disconnected(ConnId, String),
+}
+
+/// Runs the master until `shutdown` turns true.
+pub(crate) async fn serve(
+    listener: TcpListener,
+    heartbeat_timeout: Duration,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let master_id = PeerId::random();
+    let (inbox_tx, mut inbox) = mpsc::unbounded_channel::<Input>();
+    let mut state = MasterState::new(heartbeat_timeout);
+    let mut writers: HashMap<ConnId, mpsc::UnboundedSender<FromMaster>> = HashMap::new();
+    let mut readers: HashMap<ConnId, JoinHandle<()>> = HashMap::new();
+    let mut next_conn: ConnId = 0;
+
+    loop {
+        let deadline = state
+            .poll_timeout()
+            .map(Instant::from_std)
+            .unwrap_or_else(|| Instant::now() + Duration::from_secs(3600));
+        tokio::select! {
+            _ = shutdown.changed() => break,
+            accepted = listener.accept() => {
+                let (stream, addr) = match accepted {
+                    Ok(a) => a,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "accept failed");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                };
+                next_conn += 1;
+                let conn = next_conn;
+                let span = tracing::info_span!("conn", conn, %addr);
+                let task = tokio::spawn(
+                    connection(conn, stream, addr.ip(), master_id, inbox_tx.clone()).instrument(span),
+                );
+                readers.insert(conn, task);
+            }
+            Some(input) = inbox.recv() => {
+                let now = Instant::now().into_std();
+                match input {
+                    Input::Connected { conn, peer, ip, writer } => {
+                        writers.insert(conn, writer);
+                        state.handle_connect(now, conn, peer, ip);
+                    }
+                    Input::Message(conn, msg) => state.handle_message(now, conn, msg),
+                    Input::Disconnected(conn, why) => {
+                        writers.remove(&conn);
+                        readers.remove(&conn);
+                        state.handle_disconnect(conn, &why);
+                    }
+                }
+            }
+            _ = tokio::time::sleep_until(deadline) => {}
+        }
+        // Check expiry against the clock, not only when the sleep fired: a busy inbox
+        // must not postpone a heartbeat death.
+        state.handle_timeout(Instant::now().into_std());
+        while let Some(out) = state.poll_output() {
+            match out {
+                Output::Send(conn, msg) => {
+                    if let Some(w) = writers.get(&conn) {
+                        let _ = w.send(msg);
+                    }
+                }
+                Output::Close(conn, why) => {
+                    tracing::info!(conn, %why, "closing connection");
+                    writers.remove(&conn);
+                    if let Some(r) = readers.remove(&conn) {
+                        r.abort();
+                    }
+                }
+            }
+        }
+    }
+    for r in readers.values() {
+        r.abort();
+    }
+}
+
+/// One peer's connection: handshake, then a writer task and a read loop.
+async fn connection(
+    conn: ConnId,
+    mut stream: TcpStream,
+    ip: IpAddr,
+    master_id: PeerId,
+    inbox: mpsc::UnboundedSender<Input>,
+) {
+    let peer = match handshake(&mut stream, master_id).await {
+        Ok(peer) => peer,
+        Err(e) => {
+            tracing::warn!(error = %e, "rejected connection");
+            return;
+        }
+    };
+    let (mut rd, mut wr) = stream.into_split();
+    let (wtx, mut wrx) = mpsc::unbounded_channel::<FromMaster>();
+    if inbox
+        .send(Input::Connected {
+            conn,
+            peer,
+            ip,
+            writer: wtx,
+        })
+        .is_err()
+    {
+        return;
+    }
+    // The writer ends when the owner drops our queue (close) or the socket fails.
+    let writer = tokio::spawn(async move {
+        while let Some(msg) = wrx.recv().await {
+            if net::write_control(&mut wr, |b| msg.encode(b))
+                .await
+                .is_err()
+            {
+                break;
+            }
+        }
+    });
+    let why = loop {
+        match net::read_control(&mut rd).await {
+            Ok(Some(body)) => match ToMaster::decode(&body) {
+                Ok(msg) => {
+                    if inbox.send(Input::Message(conn, msg)).is_err() {
+                        break "master stopped".to_string();
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "undecodable control frame");
+                    break format!("protocol violation: {e}");
+                }
+            },
+            Ok(None) => break "connection closed".to_string(),
+            Err(e) => break e.to_string(),
+        }
+    };
+    writer.abort();
+    let _ = inbox.send(Input::Disconnected(conn, why));
+}
+
+async fn handshake(stream: &mut TcpStream, master_id: PeerId) -> Result<PeerId, ConnectionError> {
+    net::socket::tune(stream, net::USER_TIMEOUT)?;
+    let hello = net::accept_hello(stream, HANDSHAKE_TIMEOUT).await?;
+    if hello.kind != ConnectionKind::Control {
+        return Err(ConnectionError::Handshake(format!(
+            "expected a control connection, got {:?}",
+            hello.kind
+        )));
+    }
+    use tokio::io::AsyncWriteExt;
+    let ours = Hello {
+        kind: ConnectionKind::Control,
+        peer: master_id,
+    };
+    stream.write_all(&ours.encode()).await?;
+    Ok(hello.peer)
+}

@@ -1,0 +1,226 @@
+//! Plain value types shared by every layer: identities, data types, reduce ops and the
+//! descriptors a collective is called with. Numeric values match PCCL 1.0's C enums.
+
+use std::fmt;
+
+/// A peer's 128-bit identity, random per communicator.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Default)]
+pub struct PeerId(pub [u8; 16]);
+
+impl PeerId {
+    /// A fresh random identity.
+    pub fn random() -> Self {
+        Self(rand::random())
+    }
+}
+
+impl fmt::Debug for PeerId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(self, f)
+    }
+}
+
+impl fmt::Display for PeerId {
+    /// The first 4 bytes in hex: enough to tell peers apart in logs.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for b in &self.0[..4] {
+            write!(f, "{b:02x}")?;
+        }
+        Ok(())
+    }
+}
+
+/// Element types a collective can reduce (PCCL's `pcclDataType_t` numbering).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[repr(u8)]
+pub enum DataType {
+    U8 = 0,
+    I8 = 1,
+    I16 = 2,
+    U16 = 3,
+    U32 = 4,
+    I32 = 5,
+    U64 = 6,
+    I64 = 7,
+    F16 = 8,
+    Bf16 = 9,
+    F32 = 10,
+    F64 = 11,
+}
+
+impl DataType {
+    /// Every data type, in numeric order.
+    pub const ALL: [Self; 12] = [
+        Self::U8,
+        Self::I8,
+        Self::I16,
+        Self::U16,
+        Self::U32,
+        Self::I32,
+        Self::U64,
+        Self::I64,
+        Self::F16,
+        Self::Bf16,
+        Self::F32,
+        Self::F64,
+    ];
+
+    /// Size of one element in bytes.
+    pub const fn size(self) -> usize {
+        match self {
+            Self::U8 | Self::I8 => 1,
+            Self::I16 | Self::U16 | Self::F16 | Self::Bf16 => 2,
+            Self::U32 | Self::I32 | Self::F32 => 4,
+            Self::U64 | Self::I64 | Self::F64 => 8,
+        }
+    }
+
+    /// Whether the type is a floating-point type.
+    pub const fn is_float(self) -> bool {
+        matches!(self, Self::F16 | Self::Bf16 | Self::F32 | Self::F64)
+    }
+
+    /// The type with this PCCL number, if any.
+    pub fn from_u8(v: u8) -> Option<Self> {
+        Self::ALL.get(usize::from(v)).copied()
+    }
+}
+
+/// Reduction operations (PCCL's `pcclRedOp_t` numbering).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[repr(u8)]
+pub enum ReduceOp {
+    Sum = 0,
+    /// Sum divided by the number of peers that took part (integer division for integers).
+    Avg = 1,
+    Prod = 2,
+    Max = 3,
+    Min = 4,
+}
+
+impl ReduceOp {
+    /// Every op, in numeric order.
+    pub const ALL: [Self; 5] = [Self::Sum, Self::Avg, Self::Prod, Self::Max, Self::Min];
+
+    /// The op with this PCCL number, if any.
+    pub fn from_u8(v: u8) -> Option<Self> {
+        Self::ALL.get(usize::from(v)).copied()
+    }
+}
+
+/// Attributes readable from a communicator (PCCL's `pcclAttribute_t` numbering).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u8)]
+pub enum Attribute {
+    /// Accepted peers in the whole run.
+    GlobalWorldSize = 1,
+    /// Accepted peers in this communicator's peer group.
+    PeerGroupWorldSize = 2,
+    /// Number of distinct peer groups among accepted peers.
+    NumDistinctPeerGroups = 3,
+    /// Size of the largest peer group.
+    LargestPeerGroupWorldSize = 4,
+}
+
+/// What one all-reduce does: element count, type, op and the tag that names it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ReduceDescriptor {
+    pub count: usize,
+    pub dtype: DataType,
+    pub op: ReduceOp,
+    /// Distinguishes concurrent ops; peers must use the same tag for the same op.
+    pub tag: u64,
+}
+
+impl ReduceDescriptor {
+    /// A descriptor with tag 0.
+    pub fn new(count: usize, dtype: DataType, op: ReduceOp) -> Self {
+        Self {
+            count,
+            dtype,
+            op,
+            tag: 0,
+        }
+    }
+
+    /// The same descriptor with another tag.
+    pub fn with_tag(mut self, tag: u64) -> Self {
+        self.tag = tag;
+        self
+    }
+
+    /// Buffer size in bytes (saturating: validation rejects overflow separately).
+    pub fn byte_len(&self) -> usize {
+        self.count.saturating_mul(self.dtype.size())
+    }
+}
+
+/// What a finished all-reduce reports.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ReduceInfo {
+    /// Peers of the group that took part.
+    pub local_world_size: u32,
+    /// Payload bytes this peer sent.
+    pub tx_bytes: u64,
+    /// Payload bytes this peer received.
+    pub rx_bytes: u64,
+}
+
+/// The accepted peers as a peer sees them: the ring order and per-group epochs.
+#[derive(Clone, Debug, PartialEq, Eq, Default)]
+pub struct Topology {
+    /// Accepted peers in ring order.
+    pub ring: Vec<PeerEntry>,
+    /// Per peer group, the epoch of its current membership (changes whenever it changes).
+    pub group_epochs: Vec<(u32, u64)>,
+}
+
+/// One accepted peer: identity, group and the address its p2p listener is reachable at.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PeerEntry {
+    pub id: PeerId,
+    pub group: u32,
+    pub p2p_addr: std::net::SocketAddr,
+}
+
+impl Topology {
+    /// The epoch of `group`'s membership, if the group has members.
+    pub fn group_epoch(&self, group: u32) -> Option<u64> {
+        self.group_epochs
+            .iter()
+            .find(|(g, _)| *g == group)
+            .map(|(_, e)| *e)
+    }
+
+    /// Members of `group` in ring order.
+    pub fn group_ring(&self, group: u32) -> Vec<&PeerEntry> {
+        self.ring.iter().filter(|p| p.group == group).collect()
+    }
+
+    /// Whether `id` is accepted.
+    pub fn contains(&self, id: PeerId) -> bool {
+        self.ring.iter().any(|p| p.id == id)
+    }
+
+    /// The value of a world-size attribute, seen from a peer of `group`.
+    pub fn attribute(&self, attr: Attribute, group: u32) -> usize {
+        let mut sizes: Vec<(u32, usize)> = Vec::new();
+        for p in &self.ring {
+            match sizes.iter_mut().find(|(g, _)| *g == p.group) {
+                Some((_, n)) => *n += 1,
+                None => sizes.push((p.group, 1)),
+            }
+        }
+        match attr {
+            Attribute::GlobalWorldSize => self.ring.len(),
+            Attribute::PeerGroupWorldSize => sizes
+                .iter()
+                .find(|(g, _)| *g == group)
+                .map_or(0, |(_, n)| *n),
+            Attribute::NumDistinctPeerGroups => sizes.len(),
+            Attribute::LargestPeerGroupWorldSize => {
+                sizes.iter().map(|(_, n)| *n).max().unwrap_or(0)
+            }
+        }
+    }
+}

@@ -1,0 +1,450 @@
+//! Messages between a peer and the master. Every frame is `u32 length | u8 type | body`;
+//! this module encodes and decodes bodies (type byte included), the framing lives in `net`.
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+
+use bytes::BufMut;
+
+use super::codec::{Reader, WireError, put_bool, put_string};
+use crate::types::{PeerEntry, PeerId, Topology};
+
+/// Largest control frame body we accept.
+pub const MAX_CONTROL_FRAME: usize = 16 << 20;
+/// Most peers a topology may list.
+pub const MAX_PEERS: usize = 1 << 16;
+/// Longest reason string.
+const MAX_REASON: usize = 4096;
+
+/// Joint calls: every accepted peer asks, the master answers all at once.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u8)]
+pub enum VoteKind {
+    ArePeersPending = 1,
+    UpdateTopology = 2,
+}
+
+/// Why an op failed, as agreed by the master.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u8)]
+pub enum FailReason {
+    /// A participant died or left the group.
+    PeerLost = 1,
+    /// Participants called the op with different count, type or op.
+    Mismatch = 2,
+    /// A payload failed its checksum or a neighbour sent an impossible frame.
+    Corrupt = 3,
+}
+
+/// Peer -> master.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ToMaster {
+    /// Ask to join the run. `advertise_ip` None: use the address the master sees.
+    Register {
+        group: u32,
+        p2p_port: u16,
+        advertise_ip: Option<IpAddr>,
+    },
+    /// Liveness; the master answers with `HeartbeatAck`.
+    Heartbeat,
+    /// A joint call.
+    Vote(VoteKind),
+    /// Connections for a proposed topology are (or could not be) established.
+    P2pReady { proposal: u64, ok: bool },
+    /// This peer's part of op (tag, epoch, seq) finished; `reason` is set on failure.
+    OpDone {
+        tag: u64,
+        epoch: u64,
+        seq: u32,
+        failure: Option<FailReason>,
+    },
+}
+
+/// Master -> peer.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum FromMaster {
+    HeartbeatAck,
+    /// Dial your ring neighbour in this topology, then answer `P2pReady`.
+    Propose {
+        proposal: u64,
+        topology: Topology,
+    },
+    /// The topology in force from now on (after an accept, a death or a departure).
+    Commit {
+        topology: Topology,
+    },
+    /// Result of an `ArePeersPending` vote.
+    PeersPending(bool),
+    /// Result of an `UpdateTopology` vote: Ok, or why it failed (retryable).
+    TopologyUpdated(Result<(), String>),
+    /// Final outcome of an op, the same for every survivor.
+    OpVerdict {
+        tag: u64,
+        epoch: u64,
+        seq: u32,
+        failure: Option<FailReason>,
+    },
+    /// A joint call could not be answered (peers asked for different things).
+    VoteRejected(String),
+}
+
+impl ToMaster {
+    pub fn encode(&self, out: &mut impl BufMut) {
+        match self {
+            Self::Register {
+                group,
+                p2p_port,
+                advertise_ip,
+            } => {
+                out.put_u8(1);
+                out.put_u32_le(*group);
+                out.put_u16_le(*p2p_port);
+                match advertise_ip {
+                    None => out.put_u8(0),
+                    Some(ip) => put_ip(out, *ip),
+                }
+            }
+            Self::Heartbeat => out.put_u8(2),
+            Self::Vote(kind) => {
+                out.put_u8(3);
+                out.put_u8(*kind as u8);
+            }
+            Self::P2pReady { proposal, ok } => {
+                out.put_u8(4);
+                out.put_u64_le(*proposal);
+                put_bool(out, *ok);
+            }
+            Self::OpDone {
+                tag,
+                epoch,
+                seq,
+                failure,
+            } => {
+                out.put_u8(5);
+                put_op(out, *tag, *epoch, *seq, *failure);
+            }
+        }
+    }
+
+    pub fn decode(buf: &[u8]) -> Result<Self, WireError> {
+        let mut r = Reader::new(buf);
+        let msg = match r.u8()? {
+            1 => {
+                let group = r.u32()?;
+                let p2p_port = r.u16()?;
+                let advertise_ip = match r.u8()? {
+                    0 => None,
+                    t => Some(get_ip(&mut r, t)?),
+                };
+                Self::Register {
+                    group,
+                    p2p_port,
+                    advertise_ip,
+                }
+            }
+            2 => Self::Heartbeat,
+            3 => Self::Vote(match r.u8()? {
+                1 => VoteKind::ArePeersPending,
+                2 => VoteKind::UpdateTopology,
+                _ => return Err(WireError::InvalidValue("vote kind")),
+            }),
+            4 => Self::P2pReady {
+                proposal: r.u64()?,
+                ok: r.bool()?,
+            },
+            5 => {
+                let (tag, epoch, seq, failure) = get_op(&mut r)?;
+                Self::OpDone {
+                    tag,
+                    epoch,
+                    seq,
+                    failure,
+                }
+            }
+            t => return Err(WireError::UnknownFrameType(t)),
+        };
+        r.finish()?;
+        Ok(msg)
+    }
+}
+
+impl FromMaster {
+    pub fn encode(&self, out: &mut impl BufMut) {
+        match self {
+            Self::HeartbeatAck => out.put_u8(1),
+            Self::Propose { proposal, topology } => {
+                out.put_u8(2);
+                out.put_u64_le(*proposal);
+                put_topology(out, topology);
+            }
+            Self::Commit { topology } => {
+                out.put_u8(3);
+                put_topology(out, topology);
+            }
+            Self::PeersPending(b) => {
+                out.put_u8(4);
+                put_bool(out, *b);
+            }
+            Self::TopologyUpdated(res) => {
+                out.put_u8(5);
+                match res {
+                    Ok(()) => out.put_u8(0),
+                    Err(why) => {
+                        out.put_u8(1);
+                        put_string(out, why);
+                    }
+                }
+            }
+            Self::OpVerdict {
+                tag,
+                epoch,
+                seq,
+                failure,
+            } => {
+                out.put_u8(6);
+                put_op(out, *tag, *epoch, *seq, *failure);
+            }
+            Self::VoteRejected(why) => {
+                out.put_u8(7);
+                put_string(out, why);
+            }
+        }
+    }
+
+    pub fn decode(buf: &[u8]) -> Result<Self, WireError> {
+        let mut r = Reader::new(buf);
+        let msg = match r.u8()? {
+            1 => Self::HeartbeatAck,
+            2 => Self::Propose {
+                proposal: r.u64()?,
+                topology: get_topology(&mut r)?,
+            },
+            3 => Self::Commit {
+                topology: get_topology(&mut r)?,
+            },
+            4 => Self::PeersPending(r.bool()?),
+            5 => Self::TopologyUpdated(match r.u8()? {
+                0 => Ok(()),
+                1 => Err(r.string(MAX_REASON)?),
+                _ => return Err(WireError::InvalidValue("result tag")),
+            }),
+            6 => {
+                let (tag, epoch, seq, failure) = get_op(&mut r)?;
+                Self::OpVerdict {
+                    tag,
+                    epoch,
+                    seq,
+                    failure,
+                }
+            }
+            7 => Self::VoteRejected(r.string(MAX_REASON)?),
+            t => return Err(WireError::UnknownFrameType(t)),
+        };
+        r.finish()?;
+        Ok(msg)
+    }
+}
+
+fn put_op(out: &mut impl BufMut, tag: u64, epoch: u64, seq: u32, f: Option<FailReason>) {
+    out.put_u64_le(tag);
+    out.put_u64_le(epoch);
+    out.put_u32_le(seq);
+    out.put_u8(f.map_or(0, |f| f as u8));
+}
+
+type OpKey = (u64, u64, u32, Option<FailReason>);
+
+fn get_op(r: &mut Reader<'_>) -> Result<OpKey, WireError> {
+    let tag = r.u64()?;
+    let epoch = r.u64()?;
+    let seq = r.u32()?;
+    let failure = match r.u8()? {
+        0 => None,
+        1 => Some(FailReason::PeerLost),
+        2 => Some(FailReason::Mismatch),
+        3 => Some(FailReason::Corrupt),
+        _ => return Err(WireError::InvalidValue("failure reason")),
+    };
+    Ok((tag, epoch, seq, failure))
+}
+
+fn put_ip(out: &mut impl BufMut, ip: IpAddr) {
+    match ip {
+        IpAddr::V4(v4) => {
+            out.put_u8(4);
+            out.put_slice(&v4.octets());
+        }
+        IpAddr::V6(v6) => {
+            out.put_u8(6);
+            out.put_slice(&v6.octets());
+        }
+    }
+}
+
+fn get_ip(r: &mut Reader<'_>, tag: u8) -> Result<IpAddr, WireError> {
+    match tag {
+        4 => Ok(IpAddr::V4(Ipv4Addr::from(r.array::<4>()?))),
+        6 => Ok(IpAddr::V6(Ipv6Addr::from(r.array::<16>()?))),
+        _ => Err(WireError::InvalidValue("address family")),
+    }
+}
+
+fn put_topology(out: &mut impl BufMut, t: &Topology) {
+    out.put_u32_le(t.ring.len() as u32);
+    for p in &t.ring {
+        out.put_slice(&p.id.0);
+        out.put_u32_le(p.group);
+        put_ip(out, p.p2p_addr.ip());
+        out.put_u16_le(p.p2p_addr.port());
+    }
+    out.put_u32_le(t.group_epochs.len() as u32);
+    for (g, e) in &t.group_epochs {
+        out.put_u32_le(*g);
+        out.put_u64_le(*e);
+    }
+}
+
+fn get_topology(r: &mut Reader<'_>) -> Result<Topology, WireError> {
+    // An entry is at least 16 + 4 + 1 + 4 + 2 bytes.
+    let n = r.len(MAX_PEERS, 27)?;
+    let mut ring = Vec::with_capacity(n);
+    for _ in 0..n {
+        let id = PeerId(r.array()?);
+        let group = r.u32()?;
+        let tag = r.u8()?;
+        let ip = get_ip(r, tag)?;
+        let port = r.u16()?;
+        ring.push(PeerEntry {
+            id,
+            group,
+            p2p_addr: SocketAddr::new(ip, port),
+        });
+    }
+    let n = r.len(MAX_PEERS, 12)?;
+    let mut group_epochs = Vec::with_capacity(n);
+    for _ in 0..n {
+        group_epochs.push((r.u32()?, r.u64()?));
+    }
+    Ok(Topology { ring, group_epochs })
+}
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    fn topology() -> impl Strategy<Value = Topology> {
+        let entry = (any::<[u8; 16]>(), any::<u32>(), any::<bool>(), any::<u16>()).prop_map(
+            |(id, group, v6, port)| PeerEntry {
+                id: PeerId(id),
+                group,
+                p2p_addr: if v6 {
+                    SocketAddr::new(IpAddr::V6(Ipv6Addr::LOCALHOST), port)
+                } else {
+                    SocketAddr::new(IpAddr::V4(Ipv4Addr::new(10, 0, 0, 1)), port)
+                },
+            },
+        );
+        (
+            prop::collection::vec(entry, 0..6),
+            prop::collection::vec((any::<u32>(), any::<u64>()), 0..4),
+        )
+            .prop_map(|(ring, group_epochs)| Topology { ring, group_epochs })
+    }
+
+    fn failure() -> impl Strategy<Value = Option<FailReason>> {
+        prop_oneof![
+            Just(None),
+            Just(Some(FailReason::PeerLost)),
+            Just(Some(FailReason::Mismatch)),
+            Just(Some(FailReason::Corrupt)),
+        ]
+    }
+
+    fn to_master() -> impl Strategy<Value = ToMaster> {
+        prop_oneof![
+            (any::<u32>(), any::<u16>(), any::<Option<[u8; 4]>>()).prop_map(|(g, p, ip)| {
+                ToMaster::Register {
+                    group: g,
+                    p2p_port: p,
+                    advertise_ip: ip.map(|o| IpAddr::V4(Ipv4Addr::from(o))),
+                }
+            }),
+            Just(ToMaster::Heartbeat),
+            Just(ToMaster::Vote(VoteKind::ArePeersPending)),
+            Just(ToMaster::Vote(VoteKind::UpdateTopology)),
+            (any::<u64>(), any::<bool>())
+                .prop_map(|(proposal, ok)| ToMaster::P2pReady { proposal, ok }),
+            (any::<u64>(), any::<u64>(), any::<u32>(), failure()).prop_map(
+                |(tag, epoch, seq, failure)| ToMaster::OpDone {
+                    tag,
+                    epoch,
+                    seq,
+                    failure
+                }
+            ),
+        ]
+    }
+
+    fn from_master() -> impl Strategy<Value = FromMaster> {
+        prop_oneof![
+            Just(FromMaster::HeartbeatAck),
+            (any::<u64>(), topology())
+                .prop_map(|(proposal, topology)| FromMaster::Propose { proposal, topology }),
+            topology().prop_map(|topology| FromMaster::Commit { topology }),
+            any::<bool>().prop_map(FromMaster::PeersPending),
+            any::<Option<String>>()
+                .prop_map(|s| FromMaster::TopologyUpdated(s.map_or(Ok(()), Err))),
+            (any::<u64>(), any::<u64>(), any::<u32>(), failure()).prop_map(
+                |(tag, epoch, seq, failure)| FromMaster::OpVerdict {
+                    tag,
+                    epoch,
+                    seq,
+                    failure
+                }
+            ),
+            ".{0,20}".prop_map(FromMaster::VoteRejected),
+        ]
+    }
+
+    proptest! {
+        #[test]
+        fn to_master_round_trips(m in to_master()) {
+            let mut buf = Vec::new();
+            m.encode(&mut buf);
+            prop_assert_eq!(ToMaster::decode(&buf), Ok(m));
+            // Every strict prefix is rejected, never accepted or panicking.
+            for cut in 0..buf.len() {
+                prop_assert!(ToMaster::decode(&buf[..cut]).is_err());
+            }
+        }
+
+        #[test]
+        fn from_master_round_trips(m in from_master()) {
+            let mut buf = Vec::new();
+            m.encode(&mut buf);
+            prop_assert_eq!(FromMaster::decode(&buf), Ok(m));
+            for cut in 0..buf.len() {
+                prop_assert!(FromMaster::decode(&buf[..cut]).is_err());
+            }
+        }
+
+        #[test]
+        fn garbage_never_panics(bytes in prop::collection::vec(any::<u8>(), 0..64)) {
+            let _ = ToMaster::decode(&bytes);
+            let _ = FromMaster::decode(&bytes);
+        }
+    }
+
+    #[test]
+    fn forged_count_is_bounded() {
+        // A commit claiming 2^32-1 peers in a 9-byte frame must fail without allocating.
+        let mut buf = vec![3u8];
+        buf.extend_from_slice(&u32::MAX.to_le_bytes());
+        buf.extend_from_slice(&[0; 4]);
+        assert!(matches!(
+            FromMaster::decode(&buf),
+            Err(WireError::LengthTooLarge { .. })
+        ));
+    }
+}

@@ -1,0 +1,140 @@
+//! The header of a collective data frame on a p2p connection. A fixed-size header is
+//! followed by `len` payload bytes whose CRC32 the header carries.
+
+use bytes::BufMut;
+
+use super::codec::{Reader, WireError};
+use crate::types::{DataType, ReduceOp};
+
+/// Frame type byte of a data frame.
+const DATA_FRAME: u8 = 1;
+/// Encoded header size.
+pub const DATA_HEADER_LEN: usize = 1 + 8 + 8 + 4 + 8 + 1 + 1 + 2 + 4 + 8 + 4 + 4;
+/// Largest payload one frame may carry; slices are never larger.
+pub const MAX_SLICE_BYTES: usize = 64 << 20;
+
+/// Names the op a frame belongs to and where its payload goes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DataHeader {
+    pub tag: u64,
+    /// Epoch of the group membership the sender's ring was computed from.
+    pub epoch: u64,
+    /// How many times this (tag, epoch) failed before, as both ends know.
+    pub seq: u32,
+    /// The op's element count, type and op, so a mismatched call is detected.
+    pub count: u64,
+    pub dtype: DataType,
+    pub op: ReduceOp,
+    /// Ring step (0..2n-2) the payload belongs to.
+    pub step: u16,
+    /// Slice index within the chunk.
+    pub slice: u32,
+    /// Byte offset of the payload in the op's buffer.
+    pub offset: u64,
+    pub len: u32,
+    pub crc: u32,
+}
+
+impl DataHeader {
+    pub fn encode(&self, out: &mut impl BufMut) {
+        out.put_u8(DATA_FRAME);
+        out.put_u64_le(self.tag);
+        out.put_u64_le(self.epoch);
+        out.put_u32_le(self.seq);
+        out.put_u64_le(self.count);
+        out.put_u8(self.dtype as u8);
+        out.put_u8(self.op as u8);
+        out.put_u16_le(self.step);
+        out.put_u32_le(self.slice);
+        out.put_u64_le(self.offset);
+        out.put_u32_le(self.len);
+        out.put_u32_le(self.crc);
+    }
+
+    /// Decodes a header and checks its payload length against [`MAX_SLICE_BYTES`].
+    pub fn decode(buf: &[u8; DATA_HEADER_LEN]) -> Result<Self, WireError> {
+        let mut r = Reader::new(buf);
+        let ty = r.u8()?;
+        if ty != DATA_FRAME {
+            return Err(WireError::UnknownFrameType(ty));
+        }
+        let h = Self {
+            tag: r.u64()?,
+            epoch: r.u64()?,
+            seq: r.u32()?,
+            count: r.u64()?,
+            dtype: DataType::from_u8(r.u8()?).ok_or(WireError::InvalidValue("data type"))?,
+            op: ReduceOp::from_u8(r.u8()?).ok_or(WireError::InvalidValue("reduce op"))?,
+            step: r.u16()?,
+            slice: r.u32()?,
+            offset: r.u64()?,
+            len: r.u32()?,
+            crc: r.u32()?,
+        };
+        r.finish()?;
+        if h.len as usize > MAX_SLICE_BYTES {
+            return Err(WireError::LengthTooLarge {
+                len: u64::from(h.len),
+                max: MAX_SLICE_BYTES as u64,
+            });
+        }
+        Ok(h)
+    }
+
+    /// Checks the payload against the header's CRC.
+    pub fn verify(&self, payload: &[u8]) -> Result<(), WireError> {
+        if crc32fast::hash(payload) == self.crc {
+            Ok(())
+        } else {
+            Err(WireError::ChecksumMismatch)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    proptest! {
+        #[test]
+        fn round_trip(tag: u64, epoch: u64, seq: u32, count: u64, d in 0u8..12, o in 0u8..5,
+                      step: u16, slice: u32, offset: u64, len in 0u32..(MAX_SLICE_BYTES as u32), crc: u32) {
+            let h = DataHeader { tag, epoch, seq, count, dtype: DataType::from_u8(d).unwrap(),
+                op: ReduceOp::from_u8(o).unwrap(), step, slice, offset, len, crc };
+            let mut buf = Vec::new();
+            h.encode(&mut buf);
+            prop_assert_eq!(buf.len(), DATA_HEADER_LEN);
+            prop_assert_eq!(DataHeader::decode(&buf.try_into().unwrap()), Ok(h));
+        }
+
+        #[test]
+        fn garbage_never_panics(bytes: [u8; DATA_HEADER_LEN]) {
+            let _ = DataHeader::decode(&bytes);
+        }
+    }
+
+    #[test]
+    fn oversized_payload_rejected() {
+        let h = DataHeader {
+            tag: 0,
+            epoch: 0,
+            seq: 0,
+            count: 1,
+            dtype: DataType::F32,
+            op: ReduceOp::Sum,
+            step: 0,
+            slice: 0,
+            offset: 0,
+            len: u32::MAX,
+            crc: 0,
+        };
+        let mut buf = Vec::new();
+        h.encode(&mut buf);
+        assert!(matches!(
+            DataHeader::decode(&buf.try_into().unwrap()),
+            Err(WireError::LengthTooLarge { .. })
+        ));
+    }
+}

@@ -1,0 +1,31 @@
+//! The wire format, as a pure codec: no sockets, no clock (DESIGN §4).
+//!
+//! Every connection opens with a [`Hello`] in each direction. Control connections then
+//! carry `u32 length | body` frames holding [`ToMaster`] / [`FromMaster`]; p2p connections
+//! carry [`DataHeader`] + payload frames. Every length is checked against a `MAX_*` bound
+//! before anything is allocated.
+
+mod codec;
+pub mod control;
+pub mod data;
+pub mod handshake;
+
+pub use codec::WireError;
+pub use control::{FailReason, FromMaster, MAX_CONTROL_FRAME, ToMaster, VoteKind};
+pub use data::{DATA_HEADER_LEN, DataHeader, MAX_SLICE_BYTES};
+pub use handshake::{ConnectionKind, HELLO_LEN, Hello};
+
+/// Checks a control frame's length prefix before its body is read or allocated.
+pub fn check_control_len(len: u32) -> Result<usize, WireError> {
+    let len = len as usize;
+    if len == 0 {
+        return Err(WireError::UnexpectedEnd);
+    }
+    if len > MAX_CONTROL_FRAME {
+        return Err(WireError::LengthTooLarge {
+            len: len as u64,
+            max: MAX_CONTROL_FRAME as u64,
+        });
+    }
+    Ok(len)
+}
