@@ -134,7 +134,9 @@ pub(crate) async fn run(
     tracing::info!(error = %failure, "control connection ended");
     reader.abort();
     shared.registry.fail_all(failure.clone());
-    reply(&mut vote, Err(failure.clone()));
+    if let Some(v) = vote.take() {
+        let _ = v.send(Err(failure.clone()));
+    }
     if let Some(a) = accepted.take() {
         let _ = a.send(Err(failure));
     }

@@ -1,4 +1,6 @@
 //! Real-TCP loopback tests, one binary (CONVENTIONS C13).
 
 mod all_reduce;
+mod churn;
 mod common;
+mod grid;
