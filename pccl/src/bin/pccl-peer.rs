@@ -33,7 +33,7 @@ fn parse() -> Result<Args, String> {
     let mut slice = None;
     let mut it = std::env::args().skip(1);
     while let Some(a) = it.next() {
-        let mut val = || it.next().ok_or(format!("{a} needs a value"));
+        let mut val = || it.next().ok_or_else(|| format!("{a} needs a value"));
         match a.as_str() {
             "--master" => master = Some(val()?.parse().map_err(|e| format!("--master: {e}"))?),
             "--count" => count = val()?.parse().map_err(|e| format!("--count: {e}"))?,

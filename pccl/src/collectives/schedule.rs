@@ -158,13 +158,9 @@ mod tests {
             }
             sends = next;
         }
-        for r in 0..n {
-            for i in 0..count {
-                assert_eq!(
-                    result[r][i],
-                    Some(all),
-                    "n={n} count={count} rank={r} elem={i}"
-                );
+        for (r, res) in result.iter().enumerate() {
+            for (i, v) in res.iter().enumerate() {
+                assert_eq!(*v, Some(all), "n={n} count={count} rank={r} elem={i}");
             }
             let received: usize = (0..scheds[r].steps())
                 .map(|g| scheds[r].slices(scheds[r].recv_chunk(g)))

@@ -98,10 +98,8 @@ pub(crate) async fn run(
                         let me_in = topology.contains(shared.me);
                         tracing::debug!(world = topology.ring.len(), "topology committed");
                         shared.registry.set_topology(topology);
-                        if me_in {
-                            if let Some(a) = accepted.take() {
-                                let _ = a.send(Ok(()));
-                            }
+                        if let Some(a) = accepted.take_if(|_| me_in) {
+                            let _ = a.send(Ok(()));
                         }
                     }
                     FromMaster::PeersPending(p) => reply(&mut vote, Ok(VoteAnswer::PeersPending(p))),

@@ -157,6 +157,17 @@ impl Communicator {
         Ok(())
     }
 
+    /// Leaves the run: the master drops this peer, in-flight ops fail, and every later
+    /// call returns `InvalidUsage`. Dropping the communicator does the same.
+    pub fn close(&self) {
+        if let Some(c) = self.connected.get() {
+            c.shared
+                .registry
+                .fail_all(Error::InvalidUsage("the communicator is closed".into()));
+            let _ = c.stop.send(true);
+        }
+    }
+
     fn connected(&self) -> Result<&Connected> {
         let c = self
             .connected

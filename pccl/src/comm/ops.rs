@@ -200,10 +200,10 @@ impl Registry {
     /// The op has every frame it expects: later frames with its key belong to the next
     /// op of the tag and are buffered for it.
     pub(crate) fn close_frames(&self, key: OpKey) {
-        if let Some(s) = self.lock().slots.get_mut(&key.tag) {
-            if s.key == key {
-                s.frames_open = false;
-            }
+        if let Some(s) = self.lock().slots.get_mut(&key.tag)
+            && s.key == key
+        {
+            s.frames_open = false;
         }
     }
 
@@ -224,10 +224,10 @@ impl Registry {
         let next = g.seq.entry(key.tag).or_insert(0);
         *next = (*next).max(key.seq + 1);
         let next = *next;
-        if let Some(s) = g.slots.get(&key.tag) {
-            if s.key == key {
-                let _ = s.tx.send(OpEvent::Verdict(failure));
-            }
+        if let Some(s) = g.slots.get(&key.tag)
+            && s.key == key
+        {
+            let _ = s.tx.send(OpEvent::Verdict(failure));
         }
         let (tag, epoch) = (key.tag, key.epoch);
         g.purge(|h| !(h.tag == tag && h.epoch == epoch && h.seq < next));
@@ -256,19 +256,20 @@ impl Registry {
                 if stale {
                     return;
                 }
-                if let Some(s) = g.slots.get(&key.tag) {
-                    if s.key == key && s.frames_open {
-                        if s.prev != from {
-                            tracing::warn!(%from, expected = %s.prev, "frame from a peer that is not our ring predecessor");
-                            return;
-                        }
-                        let _ = s.tx.send(OpEvent::Frame {
-                            header,
-                            payload: payload.take().expect("set"),
-                            crc_ok,
-                        });
+                if let Some(s) = g.slots.get(&key.tag)
+                    && s.key == key
+                    && s.frames_open
+                {
+                    if s.prev != from {
+                        tracing::warn!(%from, expected = %s.prev, "frame from a peer that is not our ring predecessor");
                         return;
                     }
+                    let _ = s.tx.send(OpEvent::Frame {
+                        header,
+                        payload: payload.take().expect("set"),
+                        crc_ok,
+                    });
+                    return;
                 }
                 let len = header.len as usize;
                 if g.buffered_bytes == 0 || g.buffered_bytes + len <= self.max_buffered {

@@ -145,9 +145,9 @@ impl P2p {
 }
 
 /// Runs dials concurrently (a tiny join_all, to avoid a dependency for one call).
-async fn futures_join_all<F: Future>(futs: impl Iterator<Item = F>) -> Vec<F::Output>
+async fn futures_join_all<F>(futs: impl Iterator<Item = F>) -> Vec<F::Output>
 where
-    F: Send + 'static,
+    F: Future + Send + 'static,
     F::Output: Send + 'static,
 {
     let handles: Vec<_> = futs.map(tokio::spawn).collect();

@@ -163,7 +163,12 @@ async fn connection(
                 }
             },
             Ok(None) => break "connection closed".to_string(),
-            Err(e) => break e.to_string(),
+            Err(e) => {
+                if matches!(e, ConnectionError::Wire(_)) {
+                    tracing::warn!(error = %e, "bad control frame");
+                }
+                break e.to_string();
+            }
         }
     };
     writer.abort();

@@ -1,7 +1,7 @@
 //! All-reduce correctness on loopback: results against a local reference, bit parity
 //! across peers, every dtype and op, odd counts, concurrent tags, bad input.
 
-use pccl::{Communicator, ReduceOp};
+use pccl::{Communicator, DataType, OwnedBuffers, ReduceDescriptor, ReduceOp};
 
 use crate::common::{cluster, master, on_all};
 
@@ -26,4 +26,130 @@ fn two_peers_sum_f32() {
         assert_eq!(*v, (2 * i + 1) as f32);
     }
     assert_eq!(results[0], results[1]);
+}
+
+fn f32s(bytes: &[u8]) -> Vec<f32> {
+    bytemuck::pod_collect_to_vec(bytes)
+}
+
+#[test]
+fn concurrent_tags_with_async_handles() {
+    let m = master();
+    let comms = cluster(&m, 3);
+    let results = on_all(&comms, |_, c| {
+        let r = ring_rank(c) as f32;
+        let handles: Vec<_> = (0..8u64)
+            .map(|tag| {
+                let send: Vec<f32> = (0..5000)
+                    .map(|i| (i % 13) as f32 + r + tag as f32)
+                    .collect();
+                let desc = ReduceDescriptor::new(5000, DataType::F32, ReduceOp::Sum).with_tag(tag);
+                c.all_reduce_async(OwnedBuffers::new(&send), desc).unwrap()
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| {
+                let tag = h.tag();
+                let (bufs, r) = h.wait();
+                r.unwrap();
+                let out = f32s(&bufs.recv);
+                for (i, v) in out.iter().enumerate() {
+                    assert_eq!(*v, 3.0 * ((i % 13) as f32 + tag as f32) + 3.0, "tag {tag}");
+                }
+                out
+            })
+            .collect::<Vec<_>>()
+    });
+    assert_eq!(results[0], results[1]);
+    assert_eq!(results[0], results[2]);
+}
+
+#[test]
+fn multiple_with_retry_in_place_and_send_untouched() {
+    let m = master();
+    let comms = cluster(&m, 3);
+    let results = on_all(&comms, |_, c| {
+        let mut ops: Vec<_> = (0..10u64)
+            .map(|tag| {
+                let send: Vec<f64> = (0..777).map(|i| (i as f64) * 0.5 + tag as f64).collect();
+                (
+                    OwnedBuffers::new(&send),
+                    ReduceDescriptor::new(777, DataType::F64, ReduceOp::Avg).with_tag(tag),
+                )
+            })
+            .collect();
+        let originals: Vec<Vec<u8>> = ops.iter().map(|(b, _)| b.send.clone()).collect();
+        let info = c.all_reduce_multiple_with_retry(&mut ops, 3).unwrap();
+        assert_eq!(info.local_world_size, 3);
+        assert!(info.tx_bytes > 0 && info.rx_bytes > 0);
+        for ((b, _), orig) in ops.iter().zip(&originals) {
+            assert_eq!(&b.send, orig, "send buffer modified");
+            assert_eq!(b.recv, b.send, "average of equal inputs is the input");
+        }
+        // In place: the buffer becomes the sum.
+        let mut buf: Vec<i32> = (0..100).map(|i| i - 50).collect();
+        c.all_reduce_in_place(&mut buf, ReduceOp::Sum, 11).unwrap();
+        for (i, v) in buf.iter().enumerate() {
+            assert_eq!(*v, 3 * (i as i32 - 50));
+        }
+        ops.into_iter().map(|(b, _)| b.recv).collect::<Vec<_>>()
+    });
+    assert_eq!(results[0], results[1]);
+    assert_eq!(results[1], results[2]);
+}
+
+#[test]
+fn a_peer_leaving_mid_batch_fails_its_ops_and_the_retry_succeeds() {
+    let m = master();
+    let mut comms = cluster(&m, 3);
+    let leaver = comms.pop().unwrap();
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    let results = std::thread::scope(|s| {
+        let leaving = s.spawn(|| {
+            // Takes part in the first ops, then leaves abruptly mid-batch.
+            let mut n = 0;
+            'outer: for _round in 0..4 {
+                for tag in 0..40u64 {
+                    let mut out = vec![0f32; 20000];
+                    if leaver
+                        .all_reduce(&vec![1f32; 20000], &mut out, ReduceOp::Sum, tag)
+                        .is_err()
+                    {
+                        break 'outer;
+                    }
+                    n += 1;
+                    if n == 15 {
+                        break 'outer;
+                    }
+                }
+            }
+            drop(leaver);
+            stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        });
+        let r = on_all(&comms, |_, c| {
+            let mut ops: Vec<_> = (0..40u64)
+                .map(|tag| {
+                    (
+                        OwnedBuffers::new(&vec![1f32; 20000]),
+                        ReduceDescriptor::new(20000, DataType::F32, ReduceOp::Sum).with_tag(tag),
+                    )
+                })
+                .collect();
+            let info = c.all_reduce_multiple_with_retry(&mut ops, 1).unwrap();
+            assert_eq!(info.local_world_size, 2);
+            ops.into_iter()
+                .map(|(b, _)| f32s(&b.recv))
+                .collect::<Vec<_>>()
+        });
+        leaving.join().unwrap();
+        r
+    });
+    assert!(stop.load(std::sync::atomic::Ordering::SeqCst));
+    assert_eq!(results[0], results[1], "survivors differ");
+    // Early ops ran with three peers, the rest with two.
+    for op in &results[0] {
+        assert!(op.iter().all(|v| *v == op[0]) && (op[0] == 2.0 || op[0] == 3.0));
+    }
+    assert_eq!(results[0].last().unwrap()[0], 2.0);
 }

@@ -1,6 +1,8 @@
 //! Real-TCP loopback tests, one binary (CONVENTIONS C13).
 
 mod all_reduce;
+mod bad_input;
 mod churn;
 mod common;
 mod grid;
+mod handshake;
