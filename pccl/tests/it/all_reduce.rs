@@ -153,3 +153,29 @@ fn a_peer_leaving_mid_batch_fails_its_ops_and_the_retry_succeeds() {
     }
     assert_eq!(results[0].last().unwrap()[0], 2.0);
 }
+
+#[test]
+fn one_op_striped_over_a_pool_with_tiny_slices() {
+    let m = master();
+    let addr = m.local_addr();
+    for (pool, slice) in [(4, 64), (16, 1000)] {
+        let comms = crate::common::cluster_with(3, |_| {
+            let mut c = crate::common::config(addr);
+            c.pool_size = pool;
+            c.slice_bytes = slice;
+            c
+        });
+        let results = on_all(&comms, |_, c| {
+            let r = ring_rank(c) as u64;
+            let send: Vec<u64> = (0..10_001u64).map(|i| i * 3 + r).collect();
+            let mut recv = vec![0u64; send.len()];
+            c.all_reduce(&send, &mut recv, ReduceOp::Sum, 2).unwrap();
+            for (i, v) in recv.iter().enumerate() {
+                assert_eq!(*v, 9 * i as u64 + 3);
+            }
+            recv
+        });
+        assert_eq!(results[0], results[1]);
+        assert_eq!(results[1], results[2]);
+    }
+}

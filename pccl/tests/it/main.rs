@@ -6,3 +6,4 @@ mod churn;
 mod common;
 mod grid;
 mod handshake;
+mod send_sync;
