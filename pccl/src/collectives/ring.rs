@@ -18,7 +18,6 @@ use std::collections::{HashSet, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::Bytes;
 use tokio::sync::mpsc;
 
 use super::ReduceBuffers;
@@ -182,8 +181,9 @@ async fn exchange<B: ReduceBuffers>(
         // Step-0 slices are made lazily, so at most a writer queue's worth is copied ahead.
         if outgoing.is_empty() && next_first < first_slices {
             let range = sched.slice(first, next_first);
-            let payload =
-                Bytes::copy_from_slice(&bufs.send()[range.start * size..range.end * size]);
+            let mut payload = st.shared.bufs.get(range.len() * size);
+            payload.extend_from_slice(&bufs.send()[range.start * size..range.end * size]);
+            let payload = payload.freeze();
             let crc = crc32fast::hash(&payload);
             outgoing.push_back(OutFrame {
                 header: header(0, next_first, &range, crc),
@@ -261,7 +261,9 @@ async fn exchange<B: ReduceBuffers>(
         if action != Action::ReduceForward {
             bufs.write(bytes.start, &payload);
         }
-        if action != Action::Store {
+        if action == Action::Store {
+            st.shared.bufs.put(payload);
+        } else {
             let crc = if action == Action::StoreForward {
                 h.crc
             } else {

@@ -1,5 +1,6 @@
 //! The communicator: a peer's handle on the run (DESIGN §3, §5).
 
+pub(crate) mod bufpool;
 pub(crate) mod control;
 pub(crate) mod ops;
 pub(crate) mod p2p;
@@ -30,6 +31,7 @@ pub(crate) struct Shared {
     pub(crate) config: CommunicatorConfig,
     pub(crate) registry: Arc<Registry>,
     pub(crate) p2p: P2p,
+    pub(crate) bufs: Arc<bufpool::BufPool>,
     cmds: mpsc::UnboundedSender<Cmd>,
 }
 
@@ -104,10 +106,12 @@ impl Communicator {
         let config = self.config.clone();
         let me = self.me;
         let (cmd_tx, cmd_rx) = mpsc::unbounded_channel();
+        let bufs = Arc::new(bufpool::BufPool::new(config.slice_bytes));
         let shared = Arc::new(Shared {
             me,
             registry: Arc::new(Registry::new(config.peer_group, config.max_buffered_bytes)),
-            p2p: P2p::new(me, config.pool_size),
+            p2p: P2p::new(me, config.pool_size, bufs.clone()),
+            bufs,
             config: config.clone(),
             cmds: cmd_tx,
         });
@@ -123,6 +127,7 @@ impl Communicator {
                 listener,
                 me,
                 shared.registry.clone(),
+                shared.bufs.clone(),
                 stop_rx.clone(),
             ));
             let mut stream = dial_master(&config, me).await?;

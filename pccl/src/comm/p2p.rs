@@ -8,12 +8,13 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, watch};
 use tracing::Instrument;
 
+use super::bufpool::BufPool;
 use super::ops::Registry;
 use crate::error::Error;
 use crate::net::{self, ConnectionError};
@@ -68,14 +69,16 @@ pub(crate) struct P2p {
     me: PeerId,
     pool_size: usize,
     pools: Mutex<HashMap<PeerId, Arc<Pool>>>,
+    bufs: Arc<BufPool>,
     /// Serialises dials so two ops never open two pools to one peer.
     dialing: tokio::sync::Mutex<()>,
 }
 
 impl P2p {
-    pub(crate) fn new(me: PeerId, pool_size: usize) -> Self {
+    pub(crate) fn new(me: PeerId, pool_size: usize, bufs: Arc<BufPool>) -> Self {
         Self {
             me,
+            bufs,
             pool_size: pool_size.max(1),
             pools: Mutex::new(HashMap::new()),
             dialing: tokio::sync::Mutex::new(()),
@@ -136,7 +139,9 @@ impl P2p {
         for stream in streams {
             let (tx, rx) = mpsc::channel(WRITE_QUEUE);
             let span = tracing::debug_span!("p2p-writer", to = %peer.id);
-            tokio::spawn(write_loop(stream, rx, closed.clone()).instrument(span));
+            tokio::spawn(
+                write_loop(stream, rx, closed.clone(), self.bufs.clone()).instrument(span),
+            );
             writers.push(tx);
         }
         tracing::debug!(to = %peer.id, n = writers.len(), "p2p pool open");
@@ -182,6 +187,7 @@ async fn write_loop(
     mut stream: TcpStream,
     mut rx: mpsc::Receiver<OutFrame>,
     closed: watch::Sender<bool>,
+    bufs: Arc<BufPool>,
 ) {
     let mut closed_rx = closed.subscribe();
     let mut head = Vec::with_capacity(DATA_HEADER_LEN);
@@ -204,6 +210,7 @@ async fn write_loop(
             tracing::debug!(error = %e, "p2p write failed");
             break;
         }
+        bufs.recycle(frame.payload);
     }
     let _ = closed.send(true);
 }
@@ -219,6 +226,7 @@ pub(crate) async fn accept_loop(
     listener: TcpListener,
     me: PeerId,
     registry: Arc<Registry>,
+    bufs: Arc<BufPool>,
     mut stop: watch::Receiver<bool>,
 ) {
     loop {
@@ -234,11 +242,12 @@ pub(crate) async fn accept_loop(
             _ = net::stopped(&mut stop) => return,
         };
         let registry = registry.clone();
+        let bufs = bufs.clone();
         let stop = stop.clone();
         let span = tracing::debug_span!("p2p-reader", %addr);
         tokio::spawn(
             async move {
-                if let Err(e) = serve_inbound(stream, me, registry, stop).await {
+                if let Err(e) = serve_inbound(stream, me, registry, bufs, stop).await {
                     tracing::warn!(error = %e, "p2p connection dropped");
                 }
             }
@@ -251,6 +260,7 @@ async fn serve_inbound(
     mut stream: TcpStream,
     me: PeerId,
     registry: Arc<Registry>,
+    bufs: Arc<BufPool>,
     mut stop: watch::Receiver<bool>,
 ) -> Result<(), ConnectionError> {
     net::socket::tune(&stream, net::USER_TIMEOUT)?;
@@ -268,7 +278,7 @@ async fn serve_inbound(
     stream.write_all(&ours.encode()).await?;
     let from = hello.peer;
     tokio::select! {
-        r = read_loop(&mut stream, from, &registry) => r,
+        r = read_loop(&mut stream, from, &registry, &bufs) => r,
         _ = net::stopped(&mut stop) => Ok(()),
     }
 }
@@ -277,6 +287,7 @@ async fn read_loop(
     stream: &mut TcpStream,
     from: PeerId,
     registry: &Registry,
+    bufs: &BufPool,
 ) -> Result<(), ConnectionError> {
     let mut head = [0u8; DATA_HEADER_LEN];
     loop {
@@ -287,7 +298,7 @@ async fn read_loop(
         }
         let header = DataHeader::decode(&head)?;
         let len = header.len as usize;
-        let mut payload = BytesMut::with_capacity(len);
+        let mut payload = bufs.get(len);
         while payload.len() < len {
             let n = (&mut *stream)
                 .take((len - payload.len()) as u64)

@@ -2,6 +2,8 @@
 
 mod server;
 pub mod state;
+#[cfg(test)]
+mod tests;
 
 use std::net::SocketAddr;
 use std::sync::Mutex;
