@@ -38,6 +38,7 @@ mod config;
 mod error;
 pub mod master;
 mod net;
+mod shared_state;
 mod types;
 pub mod wire;
 
@@ -47,8 +48,10 @@ pub use config::{CommunicatorConfig, DEFAULT_MASTER_PORT, DEFAULT_P2P_PORT};
 pub use error::{Error, Result, ResultCode};
 pub use master::{MasterConfig, MasterNode};
 pub use net::ConnectionError;
+pub use shared_state::{SharedState, TensorInfo, tensor_hash};
 pub use types::{
-    Attribute, DataType, PeerEntry, PeerId, ReduceDescriptor, ReduceInfo, ReduceOp, Topology,
+    Attribute, DataType, Device, PeerEntry, PeerId, ReduceDescriptor, ReduceInfo, ReduceOp,
+    SyncInfo, SyncStrategy, Topology,
 };
 
 /// Installs a `tracing` subscriber that logs to stderr at the level in `PCCL_LOG`

@@ -224,3 +224,45 @@ impl Topology {
         }
     }
 }
+
+/// Where a tensor's memory lives (PCCL's `pcclDeviceType_t` numbering).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+#[repr(u8)]
+pub enum Device {
+    #[default]
+    Cpu = 0,
+    /// CUDA device memory: the caller stages it through host memory (see pccl-py).
+    Cuda = 1,
+}
+
+/// How a peer takes part in a shared-state sync (PCCL's numbering).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+#[repr(u8)]
+pub enum SyncStrategy {
+    /// Vote with our content; receive what differs from the popular content.
+    #[default]
+    EnforcePopular = 0,
+    /// Never send, do not vote; receive the popular content.
+    ReceiveOnly = 1,
+    /// Never receive; our content must win, else the sync fails here and nothing is written.
+    SendOnly = 2,
+}
+
+impl SyncStrategy {
+    /// The strategy with this PCCL number, if any.
+    pub fn from_u8(v: u8) -> Option<Self> {
+        match v {
+            0 => Some(Self::EnforcePopular),
+            1 => Some(Self::ReceiveOnly),
+            2 => Some(Self::SendOnly),
+            _ => None,
+        }
+    }
+}
+
+/// What a shared-state sync moved.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SyncInfo {
+    pub tx_bytes: u64,
+    pub rx_bytes: u64,
+}

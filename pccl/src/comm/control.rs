@@ -13,8 +13,9 @@ use super::Shared;
 use super::ops::OpKey;
 use crate::error::Error;
 use crate::net;
+use crate::shared_state::Plan;
 use crate::types::Topology;
-use crate::wire::{FailReason, FromMaster, ToMaster, VoteKind};
+use crate::wire::{FailReason, FromMaster, SyncRefusal, ToMaster, VoteKind};
 
 /// The answer to a joint call.
 #[derive(Debug)]
@@ -28,6 +29,13 @@ pub(crate) enum VoteAnswer {
 pub(crate) enum Cmd {
     Vote(VoteKind, oneshot::Sender<Result<VoteAnswer, Error>>),
     OpDone(OpKey, Option<FailReason>),
+    /// Report for a shared-state sync, with where to deliver the plan and the result.
+    Sync {
+        report: ToMaster,
+        plan: oneshot::Sender<Result<Plan, Error>>,
+        result: oneshot::Sender<Result<(), String>>,
+    },
+    SyncDone(bool),
 }
 
 /// Runs the control connection until the master is lost or `stop` is set.
@@ -57,6 +65,8 @@ pub(crate) async fn run(
     let mut heartbeat = tokio::time::interval(shared.config.heartbeat_interval);
     let mut last_heard = Instant::now();
     let mut vote: Option<oneshot::Sender<Result<VoteAnswer, Error>>> = None;
+    let mut sync_plan: Option<oneshot::Sender<Result<Plan, Error>>> = None;
+    let mut sync_result: Option<oneshot::Sender<Result<(), String>>> = None;
 
     let failure = loop {
         let out = tokio::select! {
@@ -71,6 +81,12 @@ pub(crate) async fn run(
                     vote = Some(reply);
                     ToMaster::Vote(kind)
                 }
+                Some(Cmd::Sync { report, plan, result }) => {
+                    sync_plan = Some(plan);
+                    sync_result = Some(result);
+                    report
+                }
+                Some(Cmd::SyncDone(ok)) => ToMaster::SyncDone { ok },
                 Some(Cmd::OpDone(key, failure)) => ToMaster::OpDone {
                     tag: key.tag, epoch: key.epoch, seq: key.seq, failure,
                 },
@@ -106,6 +122,26 @@ pub(crate) async fn run(
                     FromMaster::TopologyUpdated(Ok(())) => reply(&mut vote, Ok(VoteAnswer::TopologyUpdated)),
                     FromMaster::TopologyUpdated(Err(why)) => reply(&mut vote, Err(Error::UpdateTopologyFailed(why))),
                     FromMaster::VoteRejected(why) => reply(&mut vote, Err(Error::InvalidUsage(why))),
+                    FromMaster::SyncPlan { revision, fetch } => {
+                        if let Some(p) = sync_plan.take() {
+                            let _ = p.send(Ok(Plan { revision, fetch }));
+                        }
+                    }
+                    FromMaster::SyncRefused { kind, reason } => {
+                        let err = match kind {
+                            SyncRefusal::InvalidUsage => Error::InvalidUsage(reason),
+                            SyncRefusal::NoSharedState => Error::NoSharedStateAvailable(reason),
+                        };
+                        if let Some(p) = sync_plan.take() {
+                            let _ = p.send(Err(err));
+                        }
+                        sync_result = None;
+                    }
+                    FromMaster::SyncResult(res) => {
+                        if let Some(r) = sync_result.take() {
+                            let _ = r.send(res);
+                        }
+                    }
                     FromMaster::OpVerdict { tag, epoch, seq, failure } => {
                         shared.registry.verdict(OpKey { tag, epoch, seq }, failure);
                     }

@@ -32,12 +32,17 @@ pub(crate) struct Shared {
     pub(crate) registry: Arc<Registry>,
     pub(crate) p2p: P2p,
     pub(crate) bufs: Arc<bufpool::BufPool>,
+    pub(crate) door: Arc<crate::shared_state::StateDoor>,
     cmds: mpsc::UnboundedSender<Cmd>,
 }
 
 impl Shared {
     pub(crate) fn control_op_done(&self, key: OpKey, failure: Option<FailReason>) {
         let _ = self.cmds.send(Cmd::OpDone(key, failure));
+    }
+
+    pub(crate) fn control_sync_done(&self, ok: bool) {
+        let _ = self.cmds.send(Cmd::SyncDone(ok));
     }
 }
 
@@ -112,6 +117,7 @@ impl Communicator {
             registry: Arc::new(Registry::new(config.peer_group, config.max_buffered_bytes)),
             p2p: P2p::new(me, config.pool_size, bufs.clone()),
             bufs,
+            door: Arc::default(),
             config: config.clone(),
             cmds: cmd_tx,
         });
@@ -128,6 +134,7 @@ impl Communicator {
                 me,
                 shared.registry.clone(),
                 shared.bufs.clone(),
+                shared.door.clone(),
                 stop_rx.clone(),
             ));
             let mut stream = dial_master(&config, me).await?;
@@ -309,6 +316,46 @@ impl Communicator {
 }
 
 mod multiple;
+
+impl Communicator {
+    /// Joint call of the peer group: elects the most popular shared-state content among
+    /// peers with a valid revision and makes every peer's tensors equal to it, moving only
+    /// the tensors that differ. On success `state.revision` is the elected revision.
+    ///
+    /// The revision rule: a peer that took part in the group's last sync must present
+    /// exactly that revision + 1; a newcomer may present anything.
+    pub fn sync_shared_state(
+        &self,
+        state: &mut crate::SharedState<'_>,
+        strategy: crate::SyncStrategy,
+    ) -> Result<crate::SyncInfo> {
+        no_runtime_here()?;
+        state.validate()?;
+        let c = self.connected()?;
+        let shared = &c.shared;
+        let revision = state.revision;
+        let report = |tensors| {
+            let (plan, plan_rx) = oneshot::channel();
+            let (result, result_rx) = oneshot::channel();
+            let report = ToMaster::SyncReport {
+                revision,
+                strategy,
+                tensors,
+            };
+            shared
+                .cmds
+                .send(Cmd::Sync {
+                    report,
+                    plan,
+                    result,
+                })
+                .map_err(|_| Error::MasterConnectionFailed("control task ended".into()))?;
+            Ok((plan_rx, result_rx))
+        };
+        let sends = strategy != crate::SyncStrategy::ReceiveOnly;
+        c.rt.block_on(crate::shared_state::sync(shared, state, report, sends))
+    }
+}
 
 impl Drop for Communicator {
     fn drop(&mut self) {

@@ -18,6 +18,7 @@ use super::bufpool::BufPool;
 use super::ops::Registry;
 use crate::error::Error;
 use crate::net::{self, ConnectionError};
+use crate::shared_state::StateDoor;
 use crate::types::{PeerEntry, PeerId};
 use crate::wire::{ConnectionKind, DATA_HEADER_LEN, DataHeader, Hello};
 
@@ -227,6 +228,7 @@ pub(crate) async fn accept_loop(
     me: PeerId,
     registry: Arc<Registry>,
     bufs: Arc<BufPool>,
+    door: Arc<StateDoor>,
     mut stop: watch::Receiver<bool>,
 ) {
     loop {
@@ -243,11 +245,12 @@ pub(crate) async fn accept_loop(
         };
         let registry = registry.clone();
         let bufs = bufs.clone();
+        let door = door.clone();
         let stop = stop.clone();
         let span = tracing::debug_span!("p2p-reader", %addr);
         tokio::spawn(
             async move {
-                if let Err(e) = serve_inbound(stream, me, registry, bufs, stop).await {
+                if let Err(e) = serve_inbound(stream, me, registry, bufs, &door, stop).await {
                     tracing::warn!(error = %e, "p2p connection dropped");
                 }
             }
@@ -261,21 +264,31 @@ async fn serve_inbound(
     me: PeerId,
     registry: Arc<Registry>,
     bufs: Arc<BufPool>,
+    door: &StateDoor,
     mut stop: watch::Receiver<bool>,
 ) -> Result<(), ConnectionError> {
     net::socket::tune(&stream, net::USER_TIMEOUT)?;
     let hello = net::accept_hello(&mut stream, DIAL_TIMEOUT).await?;
-    if hello.kind != ConnectionKind::P2p {
+    if !matches!(
+        hello.kind,
+        ConnectionKind::P2p | ConnectionKind::SharedState
+    ) {
         return Err(ConnectionError::Handshake(format!(
             "unexpected connection kind {:?}",
             hello.kind
         )));
     }
     let ours = Hello {
-        kind: ConnectionKind::P2p,
+        kind: hello.kind,
         peer: me,
     };
     stream.write_all(&ours.encode()).await?;
+    if hello.kind == ConnectionKind::SharedState {
+        if !door.hand(stream) {
+            tracing::debug!(from = %hello.peer, "shared-state request outside a sync, closed");
+        }
+        return Ok(());
+    }
     let from = hello.peer;
     tokio::select! {
         r = read_loop(&mut stream, from, &registry, &bufs) => r,

@@ -1,6 +1,7 @@
 //! The master: a sans-IO state machine ([`MasterState`]) and its tokio server.
 
 mod server;
+mod shared_state;
 pub mod state;
 #[cfg(test)]
 mod tests;

@@ -17,8 +17,9 @@ use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
 
-use crate::types::{PeerEntry, PeerId, Topology};
-use crate::wire::{FailReason, FromMaster, ToMaster, VoteKind};
+use super::shared_state::{Decision, History, Report, elect};
+use crate::types::{PeerEntry, PeerId, SyncStrategy, Topology};
+use crate::wire::{FailReason, FromMaster, TensorReport, ToMaster, VoteKind};
 
 /// A connection, numbered by the driver.
 pub type ConnId = u64;
@@ -63,6 +64,22 @@ struct OpVote {
     done: BTreeSet<PeerId>,
 }
 
+/// One group's shared-state sync in progress: reports until every live member has
+/// reported, then transfers until every participant is done.
+#[derive(Debug, Default)]
+struct SyncRound {
+    reports: BTreeMap<PeerId, Report>,
+    transfer: Option<Transfer>,
+}
+
+#[derive(Debug)]
+struct Transfer {
+    revision: u64,
+    participants: BTreeSet<PeerId>,
+    done: BTreeSet<PeerId>,
+    failed: Option<String>,
+}
+
 /// The master's whole state. See the module docs for the calling contract.
 #[derive(Debug)]
 pub struct MasterState {
@@ -82,6 +99,8 @@ pub struct MasterState {
     ops: BTreeMap<(u32, u64), OpVote>,
     /// Verdicts given per (group, tag) in the group's current epoch.
     op_seq: BTreeMap<(u32, u64), u32>,
+    syncs: BTreeMap<u32, SyncRound>,
+    sync_history: BTreeMap<u32, History>,
     outputs: VecDeque<Output>,
 }
 
@@ -101,6 +120,8 @@ impl MasterState {
             proposal: None,
             ops: BTreeMap::new(),
             op_seq: BTreeMap::new(),
+            syncs: BTreeMap::new(),
+            sync_history: BTreeMap::new(),
             outputs: VecDeque::new(),
         }
     }
@@ -184,6 +205,12 @@ impl MasterState {
                 seq,
                 failure,
             } => self.on_op_done(conn, peer, tag, epoch, seq, failure),
+            ToMaster::SyncReport {
+                revision,
+                strategy,
+                tensors,
+            } => self.on_sync_report(conn, peer, revision, strategy, tensors),
+            ToMaster::SyncDone { ok } => self.on_sync_done(conn, peer, ok),
         }
     }
 
@@ -467,10 +494,132 @@ impl MasterState {
         }
     }
 
+    fn on_sync_report(
+        &mut self,
+        conn: ConnId,
+        peer: PeerId,
+        revision: u64,
+        strategy: SyncStrategy,
+        tensors: Vec<TensorReport>,
+    ) {
+        let Some(group) = self.ring.contains(&peer).then(|| self.peers[&peer].group) else {
+            return self.violation(conn, "synced before being accepted");
+        };
+        let round = self.syncs.entry(group).or_default();
+        if round.transfer.is_some() || round.reports.contains_key(&peer) {
+            return self.violation(conn, "reported twice in one shared-state sync");
+        }
+        round.reports.insert(
+            peer,
+            Report {
+                revision,
+                strategy,
+                tensors,
+            },
+        );
+        self.try_elect(group);
+    }
+
+    /// Elects once every live member of the group has reported.
+    fn try_elect(&mut self, group: u32) {
+        let members = self.group_members(group);
+        let Some(round) = self.syncs.get_mut(&group) else {
+            return;
+        };
+        if round.transfer.is_some() || !members.iter().all(|m| round.reports.contains_key(m)) {
+            return;
+        }
+        let history = self.sync_history.get(&group).cloned().unwrap_or_default();
+        let decisions = elect(&round.reports, &history);
+        let mut participants = BTreeSet::new();
+        let mut revision = 0;
+        let mut msgs = Vec::new();
+        for (peer, d) in decisions {
+            match d {
+                Decision::Plan { revision: r, fetch } => {
+                    participants.insert(peer);
+                    revision = r;
+                    msgs.push((peer, FromMaster::SyncPlan { revision: r, fetch }));
+                }
+                Decision::Refuse(kind, reason) => {
+                    msgs.push((peer, FromMaster::SyncRefused { kind, reason }));
+                }
+            }
+        }
+        if participants.is_empty() {
+            self.syncs.remove(&group);
+        } else {
+            round.transfer = Some(Transfer {
+                revision,
+                participants,
+                done: BTreeSet::new(),
+                failed: None,
+            });
+        }
+        for (peer, m) in msgs {
+            self.send_peer(peer, m);
+        }
+    }
+
+    fn on_sync_done(&mut self, conn: ConnId, peer: PeerId, ok: bool) {
+        let group = self.peers.get(&peer).map(|p| p.group);
+        let transfer = group
+            .and_then(|g| self.syncs.get_mut(&g))
+            .and_then(|r| r.transfer.as_mut())
+            .filter(|t| t.participants.contains(&peer));
+        let Some(t) = transfer else {
+            return self.violation(conn, "reported a sync it is not part of");
+        };
+        t.done.insert(peer);
+        if !ok {
+            t.failed
+                .get_or_insert_with(|| format!("peer {peer} could not fetch the shared state"));
+        }
+        self.try_finish_sync(group.expect("checked"));
+    }
+
+    /// Ends the sync once every live participant is done: the same result for all.
+    fn try_finish_sync(&mut self, group: u32) {
+        let Some(t) = self.syncs.get(&group).and_then(|r| r.transfer.as_ref()) else {
+            return;
+        };
+        if !t.participants.iter().all(|p| t.done.contains(p)) {
+            return;
+        }
+        let t = self
+            .syncs
+            .remove(&group)
+            .and_then(|r| r.transfer)
+            .expect("checked");
+        let result = match t.failed {
+            Some(why) => Err(why),
+            None => {
+                self.sync_history.insert(
+                    group,
+                    History {
+                        members: t.participants.clone(),
+                        revision: Some(t.revision),
+                    },
+                );
+                Ok(())
+            }
+        };
+        for p in t.participants {
+            self.send_peer(p, FromMaster::SyncResult(result.clone()));
+        }
+    }
+
     fn remove_peer(&mut self, peer: PeerId) {
         let Some(rec) = self.peers.remove(&peer) else {
             return;
         };
+        if let Some(round) = self.syncs.get_mut(&rec.group) {
+            round.reports.remove(&peer);
+            if let Some(t) = round.transfer.as_mut() {
+                t.participants.remove(&peer);
+                t.done.remove(&peer);
+            }
+        }
         self.votes.remove(&peer);
         self.pending.retain(|p| *p != peer);
         if let Some(p) = &self.proposal {
@@ -491,6 +640,8 @@ impl MasterState {
             tracing::info!(%peer, world = self.ring.len(), "peer removed from the ring");
             self.broadcast_commit();
             self.try_complete_vote();
+            self.try_elect(rec.group);
+            self.try_finish_sync(rec.group);
         }
         self.admit_first_if_empty();
     }

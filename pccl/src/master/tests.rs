@@ -454,6 +454,13 @@ impl Sim {
                 seq,
                 failure,
             } => self.on_verdict(i, (tag, epoch, seq), failure.is_none())?,
+            FromMaster::SyncPlan { .. }
+            | FromMaster::SyncRefused { .. }
+            | FromMaster::SyncResult(_) => {
+                // The simulated peers never sync shared state (covered by the election
+                // unit tests and the loopback tests).
+                return Err(format!("conn {conn} got a sync message it never asked for"));
+            }
         }
         Ok(())
     }

@@ -6,7 +6,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use bytes::BufMut;
 
 use super::codec::{Reader, WireError, put_bool, put_string};
-use crate::types::{PeerEntry, PeerId, Topology};
+use crate::types::{DataType, PeerEntry, PeerId, SyncStrategy, Topology};
 
 /// Largest control frame body we accept.
 pub const MAX_CONTROL_FRAME: usize = 16 << 20;
@@ -14,6 +14,39 @@ pub const MAX_CONTROL_FRAME: usize = 16 << 20;
 pub const MAX_PEERS: usize = 1 << 16;
 /// Longest reason string.
 const MAX_REASON: usize = 4096;
+/// Most tensors a shared state may hold.
+pub const MAX_TENSORS: usize = 1 << 16;
+/// Longest tensor name.
+pub const MAX_NAME: usize = 1024;
+
+/// One tensor of a peer's shared state, as reported for the election.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TensorReport {
+    pub name: String,
+    pub dtype: DataType,
+    pub count: u64,
+    /// xxh3-128 of the tensor's bytes.
+    pub hash: u128,
+    pub allow_content_inequality: bool,
+}
+
+/// A tensor a peer must fetch, with the peers that hold it (the first is designated) and
+/// the hash each holder reported.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Fetch {
+    pub name: String,
+    pub sources: Vec<(PeerId, u128)>,
+}
+
+/// Why the master refused a peer's part in a sync.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u8)]
+pub enum SyncRefusal {
+    /// Revision rule broken, layout differs, or a send-only peer lost the election.
+    InvalidUsage = 1,
+    /// Nobody holds a state to sync from.
+    NoSharedState = 2,
+}
 
 /// Joint calls: every accepted peer asks, the master answers all at once.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -50,6 +83,14 @@ pub enum ToMaster {
     Vote(VoteKind),
     /// Connections for a proposed topology are (or could not be) established.
     P2pReady { proposal: u64, ok: bool },
+    /// Joint call of the group: our revision, strategy and tensor hashes.
+    SyncReport {
+        revision: u64,
+        strategy: SyncStrategy,
+        tensors: Vec<TensorReport>,
+    },
+    /// Our fetches for the sync finished (or failed).
+    SyncDone { ok: bool },
     /// This peer's part of op (tag, epoch, seq) finished; `reason` is set on failure.
     OpDone {
         tag: u64,
@@ -85,6 +126,18 @@ pub enum FromMaster {
     },
     /// A joint call could not be answered (peers asked for different things).
     VoteRejected(String),
+    /// The election's outcome for this peer: the revision to adopt and what to fetch.
+    SyncPlan {
+        revision: u64,
+        fetch: Vec<Fetch>,
+    },
+    /// This peer cannot take part in the sync.
+    SyncRefused {
+        kind: SyncRefusal,
+        reason: String,
+    },
+    /// Final outcome of the sync, the same for every participant.
+    SyncResult(Result<(), String>),
 }
 
 impl ToMaster {
@@ -121,6 +174,27 @@ impl ToMaster {
             } => {
                 out.put_u8(5);
                 put_op(out, *tag, *epoch, *seq, *failure);
+            }
+            Self::SyncReport {
+                revision,
+                strategy,
+                tensors,
+            } => {
+                out.put_u8(6);
+                out.put_u64_le(*revision);
+                out.put_u8(*strategy as u8);
+                out.put_u32_le(tensors.len() as u32);
+                for t in tensors {
+                    put_string(out, &t.name);
+                    out.put_u8(t.dtype as u8);
+                    out.put_u64_le(t.count);
+                    out.put_u128_le(t.hash);
+                    put_bool(out, t.allow_content_inequality);
+                }
+            }
+            Self::SyncDone { ok } => {
+                out.put_u8(7);
+                put_bool(out, *ok);
             }
         }
     }
@@ -160,6 +234,30 @@ impl ToMaster {
                     failure,
                 }
             }
+            6 => {
+                let revision = r.u64()?;
+                let strategy =
+                    SyncStrategy::from_u8(r.u8()?).ok_or(WireError::InvalidValue("strategy"))?;
+                // name length + dtype + count + hash + flag
+                let n = r.len(MAX_TENSORS, 4 + 1 + 8 + 16 + 1)?;
+                let mut tensors = Vec::with_capacity(n);
+                for _ in 0..n {
+                    tensors.push(TensorReport {
+                        name: r.string(MAX_NAME)?,
+                        dtype: DataType::from_u8(r.u8()?)
+                            .ok_or(WireError::InvalidValue("data type"))?,
+                        count: r.u64()?,
+                        hash: u128::from_le_bytes(r.array()?),
+                        allow_content_inequality: r.bool()?,
+                    });
+                }
+                Self::SyncReport {
+                    revision,
+                    strategy,
+                    tensors,
+                }
+            }
+            7 => Self::SyncDone { ok: r.bool()? },
             t => return Err(WireError::UnknownFrameType(t)),
         };
         r.finish()?;
@@ -207,6 +305,34 @@ impl FromMaster {
                 out.put_u8(7);
                 put_string(out, why);
             }
+            Self::SyncPlan { revision, fetch } => {
+                out.put_u8(8);
+                out.put_u64_le(*revision);
+                out.put_u32_le(fetch.len() as u32);
+                for f in fetch {
+                    put_string(out, &f.name);
+                    out.put_u32_le(f.sources.len() as u32);
+                    for (peer, hash) in &f.sources {
+                        out.put_slice(&peer.0);
+                        out.put_u128_le(*hash);
+                    }
+                }
+            }
+            Self::SyncRefused { kind, reason } => {
+                out.put_u8(9);
+                out.put_u8(*kind as u8);
+                put_string(out, reason);
+            }
+            Self::SyncResult(res) => {
+                out.put_u8(10);
+                match res {
+                    Ok(()) => out.put_u8(0),
+                    Err(why) => {
+                        out.put_u8(1);
+                        put_string(out, why);
+                    }
+                }
+            }
         }
     }
 
@@ -237,6 +363,37 @@ impl FromMaster {
                 }
             }
             7 => Self::VoteRejected(r.string(MAX_REASON)?),
+            8 => {
+                let revision = r.u64()?;
+                let n = r.len(MAX_TENSORS, 8)?;
+                let mut fetch = Vec::with_capacity(n);
+                for _ in 0..n {
+                    let name = r.string(MAX_NAME)?;
+                    let m = r.len(MAX_PEERS, 32)?;
+                    let mut sources = Vec::with_capacity(m);
+                    for _ in 0..m {
+                        sources.push((PeerId(r.array()?), u128::from_le_bytes(r.array()?)));
+                    }
+                    fetch.push(Fetch { name, sources });
+                }
+                Self::SyncPlan { revision, fetch }
+            }
+            9 => {
+                let kind = match r.u8()? {
+                    1 => SyncRefusal::InvalidUsage,
+                    2 => SyncRefusal::NoSharedState,
+                    _ => return Err(WireError::InvalidValue("refusal kind")),
+                };
+                Self::SyncRefused {
+                    kind,
+                    reason: r.string(MAX_REASON)?,
+                }
+            }
+            10 => Self::SyncResult(match r.u8()? {
+                0 => Ok(()),
+                1 => Err(r.string(MAX_REASON)?),
+                _ => return Err(WireError::InvalidValue("result tag")),
+            }),
             t => return Err(WireError::UnknownFrameType(t)),
         };
         r.finish()?;
@@ -361,6 +518,25 @@ mod tests {
         ]
     }
 
+    fn tensor_report() -> impl Strategy<Value = TensorReport> {
+        (
+            ".{0,16}",
+            0u8..12,
+            any::<u64>(),
+            any::<u128>(),
+            any::<bool>(),
+        )
+            .prop_map(
+                |(name, d, count, hash, allow_content_inequality)| TensorReport {
+                    name,
+                    dtype: DataType::from_u8(d).unwrap(),
+                    count,
+                    hash,
+                    allow_content_inequality,
+                },
+            )
+    }
+
     fn to_master() -> impl Strategy<Value = ToMaster> {
         prop_oneof![
             (any::<u32>(), any::<u16>(), any::<Option<[u8; 4]>>()).prop_map(|(g, p, ip)| {
@@ -375,6 +551,17 @@ mod tests {
             Just(ToMaster::Vote(VoteKind::UpdateTopology)),
             (any::<u64>(), any::<bool>())
                 .prop_map(|(proposal, ok)| ToMaster::P2pReady { proposal, ok }),
+            (
+                any::<u64>(),
+                0u8..3,
+                prop::collection::vec(tensor_report(), 0..4)
+            )
+                .prop_map(|(revision, s, tensors)| ToMaster::SyncReport {
+                    revision,
+                    strategy: SyncStrategy::from_u8(s).unwrap(),
+                    tensors
+                }),
+            any::<bool>().prop_map(|ok| ToMaster::SyncDone { ok }),
             (any::<u64>(), any::<u64>(), any::<u32>(), failure()).prop_map(
                 |(tag, epoch, seq, failure)| ToMaster::OpDone {
                     tag,
@@ -404,6 +591,35 @@ mod tests {
                 }
             ),
             ".{0,20}".prop_map(FromMaster::VoteRejected),
+            (
+                any::<u64>(),
+                prop::collection::vec(
+                    (
+                        ".{0,12}",
+                        prop::collection::vec((any::<[u8; 16]>(), any::<u128>()), 0..3)
+                    ),
+                    0..3
+                )
+            )
+                .prop_map(|(revision, f)| FromMaster::SyncPlan {
+                    revision,
+                    fetch: f
+                        .into_iter()
+                        .map(|(name, s)| Fetch {
+                            name,
+                            sources: s.into_iter().map(|(p, h)| (PeerId(p), h)).collect()
+                        })
+                        .collect()
+                }),
+            (any::<bool>(), ".{0,12}").prop_map(|(k, reason)| FromMaster::SyncRefused {
+                kind: if k {
+                    SyncRefusal::InvalidUsage
+                } else {
+                    SyncRefusal::NoSharedState
+                },
+                reason
+            }),
+            any::<Option<String>>().prop_map(|s| FromMaster::SyncResult(s.map_or(Ok(()), Err))),
         ]
     }
 

@@ -9,11 +9,15 @@ mod codec;
 pub mod control;
 pub mod data;
 pub mod handshake;
+pub mod state;
 
 pub use codec::WireError;
-pub use control::{FailReason, FromMaster, MAX_CONTROL_FRAME, ToMaster, VoteKind};
+pub use control::{
+    FailReason, Fetch, FromMaster, MAX_CONTROL_FRAME, SyncRefusal, TensorReport, ToMaster, VoteKind,
+};
 pub use data::{DATA_HEADER_LEN, DataHeader, MAX_SLICE_BYTES};
 pub use handshake::{ConnectionKind, HELLO_LEN, Hello};
+pub use state::{StateRequest, StateResponse};
 
 /// Checks a control frame's length prefix before its body is read or allocated.
 pub fn check_control_len(len: u32) -> Result<usize, WireError> {

@@ -71,3 +71,27 @@ pub(crate) fn on_all<T: Send>(
         hs.into_iter().map(|h| h.join().unwrap()).collect()
     })
 }
+
+/// Adds one newcomer made from `cfg` to the run: the accepted peers update the topology
+/// until it is in. Returns the grown list.
+pub(crate) fn grow(comms: Vec<Communicator>, cfg: CommunicatorConfig) -> Vec<Communicator> {
+    let n = comms.len() + 1;
+    let newcomer = std::thread::spawn(move || {
+        let c = Communicator::new(cfg).unwrap();
+        c.connect().unwrap();
+        c
+    });
+    let deadline = Instant::now() + Duration::from_secs(30);
+    on_all(&comms, |_, c| {
+        while c.attribute(Attribute::GlobalWorldSize).unwrap() < n {
+            assert!(Instant::now() < deadline, "newcomer not admitted in time");
+            match c.update_topology() {
+                Ok(()) | Err(pccl::Error::UpdateTopologyFailed(_)) => {}
+                Err(e) => panic!("update_topology: {e}"),
+            }
+        }
+    });
+    let mut comms = comms;
+    comms.push(newcomer.join().unwrap());
+    comms
+}

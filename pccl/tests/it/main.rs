@@ -7,3 +7,4 @@ mod common;
 mod grid;
 mod handshake;
 mod send_sync;
+mod shared_state;

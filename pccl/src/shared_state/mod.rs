@@ -1,0 +1,250 @@
+//! Shared state (DESIGN §6): named tensors every peer of a group holds bit for bit, and
+//! the sync that elects the popular content and sends each peer only what differs.
+
+mod hash;
+mod transfer;
+
+use std::collections::HashSet;
+use std::sync::Mutex;
+
+use futures::StreamExt;
+use futures::stream::FuturesUnordered;
+use tokio::net::TcpStream;
+use tokio::sync::{mpsc, oneshot};
+
+pub use hash::tensor_hash;
+
+use crate::collectives::Element;
+use crate::comm::Shared;
+use crate::error::{Error, Result};
+use crate::types::{DataType, Device, SyncInfo};
+use crate::wire::Fetch;
+
+/// One named tensor of a shared state. The user owns the memory; a sync writes into it
+/// only while it runs, and only if this tensor differs from the elected content.
+#[derive(Debug)]
+pub struct TensorInfo<'a> {
+    pub name: String,
+    pub data: &'a mut [u8],
+    pub dtype: DataType,
+    /// Where `data` lives. The core reads host memory only: CUDA tensors are staged
+    /// through host memory by the caller (pccl-py does this).
+    pub device: Device,
+    /// The tensor may differ between peers (e.g. RNG state): it does not vote and is sent
+    /// only to newcomers.
+    pub allow_content_inequality: bool,
+}
+
+impl<'a> TensorInfo<'a> {
+    /// A host tensor over `data`.
+    pub fn new<T: Element>(name: impl Into<String>, data: &'a mut [T]) -> Self {
+        Self {
+            name: name.into(),
+            data: bytemuck::cast_slice_mut(data),
+            dtype: T::DTYPE,
+            device: Device::Cpu,
+            allow_content_inequality: false,
+        }
+    }
+
+    /// The same tensor, allowed to differ between peers.
+    pub fn allowing_inequality(mut self) -> Self {
+        self.allow_content_inequality = true;
+        self
+    }
+
+    /// Number of elements.
+    pub fn count(&self) -> usize {
+        self.data.len() / self.dtype.size()
+    }
+}
+
+/// A revision plus named tensors.
+#[derive(Debug, Default)]
+pub struct SharedState<'a> {
+    pub revision: u64,
+    pub tensors: Vec<TensorInfo<'a>>,
+}
+
+impl SharedState<'_> {
+    pub(crate) fn validate(&self) -> Result<()> {
+        let mut names = HashSet::new();
+        for t in &self.tensors {
+            if t.name.is_empty() || t.name.len() > crate::wire::control::MAX_NAME {
+                return Err(Error::InvalidArgument(
+                    "tensor names must be 1 to 1024 bytes",
+                ));
+            }
+            if !names.insert(t.name.as_str()) {
+                return Err(Error::InvalidArgument("tensor names must be unique"));
+            }
+            if t.data.len() % t.dtype.size() != 0 {
+                return Err(Error::InvalidArgument(
+                    "tensor length is not a whole number of elements",
+                ));
+            }
+            if t.device != Device::Cpu {
+                return Err(Error::InvalidArgument(
+                    "the core syncs host memory only: stage CUDA tensors through host memory",
+                ));
+            }
+        }
+        if self.tensors.len() > crate::wire::control::MAX_TENSORS {
+            return Err(Error::InvalidArgument(
+                "too many tensors in one shared state",
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// The door through which the p2p listener hands shared-state connections to the sync
+/// that is running, if any; outside a sync they are closed.
+#[derive(Debug, Default)]
+pub(crate) struct StateDoor {
+    tx: Mutex<Option<mpsc::UnboundedSender<TcpStream>>>,
+}
+
+impl StateDoor {
+    fn open(&self) -> Result<mpsc::UnboundedReceiver<TcpStream>> {
+        let mut tx = self.tx.lock().unwrap_or_else(|e| e.into_inner());
+        if tx.is_some() {
+            return Err(Error::InvalidUsage(
+                "a shared-state sync is already running".into(),
+            ));
+        }
+        let (t, r) = mpsc::unbounded_channel();
+        *tx = Some(t);
+        Ok(r)
+    }
+
+    fn close(&self) {
+        *self.tx.lock().unwrap_or_else(|e| e.into_inner()) = None;
+    }
+
+    /// Hands `stream` to the running sync; false (and the stream is dropped) if none runs.
+    pub(crate) fn hand(&self, stream: TcpStream) -> bool {
+        let tx = self.tx.lock().unwrap_or_else(|e| e.into_inner());
+        tx.as_ref().is_some_and(|t| t.send(stream).is_ok())
+    }
+}
+
+/// The master's answer to our report.
+#[derive(Debug)]
+pub(crate) struct Plan {
+    pub(crate) revision: u64,
+    pub(crate) fetch: Vec<Fetch>,
+}
+
+/// Closes the door when the sync ends, however it ends.
+struct DoorGuard<'a>(&'a StateDoor);
+
+impl Drop for DoorGuard<'_> {
+    fn drop(&mut self) {
+        self.0.close();
+    }
+}
+
+/// Receives the master's final word on a sync.
+pub(crate) type ResultRx = oneshot::Receiver<std::result::Result<(), String>>;
+
+/// Most tensors fetched at once.
+const PARALLEL_FETCHES: usize = 8;
+
+/// Runs one sync. `report` sends our report and returns the plan and result channels.
+pub(crate) async fn sync(
+    shared: &Shared,
+    state: &mut SharedState<'_>,
+    report: impl FnOnce(
+        Vec<crate::wire::TensorReport>,
+    ) -> Result<(oneshot::Receiver<Result<Plan>>, ResultRx)>,
+    strategy_sends: bool,
+) -> Result<SyncInfo> {
+    let mut incoming = shared.door.open()?;
+    let _guard = DoorGuard(&shared.door);
+    let tensors = state
+        .tensors
+        .iter()
+        .map(|t| crate::wire::TensorReport {
+            name: t.name.clone(),
+            dtype: t.dtype,
+            count: t.count() as u64,
+            hash: tensor_hash(t.data),
+            allow_content_inequality: t.allow_content_inequality,
+        })
+        .collect();
+    let (mut plan_rx, mut result_rx) = report(tensors)?;
+    let lost =
+        || Error::MasterConnectionFailed("the control connection ended during a sync".into());
+    // Until the plan arrives, keep early requests: we may turn out to be a holder.
+    let mut early = Vec::new();
+    let plan = loop {
+        tokio::select! {
+            p = &mut plan_rx => break p.map_err(|_| lost())??,
+            Some(s) = incoming.recv() => early.push(s),
+        }
+    };
+    let mut info = SyncInfo::default();
+    let result = if plan.fetch.is_empty() {
+        shared.control_sync_done(true);
+        let tensors = &state.tensors[..];
+        let mut serving: FuturesUnordered<_> = early
+            .into_iter()
+            .filter(|_| strategy_sends)
+            .map(|s| transfer::serve(s, tensors))
+            .collect();
+        loop {
+            tokio::select! {
+                r = &mut result_rx => break r.map_err(|_| lost())?,
+                Some(s) = incoming.recv() => if strategy_sends { serving.push(transfer::serve(s, tensors)) },
+                Some(r) = serving.next() => match r {
+                    Ok(n) => info.tx_bytes += n,
+                    Err(e) => tracing::debug!(error = %e, "shared-state request ended"),
+                },
+            }
+        }
+    } else {
+        drop(early);
+        let topology = shared.registry.topology();
+        let stall = shared.config.master_timeout;
+        let me = shared.me;
+        let mut fetches = futures::stream::iter(state.tensors.iter_mut().filter_map(|t| {
+            let f = plan.fetch.iter().find(|f| f.name == t.name)?;
+            let topology = &topology;
+            Some(async move { transfer::fetch(me, topology, f, t.data, stall).await })
+        }))
+        .buffer_unordered(PARALLEL_FETCHES);
+        let mut ok = true;
+        loop {
+            tokio::select! {
+                next = fetches.next() => match next {
+                    Some((n, good)) => {
+                        info.rx_bytes += n;
+                        ok &= good;
+                    }
+                    None => break,
+                },
+                // Not a holder: refuse (close) requests at once.
+                Some(s) = incoming.recv() => drop(s),
+            }
+        }
+        drop(fetches);
+        shared.control_sync_done(ok);
+        loop {
+            tokio::select! {
+                r = &mut result_rx => break r.map_err(|_| lost())?,
+                Some(s) = incoming.recv() => drop(s),
+            }
+        }
+    };
+    match result {
+        Ok(()) => {
+            state.revision = plan.revision;
+            Ok(info)
+        }
+        Err(why) => Err(Error::RankConnectionLost {
+            tag: 0,
+            reason: format!("shared-state sync failed: {why}"),
+        }),
+    }
+}

@@ -1,0 +1,278 @@
+//! Shared-state sync on loopback: newcomers receive the state, a corrupted tensor is
+//! repaired with only its bytes moved, the revision rule and the strategies hold, and
+//! after every sync all peers' bytes are equal.
+
+use half::bf16;
+use pccl::{Communicator, Error, SharedState, SyncInfo, SyncStrategy, TensorInfo, tensor_hash};
+
+use crate::common::{cluster, config, grow, master, on_all};
+
+/// A model-like state: four tensors of mixed types and sizes.
+#[derive(Clone, Debug, PartialEq)]
+struct Model {
+    w: Vec<f32>,
+    b: Vec<bf16>,
+    step: Vec<u64>,
+    mask: Vec<u8>,
+}
+
+impl Model {
+    fn new(seed: u32) -> Self {
+        Self {
+            w: (0..100_000)
+                .map(|i| (i as f32).sin() * seed as f32)
+                .collect(),
+            b: (0..777)
+                .map(|i| bf16::from_f32(i as f32 + seed as f32))
+                .collect(),
+            step: vec![u64::from(seed); 3],
+            mask: (0..4099).map(|i| (i as u32 ^ seed) as u8).collect(),
+        }
+    }
+
+    fn zeros() -> Self {
+        Self {
+            w: vec![0.0; 100_000],
+            b: vec![bf16::ZERO; 777],
+            step: vec![0; 3],
+            mask: vec![0; 4099],
+        }
+    }
+
+    fn bytes(&self) -> usize {
+        self.w.len() * 4 + self.b.len() * 2 + self.step.len() * 8 + self.mask.len()
+    }
+
+    fn state(&mut self, revision: u64) -> SharedState<'_> {
+        SharedState {
+            revision,
+            tensors: vec![
+                TensorInfo::new("w", &mut self.w),
+                TensorInfo::new("b", &mut self.b),
+                TensorInfo::new("step", &mut self.step),
+                TensorInfo::new("mask", &mut self.mask),
+            ],
+        }
+    }
+
+    fn digest(&mut self) -> Vec<u128> {
+        self.state(0)
+            .tensors
+            .iter()
+            .map(|t| tensor_hash(t.data))
+            .collect()
+    }
+}
+
+fn sync(
+    c: &Communicator,
+    m: &mut Model,
+    rev: u64,
+    s: SyncStrategy,
+) -> Result<(SyncInfo, u64), Error> {
+    let mut st = m.state(rev);
+    let info = c.sync_shared_state(&mut st, s)?;
+    Ok((info, st.revision))
+}
+
+#[test]
+fn newcomer_receives_four_mixed_tensors_and_revisions_advance() {
+    let m = master();
+    let comms = cluster(&m, 2);
+    // First sync: equal content, nothing moves.
+    let r = on_all(&comms, |_, c| {
+        sync(c, &mut Model::new(3), 10, SyncStrategy::EnforcePopular).unwrap()
+    });
+    assert!(
+        r.iter()
+            .all(|(info, rev)| *info == SyncInfo::default() && *rev == 10)
+    );
+    let comms = grow(comms, config(m.local_addr()));
+    let total = Model::new(3).bytes() as u64;
+    let out = on_all(&comms, |i, c| {
+        // The veterans present last + 1; the newcomer presents anything and has nothing.
+        let (mut mm, rev) = if i == 2 {
+            (Model::zeros(), 0)
+        } else {
+            (Model::new(3), 11)
+        };
+        (
+            sync(c, &mut mm, rev, SyncStrategy::EnforcePopular).unwrap(),
+            mm,
+        )
+    });
+    for (i, ((info, rev), mm)) in out.iter().enumerate() {
+        assert_eq!(*rev, 11);
+        assert_eq!(mm, &Model::new(3), "peer {i} differs");
+        assert_eq!(info.rx_bytes, if i == 2 { total } else { 0 });
+    }
+    assert_eq!(out.iter().map(|(r, _)| r.0.tx_bytes).sum::<u64>(), total);
+}
+
+#[test]
+fn one_flipped_bit_moves_exactly_that_tensor() {
+    let m = master();
+    let comms = cluster(&m, 3);
+    let out = on_all(&comms, |i, c| {
+        let mut mm = Model::new(7);
+        if i == 1 {
+            mm.b[500] = bf16::from_bits(mm.b[500].to_bits() ^ 0x0100);
+        }
+        let r = sync(c, &mut mm, 1, SyncStrategy::EnforcePopular).unwrap();
+        (r, mm.digest(), mm)
+    });
+    for (i, ((info, _), digest, mm)) in out.iter().enumerate() {
+        assert_eq!(digest, &out[0].1);
+        assert_eq!(mm, &Model::new(7));
+        assert_eq!(info.rx_bytes, if i == 1 { 777 * 2 } else { 0 }, "peer {i}");
+    }
+}
+
+#[test]
+fn revision_rule_is_enforced_for_veterans() {
+    let m = master();
+    let comms = cluster(&m, 3);
+    on_all(&comms, |_, c| {
+        sync(c, &mut Model::new(1), 4, SyncStrategy::EnforcePopular).unwrap()
+    });
+    let out = on_all(&comms, |i, c| {
+        sync(
+            c,
+            &mut Model::new(1),
+            if i == 0 { 9 } else { 5 },
+            SyncStrategy::EnforcePopular,
+        )
+    });
+    assert!(
+        matches!(out[0], Err(Error::InvalidUsage(_))),
+        "{:?}",
+        out[0]
+    );
+    assert_eq!(out[1].as_ref().unwrap().1, 5);
+    assert_eq!(out[2].as_ref().unwrap().1, 5);
+}
+
+#[test]
+fn strategies_receive_only_and_send_only() {
+    let m = master();
+    let comms = cluster(&m, 3);
+    // Receive-only: its content does not vote, it receives the others' content.
+    let out = on_all(&comms, |i, c| {
+        let (mut mm, s) = if i == 0 {
+            (Model::new(99), SyncStrategy::ReceiveOnly)
+        } else {
+            (Model::new(5), SyncStrategy::EnforcePopular)
+        };
+        let r = sync(c, &mut mm, 1, s).unwrap();
+        (r.0, mm)
+    });
+    assert!(out.iter().all(|(_, mm)| *mm == Model::new(5)));
+    assert_eq!(out[0].0.tx_bytes, 0);
+    // Send-only that loses: an error on that peer, its memory untouched; the rest succeed.
+    let out = on_all(&comms, |i, c| {
+        let (mut mm, s) = if i == 0 {
+            (Model::new(42), SyncStrategy::SendOnly)
+        } else {
+            (Model::new(5), SyncStrategy::EnforcePopular)
+        };
+        let r = sync(c, &mut mm, 2, s);
+        (r, mm)
+    });
+    assert!(
+        matches!(out[0].0, Err(Error::InvalidUsage(_))),
+        "{:?}",
+        out[0].0
+    );
+    assert_eq!(out[0].1, Model::new(42));
+    assert!(out[1].0.is_ok() && out[2].0.is_ok());
+    // Send-only that wins: the others receive from it.
+    let out = on_all(&comms, |i, c| {
+        let (mut mm, s) = match i {
+            0 => (Model::new(8), SyncStrategy::SendOnly),
+            1 => (Model::new(8), SyncStrategy::EnforcePopular),
+            _ => (Model::new(6), SyncStrategy::EnforcePopular),
+        };
+        // Peers 1 and 2 synced revision 2 last; peer 0 was refused, so it may present any.
+        let r = sync(c, &mut mm, 3, s).unwrap();
+        (r.0, mm)
+    });
+    assert!(out.iter().all(|(_, mm)| *mm == Model::new(8)));
+    assert_eq!(out[0].0.rx_bytes, 0);
+}
+
+#[test]
+fn nobody_offering_state_and_bad_tensors_are_errors() {
+    let m = master();
+    let comms = cluster(&m, 2);
+    let out = on_all(&comms, |_, c| {
+        sync(c, &mut Model::new(1), 0, SyncStrategy::ReceiveOnly)
+    });
+    assert!(
+        out.iter()
+            .all(|r| matches!(r, Err(Error::NoSharedStateAvailable(_))))
+    );
+    let mut a = vec![0f32; 4];
+    let mut b = vec![0f32; 4];
+    let mut dup = SharedState {
+        revision: 0,
+        tensors: vec![TensorInfo::new("x", &mut a), TensorInfo::new("x", &mut b)],
+    };
+    assert!(matches!(
+        comms[0].sync_shared_state(&mut dup, SyncStrategy::EnforcePopular),
+        Err(Error::InvalidArgument(_))
+    ));
+}
+
+#[test]
+fn a_peer_dying_during_a_sync_ends_it_cleanly_for_survivors() {
+    let m = master();
+    let comms = cluster(&m, 3);
+    let out = on_all(&comms, |i, c| {
+        if i == 2 {
+            // Leaves while the others are syncing (before or after their reports).
+            std::thread::sleep(std::time::Duration::from_millis(5));
+            c.close();
+            return None;
+        }
+        let mut mm = Model::new(if i == 0 { 2 } else { 3 });
+        let r = sync(c, &mut mm, 1, SyncStrategy::EnforcePopular);
+        Some((r, mm))
+    });
+    let (a, b) = (out[0].as_ref().unwrap(), out[1].as_ref().unwrap());
+    // Both survivors agree: either both synced to the same bytes, or both failed.
+    match (&a.0, &b.0) {
+        (Ok(_), Ok(_)) => assert_eq!(a.1, b.1),
+        (Err(_), Err(_)) => {}
+        other => panic!("survivors disagree: {other:?}"),
+    }
+}
+
+#[test]
+fn a_1_gib_state_transfer() {
+    let m = master();
+    let comms = cluster(&m, 2);
+    let len = 1usize << 30;
+    let out = on_all(&comms, |i, c| {
+        let mut data: Vec<u8> = if i == 0 {
+            (0..len).map(|k| (k % 251) as u8).collect()
+        } else {
+            vec![0; len]
+        };
+        let mut st = SharedState {
+            revision: 3,
+            tensors: vec![TensorInfo::new("big", &mut data)],
+        };
+        let s = if i == 0 {
+            SyncStrategy::SendOnly
+        } else {
+            SyncStrategy::ReceiveOnly
+        };
+        let t = std::time::Instant::now();
+        let info = c.sync_shared_state(&mut st, s).unwrap();
+        eprintln!("peer {i}: {info:?} in {:?}", t.elapsed());
+        (info, tensor_hash(&data))
+    });
+    assert_eq!(out[0].1, out[1].1);
+    assert_eq!(out[1].0.rx_bytes, len as u64);
+    assert_eq!(out[0].0.tx_bytes, len as u64);
+}
