@@ -7,20 +7,28 @@
 //!
 //! where C is the CRC32 of the result bytes, so a parent process can compare peers bit for
 //! bit. Between steps it admits waiting peers (`are_peers_pending` → `update_topology`).
+//!
+//! With `--state-mb M` it also keeps an M MiB shared state that each step folds the
+//! all-reduce result into (the same on every peer, so it stays bit-identical), syncs it at
+//! the start of every step (newcomers receive it) and appends `state H rx N` to the line:
+//! the state's hash and the bytes the sync received.
 
 use std::io::Write;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
-use pccl::{Communicator, CommunicatorConfig, Error, ReduceOp};
+use pccl::{
+    Communicator, CommunicatorConfig, Error, ReduceOp, SharedState, SyncStrategy, TensorInfo,
+};
 
 const USAGE: &str = "usage: pccl-peer --master ADDR [--count N] [--steps S] [--pool P] [--group G]
-                 [--bind IP] [--slice-bytes B]";
+                 [--bind IP] [--slice-bytes B] [--state-mb M]";
 
 struct Args {
     config: CommunicatorConfig,
     count: usize,
     steps: u64,
+    state_mb: usize,
 }
 
 fn parse() -> Result<Args, String> {
@@ -31,6 +39,7 @@ fn parse() -> Result<Args, String> {
     let mut group = 0;
     let mut bind: std::net::IpAddr = "127.0.0.1".parse().unwrap();
     let mut slice = None;
+    let mut state_mb = 0;
     let mut it = std::env::args().skip(1);
     while let Some(a) = it.next() {
         let mut val = || it.next().ok_or_else(|| format!("{a} needs a value"));
@@ -44,6 +53,7 @@ fn parse() -> Result<Args, String> {
             "--slice-bytes" => {
                 slice = Some(val()?.parse().map_err(|e| format!("--slice-bytes: {e}"))?)
             }
+            "--state-mb" => state_mb = val()?.parse().map_err(|e| format!("--state-mb: {e}"))?,
             "-h" | "--help" => return Err(USAGE.into()),
             _ => return Err(format!("unknown argument {a}\n{USAGE}")),
         }
@@ -60,6 +70,7 @@ fn parse() -> Result<Args, String> {
         config,
         count,
         steps,
+        state_mb,
     })
 }
 
@@ -92,9 +103,30 @@ fn run(args: Args) -> Result<(), Error> {
     let mut step: u64 = 0;
     let mut send = vec![0f32; args.count];
     let mut recv = vec![0f32; args.count];
+    let mut state = vec![0f32; args.state_mb << 18];
+    let mut revision = 0u64;
     while step < args.steps {
         let t0 = Instant::now();
         let mut retries = 0;
+        let mut synced = 0;
+        if !state.is_empty() {
+            // A failed sync leaves the revision as it was; retry it on the new ring.
+            let info = loop {
+                let mut st = SharedState {
+                    revision,
+                    tensors: vec![TensorInfo::new("state", &mut state)],
+                };
+                match comm.sync_shared_state(&mut st, SyncStrategy::EnforcePopular) {
+                    Ok(info) => {
+                        revision = st.revision;
+                        break info;
+                    }
+                    Err(Error::RankConnectionLost { .. }) => retries += 1,
+                    Err(e) => return Err(e),
+                }
+            };
+            synced = info.rx_bytes;
+        }
         // Agree on the step: a newcomer adopts the run's.
         let mut agreed = [0u64];
         if with_retry(&mut retries, || {
@@ -118,11 +150,18 @@ fn run(args: Args) -> Result<(), Error> {
                     .all(|(i, r)| *r == w * value(step, i));
                 let crc = crc32fast::hash(bytemuck::cast_slice(&recv));
                 let ms = t0.elapsed().as_secs_f64() * 1e3;
-                let _ = writeln!(
-                    out,
+                let mut line = format!(
                     "step {step} world {} crc {crc:08x} ok {ok} ms {ms:.2} retries {retries}",
                     info.local_world_size
                 );
+                if !state.is_empty() {
+                    for (i, s) in state.iter_mut().enumerate() {
+                        *s = *s * 0.5 + recv[i % recv.len()];
+                    }
+                    let h = pccl::tensor_hash(bytemuck::cast_slice(&state));
+                    line += &format!(" state {:08x} rx {synced}", h as u32);
+                }
+                let _ = writeln!(out, "{line}");
                 let _ = out.flush();
                 if !ok {
                     return Err(Error::Internal(format!(
@@ -133,6 +172,7 @@ fn run(args: Args) -> Result<(), Error> {
             None => std::thread::sleep(Duration::from_millis(20)),
         }
         step += 1;
+        revision += 1;
         if comm.are_peers_pending()? {
             loop {
                 match comm.update_topology() {

@@ -509,6 +509,7 @@ impl MasterState {
         if round.transfer.is_some() || round.reports.contains_key(&peer) {
             return self.violation(conn, "reported twice in one shared-state sync");
         }
+        tracing::debug!(%peer, group, revision, "shared-state report");
         round.reports.insert(
             peer,
             Report {
@@ -531,6 +532,7 @@ impl MasterState {
         }
         let history = self.sync_history.get(&group).cloned().unwrap_or_default();
         let decisions = elect(&round.reports, &history);
+        tracing::debug!(group, peers = decisions.len(), "shared state elected");
         let mut participants = BTreeSet::new();
         let mut revision = 0;
         let mut msgs = Vec::new();

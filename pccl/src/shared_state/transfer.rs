@@ -44,8 +44,8 @@ pub(crate) async fn serve(
     Ok(sent)
 }
 
-/// Fetches one tensor into `dest`, trying its holders in order. Returns the bytes received
-/// (including failed attempts) and whether a verified copy arrived.
+/// Fetches one tensor into `dest`, trying its holders in order. Returns the payload bytes
+/// received (failed attempts included) and whether a verified copy arrived.
 pub(crate) async fn fetch(
     me: PeerId,
     topology: &Topology,
@@ -63,9 +63,8 @@ pub(crate) async fn fetch(
         else {
             continue;
         };
-        match fetch_from(me, *holder, addr, &f.name, dest, stall).await {
-            Ok(n) => {
-                received += n;
+        match fetch_from(me, *holder, addr, &f.name, dest, stall, &mut received).await {
+            Ok(()) => {
                 if tensor_hash(dest) == *hash {
                     return (received, true);
                 }
@@ -86,7 +85,8 @@ async fn fetch_from(
     name: &str,
     dest: &mut [u8],
     stall: Duration,
-) -> Result<u64, ConnectionError> {
+    received: &mut u64,
+) -> Result<(), ConnectionError> {
     let mut stream = net::connect(addr, stall).await?;
     let hello = Hello {
         kind: ConnectionKind::SharedState,
@@ -122,8 +122,9 @@ async fn fetch_from(
     // A frozen holder must not stall us forever: every piece has a deadline.
     for piece in dest.chunks_mut(PIECE) {
         timed(stall, stream.read_exact(piece)).await?;
+        *received += piece.len() as u64;
     }
-    Ok(dest.len() as u64)
+    Ok(())
 }
 
 async fn timed<T>(

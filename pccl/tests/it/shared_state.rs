@@ -276,3 +276,128 @@ fn a_1_gib_state_transfer() {
     assert_eq!(out[1].0.rx_bytes, len as u64);
     assert_eq!(out[0].0.tx_bytes, len as u64);
 }
+
+/// Three peers; peers below `holders` hold a 1 GiB state, the others other bytes and
+/// use `receiver` as strategy. 300 ms into the sync (after every peer has its data ready;
+/// hashing and the election take ~100 ms here, the transfer ~0.5 s),
+/// peer `leave` closes, so its serving connections drop mid-transfer. Returns each other
+/// peer's sync result, revision and state hash.
+/// State size of the holder-leaving tests.
+const BIG: usize = 1 << 30;
+
+/// Three peers; peers below `holders` hold a 1 GiB state, the others other bytes and use
+/// `receiver` as strategy. `close_after` into the sync (every peer has its data ready; here
+/// hashing and the election take ~100 ms, the transfer ~0.3 s), the peer chosen by
+/// `leaver` (given the peers' ids) closes, so its serving connections drop mid-transfer.
+/// Returns each other peer's sync result, revision and state hash.
+fn sync_while_a_holder_leaves(
+    holders: usize,
+    leaver: impl Fn(&[pccl::PeerId]) -> usize + Sync,
+    receiver: SyncStrategy,
+    close_after: std::time::Duration,
+) -> Vec<Option<(Result<SyncInfo, Error>, u64, u128)>> {
+    let m = master();
+    let comms = cluster(&m, 3);
+    let ids: Vec<_> = comms.iter().map(Communicator::id).collect();
+    let leave = leaver(&ids);
+    let ready = std::sync::Barrier::new(3);
+    on_all(&comms, |i, c| {
+        // Filled, not zeroed: untouched pages would make hashing fault them in.
+        let mut data = vec![if i < holders { 7u8 } else { 1 }; BIG];
+        ready.wait();
+        let strategy = if i < holders {
+            SyncStrategy::EnforcePopular
+        } else {
+            receiver
+        };
+        let mut st = SharedState {
+            revision: 1,
+            tensors: vec![TensorInfo::new("big", &mut data)],
+        };
+        if i == leave {
+            std::thread::scope(|s| {
+                s.spawn(|| {
+                    std::thread::sleep(close_after);
+                    c.close();
+                });
+                let _ = c.sync_shared_state(&mut st, strategy);
+            });
+            return None;
+        }
+        let r = c.sync_shared_state(&mut st, strategy);
+        let rev = st.revision;
+        Some((r, rev, tensor_hash(&data)))
+    })
+}
+
+#[test]
+fn a_holder_leaving_mid_transfer_the_receiver_finishes_from_another() {
+    let want = tensor_hash(&vec![7u8; BIG]);
+    // Holders 0 and 1, receiver 2. The master designates holder (receiver's rank among
+    // all three by id) mod 2 of the holders sorted by id (master/shared_state.rs); that
+    // one leaves. A fallback shows as more than one tensor's bytes received; if the close
+    // came after the transfer, try again with an earlier close.
+    let designated = |ids: &[pccl::PeerId]| {
+        let mut sorted = ids.to_vec();
+        sorted.sort();
+        let rank = sorted.iter().position(|p| *p == ids[2]).unwrap();
+        let mut holders = vec![ids[0], ids[1]];
+        holders.sort();
+        ids.iter().position(|p| *p == holders[rank % 2]).unwrap()
+    };
+    let mut fell_back = false;
+    for ms in [300, 400, 200, 500, 600, 800, 1000, 150] {
+        let out = sync_while_a_holder_leaves(
+            2,
+            designated,
+            SyncStrategy::EnforcePopular,
+            std::time::Duration::from_millis(ms),
+        );
+        for (i, o) in out.iter().enumerate() {
+            let Some((r, rev, h)) = o else { continue };
+            assert!(r.is_ok(), "peer {i}: {r:?}");
+            assert_eq!((*rev, *h), (1, want), "peer {i}");
+        }
+        let rx = out[2].as_ref().unwrap().0.as_ref().unwrap().rx_bytes;
+        eprintln!("close after {ms} ms: receiver got {rx} bytes");
+        if rx > BIG as u64 {
+            fell_back = true;
+            break;
+        }
+    }
+    assert!(fell_back, "the designated holder never left mid-transfer");
+}
+
+#[test]
+fn the_only_holder_leaving_mid_transfer_fails_the_sync_without_advancing_the_revision() {
+    let want = tensor_hash(&vec![7u8; BIG]);
+    // Holder 0 alone offers its state (1 and 2 are receive-only) and leaves. Depending on
+    // when, the sync has no state to offer, fails mid-transfer, or completed first; never a
+    // success with a half-written tensor. Sweep the timing until it fails mid-transfer.
+    let mut failed_mid_transfer = false;
+    for ms in [300, 400, 200, 500, 600, 800, 1000, 150] {
+        let out = sync_while_a_holder_leaves(
+            1,
+            |_| 0,
+            SyncStrategy::ReceiveOnly,
+            std::time::Duration::from_millis(ms),
+        );
+        let results: Vec<_> = out[1..].iter().map(|o| o.as_ref().unwrap()).collect();
+        for (r, rev, h) in &results {
+            match r {
+                Err(Error::RankConnectionLost { .. }) => assert_eq!(*rev, 1),
+                Err(Error::NoSharedStateAvailable(_)) => assert_eq!(*rev, 1),
+                Ok(_) => assert_eq!(*h, want),
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+        // Both receivers see the same outcome.
+        assert_eq!(results[0].0.is_ok(), results[1].0.is_ok());
+        eprintln!("close after {ms} ms: {:?}", results[0].0);
+        if matches!(results[0].0, Err(Error::RankConnectionLost { .. })) {
+            failed_mid_transfer = true;
+            break;
+        }
+    }
+    assert!(failed_mid_transfer, "the holder never left mid-transfer");
+}
