@@ -282,6 +282,9 @@ fn a_1_gib_state_transfer() {
 /// hashing and the election take ~100 ms here, the transfer ~0.5 s),
 /// peer `leave` closes, so its serving connections drop mid-transfer. Returns each other
 /// peer's sync result, revision and state hash.
+/// A peer's sync result, revision and state hash.
+type SyncOutcome = (Result<SyncInfo, Error>, u64, u128);
+
 /// State size of the holder-leaving tests.
 const BIG: usize = 1 << 30;
 
@@ -295,7 +298,7 @@ fn sync_while_a_holder_leaves(
     leaver: impl Fn(&[pccl::PeerId]) -> usize + Sync,
     receiver: SyncStrategy,
     close_after: std::time::Duration,
-) -> Vec<Option<(Result<SyncInfo, Error>, u64, u128)>> {
+) -> Vec<Option<SyncOutcome>> {
     let m = master();
     let comms = cluster(&m, 3);
     let ids: Vec<_> = comms.iter().map(Communicator::id).collect();
@@ -341,7 +344,7 @@ fn a_holder_leaving_mid_transfer_the_receiver_finishes_from_another() {
         let mut sorted = ids.to_vec();
         sorted.sort();
         let rank = sorted.iter().position(|p| *p == ids[2]).unwrap();
-        let mut holders = vec![ids[0], ids[1]];
+        let mut holders = [ids[0], ids[1]];
         holders.sort();
         ids.iter().position(|p| *p == holders[rank % 2]).unwrap()
     };
