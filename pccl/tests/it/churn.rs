@@ -18,19 +18,27 @@ struct Step {
     crc: String,
     ms: f64,
     retries: u32,
+    /// With `--state-mb`: the shared state's hash and the bytes its sync received.
+    state: Option<(String, u64)>,
 }
 
 fn parse(line: &str) -> Option<Step> {
     let f: Vec<&str> = line.split_whitespace().collect();
-    if f.len() != 12 || f[0] != "step" || f[7] != "true" {
+    if !(f.len() == 12 || f.len() == 16) || f[0] != "step" || f[7] != "true" {
         return None;
     }
+    let state = if f.len() == 16 {
+        Some((f[13].to_string(), f[15].parse().ok()?))
+    } else {
+        None
+    };
     Some(Step {
         step: f[1].parse().ok()?,
         world: f[3].parse().ok()?,
         crc: f[5].to_string(),
         ms: f[9].parse().ok()?,
         retries: f[11].parse().ok()?,
+        state,
     })
 }
 
@@ -42,8 +50,13 @@ struct Peer {
 
 impl Peer {
     fn start(master: SocketAddr) -> Self {
+        Self::start_with(master, &[])
+    }
+
+    fn start_with(master: SocketAddr, extra: &[&str]) -> Self {
         let mut child = Command::new(env!("CARGO_BIN_EXE_pccl-peer"))
             .args(["--master", &master.to_string(), "--count", "100000"])
+            .args(extra)
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
             .spawn()
@@ -104,7 +117,7 @@ fn wait_until(what: &str, limit: Duration, mut cond: impl FnMut() -> bool) {
 
 /// Every step reported by several peers has the same CRC on all of them.
 fn check_parity(peers: &[&Peer]) -> usize {
-    let mut by_step: HashMap<u64, (u32, String)> = HashMap::new();
+    let mut by_step: HashMap<u64, (u32, String, Option<String>)> = HashMap::new();
     let mut compared = 0;
     for p in peers {
         assert!(
@@ -113,18 +126,18 @@ fn check_parity(peers: &[&Peer]) -> usize {
             p.bad.lock().unwrap()
         );
         for s in p.steps() {
+            let seen = (
+                s.world,
+                s.crc.clone(),
+                s.state.as_ref().map(|x| x.0.clone()),
+            );
             match by_step.get(&s.step) {
-                Some((w, crc)) => {
-                    assert_eq!(
-                        (*w, crc),
-                        (s.world, &s.crc),
-                        "parity broken at step {}",
-                        s.step
-                    );
+                Some(first) => {
+                    assert_eq!(first, &seen, "parity broken at step {}", s.step);
                     compared += 1;
                 }
                 None => {
-                    by_step.insert(s.step, (s.world, s.crc.clone()));
+                    by_step.insert(s.step, seen);
                 }
             }
         }
@@ -208,4 +221,38 @@ fn frozen_peer_is_declared_dead_and_the_rest_continue() {
     });
     let compared = check_parity(&peers.iter().collect::<Vec<_>>());
     assert!(compared > 20, "too few steps compared: {compared}");
+}
+
+#[test]
+fn shared_state_survives_a_kill_and_reaches_a_newcomer() {
+    let m = master_with(Duration::from_secs(2));
+    let addr = m.local_addr();
+    let args = ["--state-mb", "32"];
+    let mut peers: Vec<Peer> = (0..3).map(|_| Peer::start_with(addr, &args)).collect();
+    let at_world = |p: &Peer, w: u32| p.steps().iter().filter(|s| s.world == w).count();
+    wait_until("3 peers stepping", Duration::from_secs(30), || {
+        peers.iter().all(|p| at_world(p, 3) >= 5)
+    });
+    let killed = peers.remove(0);
+    killed.signal("-9");
+    drop(killed);
+    wait_until("survivors at world 2", Duration::from_secs(10), || {
+        peers.iter().all(|p| at_world(p, 2) >= 5)
+    });
+    peers.push(Peer::start_with(addr, &args));
+    wait_until(
+        "newcomer stepping at world 3",
+        Duration::from_secs(30),
+        || peers.iter().all(|p| at_world(p, 3) >= 5) && peers[2].count() >= 5,
+    );
+    // The newcomer's first sync received the whole state; later syncs move nothing.
+    let first = &peers[2].steps()[0];
+    assert!(first.state.as_ref().unwrap().1 >= 32 << 20, "{first:?}");
+    assert!(
+        peers[2].steps()[2..]
+            .iter()
+            .all(|s| s.state.as_ref().unwrap().1 == 0)
+    );
+    let compared = check_parity(&peers.iter().collect::<Vec<_>>());
+    assert!(compared > 10, "too few steps compared: {compared}");
 }
