@@ -126,7 +126,7 @@ fn main() -> Result<()> {
     // 2. A newcomer receives the state from one holder.
     let ceiling = loopback_stream(size)?;
     let comms = cluster(&master, 2);
-    let mut bufs = vec![data.clone(), vec![1u8; size]];
+    let mut bufs = [data.clone(), vec![1u8; size]];
     // The holder is send-only and the newcomer receive-only, so the holder's content is
     // the only candidate and all of it moves.
     let out = std::thread::scope(|s| -> Result<Vec<(Duration, u64)>> {
