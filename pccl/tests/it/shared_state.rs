@@ -404,3 +404,38 @@ fn the_only_holder_leaving_mid_transfer_fails_the_sync_without_advancing_the_rev
     }
     assert!(failed_mid_transfer, "the holder never left mid-transfer");
 }
+
+#[test]
+fn tensors_allowing_inequality_do_not_vote_and_reach_only_newcomers() {
+    let m = master();
+    let comms = cluster(&m, 2);
+    fn run(comms: &[Communicator], rev: &(dyn Fn(usize) -> u64 + Sync)) -> Vec<(u64, Vec<u32>)> {
+        on_all(comms, |i, c| {
+            let mut w = vec![1.5f32; 64];
+            // Per-peer content, e.g. an RNG state; the newcomer (index 2) starts empty.
+            let mut rng = vec![if i == 2 { 0u32 } else { 100 + i as u32 }; 16];
+            let mut st = SharedState {
+                revision: rev(i),
+                tensors: vec![
+                    TensorInfo::new("w", &mut w),
+                    TensorInfo::new("rng", &mut rng).allowing_inequality(),
+                ],
+            };
+            let info = c
+                .sync_shared_state(&mut st, SyncStrategy::EnforcePopular)
+                .unwrap();
+            (info.rx_bytes, rng)
+        })
+    }
+    // Veterans keep their own values; nothing moves.
+    let out = run(&comms, &|_| 1);
+    assert_eq!(out[0], (0, vec![100; 16]));
+    assert_eq!(out[1], (0, vec![101; 16]));
+    // A newcomer receives one holder's value of the unequal tensor (and nothing else moves).
+    let comms = grow(comms, config(m.local_addr()));
+    let out = run(&comms, &|i| if i == 2 { 0 } else { 2 });
+    assert_eq!(out[0], (0, vec![100; 16]));
+    assert_eq!(out[1], (0, vec![101; 16]));
+    assert_eq!(out[2].0, 64);
+    assert!(out[2].1 == vec![100; 16] || out[2].1 == vec![101; 16]);
+}
