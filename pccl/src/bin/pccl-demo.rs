@@ -17,7 +17,7 @@ use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::{Child, Command, ExitCode, Stdio};
-use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
+use std::sync::mpsc::{self, Receiver, Sender};
 use std::time::{Duration, Instant};
 
 /// Steps at full size before the kill, at the reduced size, and after the newcomer joins.
@@ -167,10 +167,8 @@ fn run() -> Result<(), String> {
     let mib = bytes as f64 / (1 << 20) as f64;
     println!("pccl demo: master on {}, {n} peers", master.local_addr());
     println!(
-        "each step all-reduces (sum) {count} f32 ({mib:.1} MiB); step ms is the slowest peer's"
-    );
-    println!(
-        "step: a tiny step-agreement all-reduce + the all-reduce + filling/checking the buffer"
+        "each step all-reduces (sum) {count} f32 ({mib:.1} MiB); step ms is the slowest peer's\n\
+         step: a tiny step-agreement all-reduce + the all-reduce + filling/checking the buffer"
     );
     for _ in 0..n {
         peers.spawn()?;
@@ -190,11 +188,9 @@ fn drive(peers: &mut Peers, rx: &Receiver<Event>, n: usize, bytes: usize) -> Res
         match rx.recv_timeout(Duration::from_millis(100)) {
             // Lines of the peer we killed are ignored: it may have finished a step alone.
             Ok(Event::Report(r)) if !peers.list[r.peer].2 => {
+                let (p, s) = (r.peer, r.step);
                 if !r.ok {
-                    return Err(format!(
-                        "peer #{} got a wrong sum at step {}",
-                        r.peer, r.step
-                    ));
+                    return Err(format!("peer #{p} got a wrong sum at step {s}"));
                 }
                 pending.entry(r.step).or_default().push(r);
             }
@@ -208,8 +204,7 @@ fn drive(peers: &mut Peers, rx: &Receiver<Event>, n: usize, bytes: usize) -> Res
             Ok(Event::Exited(k)) if !peers.list[k].2 => {
                 return Err(format!("peer #{k} exited unexpectedly"));
             }
-            Ok(_) | Err(RecvTimeoutError::Timeout) => {}
-            Err(RecvTimeoutError::Disconnected) => unreachable!("`peers` holds a sender"),
+            Ok(_) | Err(_) => {} // a killed peer's output, or nothing within 100 ms
         }
         if last_progress.elapsed() > STALL {
             return Err(format!("no step completed for {} s", STALL.as_secs()));
@@ -218,11 +213,8 @@ fn drive(peers: &mut Peers, rx: &Receiver<Event>, n: usize, bytes: usize) -> Res
         // A step is complete once `world` peers reported it; a step left incomplete (its
         // missing report was the killed peer's) is flushed when a later one completes.
         let complete = |r: &Vec<Report>| r.len() >= r.iter().map(|r| r.world).max().unwrap_or(0);
-        let last = pending
-            .iter()
-            .rev()
-            .find(|(_, r)| complete(r))
-            .map(|(s, _)| *s);
+        let last = pending.iter().rfind(|(_, r)| complete(r));
+        let last = last.map(|(s, _)| *s);
         while let Some(entry) = pending.first_entry().filter(|e| Some(*e.key()) <= last) {
             let (s, reps) = entry.remove_entry();
             let world = reps[0].world;
@@ -230,9 +222,8 @@ fn drive(peers: &mut Peers, rx: &Receiver<Event>, n: usize, bytes: usize) -> Res
             let retries = reps.iter().map(|r| r.retries).max().unwrap_or(0);
             // Ring all-reduce moves 2(n-1)/n of the buffer through each peer's link.
             let busbw = bytes as f64 * 2.0 * (world - 1) as f64 / world as f64 / (ms * 1e6);
-            let parity = reps
-                .iter()
-                .all(|r| r.crc == reps[0].crc && r.world == world);
+            let same = |r: &Report| r.crc == reps[0].crc && r.world == world;
+            let parity = reps.iter().all(same);
             let verdict = match parity {
                 true => format!("ok ({} peers bit-identical)", reps.len()),
                 false => "MISMATCH".to_string(),
@@ -242,9 +233,7 @@ fn drive(peers: &mut Peers, rx: &Receiver<Event>, n: usize, bytes: usize) -> Res
             println!("{s:>6} {world:>6} {ms:>9.1} {busbw:>12.2}  {verdict}{note}");
             if !parity {
                 let seen: Vec<_> = reps.iter().map(|r| (r.peer, r.world, &r.crc)).collect();
-                return Err(format!(
-                    "parity violated at step {s}: (peer, world, crc) {seen:?}"
-                ));
+                return Err(format!("parity broken at step {s}: {seen:?}"));
             }
             steps += 1;
             last_progress = Instant::now();
@@ -278,10 +267,8 @@ fn drive(peers: &mut Peers, rx: &Receiver<Event>, n: usize, bytes: usize) -> Res
                 // Kill a peer in the middle of the ring, as a power cut would.
                 let (child, name, killed) = &mut peers.list[VICTIM];
                 *killed = true;
-                println!(
-                    "  >>> killing peer {name} (pid {}) with SIGKILL",
-                    child.id()
-                );
+                let pid = child.id();
+                println!("  >>> killing peer {name} (pid {pid}) with SIGKILL");
                 child.kill().map_err(|e| format!("kill failed: {e}"))?;
                 let _ = child.wait();
                 // Its reports of steps not yet printed are dropped: the survivors may
@@ -294,15 +281,12 @@ fn drive(peers: &mut Peers, rx: &Receiver<Event>, n: usize, bytes: usize) -> Res
                 peers.spawn()?;
             } else {
                 let mean = busbw_full.iter().sum::<f64>() / busbw_full.len().max(1) as f64;
-                println!("\nsummary:");
-                println!("  steps completed        {steps}");
-                println!("  peers killed (-9)      1");
-                println!("  peers joined           1");
-                println!("  parity violations      0");
-                println!("  wrong results          0");
-                println!("  max recovery (step)    {max_recovery_ms:.1} ms");
-                println!("  mean busbw at world {n}  {mean:.2} GB/s");
-                println!("stopping all peers and the master.");
+                println!(
+                    "\nsummary:\n  steps completed        {steps}\n  peers killed (-9)      1\n  \
+                     peers joined           1\n  parity violations      0\n  \
+                     wrong results          0\n  max recovery (step)    {max_recovery_ms:.1} ms\n  \
+                     mean busbw at world {n}  {mean:.2} GB/s\nstopping all peers and the master."
+                );
                 return Ok(());
             }
         }

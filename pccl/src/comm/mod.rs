@@ -48,7 +48,8 @@ impl Shared {
 
 #[derive(Debug)]
 struct Connected {
-    rt: Runtime,
+    /// Shared with async handles, so a handle that outlives the communicator still works.
+    rt: Arc<Runtime>,
     shared: Arc<Shared>,
     stop: watch::Sender<bool>,
 }
@@ -165,7 +166,11 @@ impl Communicator {
             return Err(e);
         }
         tracing::info!(peer = %me, "accepted into the run");
-        let _ = self.connected.set(Connected { rt, shared, stop });
+        let _ = self.connected.set(Connected {
+            rt: Arc::new(rt),
+            shared,
+            stop,
+        });
         Ok(())
     }
 
@@ -290,7 +295,7 @@ impl Communicator {
         });
         Ok(AsyncReduce {
             join: Some(join),
-            rt: c.rt.handle().clone(),
+            rt: c.rt.clone(),
             in_flight: self.async_in_flight.clone(),
             tag: desc.tag,
         })
@@ -364,7 +369,11 @@ impl Drop for Communicator {
             c.shared
                 .registry
                 .fail_all(Error::InvalidUsage("the communicator is closed".into()));
-            c.rt.shutdown_timeout(Duration::from_secs(2));
+            // Async handles still holding the runtime let their ops end (they fail at
+            // once now) and drop it with the last handle.
+            if let Ok(rt) = Arc::try_unwrap(c.rt) {
+                rt.shutdown_timeout(Duration::from_secs(2));
+            }
         }
     }
 }
@@ -375,7 +384,7 @@ impl Drop for Communicator {
 #[must_use = "an async all-reduce's result is only known through wait()"]
 pub struct AsyncReduce<B> {
     join: Option<tokio::task::JoinHandle<(B, Result<ReduceInfo>)>>,
-    rt: tokio::runtime::Handle,
+    rt: Arc<Runtime>,
     in_flight: Arc<AtomicUsize>,
     tag: u64,
 }
@@ -391,13 +400,44 @@ impl<B> AsyncReduce<B> {
     where
         B: Send + 'static,
     {
-        let join = self.join.take().expect("wait consumes the handle");
-        let out = self.rt.block_on(join);
+        self.wait_inner(None)
+            .expect("an unbounded wait always ends with the op")
+    }
+
+    /// Waits at most `limit`: the buffers and outcome if the op has ended, else `None` and
+    /// the handle stays valid (bindings use this to notice Ctrl-C while waiting).
+    pub fn wait_timeout(&mut self, limit: Duration) -> Option<(B, Result<ReduceInfo>)>
+    where
+        B: Send + 'static,
+    {
+        self.wait_inner(Some(limit))
+    }
+
+    /// Whether the op has ended (a `wait` would not block).
+    pub fn is_finished(&self) -> bool {
+        self.join.as_ref().is_none_or(|j| j.is_finished())
+    }
+
+    fn wait_inner(&mut self, limit: Option<Duration>) -> Option<(B, Result<ReduceInfo>)>
+    where
+        B: Send + 'static,
+    {
+        let join = self.join.as_mut()?;
+        let out = match limit {
+            None => self.rt.block_on(join),
+            Some(d) => self
+                .rt
+                .block_on(async { tokio::time::timeout(d, join).await })
+                .ok()?,
+        };
+        self.join = None;
         self.in_flight.fetch_sub(1, Ordering::SeqCst);
-        match out {
+        Some(match out {
             Ok(r) => r,
+            // The task is never cancelled (the runtime lives while this handle does), so
+            // this is a panic inside the op: a bug, re-raised here.
             Err(e) => panic!("all-reduce task failed: {e}"),
-        }
+        })
     }
 }
 

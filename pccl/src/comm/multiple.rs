@@ -62,8 +62,12 @@ pub(super) async fn run<B: ReduceBuffers>(
                 if world < 2 {
                     first_error.get_or_insert(Error::TooFewPeers);
                 } else {
+                    // Retry before starting anything new: every peer must start ops in
+                    // the same order. Re-queued at the back, a peer whose op was aborted at
+                    // the old epoch would move on to the next tag while another, already
+                    // on the new epoch, waits for it on this one: a deadlock.
                     tracing::debug!(error = %e, "retrying op");
-                    queue.push_back(i);
+                    queue.push_front(i);
                 }
             }
             Err(e) => {

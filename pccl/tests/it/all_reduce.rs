@@ -179,3 +179,24 @@ fn one_op_striped_over_a_pool_with_tiny_slices() {
         assert_eq!(results[1], results[2]);
     }
 }
+
+#[test]
+fn an_async_handle_outliving_its_communicator_ends_with_an_error() {
+    let m = master();
+    let mut comms = cluster(&m, 2);
+    let c = comms.pop().unwrap();
+    let mut h = c
+        .all_reduce_async(
+            OwnedBuffers::new(&[1f32; 64]),
+            ReduceDescriptor::new(64, DataType::F32, ReduceOp::Sum).with_tag(9),
+        )
+        .unwrap();
+    assert!(
+        h.wait_timeout(std::time::Duration::from_millis(50))
+            .is_none()
+    );
+    drop(c);
+    let (bufs, r) = h.wait();
+    assert!(r.is_err());
+    assert_eq!(bufs.send, bytemuck::cast_slice::<f32, u8>(&[1f32; 64]));
+}
