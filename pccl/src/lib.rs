@@ -39,6 +39,7 @@ mod error;
 pub mod master;
 mod net;
 mod shared_state;
+mod topology;
 mod types;
 pub mod wire;
 

@@ -62,6 +62,7 @@ pub(crate) async fn run(
         }
     });
     let (ready_tx, mut ready) = mpsc::unbounded_channel::<(u64, bool)>();
+    let (bw_tx, mut bw_reports) = mpsc::unbounded_channel::<Vec<(crate::types::PeerId, u64)>>();
     let mut heartbeat = tokio::time::interval(shared.config.heartbeat_interval);
     let mut last_heard = Instant::now();
     let mut vote: Option<oneshot::Sender<Result<VoteAnswer, Error>>> = None;
@@ -92,6 +93,7 @@ pub(crate) async fn run(
                 },
             },
             Some((proposal, ok)) = ready.recv() => ToMaster::P2pReady { proposal, ok },
+            Some(results) = bw_reports.recv() => ToMaster::BandwidthReport { results },
             msg = msgs.recv() => {
                 let msg = match msg {
                     Some(Ok(m)) => m,
@@ -122,6 +124,23 @@ pub(crate) async fn run(
                     FromMaster::TopologyUpdated(Ok(())) => reply(&mut vote, Ok(VoteAnswer::TopologyUpdated)),
                     FromMaster::TopologyUpdated(Err(why)) => reply(&mut vote, Err(Error::UpdateTopologyFailed(why))),
                     FromMaster::VoteRejected(why) => reply(&mut vote, Err(Error::InvalidUsage(why))),
+                    FromMaster::MeasureBandwidth { targets } => {
+                        let shared = shared.clone();
+                        let bw_tx = bw_tx.clone();
+                        tokio::spawn(async move {
+                            let topology = shared.registry.topology();
+                            let mut results = Vec::with_capacity(targets.len());
+                            // One at a time, so tests of one peer do not share its uplink.
+                            for t in targets {
+                                let bps = match topology.ring.iter().find(|p| p.id == t) {
+                                    Some(entry) => crate::topology::bandwidth::measure(shared.me, entry).await,
+                                    None => 0,
+                                };
+                                results.push((t, bps));
+                            }
+                            let _ = bw_tx.send(results);
+                        });
+                    }
                     FromMaster::SyncPlan { revision, fetch } => {
                         if let Some(p) = sync_plan.take() {
                             let _ = p.send(Ok(Plan { revision, fetch }));

@@ -227,6 +227,23 @@ impl Communicator {
         }
     }
 
+    /// Joint call: tests the links between peers that have not been measured yet and
+    /// re-orders the ring for the best bottleneck bandwidth (DESIGN §7). Every accepted peer
+    /// must call it. On `TopologyOptimizationFailed` the old ring stays in use.
+    pub fn optimize_topology(&self) -> Result<()> {
+        if self.async_in_flight.load(Ordering::SeqCst) > 0 {
+            return Err(Error::PendingAsyncOps);
+        }
+        match self.vote(VoteKind::OptimizeTopology) {
+            Ok(VoteAnswer::TopologyUpdated) => Ok(()),
+            Ok(VoteAnswer::PeersPending(_)) => {
+                Err(Error::Internal("mismatched vote answer".into()))
+            }
+            Err(Error::UpdateTopologyFailed(why)) => Err(Error::TopologyOptimizationFailed(why)),
+            Err(e) => Err(e),
+        }
+    }
+
     fn vote(&self, kind: VoteKind) -> Result<VoteAnswer> {
         no_runtime_here()?;
         let c = self.connected()?;

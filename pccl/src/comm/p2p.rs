@@ -269,10 +269,7 @@ async fn serve_inbound(
 ) -> Result<(), ConnectionError> {
     net::socket::tune(&stream, net::USER_TIMEOUT)?;
     let hello = net::accept_hello(&mut stream, DIAL_TIMEOUT).await?;
-    if !matches!(
-        hello.kind,
-        ConnectionKind::P2p | ConnectionKind::SharedState
-    ) {
+    if hello.kind == ConnectionKind::Control {
         return Err(ConnectionError::Handshake(format!(
             "unexpected connection kind {:?}",
             hello.kind
@@ -283,6 +280,9 @@ async fn serve_inbound(
         peer: me,
     };
     stream.write_all(&ours.encode()).await?;
+    if hello.kind == ConnectionKind::Benchmark {
+        return crate::topology::bandwidth::sink(stream).await;
+    }
     if hello.kind == ConnectionKind::SharedState {
         if !door.hand(stream) {
             tracing::debug!(from = %hello.peer, "shared-state request outside a sync, closed");

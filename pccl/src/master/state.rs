@@ -18,6 +18,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
 
 use super::shared_state::{Decision, History, Report, elect};
+use crate::topology::solver;
 use crate::types::{PeerEntry, PeerId, SyncStrategy, Topology};
 use crate::wire::{FailReason, FromMaster, TensorReport, ToMaster, VoteKind};
 
@@ -101,6 +102,10 @@ pub struct MasterState {
     op_seq: BTreeMap<(u32, u64), u32>,
     syncs: BTreeMap<u32, SyncRound>,
     sync_history: BTreeMap<u32, History>,
+    /// Measured throughput (bytes/s) from one peer to another.
+    bandwidth: BTreeMap<(PeerId, PeerId), u64>,
+    /// Peers whose bandwidth report an `optimize_topology` still waits for.
+    measuring: Option<BTreeSet<PeerId>>,
     outputs: VecDeque<Output>,
 }
 
@@ -122,6 +127,8 @@ impl MasterState {
             op_seq: BTreeMap::new(),
             syncs: BTreeMap::new(),
             sync_history: BTreeMap::new(),
+            bandwidth: BTreeMap::new(),
+            measuring: None,
             outputs: VecDeque::new(),
         }
     }
@@ -211,6 +218,7 @@ impl MasterState {
                 tensors,
             } => self.on_sync_report(conn, peer, revision, strategy, tensors),
             ToMaster::SyncDone { ok } => self.on_sync_done(conn, peer, ok),
+            ToMaster::BandwidthReport { results } => self.on_bandwidth(peer, results),
         }
     }
 
@@ -310,7 +318,7 @@ impl MasterState {
 
     /// Completes the joint call once every live accepted peer has asked.
     fn try_complete_vote(&mut self) {
-        if self.proposal.is_some() || self.ring.is_empty() {
+        if self.proposal.is_some() || self.measuring.is_some() || self.ring.is_empty() {
             return;
         }
         if !self.ring.iter().all(|p| self.votes.contains_key(p)) {
@@ -333,7 +341,105 @@ impl MasterState {
                 }
             }
             VoteKind::UpdateTopology => self.propose(),
+            VoteKind::OptimizeTopology => self.measure_missing(),
         }
+    }
+
+    /// Asks every peer to test the links to peers it has no figure for (DESIGN §7).
+    fn measure_missing(&mut self) {
+        let ring = self.ring.clone();
+        let mut waiting = BTreeSet::new();
+        for p in &ring {
+            let group = self.peers[p].group;
+            let targets: Vec<PeerId> = ring
+                .iter()
+                .filter(|q| *q != p && self.peers[*q].group == group)
+                .filter(|q| !self.bandwidth.contains_key(&(*p, **q)))
+                .copied()
+                .collect();
+            if !targets.is_empty() {
+                waiting.insert(*p);
+                self.send_peer(*p, FromMaster::MeasureBandwidth { targets });
+            }
+        }
+        if waiting.is_empty() {
+            self.reorder_ring();
+        } else {
+            self.measuring = Some(waiting);
+        }
+    }
+
+    fn on_bandwidth(&mut self, peer: PeerId, results: Vec<(PeerId, u64)>) {
+        let Some(waiting) = self.measuring.as_mut() else {
+            return;
+        };
+        if !waiting.remove(&peer) {
+            return;
+        }
+        for (to, bps) in results {
+            if self.peers.contains_key(&to) {
+                self.bandwidth.insert((peer, to), bps);
+            }
+        }
+        if waiting.is_empty() {
+            self.measuring = None;
+            self.reorder_ring();
+        }
+    }
+
+    /// Solves each group's ring for the best bottleneck and re-wires it if it improves.
+    fn reorder_ring(&mut self) {
+        let mut groups: Vec<u32> = Vec::new();
+        for p in &self.ring {
+            let g = self.peers[p].group;
+            if !groups.contains(&g) {
+                groups.push(g);
+            }
+        }
+        let mut ring = Vec::with_capacity(self.ring.len());
+        let mut epochs = self.group_epochs.clone();
+        for g in groups {
+            let members = self.group_members(g);
+            let bw = |a: usize, b: usize| {
+                self.bandwidth
+                    .get(&(members[a], members[b]))
+                    .copied()
+                    .unwrap_or(0) as f64
+            };
+            let current: Vec<usize> = (0..members.len()).collect();
+            let order = solver::best_ring(&current, &bw);
+            if order != current {
+                self.counter += 1;
+                epochs.insert(g, self.counter);
+            }
+            ring.extend(order.into_iter().map(|i| members[i]));
+        }
+        if epochs == self.group_epochs {
+            tracing::info!("topology already optimal");
+            for p in self.ring.clone() {
+                self.send_peer(p, FromMaster::TopologyUpdated(Ok(())));
+            }
+            return;
+        }
+        self.counter += 1;
+        let id = self.counter;
+        let topology = self.topology_of(&ring, &epochs);
+        tracing::info!(proposal = id, "re-ordered ring proposed");
+        for p in &ring {
+            self.send_peer(
+                *p,
+                FromMaster::Propose {
+                    proposal: id,
+                    topology: topology.clone(),
+                },
+            );
+        }
+        self.proposal = Some(Proposal {
+            id,
+            topology,
+            newcomers: Vec::new(),
+            ready: BTreeSet::new(),
+        });
     }
 
     /// Starts admitting every waiting peer: all dial their new ring neighbour first.
@@ -615,6 +721,18 @@ impl MasterState {
         let Some(rec) = self.peers.remove(&peer) else {
             return;
         };
+        self.bandwidth.retain(|(a, b), _| *a != peer && *b != peer);
+        if self.measuring.is_some() && self.ring.contains(&peer) {
+            // The measurements included the dead peer: give up; the old ring stays and the
+            // call is retryable.
+            self.measuring = None;
+            let why = format!("peer {peer} died during the bandwidth tests");
+            for p in self.ring.clone() {
+                if p != peer {
+                    self.send_peer(p, FromMaster::TopologyUpdated(Err(why.clone())));
+                }
+            }
+        }
         if let Some(round) = self.syncs.get_mut(&rec.group) {
             round.reports.remove(&peer);
             if let Some(t) = round.transfer.as_mut() {

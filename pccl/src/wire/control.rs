@@ -54,6 +54,7 @@ pub enum SyncRefusal {
 pub enum VoteKind {
     ArePeersPending = 1,
     UpdateTopology = 2,
+    OptimizeTopology = 3,
 }
 
 /// Why an op failed, as agreed by the master.
@@ -91,6 +92,8 @@ pub enum ToMaster {
     },
     /// Our fetches for the sync finished (or failed).
     SyncDone { ok: bool },
+    /// Measured throughput to each peer we were asked to test, bytes/s (0: failed).
+    BandwidthReport { results: Vec<(PeerId, u64)> },
     /// This peer's part of op (tag, epoch, seq) finished; `reason` is set on failure.
     OpDone {
         tag: u64,
@@ -138,6 +141,10 @@ pub enum FromMaster {
     },
     /// Final outcome of the sync, the same for every participant.
     SyncResult(Result<(), String>),
+    /// Measure the throughput to these peers and report it.
+    MeasureBandwidth {
+        targets: Vec<PeerId>,
+    },
 }
 
 impl ToMaster {
@@ -196,6 +203,14 @@ impl ToMaster {
                 out.put_u8(7);
                 put_bool(out, *ok);
             }
+            Self::BandwidthReport { results } => {
+                out.put_u8(8);
+                out.put_u32_le(results.len() as u32);
+                for (peer, bps) in results {
+                    out.put_slice(&peer.0);
+                    out.put_u64_le(*bps);
+                }
+            }
         }
     }
 
@@ -219,6 +234,7 @@ impl ToMaster {
             3 => Self::Vote(match r.u8()? {
                 1 => VoteKind::ArePeersPending,
                 2 => VoteKind::UpdateTopology,
+                3 => VoteKind::OptimizeTopology,
                 _ => return Err(WireError::InvalidValue("vote kind")),
             }),
             4 => Self::P2pReady {
@@ -258,6 +274,14 @@ impl ToMaster {
                 }
             }
             7 => Self::SyncDone { ok: r.bool()? },
+            8 => {
+                let n = r.len(MAX_PEERS, 24)?;
+                let mut results = Vec::with_capacity(n);
+                for _ in 0..n {
+                    results.push((PeerId(r.array()?), r.u64()?));
+                }
+                Self::BandwidthReport { results }
+            }
             t => return Err(WireError::UnknownFrameType(t)),
         };
         r.finish()?;
@@ -322,6 +346,13 @@ impl FromMaster {
                 out.put_u8(9);
                 out.put_u8(*kind as u8);
                 put_string(out, reason);
+            }
+            Self::MeasureBandwidth { targets } => {
+                out.put_u8(11);
+                out.put_u32_le(targets.len() as u32);
+                for t in targets {
+                    out.put_slice(&t.0);
+                }
             }
             Self::SyncResult(res) => {
                 out.put_u8(10);
@@ -388,6 +419,14 @@ impl FromMaster {
                     kind,
                     reason: r.string(MAX_REASON)?,
                 }
+            }
+            11 => {
+                let n = r.len(MAX_PEERS, 16)?;
+                let mut targets = Vec::with_capacity(n);
+                for _ in 0..n {
+                    targets.push(PeerId(r.array()?));
+                }
+                Self::MeasureBandwidth { targets }
             }
             10 => Self::SyncResult(match r.u8()? {
                 0 => Ok(()),
@@ -549,6 +588,12 @@ mod tests {
             Just(ToMaster::Heartbeat),
             Just(ToMaster::Vote(VoteKind::ArePeersPending)),
             Just(ToMaster::Vote(VoteKind::UpdateTopology)),
+            Just(ToMaster::Vote(VoteKind::OptimizeTopology)),
+            prop::collection::vec((any::<[u8; 16]>(), any::<u64>()), 0..4).prop_map(|r| {
+                ToMaster::BandwidthReport {
+                    results: r.into_iter().map(|(p, b)| (PeerId(p), b)).collect(),
+                }
+            }),
             (any::<u64>(), any::<bool>())
                 .prop_map(|(proposal, ok)| ToMaster::P2pReady { proposal, ok }),
             (
@@ -620,6 +665,11 @@ mod tests {
                 reason
             }),
             any::<Option<String>>().prop_map(|s| FromMaster::SyncResult(s.map_or(Ok(()), Err))),
+            prop::collection::vec(any::<[u8; 16]>(), 0..4).prop_map(|t| {
+                FromMaster::MeasureBandwidth {
+                    targets: t.into_iter().map(PeerId).collect(),
+                }
+            }),
         ]
     }
 

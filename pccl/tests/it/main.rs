@@ -8,3 +8,4 @@ mod grid;
 mod handshake;
 mod send_sync;
 mod shared_state;
+mod topology;
