@@ -1,1 +1,39 @@
-//! placeholder
+//! `libpccl`: PCCL 1.0's public C API over the `pccl` crate.
+//!
+//! An existing PCCL program compiles against `include/pccl.h` (generated from this crate
+//! by cbindgen, see `cbindgen.toml` and `tests/header.rs`) and links against `libpccl.so`
+//! or `libpccl.a` unchanged. Names, enum values and struct layouts are PCCL's, as listed
+//! in the project's PCCL_API.md; additions come as new functions, never as changed
+//! layouts.
+//!
+//! Rules every exported function follows:
+//! - It runs its body inside the panic boundary (`panic.rs`): a Rust panic becomes
+//!   `pcclInternalError` and never unwinds into C.
+//! - Except `pcclInit`, it answers `pcclNotInitialized` until `pcclInit` has run.
+//! - It checks every pointer for NULL and alignment and every enum value it reads
+//!   (`types.rs` explains how enums cross safely), answering `pcclInvalidArgument`.
+//! - Outputs are written on success only.
+//!
+//! Style: functions taking pointers are `pub unsafe extern "C"` with a `# Safety` section
+//! stating what the caller guarantees (validity, ownership, threads); that section is
+//! part of the generated header. Functions without pointers (`pcclInit`) are safe.
+//! Handles are boxes behind opaque pointers (`handle.rs`). Inside, every `unsafe` block
+//! carries a `// SAFETY:` line.
+
+#![deny(unsafe_op_in_unsafe_fn)]
+#![allow(non_snake_case)]
+
+mod panic;
+
+pub mod build_info;
+pub mod comm;
+pub mod handle;
+pub mod init;
+pub mod master;
+pub mod reduce;
+pub mod result;
+pub mod shared_state;
+pub mod types;
+
+#[cfg(test)]
+mod layout_tests;

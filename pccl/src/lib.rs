@@ -38,6 +38,7 @@ mod config;
 mod error;
 pub mod master;
 mod net;
+pub mod quant;
 mod shared_state;
 mod topology;
 mod types;
@@ -54,6 +55,7 @@ pub use types::{
     Attribute, DataType, Device, PeerEntry, PeerId, ReduceDescriptor, ReduceInfo, ReduceOp,
     SyncInfo, SyncStrategy, Topology,
 };
+pub use types::{Quantization, QuantizationAlgorithm};
 
 /// Installs a `tracing` subscriber that logs to stderr at the level in `PCCL_LOG`
 /// (default `warn`). Harmless if one is installed already.

@@ -122,6 +122,45 @@ pub enum Attribute {
     LargestPeerGroupWorldSize = 4,
 }
 
+/// Quantization algorithms for the all-reduce payload (PCCL's `pcclQuantizationAlgorithm_t`
+/// numbering). See the `quant` module for the exact definitions and error bounds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+#[repr(u8)]
+pub enum QuantizationAlgorithm {
+    /// No quantization: the payload travels in the source type.
+    #[default]
+    None = 0,
+    /// Per-slice affine map of `[min, max]` onto the target's range.
+    MinMax = 1,
+    /// Per-slice scale with a zero point, so that 0.0 is represented exactly.
+    ZeroPointScale = 2,
+}
+
+impl QuantizationAlgorithm {
+    /// Every algorithm, in numeric order.
+    pub const ALL: [Self; 3] = [Self::None, Self::MinMax, Self::ZeroPointScale];
+
+    /// The algorithm with this PCCL number, if any.
+    pub fn from_u8(v: u8) -> Option<Self> {
+        Self::ALL.get(usize::from(v)).copied()
+    }
+}
+
+/// How an all-reduce quantizes its payload on the wire (PCCL's `pcclQuantizationOptions_t`):
+/// the algorithm and the quantized data type (u8, i8, u16, f16 or bf16).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Quantization {
+    pub algorithm: QuantizationAlgorithm,
+    /// The type each element travels as.
+    pub dtype: DataType,
+}
+
+impl Quantization {
+    pub fn new(algorithm: QuantizationAlgorithm, dtype: DataType) -> Self {
+        Self { algorithm, dtype }
+    }
+}
+
 /// What one all-reduce does: element count, type, op and the tag that names it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ReduceDescriptor {
@@ -130,6 +169,9 @@ pub struct ReduceDescriptor {
     pub op: ReduceOp,
     /// Distinguishes concurrent ops; peers must use the same tag for the same op.
     pub tag: u64,
+    /// Payload quantization; `None` (the default) sends the source type unchanged. Every
+    /// peer must use the same setting. Checked before the op starts (`InvalidArgument`).
+    pub quantization: Option<Quantization>,
 }
 
 impl ReduceDescriptor {
@@ -140,7 +182,15 @@ impl ReduceDescriptor {
             dtype,
             op,
             tag: 0,
+            quantization: None,
         }
+    }
+
+    /// The same descriptor with this payload quantization. An algorithm of
+    /// [`QuantizationAlgorithm::None`] means no quantization.
+    pub fn with_quantization(mut self, q: Quantization) -> Self {
+        self.quantization = (q.algorithm != QuantizationAlgorithm::None).then_some(q);
+        self
     }
 
     /// The same descriptor with another tag.

@@ -3,6 +3,6 @@
 mod buffers;
 mod reduce;
 pub(crate) mod ring;
-mod schedule;
+pub(crate) mod schedule;
 
 pub use buffers::{Element, InPlaceBuffer, OwnedBuffers, ReduceBuffers, SliceBuffers};

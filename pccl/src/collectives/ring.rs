@@ -11,6 +11,24 @@
 //! ranks; its owner computes the final value (dividing once for `Avg`) and that one value
 //! is copied to everyone, the owner included. So every rank ends with the same bits.
 //!
+//! Quantization (`desc.quantization`, pure kernels in `crate::quant`): a frame's payload is
+//! then the slice's metadata followed by one code per element, not the elements themselves.
+//! The same steps, with a codec in between:
+//! * step 0: the sender quantizes its own slice;
+//! * reduce-scatter hops (`ReduceForward`): dequantize the incoming slice, combine it with
+//!   the local slice at full precision (the working type: the source type, or `f32` for
+//!   f16/bf16 sources) and re-quantize what is sent on;
+//! * the owner (`ReduceFinal`): combines likewise, divides once for `Avg`, quantizes the
+//!   final value **once**, writes the dequantization of *those bytes* as its own result and
+//!   forwards the bytes;
+//! * all-gather hops (`StoreForward`, `Store`): write the dequantization of the received
+//!   bytes and forward the bytes unchanged (same CRC).
+//!
+//! Every rank thus writes `decode(B)` for the same bytes `B` with the same pure function, so
+//! parity holds under quantization too; the owner never keeps its unquantized final value.
+//! Frames carry the quantization setting; a peer that uses another one fails the op with
+//! `Mismatch` everywhere. `ReduceInfo`'s byte counts are the payload bytes actually moved.
+//!
 //! Outcome: when a rank has all its frames it reports to the master and waits for the
 //! verdict, which is the same on every survivor. Results are committed only on success.
 
@@ -27,6 +45,7 @@ use crate::comm::Shared;
 use crate::comm::ops::{OpEvent, OpKey};
 use crate::comm::p2p::{OutFrame, Pool};
 use crate::error::{Error, Result};
+use crate::quant::{Codec, Scratch};
 use crate::types::{ReduceDescriptor, ReduceInfo, Topology};
 use crate::wire::{DataHeader, FailReason};
 
@@ -140,7 +159,7 @@ fn verdict_error(tag: u64, f: FailReason) -> Error {
             reason: "a peer received a corrupted frame".into(),
         },
         FailReason::Mismatch => Error::InvalidUsage(format!(
-            "peers called op {tag} with different counts, types or ops"
+            "peers called op {tag} with different counts, types, ops or quantization"
         )),
     }
 }
@@ -156,6 +175,10 @@ async fn exchange<B: ReduceBuffers>(
 ) -> Result<(), Local> {
     let size = desc.dtype.size();
     let key = st.key;
+    let codec = Codec::new(desc);
+    let mut scratch = Scratch::default();
+    // Payload bytes of a frame of `elems` elements.
+    let wire_len = |elems: usize| codec.map_or(elems * size, |c| c.frame_len(elems));
     let header = |step: usize, slice: usize, range: &std::ops::Range<usize>, crc: u32| DataHeader {
         tag: key.tag,
         epoch: key.epoch,
@@ -163,10 +186,11 @@ async fn exchange<B: ReduceBuffers>(
         count: desc.count as u64,
         dtype: desc.dtype,
         op: desc.op,
+        quant: codec.map(|c| c.quantization()),
         step: step as u16,
         slice: slice as u32,
         offset: (range.start * size) as u64,
-        len: (range.len() * size) as u32,
+        len: wire_len(range.len()) as u32,
         crc,
     };
     let expected = sched.expected_frames();
@@ -181,8 +205,16 @@ async fn exchange<B: ReduceBuffers>(
         // Step-0 slices are made lazily, so at most a writer queue's worth is copied ahead.
         if outgoing.is_empty() && next_first < first_slices {
             let range = sched.slice(first, next_first);
-            let mut payload = st.shared.bufs.get(range.len() * size);
-            payload.extend_from_slice(&bufs.send()[range.start * size..range.end * size]);
+            let src = &bufs.send()[range.start * size..range.end * size];
+            let len = wire_len(range.len());
+            let mut payload = st.shared.bufs.get(len);
+            match codec {
+                Some(c) => {
+                    payload.resize(len, 0);
+                    c.encode(src, &mut scratch, &mut payload);
+                }
+                None => payload.extend_from_slice(src),
+            }
             let payload = payload.freeze();
             let crc = crc32fast::hash(&payload);
             outgoing.push_back(OutFrame {
@@ -238,7 +270,7 @@ async fn exchange<B: ReduceBuffers>(
         if !crc_ok {
             return Err(Local::Fail(FailReason::Corrupt));
         }
-        let range = check_frame(&h, sched, desc, &mut seen)?;
+        let range = check_frame(&h, sched, desc, codec, &mut seen)?;
         info.rx_bytes += payload.len() as u64;
         received += 1;
         if received == expected {
@@ -247,6 +279,42 @@ async fn exchange<B: ReduceBuffers>(
         let step = h.step as usize;
         let bytes = range.start * size..range.end * size;
         let action = sched.action(step);
+        if let Some(c) = codec {
+            let forward = match action {
+                Action::ReduceForward | Action::ReduceFinal => {
+                    let len = c.frame_len(range.len());
+                    let mut out = st.shared.bufs.get(len);
+                    out.resize(len, 0);
+                    let last = action == Action::ReduceFinal;
+                    let avg = (last && desc.op == crate::types::ReduceOp::Avg).then_some(sched.n);
+                    let local = &bufs.send()[bytes.clone()];
+                    c.combine(&payload, local, avg, &mut scratch, &mut out);
+                    st.shared.bufs.put(payload);
+                    if last {
+                        // The owner's result is the dequantization of the bytes it sends.
+                        bufs.write(bytes.start, c.decode(&out, range.len(), &mut scratch));
+                    }
+                    let crc = crc32fast::hash(&out);
+                    Some((out, crc))
+                }
+                Action::StoreForward | Action::Store => {
+                    bufs.write(bytes.start, c.decode(&payload, range.len(), &mut scratch));
+                    if action == Action::Store {
+                        st.shared.bufs.put(payload);
+                        None
+                    } else {
+                        Some((payload, h.crc))
+                    }
+                }
+            };
+            if let Some((out, crc)) = forward {
+                outgoing.push_back(OutFrame {
+                    header: header(step + 1, h.slice as usize, &range, crc),
+                    payload: out.freeze(),
+                });
+            }
+            continue;
+        }
         if matches!(action, Action::ReduceForward | Action::ReduceFinal) {
             reduce_into(
                 desc.op,
@@ -282,9 +350,12 @@ fn check_frame(
     h: &DataHeader,
     sched: &Schedule,
     desc: &ReduceDescriptor,
+    codec: Option<Codec>,
     seen: &mut HashSet<(u16, u32)>,
 ) -> Result<std::ops::Range<usize>, Local> {
-    if h.count != desc.count as u64 || h.dtype != desc.dtype || h.op != desc.op {
+    let quant = codec.map(|c| c.quantization());
+    if h.count != desc.count as u64 || h.dtype != desc.dtype || h.op != desc.op || h.quant != quant
+    {
         tracing::warn!(tag = h.tag, "peer called the op with different parameters");
         return Err(Local::Fail(FailReason::Mismatch));
     }
@@ -294,7 +365,8 @@ fn check_frame(
     let size = desc.dtype.size();
     let valid = step < sched.steps() && slice < sched.slices(chunk) && {
         let r = sched.slice(chunk, slice);
-        h.offset == (r.start * size) as u64 && h.len as usize == r.len() * size
+        let len = codec.map_or_else(|| r.len() * size, |c| c.frame_len(r.len()));
+        h.offset == (r.start * size) as u64 && h.len as usize == len
     };
     if !valid || !seen.insert((h.step, h.slice)) {
         tracing::warn!(

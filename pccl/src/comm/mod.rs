@@ -475,6 +475,7 @@ fn check_desc<B: ReduceBuffers>(bufs: &B, desc: &ReduceDescriptor) -> Result<()>
             "buffer length does not match count times the element size",
         ));
     }
+    crate::quant::validate(desc)?;
     Ok(())
 }
 

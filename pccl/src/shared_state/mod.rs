@@ -188,21 +188,24 @@ pub(crate) async fn sync(
     let result = if plan.fetch.is_empty() {
         shared.control_sync_done(true);
         let tensors = &state.tensors[..];
+        let sent = std::sync::atomic::AtomicU64::new(0);
         let mut serving: FuturesUnordered<_> = early
             .into_iter()
             .filter(|_| strategy_sends)
-            .map(|s| transfer::serve(s, tensors))
+            .map(|s| transfer::serve(s, tensors, &sent))
             .collect();
-        loop {
+        let r = loop {
             tokio::select! {
                 r = &mut result_rx => break r.map_err(|_| lost())?,
-                Some(s) = incoming.recv() => if strategy_sends { serving.push(transfer::serve(s, tensors)) },
-                Some(r) = serving.next() => match r {
-                    Ok(n) => info.tx_bytes += n,
-                    Err(e) => tracing::debug!(error = %e, "shared-state request ended"),
+                Some(s) = incoming.recv() => if strategy_sends { serving.push(transfer::serve(s, tensors, &sent)) },
+                Some(r) = serving.next() => if let Err(e) = r {
+                    tracing::debug!(error = %e, "shared-state request ended");
                 },
             }
-        }
+        };
+        drop(serving);
+        info.tx_bytes = sent.into_inner();
+        r
     } else {
         drop(early);
         let topology = shared.registry.topology();

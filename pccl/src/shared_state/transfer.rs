@@ -3,6 +3,7 @@
 //! the user's memory, then checks its hash. A bad or truncated transfer falls back to the
 //! next holder.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -18,13 +19,13 @@ use crate::wire::{ConnectionKind, Fetch, Hello, StateRequest, StateResponse};
 /// Bytes read per step; each step must finish within the stall timeout.
 const PIECE: usize = 8 << 20;
 
-/// Serves tensor requests on one connection until the receiver closes it.
-/// Returns the payload bytes sent.
+/// Serves tensor requests on one connection until the receiver closes it, adding the
+/// payload bytes to `sent` as they go (the sync may end before the receiver hangs up).
 pub(crate) async fn serve(
     mut stream: TcpStream,
     tensors: &[TensorInfo<'_>],
-) -> Result<u64, ConnectionError> {
-    let mut sent = 0;
+    sent: &AtomicU64,
+) -> Result<(), ConnectionError> {
     while let Some(body) = net::read_control(&mut stream).await? {
         let req = StateRequest::decode(&body)?;
         let found = tensors
@@ -36,12 +37,12 @@ pub(crate) async fn serve(
                     .write_all(&StateResponse::Ok(req.len).encode())
                     .await?;
                 stream.write_all(t.data).await?;
-                sent += req.len;
+                sent.fetch_add(req.len, Ordering::Relaxed);
             }
             None => stream.write_all(&StateResponse::Refused.encode()).await?,
         }
     }
-    Ok(sent)
+    Ok(())
 }
 
 /// Fetches one tensor into `dest`, trying its holders in order. Returns the payload bytes

@@ -1,17 +1,24 @@
 //! The header of a collective data frame on a p2p connection. A fixed-size header is
 //! followed by `len` payload bytes whose CRC32 the header carries.
+//!
+//! Unquantized, the payload is the slice's elements in the source type. Quantized (the
+//! header's `quant` is set), it is the slice's metadata (`quant::META_LEN` bytes) followed by
+//! one code per element in the quantized type; `offset` still counts source-type bytes.
 
 use bytes::BufMut;
 
 use super::codec::{Reader, WireError};
-use crate::types::{DataType, ReduceOp};
+use crate::quant::META_LEN;
+use crate::types::{DataType, Quantization, QuantizationAlgorithm, ReduceOp};
 
 /// Frame type byte of a data frame.
 const DATA_FRAME: u8 = 1;
 /// Encoded header size.
-pub const DATA_HEADER_LEN: usize = 1 + 8 + 8 + 4 + 8 + 1 + 1 + 2 + 4 + 8 + 4 + 4;
-/// Largest payload one frame may carry; slices are never larger.
+pub const DATA_HEADER_LEN: usize = 1 + 8 + 8 + 4 + 8 + 1 + 1 + 1 + 2 + 4 + 8 + 4 + 4;
+/// Largest slice of source data one frame may carry.
 pub const MAX_SLICE_BYTES: usize = 64 << 20;
+/// Largest payload one frame may carry: a slice, plus quantization metadata.
+pub const MAX_PAYLOAD_BYTES: usize = MAX_SLICE_BYTES + META_LEN;
 
 /// Names the op a frame belongs to and where its payload goes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -25,6 +32,9 @@ pub struct DataHeader {
     pub count: u64,
     pub dtype: DataType,
     pub op: ReduceOp,
+    /// The op's payload quantization (`None`: the payload is in `dtype`), so a peer that
+    /// quantizes differently is detected. One byte: `algorithm << 4 | quantized dtype`, 0 for none.
+    pub quant: Option<Quantization>,
     /// Ring step (0..2n-2) the payload belongs to.
     pub step: u16,
     /// Slice index within the chunk.
@@ -44,6 +54,10 @@ impl DataHeader {
         out.put_u64_le(self.count);
         out.put_u8(self.dtype as u8);
         out.put_u8(self.op as u8);
+        out.put_u8(
+            self.quant
+                .map_or(0, |q| (q.algorithm as u8) << 4 | q.dtype as u8),
+        );
         out.put_u16_le(self.step);
         out.put_u32_le(self.slice);
         out.put_u64_le(self.offset);
@@ -51,7 +65,7 @@ impl DataHeader {
         out.put_u32_le(self.crc);
     }
 
-    /// Decodes a header and checks its payload length against [`MAX_SLICE_BYTES`].
+    /// Decodes a header and checks its payload length against [`MAX_PAYLOAD_BYTES`].
     pub fn decode(buf: &[u8; DATA_HEADER_LEN]) -> Result<Self, WireError> {
         let mut r = Reader::new(buf);
         let ty = r.u8()?;
@@ -65,6 +79,7 @@ impl DataHeader {
             count: r.u64()?,
             dtype: DataType::from_u8(r.u8()?).ok_or(WireError::InvalidValue("data type"))?,
             op: ReduceOp::from_u8(r.u8()?).ok_or(WireError::InvalidValue("reduce op"))?,
+            quant: decode_quant(r.u8()?)?,
             step: r.u16()?,
             slice: r.u32()?,
             offset: r.u64()?,
@@ -72,10 +87,10 @@ impl DataHeader {
             crc: r.u32()?,
         };
         r.finish()?;
-        if h.len as usize > MAX_SLICE_BYTES {
+        if h.len as usize > MAX_PAYLOAD_BYTES {
             return Err(WireError::LengthTooLarge {
                 len: u64::from(h.len),
-                max: MAX_SLICE_BYTES as u64,
+                max: MAX_PAYLOAD_BYTES as u64,
             });
         }
         Ok(h)
@@ -91,6 +106,20 @@ impl DataHeader {
     }
 }
 
+/// The quantization byte: 0, or a known algorithm (not `None`) and data type.
+fn decode_quant(v: u8) -> Result<Option<Quantization>, WireError> {
+    if v == 0 {
+        return Ok(None);
+    }
+    const BAD: WireError = WireError::InvalidValue("quantization");
+    let algorithm = QuantizationAlgorithm::from_u8(v >> 4).ok_or(BAD)?;
+    let dtype = DataType::from_u8(v & 0x0f).ok_or(BAD)?;
+    if algorithm == QuantizationAlgorithm::None {
+        return Err(BAD);
+    }
+    Ok(Some(Quantization { algorithm, dtype }))
+}
+
 #[cfg(test)]
 mod tests {
     use proptest::prelude::*;
@@ -100,9 +129,14 @@ mod tests {
     proptest! {
         #[test]
         fn round_trip(tag: u64, epoch: u64, seq: u32, count: u64, d in 0u8..12, o in 0u8..5,
-                      step: u16, slice: u32, offset: u64, len in 0u32..(MAX_SLICE_BYTES as u32), crc: u32) {
+                      qa in 0u8..3, qd in 0u8..12,
+                      step: u16, slice: u32, offset: u64, len in 0u32..(MAX_PAYLOAD_BYTES as u32), crc: u32) {
+            let quant = (qa > 0).then(|| Quantization {
+                algorithm: QuantizationAlgorithm::from_u8(qa).unwrap(),
+                dtype: DataType::from_u8(qd).unwrap(),
+            });
             let h = DataHeader { tag, epoch, seq, count, dtype: DataType::from_u8(d).unwrap(),
-                op: ReduceOp::from_u8(o).unwrap(), step, slice, offset, len, crc };
+                op: ReduceOp::from_u8(o).unwrap(), quant, step, slice, offset, len, crc };
             let mut buf = Vec::new();
             h.encode(&mut buf);
             prop_assert_eq!(buf.len(), DATA_HEADER_LEN);
@@ -124,6 +158,7 @@ mod tests {
             count: 1,
             dtype: DataType::F32,
             op: ReduceOp::Sum,
+            quant: None,
             step: 0,
             slice: 0,
             offset: 0,
@@ -136,5 +171,41 @@ mod tests {
             DataHeader::decode(&buf.try_into().unwrap()),
             Err(WireError::LengthTooLarge { .. })
         ));
+    }
+
+    #[test]
+    fn quantization_byte_is_checked() {
+        let mut h = DataHeader {
+            tag: 0,
+            epoch: 0,
+            seq: 0,
+            count: 1,
+            dtype: DataType::F32,
+            op: ReduceOp::Sum,
+            quant: Some(Quantization::new(
+                QuantizationAlgorithm::MinMax,
+                DataType::U8,
+            )),
+            step: 0,
+            slice: 0,
+            offset: 0,
+            len: 25,
+            crc: 0,
+        };
+        let mut buf = Vec::new();
+        h.encode(&mut buf);
+        assert_eq!(buf[31], 0x10);
+        assert_eq!(DataHeader::decode(&buf.clone().try_into().unwrap()), Ok(h));
+        for bad in [0x0a, 0x3a, 0x1c, 0xff] {
+            buf[31] = bad;
+            assert!(
+                DataHeader::decode(&buf.clone().try_into().unwrap()).is_err(),
+                "{bad:#x}"
+            );
+        }
+        h.quant = None;
+        let mut buf = Vec::new();
+        h.encode(&mut buf);
+        assert_eq!(buf[31], 0);
     }
 }

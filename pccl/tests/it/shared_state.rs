@@ -2,6 +2,8 @@
 //! repaired with only its bytes moved, the revision rule and the strategies hold, and
 //! after every sync all peers' bytes are equal.
 
+use std::time::{Duration, Instant};
+
 use half::bf16;
 use pccl::{Communicator, Error, SharedState, SyncInfo, SyncStrategy, TensorInfo, tensor_hash};
 
@@ -288,23 +290,21 @@ type SyncOutcome = (Result<SyncInfo, Error>, u64, u128);
 /// State size of the holder-leaving tests.
 const BIG: usize = 1 << 30;
 
-/// Three peers; peers below `holders` hold a 1 GiB state, the others other bytes and use
-/// `receiver` as strategy. `close_after` into the sync (every peer has its data ready; here
-/// hashing and the election take ~100 ms, the transfer ~0.3 s), the peer chosen by
-/// `leaver` (given the peers' ids) closes, so its serving connections drop mid-transfer.
-/// Returns each other peer's sync result, revision and state hash.
+/// Three peers; peers below `holders` hold a 1 GiB state (7s), the others 1s and use
+/// `receiver` as strategy. If `leave` is set, that peer closes `after` into the sync (every
+/// peer has its data ready by then), so its serving connections drop. Returns each
+/// remaining peer's outcome and how long the slowest remaining peer's sync took.
 fn sync_while_a_holder_leaves(
     holders: usize,
-    leaver: impl Fn(&[pccl::PeerId]) -> usize + Sync,
+    leave: Option<(&(dyn Fn(&[pccl::PeerId]) -> usize + Sync), Duration)>,
     receiver: SyncStrategy,
-    close_after: std::time::Duration,
-) -> Vec<Option<SyncOutcome>> {
+) -> (Vec<Option<SyncOutcome>>, Duration) {
     let m = master();
     let comms = cluster(&m, 3);
     let ids: Vec<_> = comms.iter().map(Communicator::id).collect();
-    let leave = leaver(&ids);
+    let leave = leave.map(|(who, after)| (who(&ids), after));
     let ready = std::sync::Barrier::new(3);
-    on_all(&comms, |i, c| {
+    let out = on_all(&comms, |i, c| {
         // Filled, not zeroed: untouched pages would make hashing fault them in.
         let mut data = vec![if i < holders { 7u8 } else { 1 }; BIG];
         ready.wait();
@@ -317,20 +317,45 @@ fn sync_while_a_holder_leaves(
             revision: 1,
             tensors: vec![TensorInfo::new("big", &mut data)],
         };
-        if i == leave {
+        if let Some((who, after)) = leave
+            && who == i
+        {
             std::thread::scope(|s| {
                 s.spawn(|| {
-                    std::thread::sleep(close_after);
+                    std::thread::sleep(after);
                     c.close();
                 });
                 let _ = c.sync_shared_state(&mut st, strategy);
             });
             return None;
         }
+        let t = Instant::now();
         let r = c.sync_shared_state(&mut st, strategy);
+        let took = t.elapsed();
         let rev = st.revision;
-        Some((r, rev, tensor_hash(&data)))
-    })
+        Some(((r, rev, tensor_hash(&data)), took))
+    });
+    let slowest = out
+        .iter()
+        .flatten()
+        .map(|(_, t)| *t)
+        .max()
+        .unwrap_or_default();
+    (
+        out.into_iter().map(|o| o.map(|(r, _)| r)).collect(),
+        slowest,
+    )
+}
+
+/// Close times to try: the middle of the transfer first, as measured on this machine now
+/// by a run where nobody leaves, then earlier and later points of it.
+fn close_times(holders: usize, receiver: SyncStrategy) -> Vec<Duration> {
+    let (_, whole) = sync_while_a_holder_leaves(holders, None, receiver);
+    eprintln!("calibration: a full 1 GiB sync takes {whole:?} here");
+    [0.6, 0.45, 0.75, 0.3, 0.9]
+        .iter()
+        .map(|f| whole.mul_f64(*f))
+        .collect()
 }
 
 #[test]
@@ -338,8 +363,7 @@ fn a_holder_leaving_mid_transfer_the_receiver_finishes_from_another() {
     let want = tensor_hash(&vec![7u8; BIG]);
     // Holders 0 and 1, receiver 2. The master designates holder (receiver's rank among
     // all three by id) mod 2 of the holders sorted by id (master/shared_state.rs); that
-    // one leaves. A fallback shows as more than one tensor's bytes received; if the close
-    // came after the transfer, try again with an earlier close.
+    // one leaves. A fallback shows as more than one tensor's bytes received.
     let designated = |ids: &[pccl::PeerId]| {
         let mut sorted = ids.to_vec();
         sorted.sort();
@@ -349,20 +373,16 @@ fn a_holder_leaving_mid_transfer_the_receiver_finishes_from_another() {
         ids.iter().position(|p| *p == holders[rank % 2]).unwrap()
     };
     let mut fell_back = false;
-    for ms in [300, 400, 200, 500, 600, 800, 1000, 150] {
-        let out = sync_while_a_holder_leaves(
-            2,
-            designated,
-            SyncStrategy::EnforcePopular,
-            std::time::Duration::from_millis(ms),
-        );
+    for after in close_times(2, SyncStrategy::EnforcePopular) {
+        let (out, _) =
+            sync_while_a_holder_leaves(2, Some((&designated, after)), SyncStrategy::EnforcePopular);
         for (i, o) in out.iter().enumerate() {
             let Some((r, rev, h)) = o else { continue };
             assert!(r.is_ok(), "peer {i}: {r:?}");
             assert_eq!((*rev, *h), (1, want), "peer {i}");
         }
         let rx = out[2].as_ref().unwrap().0.as_ref().unwrap().rx_bytes;
-        eprintln!("close after {ms} ms: receiver got {rx} bytes");
+        eprintln!("close after {after:?}: receiver got {rx} bytes");
         if rx > BIG as u64 {
             fell_back = true;
             break;
@@ -376,15 +396,12 @@ fn the_only_holder_leaving_mid_transfer_fails_the_sync_without_advancing_the_rev
     let want = tensor_hash(&vec![7u8; BIG]);
     // Holder 0 alone offers its state (1 and 2 are receive-only) and leaves. Depending on
     // when, the sync has no state to offer, fails mid-transfer, or completed first; never a
-    // success with a half-written tensor. Sweep the timing until it fails mid-transfer.
+    // success with a half-written tensor.
     let mut failed_mid_transfer = false;
-    for ms in [300, 400, 200, 500, 600, 800, 1000, 150] {
-        let out = sync_while_a_holder_leaves(
-            1,
-            |_| 0,
-            SyncStrategy::ReceiveOnly,
-            std::time::Duration::from_millis(ms),
-        );
+    let first = |_: &[pccl::PeerId]| 0;
+    for after in close_times(1, SyncStrategy::ReceiveOnly) {
+        let (out, _) =
+            sync_while_a_holder_leaves(1, Some((&first, after)), SyncStrategy::ReceiveOnly);
         let results: Vec<_> = out[1..].iter().map(|o| o.as_ref().unwrap()).collect();
         for (r, rev, h) in &results {
             match r {
@@ -396,7 +413,7 @@ fn the_only_holder_leaving_mid_transfer_fails_the_sync_without_advancing_the_rev
         }
         // Both receivers see the same outcome.
         assert_eq!(results[0].0.is_ok(), results[1].0.is_ok());
-        eprintln!("close after {ms} ms: {:?}", results[0].0);
+        eprintln!("close after {after:?}: {:?}", results[0].0);
         if matches!(results[0].0, Err(Error::RankConnectionLost { .. })) {
             failed_mid_transfer = true;
             break;

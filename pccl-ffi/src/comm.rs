@@ -1,0 +1,218 @@
+//! Functions acting on a communicator: create, connect, topology, attributes, destroy.
+//! The collectives are in `reduce.rs` and the shared-state sync in `shared_state.rs`.
+
+use std::collections::HashMap;
+use std::ffi::c_int;
+use std::sync::{Mutex, MutexGuard};
+
+use pccl::{AsyncReduce, Attribute, Communicator, CommunicatorConfig};
+
+use crate::handle::{BoxCastable, Out, handle_ref, into_handle, pcclComm_t, read_in, take_handle};
+use crate::panic::ffi_boundary;
+use crate::reduce::RawBuffers;
+use crate::result::pcclResult_t;
+use crate::types::{RawAttribute, pcclAttribute_t, pcclCommCreateParams_t};
+
+/// The state behind a `pcclComm_t *`.
+#[derive(Debug)]
+pub(crate) struct CommState {
+    pub(crate) comm: Communicator,
+    /// Async all-reduces started and not yet awaited, by tag.
+    async_ops: Mutex<HashMap<u64, AsyncReduce<RawBuffers>>>,
+}
+
+impl CommState {
+    pub(crate) fn async_ops(&self) -> MutexGuard<'_, HashMap<u64, AsyncReduce<RawBuffers>>> {
+        self.async_ops.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+// SAFETY: `pcclComm_t` is a zero-sized marker that is never constructed.
+unsafe impl BoxCastable for pcclComm_t {
+    type Rust = CommState;
+}
+
+/// Borrows a communicator handle (NULL or misaligned: `pcclInvalidArgument`).
+///
+/// # Safety
+///
+/// `comm` is NULL or a live handle from `pcclCreateCommunicator`.
+pub(crate) unsafe fn comm_ref<'a>(comm: *const pcclComm_t) -> Result<&'a CommState, pcclResult_t> {
+    // SAFETY: forwarded contract.
+    unsafe { handle_ref(comm) }
+}
+
+/// Allocates a communicator; no I/O happens until `pcclConnect`.
+///
+/// `params->p2p_connection_pool_size` 0 means 1; more than 1024 is `pcclInvalidArgument`,
+/// as are an unknown address protocol and port 0. On success `*comm_out` owns the
+/// communicator: free it with `pcclDestroyCommunicator`. On failure `*comm_out` is
+/// untouched.
+///
+/// # Safety
+///
+/// `params` is NULL or points to a readable `pcclCommCreateParams_t`; `comm_out` is NULL
+/// or writable. Thread-safe.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn pcclCreateCommunicator(
+    params: *const pcclCommCreateParams_t,
+    comm_out: *mut *mut pcclComm_t,
+) -> pcclResult_t {
+    ffi_boundary!({
+        // SAFETY: readable by the contract.
+        let params = unsafe { read_in(params)? };
+        let out = Out::new(comm_out)?;
+        let master = params
+            .master_address
+            .to_socket_addr()
+            .ok_or(pcclResult_t::pcclInvalidArgument)?;
+        let mut config = CommunicatorConfig::new(master);
+        config.peer_group = params.peer_group;
+        config.pool_size = (params.p2p_connection_pool_size as usize).max(1);
+        let comm = Communicator::new(config)?;
+        let state = CommState {
+            comm,
+            async_ops: Mutex::new(HashMap::new()),
+        };
+        // SAFETY: writable by the contract.
+        unsafe { out.write(into_handle(state)) };
+        Ok(())
+    })
+}
+
+/// Leaves the run and frees the communicator: the master drops this peer, async
+/// all-reduces still in flight fail and are awaited (their buffers are no longer touched
+/// once this returns), and the communicator's threads are joined.
+///
+/// # Safety
+///
+/// `comm` is NULL (`pcclInvalidArgument`) or a live handle. No other call on it may run
+/// concurrently or follow: the handle is dangling afterwards.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn pcclDestroyCommunicator(comm: *mut pcclComm_t) -> pcclResult_t {
+    ffi_boundary!({
+        // SAFETY: by the contract this is the last use of the handle.
+        let state = unsafe { take_handle(comm)? };
+        state.comm.close();
+        let ops: Vec<_> = state.async_ops().drain().map(|(_, op)| op).collect();
+        for op in ops {
+            // Failed by `close` above: returns promptly, after which the op's task no
+            // longer holds the caller's buffers.
+            let _ = op.wait();
+        }
+        drop(state);
+        Ok(())
+    })
+}
+
+/// Connects to the master and returns once this peer is accepted into the run (the
+/// accepted peers admit it at their next `pcclUpdateTopology`). Blocks.
+///
+/// Returns `pcclMasterConnectionFailed` when the master cannot be reached, and
+/// `pcclInvalidUsage` when called a second time.
+///
+/// # Safety
+///
+/// `comm` is NULL or a live handle. Thread-safe, but calling it more than once is an error.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn pcclConnect(comm: *mut pcclComm_t) -> pcclResult_t {
+    ffi_boundary!({
+        // SAFETY: forwarded contract.
+        let state = unsafe { comm_ref(comm)? };
+        state.comm.connect()?;
+        Ok(())
+    })
+}
+
+/// Joint call: admits every peer waiting to join. Every accepted peer must call it; it
+/// blocks until all have. `pcclUpdateTopologyFailed` is retryable (call it again);
+/// `pcclPendingAsyncOps` means async all-reduces must be awaited first.
+///
+/// # Safety
+///
+/// `comm` is NULL or a live, connected handle. Joint calls of one communicator are made
+/// one at a time (from one thread at a time).
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn pcclUpdateTopology(comm: *mut pcclComm_t) -> pcclResult_t {
+    ffi_boundary!({
+        // SAFETY: forwarded contract.
+        let state = unsafe { comm_ref(comm)? };
+        state.comm.update_topology()?;
+        Ok(())
+    })
+}
+
+/// Joint call: whether peers are waiting to be accepted. Every accepted peer must call
+/// it; all get the same answer. May run while async all-reduces are in flight on another
+/// thread.
+///
+/// # Safety
+///
+/// `comm` is NULL or a live, connected handle; `pending_out` is NULL or writable (NULL:
+/// `pcclInvalidArgument`). Joint calls of one communicator are made one at a time.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn pcclArePeersPending(
+    comm: *const pcclComm_t,
+    pending_out: *mut bool,
+) -> pcclResult_t {
+    ffi_boundary!({
+        // SAFETY: forwarded contract.
+        let state = unsafe { comm_ref(comm)? };
+        let out = Out::new(pending_out)?;
+        let pending = state.comm.are_peers_pending()?;
+        // SAFETY: writable by the contract.
+        unsafe { out.write(pending) };
+        Ok(())
+    })
+}
+
+/// Joint call: measures bandwidth between the peers and re-orders the ring to suit it.
+/// Every accepted peer must call it. `pcclTopologyOptimizationFailed` leaves the old ring
+/// in use.
+///
+/// # Safety
+///
+/// `comm` is NULL or a live, connected handle. Joint calls of one communicator are made
+/// one at a time.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn pcclOptimizeTopology(comm: *const pcclComm_t) -> pcclResult_t {
+    ffi_boundary!({
+        // SAFETY: forwarded contract.
+        let state = unsafe { comm_ref(comm)? };
+        state.comm.optimize_topology()?;
+        Ok(())
+    })
+}
+
+/// Reads a world-size attribute into `*out`. An unknown `attribute` is
+/// `pcclInvalidArgument`; before `pcclConnect` the call is `pcclInvalidUsage`.
+///
+/// # Safety
+///
+/// `comm` is NULL or a live handle; `out` is NULL or writable. Thread-safe.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn pcclGetAttribute(
+    comm: *const pcclComm_t,
+    attribute: RawAttribute,
+    out: *mut c_int,
+) -> pcclResult_t {
+    ffi_boundary!({
+        // SAFETY: forwarded contract.
+        let state = unsafe { comm_ref(comm)? };
+        let out = Out::new(out)?;
+        let attr = match attribute.get().ok_or(pcclResult_t::pcclInvalidArgument)? {
+            pcclAttribute_t::PCCL_ATTRIBUTE_GLOBAL_WORLD_SIZE => Attribute::GlobalWorldSize,
+            pcclAttribute_t::PCCL_ATTRIBUTE_PEER_GROUP_WORLD_SIZE => Attribute::PeerGroupWorldSize,
+            pcclAttribute_t::PCCL_ATTRIBUTE_NUM_DISTINCT_PEER_GROUPS => {
+                Attribute::NumDistinctPeerGroups
+            }
+            pcclAttribute_t::PCCL_ATTRIBUTE_LARGEST_PEER_GROUP_WORLD_SIZE => {
+                Attribute::LargestPeerGroupWorldSize
+            }
+        };
+        let value = state.comm.attribute(attr)?;
+        // SAFETY: writable by the contract.
+        unsafe { out.write(c_int::try_from(value).unwrap_or(c_int::MAX)) };
+        Ok(())
+    })
+}

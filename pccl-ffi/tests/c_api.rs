@@ -1,0 +1,479 @@
+//! The C API from C: programs under `tests/c/` and `examples/c/hello.c`, compiled with
+//! `gcc -std=c99 -Wall -Wextra -Werror -pedantic` (and `args.c` once more as C++) against
+//! `include/` and the `libpccl` cargo built for this test, run as separate processes with
+//! a C master, bounded by timeouts; every child is killed when a test ends.
+//!
+//! The master, peer and argument programs run once more under valgrind's memcheck (any
+//! invalid access or definite leak fails them) when `valgrind` is installed; set
+//! `PCCL_VALGRIND=0` to skip those runs.
+
+use std::io::{BufRead, BufReader, Write};
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, ChildStdin, Command, Stdio};
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex, OnceLock};
+use std::thread;
+use std::time::{Duration, Instant};
+
+const C_FLAGS: &[&str] = &["-std=c99", "-Wall", "-Wextra", "-Werror", "-pedantic"];
+const CXX_FLAGS: &[&str] = &[
+    "-x",
+    "c++",
+    "-std=c++11",
+    "-Wall",
+    "-Wextra",
+    "-Werror",
+    "-pedantic",
+];
+
+fn manifest_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// The directory holding `libpccl.so` and `libpccl.a`, freshly built.
+///
+/// `cargo test` does not build a cdylib-only library for its integration tests, so the
+/// first caller builds it with the profile of this test executable (`test` shares the
+/// dependencies cargo just built for the tests) into the same target directory.
+fn lib_dir() -> PathBuf {
+    static DIR: OnceLock<PathBuf> = OnceLock::new();
+    DIR.get_or_init(|| {
+        let exe = std::env::current_exe().expect("current exe");
+        let profile_dir = exe
+            .parent()
+            .and_then(Path::parent)
+            .expect("target/<profile>/deps");
+        let target_dir = profile_dir.parent().expect("the target directory");
+        let profile = match profile_dir.file_name().and_then(|n| n.to_str()) {
+            Some("debug") => "test",
+            Some("release") => "release",
+            other => panic!("unexpected profile directory {other:?}"),
+        };
+        let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+        let status = Command::new(cargo)
+            .args([
+                "build",
+                "-p",
+                "pccl-ffi",
+                "--lib",
+                "--profile",
+                profile,
+                "--target-dir",
+            ])
+            .arg(target_dir)
+            .current_dir(manifest_dir())
+            .status()
+            .expect("cannot run cargo");
+        assert!(status.success(), "cargo build -p pccl-ffi failed");
+        let dir = profile_dir.to_path_buf();
+        assert!(dir.join("libpccl.so").is_file() && dir.join("libpccl.a").is_file());
+        dir
+    })
+    .clone()
+}
+
+/// Compiles `sources` into an executable named `name` with the C99 (or C++) flags.
+fn compile(name: &str, sources: &[PathBuf], cxx: bool) -> PathBuf {
+    let out_dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("pccl-c");
+    std::fs::create_dir_all(&out_dir).unwrap();
+    let exe = out_dir.join(name);
+    let lib = lib_dir();
+    let (compiler, flags) = if cxx {
+        ("g++", CXX_FLAGS)
+    } else {
+        ("gcc", C_FLAGS)
+    };
+    let out = Command::new(compiler)
+        .args(flags)
+        .args(["-g", "-O1"])
+        .arg("-I")
+        .arg(manifest_dir().join("../include"))
+        .arg("-I")
+        .arg(manifest_dir().join("tests/c"))
+        .args(sources)
+        .arg("-o")
+        .arg(&exe)
+        .arg("-L")
+        .arg(&lib)
+        .arg(format!("-Wl,-rpath,{}", lib.display()))
+        .arg("-lpccl")
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {compiler}: {e}"));
+    assert!(
+        out.status.success(),
+        "{compiler} failed on {name}:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    exe
+}
+
+fn c_test(name: &str) -> PathBuf {
+    compile(
+        name,
+        &[manifest_dir().join(format!("tests/c/{name}.c"))],
+        false,
+    )
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
+}
+
+/// A child process whose stdout lines are collected; killed (and reaped) on drop.
+struct Proc {
+    name: String,
+    child: Child,
+    stdin: Option<ChildStdin>,
+    lines: Arc<Mutex<Vec<String>>>,
+    line_rx: mpsc::Receiver<String>,
+    reader: Option<thread::JoinHandle<()>>,
+}
+
+impl Proc {
+    fn spawn(name: &str, mut cmd: Command) -> Self {
+        let mut child = cmd
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {name}: {e}"));
+        let stdout = child.stdout.take().unwrap();
+        let lines = Arc::new(Mutex::new(Vec::new()));
+        let (tx, line_rx) = mpsc::channel();
+        let sink = lines.clone();
+        let reader = thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                sink.lock().unwrap().push(line.clone());
+                let _ = tx.send(line);
+            }
+        });
+        Self {
+            name: name.to_owned(),
+            stdin: child.stdin.take(),
+            child,
+            lines,
+            line_rx,
+            reader: Some(reader),
+        }
+    }
+
+    fn lines(&self) -> Vec<String> {
+        self.lines.lock().unwrap().clone()
+    }
+
+    /// Waits for an output line equal to `want`.
+    fn expect_line(&self, want: &str, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.line_rx.recv_timeout(left) {
+                Ok(line) if line == want => return,
+                Ok(_) => {}
+                Err(_) => panic!("{} did not print {want:?} within {timeout:?}", self.name),
+            }
+        }
+    }
+
+    /// Waits for the process to exit and asserts it succeeded; all its output has been
+    /// collected when this returns.
+    fn expect_success(&mut self, deadline: Instant) {
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                assert!(status.success(), "{} failed: {status}", self.name);
+                if let Some(reader) = self.reader.take() {
+                    reader.join().expect("stdout reader");
+                }
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{} did not finish in time",
+                self.name
+            );
+            thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        drop(self.stdin.take());
+        if self.child.try_wait().ok().flatten().is_none() {
+            self.kill();
+        }
+    }
+}
+
+/// The C master on `port`, ready once this returns. Closing its stdin stops it cleanly.
+fn start_master(port: u16, valgrind: bool) -> Proc {
+    let mut cmd = command(&c_test("master"), valgrind);
+    cmd.arg(port.to_string());
+    let master = Proc::spawn("master", cmd);
+    // Generous: valgrind starts slowly on a loaded 2-core machine.
+    master.expect_line(
+        "READY",
+        Duration::from_secs(if valgrind { 240 } else { 60 }),
+    );
+    master
+}
+
+fn stop_master(mut master: Proc, deadline: Instant) {
+    drop(master.stdin.take());
+    master.expect_success(deadline);
+}
+
+/// Whether the valgrind variants run: valgrind is installed and `PCCL_VALGRIND` is not 0.
+fn valgrind_available() -> bool {
+    if std::env::var_os("PCCL_VALGRIND").is_some_and(|v| v == "0") {
+        return false;
+    }
+    let found = Command::new("valgrind")
+        .arg("--version")
+        .stdout(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if !found {
+        eprintln!("skipped: valgrind is not installed");
+    }
+    found
+}
+
+/// A command running `exe`, under memcheck if `valgrind` (exit code 99 on any error,
+/// definite leaks included; "possibly lost" blocks are runtime threads still parked at
+/// exit and do not count).
+fn command(exe: &Path, valgrind: bool) -> Command {
+    if valgrind {
+        let mut cmd = Command::new("valgrind");
+        cmd.args([
+            "--tool=memcheck",
+            "--error-exitcode=99",
+            "--leak-check=full",
+            "--errors-for-leak-kinds=definite",
+            "--show-leak-kinds=definite",
+            "--quiet",
+        ])
+        .arg(exe);
+        cmd
+    } else {
+        Command::new(exe)
+    }
+}
+
+fn steps_of(lines: &[String]) -> Vec<String> {
+    lines
+        .iter()
+        .filter(|l| l.starts_with("STEP "))
+        .cloned()
+        .collect()
+}
+
+/// Master and `world` hello-world peers, `steps` steps; digests must agree bit for bit.
+fn hello_world(world: usize, steps: usize, valgrind: bool) {
+    let deadline = Instant::now() + Duration::from_secs(if valgrind { 480 } else { 180 });
+    let exe = c_test("hello_peer");
+    let port = free_port();
+    let master = start_master(port, valgrind);
+    let mut peers: Vec<Proc> = (1..=world)
+        .map(|seed| {
+            let mut cmd = command(&exe, valgrind);
+            cmd.args([
+                port.to_string(),
+                seed.to_string(),
+                world.to_string(),
+                steps.to_string(),
+            ]);
+            Proc::spawn(&format!("peer {seed}"), cmd)
+        })
+        .collect();
+    for p in &mut peers {
+        p.expect_success(deadline);
+    }
+    let first = steps_of(&peers[0].lines());
+    assert_eq!(first.len(), steps, "peer 1 ran {} steps", first.len());
+    for p in &peers[1..] {
+        assert_eq!(
+            steps_of(&p.lines()),
+            first,
+            "{} disagrees with peer 1",
+            p.name
+        );
+    }
+    stop_master(master, deadline);
+}
+
+#[test]
+fn hello_world_three_peers_fifty_steps() {
+    hello_world(3, 50, false);
+}
+
+#[test]
+fn hello_world_under_valgrind() {
+    if valgrind_available() {
+        hello_world(3, 50, true);
+    }
+}
+
+/// Four peers run async all-reduces (distinct tags) and `pcclAllReduceMultipleWithRetry`;
+/// one is SIGKILLed mid-way; the survivors finish and agree bit for bit.
+fn async_with_a_killed_peer(valgrind: bool) {
+    const WORLD: usize = 4;
+    let deadline = Instant::now() + Duration::from_secs(if valgrind { 480 } else { 180 });
+    let exe = c_test("async_peer");
+    let port = free_port();
+    let master = start_master(port, valgrind);
+    let mut peers: Vec<Proc> = (1..=WORLD)
+        .map(|seed| {
+            let mut cmd = command(&exe, valgrind);
+            cmd.args([
+                port.to_string(),
+                seed.to_string(),
+                WORLD.to_string(),
+                "8".into(),
+                "5000".into(),
+            ]);
+            Proc::spawn(&format!("peer {seed}"), cmd)
+        })
+        .collect();
+    // Let every peer get going, then kill the last one in the middle of its ops.
+    while peers.iter().any(|p| steps_of(&p.lines()).len() < 3) {
+        assert!(Instant::now() < deadline, "the peers did not get going");
+        for p in &mut peers {
+            if let Some(status) = p.child.try_wait().unwrap() {
+                panic!("{} exited early: {status}", p.name);
+            }
+        }
+        thread::sleep(Duration::from_millis(10));
+    }
+    let mut victim = peers.pop().unwrap();
+    victim.kill();
+    let victim_steps = steps_of(&victim.lines());
+    for p in &mut peers {
+        p.expect_success(deadline);
+    }
+    let first = steps_of(&peers[0].lines());
+    for p in &peers[1..] {
+        assert_eq!(
+            steps_of(&p.lines()),
+            first,
+            "{} disagrees with peer 1",
+            p.name
+        );
+    }
+    // The victim agreed with the survivors on every step it finished.
+    assert_eq!(first[..victim_steps.len()], victim_steps[..]);
+    let worlds: Vec<&str> = first.iter().map(|l| l.split(' ').nth(2).unwrap()).collect();
+    assert_eq!(worlds.first(), Some(&"4"));
+    assert_eq!(worlds.last(), Some(&"3"));
+    stop_master(master, deadline);
+}
+
+#[test]
+fn async_and_multiple_with_retry_survive_a_killed_peer() {
+    async_with_a_killed_peer(false);
+}
+
+#[test]
+fn async_and_multiple_with_retry_under_valgrind() {
+    if valgrind_available() {
+        async_with_a_killed_peer(true);
+    }
+}
+
+/// `args.c`: every function with NULL and invalid arguments, before and after `pcclInit`.
+fn args(name: &str, cxx: bool, valgrind: bool) {
+    let exe = compile(name, &[manifest_dir().join("tests/c/args.c")], cxx);
+    let mut cmd = command(&exe, valgrind);
+    cmd.args([free_port().to_string(), free_port().to_string()]);
+    let mut p = Proc::spawn(name, cmd);
+    p.expect_success(Instant::now() + Duration::from_secs(if valgrind { 300 } else { 120 }));
+    assert_eq!(p.lines().last().map(String::as_str), Some("OK"));
+}
+
+#[test]
+fn every_function_checks_its_arguments() {
+    args("args", false, false);
+}
+
+#[test]
+fn every_function_checks_its_arguments_as_cxx() {
+    args("args_cxx", true, false);
+}
+
+#[test]
+fn every_function_checks_its_arguments_under_valgrind() {
+    if valgrind_available() {
+        args("args_vg", false, true);
+    }
+}
+
+#[test]
+fn example_hello_runs() {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let exe = compile(
+        "hello",
+        &[manifest_dir().join("../examples/c/hello.c")],
+        false,
+    );
+    let port = free_port();
+    let master = start_master(port, false);
+    let mut peers: Vec<Proc> = (1..=3)
+        .map(|i| {
+            let mut cmd = Command::new(&exe);
+            cmd.args([port.to_string(), "3".into()]);
+            Proc::spawn(&format!("hello {i}"), cmd)
+        })
+        .collect();
+    for p in &mut peers {
+        p.expect_success(deadline);
+    }
+    let last: Vec<_> = peers.iter().map(|p| p.lines().last().cloned()).collect();
+    assert!(
+        last[0].is_some() && last.iter().all(|l| *l == last[0]),
+        "{last:?}"
+    );
+    stop_master(master, deadline);
+}
+
+#[test]
+fn static_library_links() {
+    let lib = lib_dir().join("libpccl.a");
+    assert!(lib.is_file(), "{} missing", lib.display());
+    let out_dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("pccl-c");
+    std::fs::create_dir_all(&out_dir).unwrap();
+    let src = out_dir.join("static.c");
+    let exe = out_dir.join("static");
+    let mut f = std::fs::File::create(&src).unwrap();
+    writeln!(
+        f,
+        "#include \"pccl.h\"\nint main(void) {{\n  pcclBuildInfo_t b;\n  \
+         if (pcclGetBuildInfo(&b) != pcclNotInitialized) return 1;\n  \
+         if (pcclInit() != pcclSuccess) return 2;\n  \
+         return pcclGetBuildInfo(&b) == pcclSuccess ? 0 : 3;\n}}"
+    )
+    .unwrap();
+    let out = Command::new("gcc")
+        .args(C_FLAGS)
+        .arg("-I")
+        .arg(manifest_dir().join("../include"))
+        .arg(&src)
+        .arg(&lib)
+        .args(["-lpthread", "-ldl", "-lm", "-lrt", "-o"])
+        .arg(&exe)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(Command::new(&exe).status().unwrap().success());
+}
