@@ -193,8 +193,12 @@ typedef struct pcclReduceOperandDescriptor_t {
     pcclDistributionHint_t distribution_hint;
 } pcclReduceOperandDescriptor_t;
 
-// How all-reduce traffic is quantised. Values are validated; this build reduces at full
-// precision whatever the algorithm (more precise, never less).
+// How all-reduce traffic is quantised. `pcclQuantNone` sends the source type (full
+// precision; `quantized_datatype` is then ignored). `pcclQuantMinMax` and
+// `pcclQuantZeroPointScale` send each slice as `quantized_datatype` (pcclUint8, pcclInt8,
+// pcclUint16, pcclFloat16 or pcclBFloat16) with its scale and offset, for float sources and
+// sum, avg, max or min; other combinations return `pcclInvalidArgument`. Every peer still
+// ends with the same bits.
 typedef struct pcclQuantizationOptions_t {
     pcclDataType_t quantized_datatype;
     pcclQuantizationAlgorithm_t algorithm;

@@ -3,15 +3,18 @@
 use std::ffi::{c_int, c_void};
 use std::ops::Range;
 
-use pccl::{DataType, ReduceBuffers, ReduceDescriptor, ReduceInfo, ReduceOp};
+use pccl::{
+    DataType, Quantization, QuantizationAlgorithm, ReduceBuffers, ReduceDescriptor, ReduceInfo,
+    ReduceOp,
+};
 
 use crate::comm::comm_ref;
 use crate::handle::{Out, checked, pcclComm_t, read_in};
 use crate::panic::ffi_boundary;
 use crate::result::pcclResult_t;
 use crate::types::{
-    RawDataType, pcclAsyncReduceOp_t, pcclDataType_t, pcclRedOp_t, pcclReduceDescriptor_t,
-    pcclReduceInfo_t, pcclReduceOpDescriptor_t,
+    RawDataType, pcclAsyncReduceOp_t, pcclDataType_t, pcclQuantizationAlgorithm_t, pcclRedOp_t,
+    pcclReduceDescriptor_t, pcclReduceInfo_t, pcclReduceOpDescriptor_t,
 };
 
 /// The caller's send and receive buffers of one all-reduce, as raw pointers.
@@ -147,22 +150,29 @@ fn prepare(
         pcclRedOp_t::pcclMax => ReduceOp::Max,
         pcclRedOp_t::pcclMin => ReduceOp::Min,
     };
-    // Validated, then not used: the core reduces at full precision (see the struct docs).
+    // Validated, then not used: a hint only.
     desc.src_descriptor.distribution_hint.get().ok_or(invalid)?;
-    desc.quantization_options.algorithm.get().ok_or(invalid)?;
-    desc.quantization_options
-        .quantized_datatype
-        .get()
-        .ok_or(invalid)?;
+    let algorithm = match desc.quantization_options.algorithm.get().ok_or(invalid)? {
+        pcclQuantizationAlgorithm_t::pcclQuantNone => QuantizationAlgorithm::None,
+        pcclQuantizationAlgorithm_t::pcclQuantMinMax => QuantizationAlgorithm::MinMax,
+        pcclQuantizationAlgorithm_t::pcclQuantZeroPointScale => {
+            QuantizationAlgorithm::ZeroPointScale
+        }
+    };
+    // Always a valid enum value; used only when an algorithm is chosen.
+    let qtype = data_type(desc.quantization_options.quantized_datatype)?;
+    let quantization =
+        (algorithm != QuantizationAlgorithm::None).then(|| Quantization::new(algorithm, qtype));
     if desc.count == 0 {
         return Err(invalid);
     }
     let len = desc.count.checked_mul(dtype.size()).ok_or(invalid)?;
     let bufs = RawBuffers::new(send, recv, len)?;
-    Ok((
-        bufs,
-        ReduceDescriptor::new(desc.count, dtype, op).with_tag(desc.tag),
-    ))
+    let mut d = ReduceDescriptor::new(desc.count, dtype, op).with_tag(desc.tag);
+    if let Some(q) = quantization {
+        d = d.with_quantization(q);
+    }
+    Ok((bufs, d))
 }
 
 fn reduce_info(info: ReduceInfo) -> pcclReduceInfo_t {

@@ -138,6 +138,14 @@ static void comm_args(pcclComm_t *comm) {
     bad = desc;
     bad.quantization_options.quantized_datatype = (pcclDataType_t)99;
     EXPECT(pcclAllReduce(a, b, &bad, comm, &info), IA);
+    /* Quantization: only float sources, into u8/i8/u16/f16/bf16, not for prod. */
+    bad = desc;
+    bad.quantization_options.algorithm = pcclQuantMinMax;
+    bad.quantization_options.quantized_datatype = pcclFloat;
+    EXPECT(pcclAllReduce(a, b, &bad, comm, &info), IA);
+    bad.quantization_options.quantized_datatype = pcclUint8;
+    bad.op = pcclProd;
+    EXPECT(pcclAllReduce(a, b, &bad, comm, &info), IA);
 
     /* pcclAllReduceAsync and pcclAwaitAsyncReduce */
     EXPECT(pcclAllReduceAsync(a, b, &desc, comm, NULL), IA);

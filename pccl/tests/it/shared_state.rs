@@ -232,7 +232,7 @@ fn a_peer_dying_during_a_sync_ends_it_cleanly_for_survivors() {
     let out = on_all(&comms, |i, c| {
         if i == 2 {
             // Leaves while the others are syncing (before or after their reports).
-            std::thread::sleep(std::time::Duration::from_millis(5));
+            std::thread::sleep(Duration::from_millis(5));
             c.close();
             return None;
         }
@@ -269,7 +269,7 @@ fn a_1_gib_state_transfer() {
         } else {
             SyncStrategy::ReceiveOnly
         };
-        let t = std::time::Instant::now();
+        let t = Instant::now();
         let info = c.sync_shared_state(&mut st, s).unwrap();
         eprintln!("peer {i}: {info:?} in {:?}", t.elapsed());
         (info, tensor_hash(&data))
@@ -287,6 +287,9 @@ fn a_1_gib_state_transfer() {
 /// A peer's sync result, revision and state hash.
 type SyncOutcome = (Result<SyncInfo, Error>, u64, u128);
 
+/// Picks, from the peers' ids, the index of the peer that leaves.
+type PickLeaver = dyn Fn(&[pccl::PeerId]) -> usize + Sync;
+
 /// State size of the holder-leaving tests.
 const BIG: usize = 1 << 30;
 
@@ -296,7 +299,7 @@ const BIG: usize = 1 << 30;
 /// remaining peer's outcome and how long the slowest remaining peer's sync took.
 fn sync_while_a_holder_leaves(
     holders: usize,
-    leave: Option<(&(dyn Fn(&[pccl::PeerId]) -> usize + Sync), Duration)>,
+    leave: Option<(&PickLeaver, Duration)>,
     receiver: SyncStrategy,
 ) -> (Vec<Option<SyncOutcome>>, Duration) {
     let m = master();
