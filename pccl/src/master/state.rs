@@ -421,11 +421,26 @@ impl MasterState {
             }
             return;
         }
+        tracing::info!("re-ordered ring proposed");
+        self.start_proposal(&ring, &epochs, Vec::new());
+    }
+
+    /// Sends `ring` to everyone in it to dial, and waits for their `P2pReady`.
+    fn start_proposal(
+        &mut self,
+        ring: &[PeerId],
+        epochs: &BTreeMap<u32, u64>,
+        newcomers: Vec<PeerId>,
+    ) {
         self.counter += 1;
         let id = self.counter;
-        let topology = self.topology_of(&ring, &epochs);
-        tracing::info!(proposal = id, "re-ordered ring proposed");
-        for p in &ring {
+        let topology = self.topology_of(ring, epochs);
+        tracing::info!(
+            proposal = id,
+            newcomers = newcomers.len(),
+            "topology proposed"
+        );
+        for p in ring {
             self.send_peer(
                 *p,
                 FromMaster::Propose {
@@ -437,7 +452,7 @@ impl MasterState {
         self.proposal = Some(Proposal {
             id,
             topology,
-            newcomers: Vec::new(),
+            newcomers,
             ready: BTreeSet::new(),
         });
     }
@@ -459,29 +474,7 @@ impl MasterState {
             self.counter += 1;
             epochs.insert(g, self.counter);
         }
-        self.counter += 1;
-        let id = self.counter;
-        let topology = self.topology_of(&ring, &epochs);
-        tracing::info!(
-            proposal = id,
-            newcomers = newcomers.len(),
-            "topology proposed"
-        );
-        for p in &ring {
-            self.send_peer(
-                *p,
-                FromMaster::Propose {
-                    proposal: id,
-                    topology: topology.clone(),
-                },
-            );
-        }
-        self.proposal = Some(Proposal {
-            id,
-            topology,
-            newcomers,
-            ready: BTreeSet::new(),
-        });
+        self.start_proposal(&ring, &epochs, newcomers);
     }
 
     fn on_p2p_ready(&mut self, peer: PeerId, proposal: u64, ok: bool) {
