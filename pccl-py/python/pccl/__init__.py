@@ -1,0 +1,81 @@
+"""pccl: fault-tolerant collective communication for training over the internet.
+
+Source-compatible with PCCL 1.0's Python API (``MasterNode``, ``Communicator``,
+``SharedState``, ``TensorInfo``, ...), with three additions: CUDA tensors are accepted
+(staged through pinned host memory), numpy arrays work without torch installed, and the
+GIL is released during every blocking call (Ctrl-C interrupts it within a fraction of a
+second).
+
+Blocking calls run on helper threads; objects are tied to the process that created them,
+so create communicators and masters after ``fork()`` (in each worker), not before.
+"""
+
+from __future__ import annotations
+
+from pccl import cuda
+from pccl._enums import (
+    Attribute,
+    DataType,
+    DeviceType,
+    DistributionHint,
+    QuantizationAlgorithm,
+    ReduceOp,
+    SharedStateSyncStrategy,
+)
+from pccl._pccl import (
+    AsyncReduceHandle,
+    Communicator,
+    ConnectionLostError,
+    InvalidArgumentError,
+    InvalidUsageError,
+    MasterConnectionError,
+    MasterNode,
+    PCCLError,
+    QuantizationOptions,
+    ReduceDescriptor,
+    ReduceInfo,
+    ReduceOpDescriptor,
+    ReduceOperandDescriptor,
+    Result,
+    SharedState,
+    SharedStateSyncInfo,
+    TensorInfo,
+    TooFewPeersError,
+    UpdateTopologyFailedError,
+    __version__,
+    build_info,
+    tensor_hash,
+)
+
+__all__ = [
+    "AsyncReduceHandle",
+    "Attribute",
+    "Communicator",
+    "ConnectionLostError",
+    "DataType",
+    "DeviceType",
+    "DistributionHint",
+    "InvalidArgumentError",
+    "InvalidUsageError",
+    "MasterConnectionError",
+    "MasterNode",
+    "PCCLError",
+    "QuantizationAlgorithm",
+    "QuantizationOptions",
+    "ReduceDescriptor",
+    "ReduceInfo",
+    "ReduceOp",
+    "ReduceOpDescriptor",
+    "ReduceOperandDescriptor",
+    "Result",
+    "SharedState",
+    "SharedStateSyncInfo",
+    "SharedStateSyncStrategy",
+    "TensorInfo",
+    "TooFewPeersError",
+    "UpdateTopologyFailedError",
+    "__version__",
+    "build_info",
+    "cuda",
+    "tensor_hash",
+]

@@ -1,0 +1,275 @@
+//! `Communicator`: a peer's handle on a run. Each method extracts everything it needs
+//! from Python first, then runs the core call on a helper thread without the GIL
+//! (`runtime::blocking`).
+
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::sync::{Arc, Mutex};
+
+use pccl::CommunicatorConfig;
+use pyo3::prelude::*;
+use pyo3::types::PyList;
+
+use crate::errors::{check, invalid_argument, invalid_usage};
+use crate::reduce::{AsyncReduceHandle, Plan, ReduceOpDescriptor, plan_call};
+use crate::runtime::{KeepAlive, Owner, blocking};
+use crate::shared_state::SharedState;
+use crate::tensor::raw::{PyBuffers, sync_shared_state};
+use crate::types::{
+    QuantizationOptions, ReduceInfo, ReduceOperandDescriptor, SharedStateSyncInfo, attribute,
+    sync_strategy,
+};
+
+/// Parses "ip:port" (or "host:port").
+pub(crate) fn parse_address(address: &str) -> PyResult<SocketAddr> {
+    if let Ok(a) = address.parse() {
+        return Ok(a);
+    }
+    address
+        .to_socket_addrs()
+        .ok()
+        .and_then(|mut it| it.next())
+        .ok_or_else(|| {
+            invalid_argument(format!(
+                "invalid address '{address}', expected ip:port (e.g. 127.0.0.1:48148)"
+            ))
+        })
+}
+
+#[derive(Debug)]
+struct Inner {
+    comm: Arc<pccl::Communicator>,
+    connect_called: bool,
+}
+
+/// A peer's handle on a run (PCCL's `Communicator`).
+#[pyclass(module = "pccl._pccl", frozen)]
+#[derive(Debug)]
+pub(crate) struct Communicator {
+    config: CommunicatorConfig,
+    inner: Mutex<Inner>,
+    owner: Owner,
+}
+
+impl Communicator {
+    fn comm(&self) -> PyResult<Arc<pccl::Communicator>> {
+        self.owner.check("communicator")?;
+        Ok(self.lock().comm.clone())
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+fn all_reduce_plan(
+    py: Python<'_>,
+    comm: Arc<pccl::Communicator>,
+    plan: Plan,
+) -> PyResult<ReduceInfo> {
+    let keep = Vec::new();
+    let info = blocking(py, keep, move || {
+        let (mut bufs, desc) = plan.buffers()?;
+        let info = comm.all_reduce_with(&mut bufs, desc)?;
+        match bufs.take_commit_error() {
+            Some(e) => Err(e),
+            None => Ok(info),
+        }
+    })?;
+    Ok(info.into())
+}
+
+#[pymethods]
+impl Communicator {
+    /// A communicator for the master at `address` ("ip:port"); no I/O until `connect`.
+    /// `p2p_connection_pool_size` 0 means 1.
+    #[new]
+    #[pyo3(signature = (address, peer_group = 0, p2p_connection_pool_size = 0))]
+    fn new(address: &str, peer_group: u32, p2p_connection_pool_size: usize) -> PyResult<Self> {
+        let mut config = CommunicatorConfig::new(parse_address(address)?);
+        config.peer_group = peer_group;
+        config.pool_size = p2p_connection_pool_size.max(1);
+        let comm = check(pccl::Communicator::new(config.clone()))?;
+        Ok(Self {
+            config,
+            inner: Mutex::new(Inner {
+                comm: Arc::new(comm),
+                connect_called: false,
+            }),
+            owner: Owner::current(),
+        })
+    }
+
+    /// Connects to the master (up to `n_attempts` tries) and returns once this peer is
+    /// accepted into the run. A second call raises `InvalidUsageError`.
+    #[pyo3(signature = (n_attempts = 5))]
+    fn connect(&self, py: Python<'_>, n_attempts: u32) -> PyResult<()> {
+        self.owner.check("communicator")?;
+        let comm = {
+            let mut inner = self.lock();
+            if !inner.connect_called {
+                inner.connect_called = true;
+                let mut config = self.config.clone();
+                config.connect_attempts = n_attempts.max(1);
+                inner.comm = Arc::new(check(pccl::Communicator::new(config))?);
+            }
+            inner.comm.clone()
+        };
+        blocking(py, KeepAlive::new(), move || comm.connect())
+    }
+
+    /// Joint call: admits waiting peers. `UpdateTopologyFailedError` is retryable.
+    fn update_topology(&self, py: Python<'_>) -> PyResult<()> {
+        let comm = self.comm()?;
+        blocking(py, KeepAlive::new(), move || comm.update_topology())
+    }
+
+    /// Joint call: whether peers wait to be accepted.
+    fn are_peers_pending(&self, py: Python<'_>) -> PyResult<bool> {
+        let comm = self.comm()?;
+        blocking(py, KeepAlive::new(), move || comm.are_peers_pending())
+    }
+
+    /// Joint call: measures links and re-orders the ring for bandwidth.
+    fn optimize_topology(&self, py: Python<'_>) -> PyResult<()> {
+        let comm = self.comm()?;
+        blocking(py, KeepAlive::new(), move || comm.optimize_topology())
+    }
+
+    /// Reads a world-size attribute.
+    fn get_attribute(&self, attribute: &Bound<'_, PyAny>) -> PyResult<usize> {
+        let attr = self::attribute(attribute)?;
+        let comm = self.comm()?;
+        check(comm.attribute(attr))
+    }
+
+    /// Joint call of the peer group: makes every peer's shared state equal to the most
+    /// popular content, moving only differing tensors; sets `shared_state.revision`.
+    #[pyo3(signature = (shared_state, strategy = None))]
+    fn sync_shared_state(
+        &self,
+        py: Python<'_>,
+        shared_state: &Bound<'_, SharedState>,
+        strategy: Option<&Bound<'_, PyAny>>,
+    ) -> PyResult<SharedStateSyncInfo> {
+        let strategy = sync_strategy(strategy)?;
+        let comm = self.comm()?;
+        let (tensors, keep, revision) = shared_state
+            .try_borrow()
+            .map_err(|_| invalid_usage("the shared state is in use by another call"))?
+            .snapshot(py, strategy != pccl::SyncStrategy::SendOnly)?;
+        let (revision, info) = blocking(py, keep, move || {
+            sync_shared_state(&comm, &tensors, revision, strategy)
+        })?;
+        shared_state
+            .try_borrow_mut()
+            .map_err(|_| invalid_usage("the shared state is in use by another call"))?
+            .set_revision(revision);
+        Ok(info.into())
+    }
+
+    /// Blocking all-reduce of `send` into `recv` (both torch tensors or both numpy arrays,
+    /// contiguous, same dtype, size and device; the same tensor reduces in place).
+    #[pyo3(signature = (send, recv, *, op, tag = 0, operand_descriptor = None, quantization_options = None))]
+    #[allow(clippy::too_many_arguments)]
+    fn all_reduce(
+        &self,
+        py: Python<'_>,
+        send: &Bound<'_, PyAny>,
+        recv: &Bound<'_, PyAny>,
+        op: &Bound<'_, PyAny>,
+        tag: u64,
+        operand_descriptor: Option<&Bound<'_, ReduceOperandDescriptor>>,
+        quantization_options: Option<&Bound<'_, QuantizationOptions>>,
+    ) -> PyResult<ReduceInfo> {
+        let plan = plan_call(
+            send,
+            recv,
+            op,
+            tag,
+            operand_descriptor,
+            quantization_options,
+        )?;
+        let comm = self.comm()?;
+        all_reduce_plan(py, comm, plan)
+    }
+
+    /// Starts an all-reduce and returns a handle at once; `handle.wait()` gives the result.
+    /// The tensors stay referenced until the op has finished.
+    #[pyo3(signature = (send, recv, *, op, tag = 0, operand_descriptor = None, quantization_options = None))]
+    #[allow(clippy::too_many_arguments)]
+    fn all_reduce_async(
+        &self,
+        py: Python<'_>,
+        send: &Bound<'_, PyAny>,
+        recv: &Bound<'_, PyAny>,
+        op: &Bound<'_, PyAny>,
+        tag: u64,
+        operand_descriptor: Option<&Bound<'_, ReduceOperandDescriptor>>,
+        quantization_options: Option<&Bound<'_, QuantizationOptions>>,
+    ) -> PyResult<AsyncReduceHandle> {
+        let plan = plan_call(
+            send,
+            recv,
+            op,
+            tag,
+            operand_descriptor,
+            quantization_options,
+        )?;
+        let comm = self.comm()?;
+        // Starting returns at once, except that a CUDA send tensor is copied first.
+        let op = blocking(py, KeepAlive::new(), move || {
+            let (bufs, desc) = plan.buffers()?;
+            comm.all_reduce_async(bufs, desc)
+        })?;
+        Ok(AsyncReduceHandle::new(op, self.owner))
+    }
+
+    /// Runs every op, at most `max_in_flight` at once, retrying failed ones until all
+    /// succeed or fewer than two peers remain. Returns the summed transfer figures.
+    #[pyo3(signature = (descriptors, *, max_in_flight = 4))]
+    fn all_reduce_multiple_with_retry(
+        &self,
+        py: Python<'_>,
+        descriptors: &Bound<'_, PyList>,
+        max_in_flight: usize,
+    ) -> PyResult<ReduceInfo> {
+        let mut plans = Vec::with_capacity(descriptors.len());
+        for d in descriptors.iter() {
+            let d = d.cast::<ReduceOpDescriptor>().map_err(|_| {
+                invalid_argument("descriptors must be a list of ReduceOpDescriptor")
+            })?;
+            plans.push(d.get().plan(py)?);
+        }
+        // The ops run concurrently: no op may write memory another op reads or writes.
+        for (i, a) in plans.iter().enumerate() {
+            for (j, b) in plans.iter().enumerate() {
+                if i != j && (a.recv.overlaps(&b.send) || a.recv.overlaps(&b.recv)) {
+                    return Err(invalid_argument(format!(
+                        "descriptor {i} writes memory that descriptor {j} uses"
+                    )));
+                }
+            }
+        }
+        let comm = self.comm()?;
+        let info = blocking(py, KeepAlive::new(), move || {
+            let mut ops = plans
+                .into_iter()
+                .map(Plan::buffers)
+                .collect::<pccl::Result<Vec<(PyBuffers, _)>>>()?;
+            let info = comm.all_reduce_multiple_with_retry(&mut ops, max_in_flight)?;
+            for (b, _) in &mut ops {
+                if let Some(e) = b.take_commit_error() {
+                    return Err(e);
+                }
+            }
+            Ok(info)
+        })?;
+        Ok(info.into())
+    }
+
+    /// Leaves the run; later calls raise `InvalidUsageError`.
+    fn close(&self) -> PyResult<()> {
+        self.comm()?.close();
+        Ok(())
+    }
+}

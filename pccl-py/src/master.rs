@@ -1,0 +1,106 @@
+//! `MasterNode`: runs a master in this process (PCCL's `MasterNode`).
+
+use std::sync::{Arc, Mutex};
+
+use pccl::MasterConfig;
+use pyo3::prelude::*;
+
+use crate::communicator::parse_address;
+use crate::errors::{check, invalid_argument};
+use crate::runtime::{KeepAlive, Owner, blocking};
+
+#[derive(Debug)]
+enum State {
+    Created,
+    Running(Arc<pccl::MasterNode>),
+    Stopped,
+}
+
+/// A master listening on `listen_address` ("ip:port"; port 0 picks a free port).
+#[pyclass(module = "pccl._pccl", frozen)]
+#[derive(Debug)]
+pub(crate) struct MasterNode {
+    config: MasterConfig,
+    state: Mutex<State>,
+    owner: Owner,
+}
+
+impl MasterNode {
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn running(&self) -> Option<Arc<pccl::MasterNode>> {
+        match &*self.lock() {
+            State::Running(m) => Some(m.clone()),
+            _ => None,
+        }
+    }
+}
+
+#[pymethods]
+impl MasterNode {
+    #[new]
+    #[pyo3(signature = (listen_address))]
+    fn new(listen_address: &str) -> PyResult<Self> {
+        let config = MasterConfig::new(parse_address(listen_address)?);
+        check(config.validate())?;
+        Ok(Self {
+            config,
+            state: Mutex::new(State::Created),
+            owner: Owner::current(),
+        })
+    }
+
+    /// Starts serving in the background and returns at once. Running twice raises
+    /// `InvalidArgumentError` (as `pcclRunMaster` does).
+    fn run(&self) -> PyResult<()> {
+        self.owner.check("master")?;
+        let mut state = self.lock();
+        if !matches!(*state, State::Created) {
+            return Err(invalid_argument("the master was already run"));
+        }
+        let m = check(pccl::MasterNode::start(self.config.clone()))?;
+        *state = State::Running(Arc::new(m));
+        Ok(())
+    }
+
+    /// Asks the master to stop; returns at once.
+    fn interrupt(&self) -> PyResult<()> {
+        self.owner.check("master")?;
+        if let Some(m) = self.running() {
+            m.interrupt();
+        }
+        Ok(())
+    }
+
+    /// Blocks (GIL released, Ctrl-C honoured) until the master has stopped.
+    fn await_termination(&self, py: Python<'_>) -> PyResult<()> {
+        self.owner.check("master")?;
+        let Some(m) = self.running() else {
+            return Ok(());
+        };
+        blocking(py, KeepAlive::new(), move || {
+            m.await_termination();
+            Ok(())
+        })?;
+        *self.lock() = State::Stopped;
+        Ok(())
+    }
+
+    /// The address the master listens on ("ip:port", the real port once running).
+    #[getter]
+    fn listen_address(&self) -> String {
+        match self.running() {
+            Some(m) => m.local_addr().to_string(),
+            None => self.config.listen.to_string(),
+        }
+    }
+
+    /// The port the master listens on (useful after listening on port 0).
+    #[getter]
+    fn port(&self) -> u16 {
+        self.running()
+            .map_or_else(|| self.config.listen.port(), |m| m.local_addr().port())
+    }
+}

@@ -1,0 +1,132 @@
+"""Shared helpers: an in-process master, groups of connected communicators driven from
+threads, and bounded subprocess handling. Every wait is bounded; every process started
+is killed at the end of its test."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import pytest
+
+import pccl
+
+REPO = Path(__file__).resolve().parents[2]
+EXAMPLES = REPO / "examples" / "python"
+
+
+def run_parallel(fns: Sequence[Callable[[], Any]], timeout: float = 30.0) -> list[Any]:
+    """Runs each function on its own (daemon) thread; returns their results in order.
+    Re-raises the first exception; fails if any thread is still running at `timeout`."""
+    results: list[Any] = [None] * len(fns)
+    errors: list[BaseException | None] = [None] * len(fns)
+
+    def wrap(i: int) -> None:
+        try:
+            results[i] = fns[i]()
+        except BaseException as e:  # noqa: BLE001 - re-raised below
+            errors[i] = e
+
+    threads = [threading.Thread(target=wrap, args=(i,), daemon=True) for i in range(len(fns))]
+    for t in threads:
+        t.start()
+    deadline = time.monotonic() + timeout
+    for t in threads:
+        t.join(max(0.0, deadline - time.monotonic()))
+    if any(t.is_alive() for t in threads):
+        pytest.fail(f"threads still running after {timeout} s")
+    for e in errors:
+        if e is not None:
+            raise e
+    return results
+
+
+def form_group(address: str, n: int, peer_group: int = 0, timeout: float = 30.0) -> list[pccl.Communicator]:
+    """`n` connected communicators, all accepted into the run."""
+    comms = [pccl.Communicator(address, peer_group) for _ in range(n)]
+    comms[0].connect()
+    done = [threading.Event() for _ in comms]
+    done[0].set()
+
+    def connect(i: int) -> None:
+        comms[i].connect()
+        done[i].set()
+
+    for i in range(1, n):
+        threading.Thread(target=connect, args=(i,), daemon=True).start()
+    deadline = time.monotonic() + timeout
+    while not all(d.is_set() for d in done):
+        if time.monotonic() > deadline:
+            pytest.fail("peers were not accepted in time")
+        time.sleep(0.2)
+        accepted = [c for c, d in zip(comms, done) if d.is_set()]
+        run_parallel([c.update_topology for c in accepted], timeout)
+    return comms
+
+
+@pytest.fixture
+def master():
+    m = pccl.MasterNode("127.0.0.1:0")
+    m.run()
+    yield m
+    m.interrupt()
+
+
+@pytest.fixture
+def group2(master):
+    comms = form_group(master.listen_address, 2)
+    yield comms
+    for c in comms:
+        c.close()
+
+
+class Procs:
+    """Child processes of one test, all killed at the end."""
+
+    def __init__(self) -> None:
+        self.procs: list[subprocess.Popen[str]] = []
+
+    def start(self, args: Sequence[str], **kw: Any) -> subprocess.Popen[str]:
+        env = dict(os.environ)
+        env.setdefault("PYTHONUNBUFFERED", "1")
+        env.update(kw.pop("env", {}))
+        p = subprocess.Popen(
+            [sys.executable, *args],
+            stdout=kw.pop("stdout", subprocess.PIPE),
+            stderr=kw.pop("stderr", subprocess.STDOUT),
+            text=True,
+            env=env,
+            start_new_session=True,
+            **kw,
+        )
+        self.procs.append(p)
+        return p
+
+    def kill_all(self) -> None:
+        for p in self.procs:
+            if p.poll() is None:
+                try:
+                    os.killpg(p.pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+            try:
+                p.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                pass
+
+
+@pytest.fixture
+def procs():
+    p = Procs()
+    yield p
+    p.kill_all()
+
+
+def torch_or_skip():
+    return pytest.importorskip("torch")
