@@ -73,8 +73,21 @@ fn lib_dir() -> PathBuf {
     .clone()
 }
 
-/// Compiles `sources` into an executable named `name` with the C99 (or C++) flags.
+/// Compiles `sources` into an executable named `name` with the C99 (or C++) flags, once
+/// per test binary: tests run in parallel, and rewriting an executable another test is
+/// running fails that test's exec with ETXTBSY.
 fn compile(name: &str, sources: &[PathBuf], cxx: bool) -> PathBuf {
+    static BUILT: Mutex<Vec<(String, PathBuf)>> = Mutex::new(Vec::new());
+    let mut built = BUILT.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some((_, exe)) = built.iter().find(|(n, _)| n == name) {
+        return exe.clone();
+    }
+    let exe = compile_uncached(name, sources, cxx);
+    built.push((name.to_string(), exe.clone()));
+    exe
+}
+
+fn compile_uncached(name: &str, sources: &[PathBuf], cxx: bool) -> PathBuf {
     let out_dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("pccl-c");
     std::fs::create_dir_all(&out_dir).unwrap();
     let exe = out_dir.join(name);

@@ -200,6 +200,7 @@ async fn exchange<B: ReduceBuffers>(
     let mut received = 0;
     let mut seen: HashSet<(u16, u32)> = HashSet::with_capacity(expected);
     let mut outgoing: VecDeque<OutFrame> = VecDeque::new();
+    let conns = connections_for(pool.size(), sched.slices(0));
 
     loop {
         // Step-0 slices are made lazily, so at most a writer queue's worth is copied ahead.
@@ -230,7 +231,7 @@ async fn exchange<B: ReduceBuffers>(
             return Err(Local::Fail(FailReason::PeerLost));
         }
         let event = if let Some(front) = outgoing.front() {
-            let idx = (front.header.step as usize + front.header.slice as usize) % pool.size();
+            let idx = (front.header.step as usize + front.header.slice as usize) % conns;
             tokio::select! {
                 biased;
                 ev = st.events.recv() => ev,
@@ -345,6 +346,18 @@ async fn exchange<B: ReduceBuffers>(
     }
 }
 
+/// Fewest slices a connection should carry per ring step. Spread thinner, each connection
+/// sends a burst of a slice or two per step and then idles: its congestion window never
+/// opens (slow start, and its restart after idle), and on a long-fat pipe one op over 32
+/// connections ran 10-20x slower than over 4 (BENCHMARKS.md, long-fat pipe).
+const MIN_SLICES_PER_CONNECTION: usize = 4;
+
+/// How many of the pool's connections an op uses: all of them for large ops, fewer for
+/// ops whose chunks have few slices. Chunk 0 is the largest chunk.
+fn connections_for(pool: usize, slices_per_chunk: usize) -> usize {
+    (slices_per_chunk / MIN_SLICES_PER_CONNECTION).clamp(1, pool.max(1))
+}
+
 /// Checks a received frame against our own schedule and returns its element range.
 fn check_frame(
     h: &DataHeader,
@@ -378,4 +391,18 @@ fn check_frame(
         return Err(Local::Fail(FailReason::Mismatch));
     }
     Ok(sched.slice(chunk, slice))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::connections_for;
+
+    #[test]
+    fn large_ops_use_the_whole_pool_small_ones_a_few_connections() {
+        assert_eq!(connections_for(32, 256), 32);
+        assert_eq!(connections_for(32, 64), 16);
+        assert_eq!(connections_for(32, 3), 1);
+        assert_eq!(connections_for(1, 1000), 1);
+        assert_eq!(connections_for(4, 0), 1);
+    }
 }
