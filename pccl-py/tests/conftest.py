@@ -86,6 +86,10 @@ def group2(master):
         c.close()
 
 
+def _default_sigint() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 class Procs:
     """Child processes of one test, all killed at the end."""
 
@@ -103,6 +107,10 @@ class Procs:
             text=True,
             env=env,
             start_new_session=True,
+            # A shell runs background jobs with SIGINT ignored, and children inherit that;
+            # Python then never raises KeyboardInterrupt. Tests that send SIGINT need the
+            # default disposition, whatever the runner's was.
+            preexec_fn=_default_sigint,
             **kw,
         )
         self.procs.append(p)
