@@ -3,7 +3,6 @@
 //! connection carries data one way and nobody races to dial.
 
 use std::collections::HashMap;
-use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -132,7 +131,7 @@ impl P2p {
     async fn dial(&self, peer: &PeerEntry) -> Result<Pool, ConnectionError> {
         let mut streams = Vec::with_capacity(self.pool_size);
         let dials = (0..self.pool_size).map(|_| dial_one(peer.p2p_addr, self.me, peer.id));
-        for s in futures_join_all(dials).await {
+        for s in futures::future::join_all(dials).await {
             streams.push(s?);
         }
         let (closed, _) = watch::channel(false);
@@ -148,20 +147,6 @@ impl P2p {
         tracing::debug!(to = %peer.id, n = writers.len(), "p2p pool open");
         Ok(Pool { writers, closed })
     }
-}
-
-/// Runs dials concurrently (a tiny join_all, to avoid a dependency for one call).
-async fn futures_join_all<F>(futs: impl Iterator<Item = F>) -> Vec<F::Output>
-where
-    F: Future + Send + 'static,
-    F::Output: Send + 'static,
-{
-    let handles: Vec<_> = futs.map(tokio::spawn).collect();
-    let mut out = Vec::with_capacity(handles.len());
-    for h in handles {
-        out.push(h.await.expect("dial task never panics"));
-    }
-    out
 }
 
 async fn dial_one(
