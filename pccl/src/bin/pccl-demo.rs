@@ -178,7 +178,8 @@ struct Tally {
     parity_steps: usize,
     parity_compared: usize,
     parity_violations: usize,
-    /// Reports whose own element-wise check (the `ok` field) the demo read.
+    /// Reports of printed steps (and a wrong one, which ends the run) whose element-wise
+    /// check (the `ok` field) the demo read.
     results_checked: usize,
     wrong_results: usize,
     /// Steps that needed retries, and the retries (the slowest peer's count per step).
@@ -219,7 +220,7 @@ impl Tally {
             self.wrong_results, self.results_checked
         );
         println!(
-            "  recovery               {} from the kill to the first step on the {}-peer ring",
+            "  recovery               {} (from the kill to the first step on the {}-peer ring)",
             ms(self.recovery_ms),
             n.saturating_sub(1),
         );
@@ -238,7 +239,7 @@ impl Tally {
             self.retried_steps, self.retries
         );
         println!(
-            "  join                   {} from the newcomer's start to world {n} again",
+            "  join                   {} (from the newcomer's start to world {n} again)",
             ms(self.join_ms)
         );
         println!("  mean busbw at world {n}  {mean:.2} GB/s");
@@ -288,7 +289,7 @@ enum KillAt {
 
 fn run() -> Result<(), String> {
     let (mut n, mut count, mut kill_at) = (4usize, 4usize << 20, KillAt::StepBoundary);
-    let usage = "usage: pccl-demo [--peers N (>= 2)] [--count ELEMENTS] [--kill-in-joint-call]";
+    let usage = "usage: pccl-demo [--peers N (>= 3)] [--count ELEMENTS] [--kill-in-joint-call]";
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
         if a == "--kill-in-joint-call" {
@@ -297,7 +298,8 @@ fn run() -> Result<(), String> {
         }
         let v = args.next().and_then(|v| v.parse::<usize>().ok());
         match (a.as_str(), v) {
-            ("--peers", Some(v)) if v >= 2 => n = v,
+            // After the kill the ring must still have two peers to all-reduce.
+            ("--peers", Some(v)) if v >= 3 => n = v,
             ("--count", Some(v)) if v >= 1 => count = v,
             _ => return Err(usage.into()),
         }
@@ -408,8 +410,8 @@ impl Demo<'_> {
 
     /// Takes one report: counts its check, and may trigger the joint-call kill.
     fn report(&mut self, r: Report) -> Result<(), String> {
-        self.tally.results_checked += 1;
         if !r.ok {
+            self.tally.results_checked += 1;
             self.tally.wrong_results += 1;
             return Err(format!(
                 "peer #{} got a wrong sum at step {}",
@@ -472,6 +474,9 @@ impl Demo<'_> {
         let parity = reps.iter().all(same);
         t.parity_steps += 1;
         t.parity_compared += reps.len() - 1;
+        // Counted here, not on arrival, so that the figure is the sum of the printed
+        // steps' peer counts (a killed peer's last, unprinted report is not in it).
+        t.results_checked += reps.len();
         let verdict = match parity {
             true => format!("ok ({} peers bit-identical)", reps.len()),
             false => "MISMATCH".to_string(),
