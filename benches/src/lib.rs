@@ -2,7 +2,8 @@
 //!
 //! * `cargo run --release -p benches --bin allreduce` — ring all-reduce on loopback, one
 //!   OS process per rank, beside a raw-TCP ring ceiling measured in the same run.
-//! * `cargo bench -p benches` — single-core baselines (memcpy, crc32, f32 add loop).
+//! * `cargo bench -p benches` — pccl's reduce kernel per data type and op, beside
+//!   single-core baselines (memcpy, crc32, f32 add loop).
 //!
 //! Throughput is always reported in GB/s with 1 GB = 10^9 bytes.
 

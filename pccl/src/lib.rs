@@ -57,6 +57,17 @@ pub use types::{
 };
 pub use types::{Quantization, QuantizationAlgorithm};
 
+/// The ring's reduce kernel, exposed for pccl's own benchmarks (`benches/benches/kernels.rs`);
+/// not a stable API.
+#[doc(hidden)]
+pub mod kernels {
+    /// `acc[i] = acc[i] (op) local[i]` over native-endian `dtype` elements, as the ring
+    /// reduces every received slice (`Avg` sums here). Never panics.
+    pub fn reduce_into(op: crate::ReduceOp, dtype: crate::DataType, acc: &mut [u8], local: &[u8]) {
+        crate::collectives::reduce_into(op, dtype, acc, local);
+    }
+}
+
 /// Installs a `tracing` subscriber that logs to stderr at the level in `PCCL_LOG`
 /// (default `warn`). Harmless if one is installed already.
 pub fn init_logging() {

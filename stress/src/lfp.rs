@@ -13,7 +13,7 @@ use std::process::Command;
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result, anyhow, bail};
 use pccl::{Attribute, Communicator, CommunicatorConfig, ReduceOp};
 
 use crate::procs::{self, Proc};
@@ -98,7 +98,10 @@ fn tcp(args: &[String], recv: bool) -> Result<()> {
                 (n, first.unwrap_or(last), last)
             }));
         }
-        let r: Vec<_> = threads.into_iter().filter_map(|t| t.join().ok()).collect();
+        let r = threads
+            .into_iter()
+            .map(|t| t.join().map_err(|_| anyhow!("a receiving thread panicked")))
+            .collect::<Result<Vec<_>>>()?;
         let bytes: u64 = r.iter().map(|x| x.0).sum();
         let t0 = r.iter().map(|x| x.1).min().context("no stream")?;
         let t1 = r.iter().map(|x| x.2).max().context("no stream")?;
@@ -119,8 +122,11 @@ fn tcp(args: &[String], recv: bool) -> Result<()> {
                 })
             })
             .collect();
+        // A stream that could not connect or write would make the ceiling a lie.
         for t in threads {
-            let _ = t.join();
+            t.join()
+                .map_err(|_| anyhow!("a sending thread panicked"))?
+                .context("sending stream")?;
         }
     }
     Ok(())
@@ -149,7 +155,10 @@ fn tcp_ceiling(
         run_id,
     ]);
     let mut recv = Proc::spawn(r, 1, tx.clone(), &dir.join("tcp-recv.err"))?;
-    let _ = rx.recv_timeout(Duration::from_secs(5));
+    match rx.recv_timeout(Duration::from_secs(5)) {
+        Ok((_, l)) if l == "LISTENING" => {}
+        other => bail!("the TCP receiver did not start listening: {other:?}"),
+    }
     let mut s = wan.seat_cmd(0, exe);
     s.args([
         "--lfp",

@@ -16,6 +16,7 @@
 
 mod check;
 mod lfp;
+mod master;
 mod nfq;
 mod pace;
 mod procs;
@@ -43,7 +44,7 @@ fn main() -> ExitCode {
             pccl::init_logging();
             worker::run(&args).map(|()| 0)
         }
-        "--master-proc" => run::master_proc(&args).map(|()| 0),
+        "--master-proc" => master::master_proc(&args).map(|()| 0),
         "--delayd" => nfq::daemon(&args).map(|()| 0),
         "--cleanup" => wan::cleanup_all().map(|()| 0),
         "--lfp" => lfp::run(&args),

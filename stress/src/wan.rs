@@ -71,6 +71,7 @@ fn ensure_tools() -> Result<()> {
     };
     if !have("iptables") {
         eprintln!("pccl-stress: installing iptables (apt-get)");
+        // A failed index update shows up as the install's failure, which is reported.
         let _ = Command::new("apt-get").args(["update", "-qq"]).status();
         sh(&["apt-get", "install", "-y", "-qq", "iptables"])?;
     }
@@ -85,15 +86,20 @@ fn ensure_tools() -> Result<()> {
 /// Deletes every `pst-*` namespace (what a crashed run may leave).
 pub(crate) fn cleanup_all() -> Result<()> {
     let out = Command::new("ip").args(["netns", "list"]).output()?;
-    let mut n = 0;
+    let (mut n, mut failed) = (0, Vec::new());
     for line in String::from_utf8_lossy(&out.stdout).lines() {
         let name = line.split_whitespace().next().unwrap_or("");
         if name.starts_with(PREFIX) {
-            let _ = sh(&["ip", "netns", "del", name]);
-            n += 1;
+            match sh(&["ip", "netns", "del", name]) {
+                Ok(()) => n += 1,
+                Err(e) => failed.push(format!("{e:#}")),
+            }
         }
     }
     eprintln!("pccl-stress: removed {n} namespaces");
+    if !failed.is_empty() {
+        bail!("namespaces left behind: {}", failed.join("; "));
+    }
     Ok(())
 }
 
@@ -110,6 +116,8 @@ pub(crate) struct Wan {
     delayd: Option<Proc>,
     /// Queue number per one-way delay in microseconds.
     queues: BTreeMap<u64, u16>,
+    /// `teardown` ran (it is not repeated by `Drop`).
+    torn_down: bool,
 }
 
 impl Wan {
@@ -135,10 +143,14 @@ impl Wan {
             seats,
             delayd: None,
             queues: BTreeMap::new(),
+            torn_down: false,
         };
         // From here on, a failure or a signal tears down what exists.
         procs::set_on_abort(Some(Box::new(|| {
-            let _ = cleanup_all();
+            // The harness is dying (signal or panic): report and go on, nothing else can.
+            if let Err(e) = cleanup_all() {
+                eprintln!("pccl-stress: {e:#}");
+            }
         })));
         let t = Instant::now();
         me.build(s)?;
@@ -415,16 +427,16 @@ impl Wan {
     }
 
     /// Resets seat k's peer-to-peer connections (not its master connection).
-    pub(crate) fn reset(&self, k: usize) {
+    pub(crate) fn reset(&self, k: usize) -> Result<()> {
         let filter = format!("( dport != :{MASTER_PORT} )");
-        if let Err(e) = nsh(&seat_ns(k), &["ss", "-K", "-t", &filter]) {
-            eprintln!("pccl-stress: reset of seat {k}: {e:#}");
-        }
+        nsh(&seat_ns(k), &["ss", "-K", "-t", &filter])
     }
 
     /// Cuts (or heals) seat k from everyone, the master included, silently.
-    pub(crate) fn partition(&self, k: usize, on: bool) {
+    /// Every rule is tried (a heal must remove what it can); the failures are returned.
+    pub(crate) fn partition(&self, k: usize, on: bool) -> Result<()> {
         let a = self.addr(k).to_string();
+        let mut failed = Vec::new();
         let op = if on { "-I" } else { "-D" };
         for (chain, dir) in [
             ("FORWARD", "-s"),
@@ -433,26 +445,39 @@ impl Wan {
             ("OUTPUT", "-d"),
         ] {
             if let Err(e) = nsh(HUB, &["iptables", "-w", op, chain, dir, &a, "-j", "DROP"]) {
-                eprintln!("pccl-stress: partition of seat {k}: {e:#}");
+                failed.push(format!("{e:#}"));
             }
+        }
+        match failed.is_empty() {
+            true => Ok(()),
+            false => bail!("{}", failed.join("; ")),
         }
     }
 
-    /// Directory-free teardown: the daemon first, then every namespace.
-    fn teardown(&mut self) {
+    /// Directory-free teardown: the daemon first, then every namespace. Returns what could
+    /// not be removed (a namespace left behind). Runs once; later calls return nothing.
+    pub(crate) fn teardown(&mut self) -> Vec<String> {
+        if std::mem::replace(&mut self.torn_down, true) {
+            return Vec::new();
+        }
         if let Some(mut d) = self.delayd.take() {
             d.kill(Duration::from_secs(5));
         }
-        for k in 0..self.seats.len() {
-            let _ = sh(&["ip", "netns", "del", &seat_ns(k)]);
-        }
-        let _ = sh(&["ip", "netns", "del", HUB]);
+        let names = (0..self.seats.len()).map(seat_ns).chain([HUB.to_string()]);
+        names
+            .filter_map(|ns| sh(&["ip", "netns", "del", &ns]).err())
+            .map(|e| format!("{e:#}"))
+            .collect()
     }
 }
 
 impl Drop for Wan {
     fn drop(&mut self) {
-        self.teardown();
+        // The harness tears down (and reports failures) before dropping; here only the
+        // error and abort paths remain, where the stderr line is all that can be done.
+        for e in self.teardown() {
+            eprintln!("pccl-stress: WAN teardown: {e}");
+        }
         procs::set_on_abort(None);
         eprintln!("pccl-stress: WAN torn down");
     }

@@ -301,8 +301,11 @@ fn run_async(comm: &Communicator, inputs: &[Vec<f32>], q: bool) -> Result<Option
             return Ok(None);
         }
     }
+    // The loop ends only when every op has its result; an empty stand-in would pass as a
+    // result the checks then trip over, so a missing one is an error.
+    let results = results.into_iter().collect::<Option<Vec<_>>>();
     Ok(Some(OpsOutcome {
-        results: results.into_iter().map(Option::unwrap_or_default).collect(),
+        results: results.context("an op ended without a result")?,
         failed,
         recovery_ms,
     }))

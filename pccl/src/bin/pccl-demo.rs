@@ -6,7 +6,17 @@
 //! with bit-identical results. Mid-run it `kill -9`s one peer (the survivors retry on the
 //! smaller ring), later starts a fresh peer (it is admitted at the next topology update),
 //! and ends with a summary. It exits non-zero on a parity mismatch, a wrong result, an
-//! unexpected peer exit, or 20 s without progress.
+//! unexpected peer exit, a kill or join that did not happen as scheduled, or 20 s without
+//! progress.
+//!
+//! Every figure of the summary is counted from what happened: kills as performed and
+//! confirmed by the reaped exit status, joins as the peers report being accepted, parity
+//! and wrong results as checked per step, recovery as the time from the kill to the first
+//! step completed on the smaller ring (whichever call the kill interrupted: an all-reduce,
+//! which the survivors retry, or a joint call such as `are_peers_pending`, which completes
+//! without the dead peer). `--kill-in-joint-call` times the kill so it lands in that joint
+//! call: right after the victim reports a step before any other peer has, so it is waiting
+//! in (or entering) `are_peers_pending` for the slower peers.
 //!
 //! Children are never orphaned: `Peers` kills and reaps them in `Drop`, which also runs when
 //! the demo panics (unwinding) or returns an error. Ctrl-C in a terminal reaches the whole
@@ -15,6 +25,7 @@
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
+use std::os::unix::process::ExitStatusExt;
 use std::path::PathBuf;
 use std::process::{Child, Command, ExitCode, Stdio};
 use std::sync::mpsc::{self, Receiver, Sender};
@@ -26,6 +37,8 @@ const PHASE_STEPS: [usize; 3] = [40, 30, 30];
 const STALL: Duration = Duration::from_secs(20);
 /// The peer the demo kills (the second one started: mid-ring).
 const VICTIM: usize = 1;
+/// SIGKILL's number (9 on every Unix); what the victim's reaped status must carry.
+const SIGKILL: i32 = 9;
 
 /// One `step S world W crc C ok B ms T retries R` line of peer number `peer`.
 struct Report {
@@ -63,14 +76,21 @@ enum Event {
     Exited(usize),
 }
 
+/// One started peer process.
+struct PeerProc {
+    child: Child,
+    name: String,
+    /// Killed by the demo: its later output is ignored.
+    killed: bool,
+}
+
 /// Every peer process started; all are killed and reaped on drop.
 struct Peers {
     exe: PathBuf,
     master: String,
     count: String,
     events: Sender<Event>,
-    /// (process, display name, killed by us)
-    list: Vec<(Child, String, bool)>,
+    list: Vec<PeerProc>,
 }
 
 impl Peers {
@@ -84,6 +104,7 @@ impl Peers {
             .spawn()
             .map_err(|e| format!("cannot start {}: {e}", self.exe.display()))?;
         let (out, err) = (child.stdout.take().unwrap(), child.stderr.take().unwrap());
+        // A failed send means the main loop is gone (the demo is ending): nothing to tell.
         let tx = self.events.clone();
         std::thread::spawn(move || {
             for line in BufReader::new(out).lines().map_while(Result::ok) {
@@ -107,16 +128,141 @@ impl Peers {
                 }
             }
         });
-        self.list.push((child, format!("#{k}"), false));
+        self.list.push(PeerProc {
+            child,
+            name: format!("#{k}"),
+            killed: false,
+        });
         Ok(())
+    }
+
+    /// SIGKILLs peer `k`, reaps it and checks that SIGKILL is what ended it.
+    fn kill(&mut self, k: usize) -> Result<(), String> {
+        let p = &mut self.list[k];
+        p.killed = true;
+        let pid = p.child.id();
+        println!("  >>> killing peer {} (pid {pid}) with SIGKILL", p.name);
+        p.child
+            .kill()
+            .map_err(|e| format!("kill of peer #{k} failed: {e}"))?;
+        let status = p.child.wait();
+        let status = status.map_err(|e| format!("reaping peer #{k} failed: {e}"))?;
+        match status.signal() {
+            Some(SIGKILL) => Ok(()),
+            _ => Err(format!("peer #{k} was not ended by SIGKILL: {status}")),
+        }
     }
 }
 
 impl Drop for Peers {
     fn drop(&mut self) {
-        for (child, _, _) in &mut self.list {
-            let _ = child.kill();
-            let _ = child.wait();
+        // Best effort on the way out: a peer that already exited makes these fail.
+        for p in &mut self.list {
+            let _ = p.child.kill();
+            let _ = p.child.wait();
+        }
+    }
+}
+
+/// What the run did, counted as it happened; the summary prints only these.
+#[derive(Default)]
+struct Tally {
+    peers: usize,
+    steps: usize,
+    /// SIGKILLs sent whose reaped status confirmed SIGKILL.
+    kills: usize,
+    accepted_at_start: usize,
+    /// Peers started mid-run that reported being accepted.
+    joins: usize,
+    /// Steps whose reports were compared, and reports compared with the step's first.
+    parity_steps: usize,
+    parity_compared: usize,
+    parity_violations: usize,
+    /// Reports of printed steps (and a wrong one, which ends the run) whose element-wise
+    /// check (the `ok` field) the demo read.
+    results_checked: usize,
+    wrong_results: usize,
+    /// Steps that needed retries, and the retries (the slowest peer's count per step).
+    retried_steps: usize,
+    retries: u64,
+    /// How the kill was timed; kill → first step completed on the smaller ring, and the
+    /// retries in that step (none: no op failed, the kill landed in a joint call or
+    /// between ops).
+    kill_timing: &'static str,
+    recovery_ms: Option<f64>,
+    recovery_retries: u32,
+    /// Newcomer started → first step completed with it.
+    join_ms: Option<f64>,
+    busbw_full: Vec<f64>,
+}
+
+impl Tally {
+    fn print(&self) {
+        let n = self.peers;
+        let ms = |v: Option<f64>| v.map_or_else(|| "not measured".into(), |v| format!("{v:.0} ms"));
+        let mean = self.busbw_full.iter().sum::<f64>() / self.busbw_full.len().max(1) as f64;
+        println!("\nsummary (counted during the run):");
+        println!("  steps completed        {}", self.steps);
+        println!(
+            "  peers accepted         {} at start, {} joined later",
+            self.accepted_at_start, self.joins
+        );
+        println!(
+            "  peers killed (-9)      {} (each reaped with a SIGKILL status)",
+            self.kills
+        );
+        println!(
+            "  parity violations      {} ({} steps checked, {} results compared)",
+            self.parity_violations, self.parity_steps, self.parity_compared
+        );
+        println!(
+            "  wrong results          {} ({} results checked element by element)",
+            self.wrong_results, self.results_checked
+        );
+        println!(
+            "  recovery               {} (from the kill to the first step on the {}-peer ring)",
+            ms(self.recovery_ms),
+            n.saturating_sub(1),
+        );
+        if self.recovery_ms.is_some() {
+            let how = match self.recovery_retries {
+                0 => "no op failed: it landed in a joint call or between ops".to_string(),
+                r => format!("that step retried {r} failed op(s)"),
+            };
+            println!(
+                "                         (kill {}; {how})",
+                self.kill_timing
+            );
+        }
+        println!(
+            "  retried steps          {} ({} retries)",
+            self.retried_steps, self.retries
+        );
+        println!(
+            "  join                   {} (from the newcomer's start to world {n} again)",
+            ms(self.join_ms)
+        );
+        println!("  mean busbw at world {n}  {mean:.2} GB/s");
+    }
+
+    /// Everything the schedule promised happened, and nothing went wrong.
+    fn verdict(&self) -> Result<(), String> {
+        let mut bad = Vec::new();
+        if self.kills != 1 {
+            bad.push(format!("{} peers killed, expected 1", self.kills));
+        }
+        if self.joins != 1 {
+            bad.push(format!("{} peers joined, expected 1", self.joins));
+        }
+        if self.parity_violations + self.wrong_results > 0 {
+            bad.push("parity violations or wrong results".into());
+        }
+        if self.recovery_ms.is_none() || self.join_ms.is_none() {
+            bad.push("the run did not recover and grow back".into());
+        }
+        match bad.is_empty() {
+            true => Ok(()),
+            false => Err(bad.join("; ")),
         }
     }
 }
@@ -132,15 +278,30 @@ fn main() -> ExitCode {
     }
 }
 
+/// Where the demo kills the victim.
+#[derive(Clone, Copy, PartialEq)]
+enum KillAt {
+    /// Once the 40th full step is printed: usually mid all-reduce of the next step.
+    StepBoundary,
+    /// Right after the victim alone reported a step: in the `are_peers_pending` joint call.
+    JointCall,
+}
+
 fn run() -> Result<(), String> {
-    let (mut n, mut count) = (4usize, 4usize << 20);
+    let (mut n, mut count, mut kill_at) = (4usize, 4usize << 20, KillAt::StepBoundary);
+    let usage = "usage: pccl-demo [--peers N (>= 3)] [--count ELEMENTS] [--kill-in-joint-call]";
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
+        if a == "--kill-in-joint-call" {
+            kill_at = KillAt::JointCall;
+            continue;
+        }
         let v = args.next().and_then(|v| v.parse::<usize>().ok());
         match (a.as_str(), v) {
-            ("--peers", Some(v)) if v >= 2 => n = v,
+            // After the kill the ring must still have two peers to all-reduce.
+            ("--peers", Some(v)) if v >= 3 => n = v,
             ("--count", Some(v)) if v >= 1 => count = v,
-            _ => return Err("usage: pccl-demo [--peers N (>= 2)] [--count ELEMENTS]".into()),
+            _ => return Err(usage.into()),
         }
     }
     let exe = std::env::current_exe().map_err(|e| e.to_string())?;
@@ -174,121 +335,229 @@ fn run() -> Result<(), String> {
         peers.spawn()?;
     }
     println!("\n  step  world   step ms  busbw(GB/s)  parity");
-    drive(&mut peers, &rx, n, bytes)
+    let mut tally = Tally {
+        peers: n,
+        ..Tally::default()
+    };
+    let outcome = Demo {
+        peers: &mut peers,
+        tally: &mut tally,
+        pending: BTreeMap::new(),
+        n,
+        bytes,
+        kill_at,
+        phase: 0,
+        in_phase: 0,
+        changed_at: None,
+    }
+    .drive(&rx);
+    tally.print();
+    println!("stopping all peers and the master.");
+    outcome.and_then(|()| tally.verdict())
 }
 
-/// The main loop: collects reports, prints completed steps, and runs the schedule.
-fn drive(peers: &mut Peers, rx: &Receiver<Event>, n: usize, bytes: usize) -> Result<(), String> {
-    let mut pending: BTreeMap<u64, Vec<Report>> = BTreeMap::new();
-    let (mut phase, mut in_phase) = (0usize, 0usize); // 0: full, 1: after the kill, 2: rejoined
-    let (mut steps, mut max_recovery_ms, mut busbw_full) = (0usize, 0f64, Vec::new());
-    let mut last_progress = Instant::now();
-    let mut changed_at: Option<Instant> = None; // when the kill or the spawn happened
-    loop {
-        match rx.recv_timeout(Duration::from_millis(100)) {
-            // Lines of the peer we killed are ignored: it may have finished a step alone.
-            Ok(Event::Report(r)) if !peers.list[r.peer].2 => {
-                let (p, s) = (r.peer, r.step);
-                if !r.ok {
-                    return Err(format!("peer #{p} got a wrong sum at step {s}"));
-                }
-                pending.entry(r.step).or_default().push(r);
-            }
-            Ok(Event::Garbage(k, line)) if !peers.list[k].2 => {
-                return Err(format!("peer #{k} printed an unexpected line: {line}"));
-            }
-            Ok(Event::Accepted(k, id)) => {
-                println!("  peer #{k} ({id}) accepted");
-                peers.list[k].1 = format!("#{k} {id}");
-            }
-            Ok(Event::Exited(k)) if !peers.list[k].2 => {
-                return Err(format!("peer #{k} exited unexpectedly"));
-            }
-            Ok(_) | Err(_) => {} // a killed peer's output, or nothing within 100 ms
-        }
-        if last_progress.elapsed() > STALL {
-            return Err(format!("no step completed for {} s", STALL.as_secs()));
-        }
+/// The main loop's state: the schedule's phase and the reports of steps not yet printed.
+struct Demo<'a> {
+    peers: &'a mut Peers,
+    tally: &'a mut Tally,
+    pending: BTreeMap<u64, Vec<Report>>,
+    n: usize,
+    bytes: usize,
+    kill_at: KillAt,
+    /// 0: full ring, 1: after the kill, 2: after the newcomer started.
+    phase: usize,
+    /// Steps printed at the phase's expected world size.
+    in_phase: usize,
+    /// When the kill or the newcomer's start happened, until its effect is seen.
+    changed_at: Option<Instant>,
+}
 
+impl Demo<'_> {
+    /// Collects reports, prints completed steps and runs the schedule until it ends.
+    fn drive(&mut self, rx: &Receiver<Event>) -> Result<(), String> {
+        let mut last_progress = Instant::now();
+        loop {
+            match rx.recv_timeout(Duration::from_millis(100)) {
+                // Lines of the peer we killed are ignored: it may have finished a step alone.
+                Ok(Event::Report(r)) if !self.peers.list[r.peer].killed => self.report(r)?,
+                Ok(Event::Garbage(k, line)) if !self.peers.list[k].killed => {
+                    return Err(format!("peer #{k} printed an unexpected line: {line}"));
+                }
+                Ok(Event::Accepted(k, id)) => {
+                    println!("  peer #{k} ({id}) accepted");
+                    self.peers.list[k].name = format!("#{k} {id}");
+                    match k < self.n {
+                        true => self.tally.accepted_at_start += 1,
+                        false => self.tally.joins += 1,
+                    }
+                }
+                Ok(Event::Exited(k)) if !self.peers.list[k].killed => {
+                    return Err(format!("peer #{k} exited unexpectedly"));
+                }
+                Ok(_) | Err(_) => {} // a killed peer's output, or nothing within 100 ms
+            }
+            if self.flush()? {
+                last_progress = Instant::now();
+            }
+            if self.phase == PHASE_STEPS.len() {
+                return Ok(());
+            }
+            if last_progress.elapsed() > STALL {
+                return Err(format!("no step completed for {} s", STALL.as_secs()));
+            }
+        }
+    }
+
+    /// Takes one report: counts its check, and may trigger the joint-call kill.
+    fn report(&mut self, r: Report) -> Result<(), String> {
+        if !r.ok {
+            self.tally.results_checked += 1;
+            self.tally.wrong_results += 1;
+            return Err(format!(
+                "peer #{} got a wrong sum at step {}",
+                r.peer, r.step
+            ));
+        }
+        // The victim reporting a step before anyone else has: it now waits in the
+        // `are_peers_pending` joint call for the slower peers.
+        let first = !self.pending.contains_key(&r.step);
+        let joint_kill = self.kill_at == KillAt::JointCall
+            && self.phase == 0
+            && self.in_phase + 1 >= PHASE_STEPS[0]
+            && r.peer == VICTIM
+            && first;
+        let step = r.step;
+        self.pending.entry(r.step).or_default().push(r);
+        if joint_kill {
+            println!(
+                "  >>> peer #{VICTIM} reported step {step} before the others: it now waits in \
+                 (or is entering) the are_peers_pending joint call"
+            );
+            self.tally.kill_timing = "timed into a joint call";
+            self.kill_victim()?;
+        }
+        Ok(())
+    }
+
+    /// Prints every step up to the last complete one; true if any was printed.
+    fn flush(&mut self) -> Result<bool, String> {
         // A step is complete once `world` peers reported it; a step left incomplete (its
         // missing report was the killed peer's) is flushed when a later one completes.
         let complete = |r: &Vec<Report>| r.len() >= r.iter().map(|r| r.world).max().unwrap_or(0);
-        let last = pending.iter().rfind(|(_, r)| complete(r));
+        let last = self.pending.iter().rfind(|(_, r)| complete(r));
         let last = last.map(|(s, _)| *s);
-        while let Some(entry) = pending.first_entry().filter(|e| Some(*e.key()) <= last) {
+        let mut printed = false;
+        while let Some(entry) = self
+            .pending
+            .first_entry()
+            .filter(|e| Some(*e.key()) <= last)
+        {
             let (s, reps) = entry.remove_entry();
-            let world = reps[0].world;
-            let ms = reps.iter().map(|r| r.ms).fold(0.0, f64::max);
-            let retries = reps.iter().map(|r| r.retries).max().unwrap_or(0);
-            // Ring all-reduce moves 2(n-1)/n of the buffer through each peer's link.
-            let busbw = bytes as f64 * 2.0 * (world - 1) as f64 / world as f64 / (ms * 1e6);
-            let same = |r: &Report| r.crc == reps[0].crc && r.world == world;
-            let parity = reps.iter().all(same);
-            let verdict = match parity {
-                true => format!("ok ({} peers bit-identical)", reps.len()),
-                false => "MISMATCH".to_string(),
-            };
-            let note = (retries > 0).then(|| format!("  ({retries} retries)"));
-            let note = note.unwrap_or_default();
-            println!("{s:>6} {world:>6} {ms:>9.1} {busbw:>12.2}  {verdict}{note}");
-            if !parity {
-                let seen: Vec<_> = reps.iter().map(|r| (r.peer, r.world, &r.crc)).collect();
-                return Err(format!("parity broken at step {s}: {seen:?}"));
-            }
-            steps += 1;
-            last_progress = Instant::now();
-            if retries > 0 {
-                max_recovery_ms = max_recovery_ms.max(ms);
-            }
-            if world != if phase == 1 { n - 1 } else { n } {
-                continue; // still forming, or a step before the change took effect
-            }
-            if world == n {
-                busbw_full.push(busbw);
-            }
-            if let Some(t) = changed_at.take() {
-                let took = t.elapsed().as_secs_f64() * 1e3;
-                match phase {
-                    1 => println!(
-                        "  >>> recovered: step {s} done on the {world}-peer ring in {ms:.1} ms \
-                         with {retries} retries ({took:.0} ms after the kill)"
-                    ),
-                    _ => println!(
-                        "  >>> new peer joined: world {world} again, {took:.0} ms after it started"
-                    ),
-                }
-            }
-            in_phase += 1;
-            if in_phase < PHASE_STEPS[phase] {
-                continue;
-            }
-            (phase, in_phase, changed_at) = (phase + 1, 0, Some(Instant::now()));
-            if phase == 1 {
-                // Kill a peer in the middle of the ring, as a power cut would.
-                let (child, name, killed) = &mut peers.list[VICTIM];
-                *killed = true;
-                let pid = child.id();
-                println!("  >>> killing peer {name} (pid {pid}) with SIGKILL");
-                child.kill().map_err(|e| format!("kill failed: {e}"))?;
-                let _ = child.wait();
-                // Its reports of steps not yet printed are dropped: the survivors may
-                // retry those steps on the smaller ring, which is not a parity break.
-                pending
-                    .values_mut()
-                    .for_each(|r| r.retain(|r| r.peer != VICTIM));
-            } else if phase == 2 {
-                println!("  >>> starting a new peer");
-                peers.spawn()?;
-            } else {
-                let mean = busbw_full.iter().sum::<f64>() / busbw_full.len().max(1) as f64;
-                println!(
-                    "\nsummary:\n  steps completed        {steps}\n  peers killed (-9)      1\n  \
-                     peers joined           1\n  parity violations      0\n  \
-                     wrong results          0\n  max recovery (step)    {max_recovery_ms:.1} ms\n  \
-                     mean busbw at world {n}  {mean:.2} GB/s\nstopping all peers and the master."
-                );
-                return Ok(());
+            self.step(s, &reps)?;
+            printed = true;
+            if self.phase == PHASE_STEPS.len() {
+                break;
             }
         }
+        Ok(printed)
+    }
+
+    /// Prints and checks one completed step, and advances the schedule.
+    fn step(&mut self, s: u64, reps: &[Report]) -> Result<(), String> {
+        let (n, t) = (self.n, &mut *self.tally);
+        let world = reps[0].world;
+        let ms = reps.iter().map(|r| r.ms).fold(0.0, f64::max);
+        let retries = reps.iter().map(|r| r.retries).max().unwrap_or(0);
+        // Ring all-reduce moves 2(n-1)/n of the buffer through each peer's link.
+        let busbw = self.bytes as f64 * 2.0 * (world - 1) as f64 / world as f64 / (ms * 1e6);
+        let same = |r: &Report| r.crc == reps[0].crc && r.world == world;
+        let parity = reps.iter().all(same);
+        t.parity_steps += 1;
+        t.parity_compared += reps.len() - 1;
+        // Counted here, not on arrival, so that the figure is the sum of the printed
+        // steps' peer counts (a killed peer's last, unprinted report is not in it).
+        t.results_checked += reps.len();
+        let verdict = match parity {
+            true => format!("ok ({} peers bit-identical)", reps.len()),
+            false => "MISMATCH".to_string(),
+        };
+        let note = (retries > 0).then(|| format!("  ({retries} retries)"));
+        let note = note.unwrap_or_default();
+        println!("{s:>6} {world:>6} {ms:>9.1} {busbw:>12.2}  {verdict}{note}");
+        if !parity {
+            t.parity_violations += 1;
+            let seen: Vec<_> = reps.iter().map(|r| (r.peer, r.world, &r.crc)).collect();
+            return Err(format!("parity broken at step {s}: {seen:?}"));
+        }
+        t.steps += 1;
+        if retries > 0 {
+            t.retried_steps += 1;
+            t.retries += u64::from(retries);
+        }
+        if world != if self.phase == 1 { n - 1 } else { n } {
+            return Ok(()); // still forming, or a step before the change took effect
+        }
+        if world == n {
+            t.busbw_full.push(busbw);
+        }
+        if let Some(at) = self.changed_at.take() {
+            let took = at.elapsed().as_secs_f64() * 1e3;
+            if self.phase == 1 {
+                t.recovery_ms = Some(took);
+                t.recovery_retries = retries;
+                println!(
+                    "  >>> recovered: step {s} done on the {world}-peer ring {took:.0} ms after \
+                     the kill ({retries} retries in it)"
+                );
+            } else {
+                t.join_ms = Some(took);
+                println!(
+                    "  >>> new peer joined: world {world} again, {took:.0} ms after it started"
+                );
+            }
+        }
+        self.in_phase += 1;
+        // With `--kill-in-joint-call` phase 0 ends at the kill in `report`; should the victim
+        // never be first to report, it is killed here after as many steps again.
+        let late = self.kill_at == KillAt::JointCall && self.in_phase < 2 * PHASE_STEPS[0];
+        if self.in_phase < PHASE_STEPS[self.phase] || (self.phase == 0 && late) {
+            return Ok(());
+        }
+        match self.phase {
+            0 => {
+                self.tally.kill_timing = "at a step boundary";
+                self.kill_victim()
+            }
+            1 => {
+                println!("  >>> starting a new peer");
+                self.peers.spawn()?;
+                self.next_phase();
+                Ok(())
+            }
+            _ => {
+                self.next_phase();
+                Ok(())
+            }
+        }
+    }
+
+    /// Kills a peer in the middle of the ring, as a power cut would.
+    fn kill_victim(&mut self) -> Result<(), String> {
+        self.peers.kill(VICTIM)?;
+        self.tally.kills += 1;
+        self.next_phase();
+        // Its reports of steps not yet printed are dropped: the survivors may retry those
+        // steps on the smaller ring, which is not a parity break.
+        self.pending
+            .values_mut()
+            .for_each(|r| r.retain(|r| r.peer != VICTIM));
+        self.pending.retain(|_, r| !r.is_empty());
+        Ok(())
+    }
+
+    fn next_phase(&mut self) {
+        self.phase += 1;
+        self.in_phase = 0;
+        self.changed_at = Some(Instant::now());
     }
 }

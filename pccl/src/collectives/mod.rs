@@ -6,3 +6,4 @@ pub(crate) mod ring;
 pub(crate) mod schedule;
 
 pub use buffers::{Element, InPlaceBuffer, OwnedBuffers, ReduceBuffers, SliceBuffers};
+pub(crate) use reduce::reduce_into; // for `pccl::kernels` (benchmarks)

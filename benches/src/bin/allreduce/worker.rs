@@ -1,0 +1,95 @@
+//! `--worker`: one rank of the pccl all-reduce. It connects, grows the run until it has
+//! `world` peers, runs the warm-up and timed all-reduces per size, checks a sample of the
+//! result, and prints `T bytes iter nanos` per timed iteration, `CRC bytes crc` per size
+//! and `DONE`.
+
+use std::io::Write;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, anyhow, ensure};
+use benches::fmt_size;
+use pccl::{Attribute, Communicator, CommunicatorConfig, Error, ReduceOp};
+
+use crate::child;
+
+/// A deterministic value in [-1, 1) with a full 24-bit mantissa, so that reduction
+/// order would change the bits: this is what makes the crc comparison meaningful.
+fn value(rank: usize, i: usize) -> f32 {
+    let mut z = (rank as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15) ^ (i as u64);
+    z = z.wrapping_add(0x9e37_79b9_7f4a_7c15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^= z >> 31;
+    ((z >> 40) as f32) / (1u64 << 23) as f32 - 1.0
+}
+
+pub(crate) fn run(args: &[String]) -> Result<()> {
+    let a = child::parse(args)?;
+    let _stdin = child::link(a.deadline);
+    pccl::init_logging();
+    let master = a.master.ok_or_else(|| anyhow!("--master is required"))?;
+    let n = a.world;
+
+    let mut cfg = CommunicatorConfig::new(master);
+    cfg.bind_ip = "127.0.0.1".parse().expect("literal address");
+    cfg.p2p_port = 0;
+    cfg.pool_size = a.pool;
+    if let Some(t) = a.threads {
+        cfg.worker_threads = t;
+    }
+    if let Some(s) = a.slice {
+        cfg.slice_bytes = s;
+    }
+    let comm = Communicator::new(cfg)?;
+    comm.connect()?;
+    let form_deadline = Instant::now() + Duration::from_secs(60);
+    while comm.attribute(Attribute::GlobalWorldSize)? < n {
+        ensure!(
+            Instant::now() < form_deadline,
+            "cluster did not form within 60 s"
+        );
+        match comm.update_topology() {
+            Ok(()) | Err(Error::UpdateTopologyFailed(_)) => {}
+            Err(e) => return Err(e).context("update_topology"),
+        }
+    }
+
+    let out = std::io::stdout();
+    let mut tag = 0u64;
+    for &bytes in &a.sizes {
+        let count = bytes / 4;
+        let send: Vec<f32> = (0..count).map(|i| value(a.rank, i)).collect();
+        let mut recv = vec![0f32; count];
+        for _ in 0..a.warmup {
+            comm.all_reduce(&send, &mut recv, ReduceOp::Sum, tag)
+                .context("warm-up all-reduce")?;
+            tag += 1;
+        }
+        for k in 0..a.iters {
+            let t0 = Instant::now();
+            comm.all_reduce(&send, &mut recv, ReduceOp::Sum, tag)
+                .context("timed all-reduce")?;
+            let dt = t0.elapsed();
+            tag += 1;
+            writeln!(out.lock(), "T {bytes} {k} {}", dt.as_nanos())?;
+        }
+        // Correctness on a sample (sums of n values in [-1, 1): f32 error far below 1e-5).
+        let step = (count / 4096).max(1);
+        for i in (0..count).step_by(step).chain([count - 1]) {
+            let want: f64 = (0..n).map(|r| f64::from(value(r, i))).sum();
+            let got = f64::from(recv[i]);
+            ensure!(
+                (got - want).abs() <= 1e-5,
+                "wrong result at element {i} of {}: got {got}, want {want}",
+                fmt_size(bytes)
+            );
+        }
+        let crc = crc32fast::hash(bytemuck::cast_slice(&recv));
+        writeln!(out.lock(), "CRC {bytes} {crc:08x}")?;
+    }
+    writeln!(out.lock(), "DONE")?;
+    out.lock().flush()?;
+    // Keep `comm` alive (peers may still be finishing) until the parent says EXIT.
+    let _keep = comm;
+    child::park()
+}
