@@ -33,11 +33,11 @@
 typedef enum pcclResult_t {
     // The call did what it says.
     pcclSuccess = 0,
-    // `pcclInit` has not been called.
+    // `pcclInit` has not been called (C API only).
     pcclNotInitialized = 1,
     // A bug or unexpected condition inside the library (including a caught Rust panic).
     pcclInternalError = 2,
-    // A pointer is NULL or misaligned, or a value is out of range or inconsistent.
+    // An argument is invalid: NULL or misaligned, out of range, or inconsistent with another.
     pcclInvalidArgument = 3,
     // The call is not allowed now (not connected, connected twice, tag in flight, ...).
     pcclInvalidUsage = 4,
@@ -280,7 +280,7 @@ extern "C" {
 #endif // __cplusplus
 
 // Writes facts about this build of the library to `*out`. This C library never accepts
-// CUDA memory, so `has_cuda_support` is false.
+// CUDA memory, so `has_cuda_support` is false. Works before `pcclInit`, as in PCCL 1.0.
 //
 // # Safety
 //
@@ -362,8 +362,9 @@ enum pcclResult_t pcclGetAttribute(const struct pcclComm_t *comm,
                                    pcclAttribute_t attribute,
                                    int *out);
 
-// Initialises the library. Must precede every other call, which otherwise returns
-// `pcclNotInitialized`.
+// Initialises the library. Must precede every communicator function, which otherwise
+// returns `pcclNotInitialized`; the master functions and `pcclGetBuildInfo` do not need
+// it (as in PCCL 1.0).
 //
 // Installs a logger writing to stderr at the level in the `PCCL_LOG` environment variable
 // (default `warn`; `PCCL_LOG=debug` also logs the reason behind every error code).
@@ -372,7 +373,8 @@ enum pcclResult_t pcclInit(void);
 
 // Allocates a master that will listen on `listen_address` (port 0: any free port). No
 // I/O happens until `pcclRunMaster`. On success `*out` owns the master: free it with
-// `pcclDestroyMaster`. An unknown address protocol is `pcclInvalidArgument`.
+// `pcclDestroyMaster`. An unknown address protocol is `pcclInvalidArgument`. Like every
+// master function, it works without `pcclInit`, as in PCCL 1.0.
 //
 // # Safety
 //

@@ -6,14 +6,14 @@ use crate::result::pcclResult_t;
 use crate::types::pcclBuildInfo_t;
 
 /// Writes facts about this build of the library to `*out`. This C library never accepts
-/// CUDA memory, so `has_cuda_support` is false.
+/// CUDA memory, so `has_cuda_support` is false. Works before `pcclInit`, as in PCCL 1.0.
 ///
 /// # Safety
 ///
 /// `out` is NULL (`pcclInvalidArgument`) or writable. Thread-safe.
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn pcclGetBuildInfo(out: *mut pcclBuildInfo_t) -> pcclResult_t {
-    ffi_boundary!({
+    ffi_boundary!(no_init, {
         let out = Out::new(out)?;
         // SAFETY: writable by the contract.
         unsafe {

@@ -1,4 +1,4 @@
-//! `pcclInit` and the flag every other call checks.
+//! `pcclInit` and the flag every communicator function checks.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 
@@ -16,8 +16,9 @@ pub(crate) fn require_init() -> FfiResult {
     }
 }
 
-/// Initialises the library. Must precede every other call, which otherwise returns
-/// `pcclNotInitialized`.
+/// Initialises the library. Must precede every communicator function, which otherwise
+/// returns `pcclNotInitialized`; the master functions and `pcclGetBuildInfo` do not need
+/// it (as in PCCL 1.0).
 ///
 /// Installs a logger writing to stderr at the level in the `PCCL_LOG` environment variable
 /// (default `warn`; `PCCL_LOG=debug` also logs the reason behind every error code).

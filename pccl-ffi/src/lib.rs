@@ -9,7 +9,9 @@
 //! Rules every exported function follows:
 //! - It runs its body inside the panic boundary (`panic.rs`): a Rust panic becomes
 //!   `pcclInternalError` and never unwinds into C.
-//! - Except `pcclInit`, it answers `pcclNotInitialized` until `pcclInit` has run.
+//! - Every communicator function answers `pcclNotInitialized` until `pcclInit` has run.
+//!   As in PCCL 1.0, `pcclInit` itself, the master functions (`master.rs`) and
+//!   `pcclGetBuildInfo` work without it.
 //! - It checks every pointer for NULL and alignment and every enum value it reads
 //!   (`types.rs` explains how enums cross safely), answering `pcclInvalidArgument`.
 //! - Outputs are written on success only.

@@ -1,4 +1,7 @@
 //! Functions acting on a master: create, run, interrupt, await termination, destroy.
+//!
+//! As in PCCL 1.0 none of them needs `pcclInit`: PCCL's own master program and its
+//! Getting Started guide create and run a master without it.
 
 use std::sync::{Arc, Mutex};
 
@@ -45,7 +48,8 @@ impl MasterState {
 
 /// Allocates a master that will listen on `listen_address` (port 0: any free port). No
 /// I/O happens until `pcclRunMaster`. On success `*out` owns the master: free it with
-/// `pcclDestroyMaster`. An unknown address protocol is `pcclInvalidArgument`.
+/// `pcclDestroyMaster`. An unknown address protocol is `pcclInvalidArgument`. Like every
+/// master function, it works without `pcclInit`, as in PCCL 1.0.
 ///
 /// # Safety
 ///
@@ -55,7 +59,7 @@ pub unsafe extern "C" fn pcclCreateMaster(
     listen_address: ccoip_socket_address_t,
     out: *mut *mut pcclMasterInstance_t,
 ) -> pcclResult_t {
-    ffi_boundary!({
+    ffi_boundary!(no_init, {
         let out = Out::new(out)?;
         let listen = listen_address
             .to_socket_addr()
@@ -81,7 +85,7 @@ pub unsafe extern "C" fn pcclCreateMaster(
 /// `master` is NULL or a live handle. Thread-safe.
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn pcclRunMaster(master: *mut pcclMasterInstance_t) -> pcclResult_t {
-    ffi_boundary!({
+    ffi_boundary!(no_init, {
         // SAFETY: forwarded contract.
         let state = unsafe { handle_ref(master)? };
         let mut phase = state.phase();
@@ -102,7 +106,7 @@ pub unsafe extern "C" fn pcclRunMaster(master: *mut pcclMasterInstance_t) -> pcc
 /// waits in `pcclMasterAwaitTermination`.
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn pcclInterruptMaster(master: *mut pcclMasterInstance_t) -> pcclResult_t {
-    ffi_boundary!({
+    ffi_boundary!(no_init, {
         // SAFETY: forwarded contract.
         let state = unsafe { handle_ref(master)? };
         state.node()?.interrupt();
@@ -120,7 +124,7 @@ pub unsafe extern "C" fn pcclInterruptMaster(master: *mut pcclMasterInstance_t) 
 pub unsafe extern "C" fn pcclMasterAwaitTermination(
     master: *mut pcclMasterInstance_t,
 ) -> pcclResult_t {
-    ffi_boundary!({
+    ffi_boundary!(no_init, {
         // SAFETY: forwarded contract.
         let state = unsafe { handle_ref(master)? };
         state.node()?.await_termination();
@@ -136,7 +140,7 @@ pub unsafe extern "C" fn pcclMasterAwaitTermination(
 /// concurrently or follow: the handle is dangling afterwards.
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn pcclDestroyMaster(master: *mut pcclMasterInstance_t) -> pcclResult_t {
-    ffi_boundary!({
+    ffi_boundary!(no_init, {
         // SAFETY: by the contract this is the last use of the handle.
         let state = unsafe { take_handle(master)? };
         // Dropping a `MasterNode` interrupts it and joins its thread.

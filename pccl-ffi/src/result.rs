@@ -1,7 +1,9 @@
-//! `pcclResult_t`: PCCL 1.0's result codes with their exact numbers.
+//! `pcclResult_t`: PCCL 1.0's result codes with their exact numbers, as C sees them.
 //!
-//! Append-only: a new code takes the next free number (13, 14, ...), and a retired one
-//! stays here as a comment so its number is never reused.
+//! The codes are defined once, in the core's table (`pccl::ResultCode::ALL`). cbindgen
+//! cannot expand macros, so the enum is spelled out here; the tests below check it and the
+//! generated header against that table (names, numbers, order and comments). To add a
+//! code, add its row to the table, then here, then regenerate the header.
 
 #![allow(non_camel_case_types)]
 
@@ -13,11 +15,11 @@ use pccl::ResultCode;
 pub enum pcclResult_t {
     /// The call did what it says.
     pcclSuccess = 0,
-    /// `pcclInit` has not been called.
+    /// `pcclInit` has not been called (C API only).
     pcclNotInitialized = 1,
     /// A bug or unexpected condition inside the library (including a caught Rust panic).
     pcclInternalError = 2,
-    /// A pointer is NULL or misaligned, or a value is out of range or inconsistent.
+    /// An argument is invalid: NULL or misaligned, out of range, or inconsistent with another.
     pcclInvalidArgument = 3,
     /// The call is not allowed now (not connected, connected twice, tag in flight, ...).
     pcclInvalidUsage = 4,
@@ -75,26 +77,37 @@ pub(crate) type FfiResult = Result<(), pcclResult_t>;
 mod tests {
     use super::*;
 
+    /// Every row of the core's table maps to the enumerator of that name and number.
     #[test]
-    fn numbers_match_pccl_and_the_core() {
-        let all = [
-            (ResultCode::Success, 0),
-            (ResultCode::NotInitialized, 1),
-            (ResultCode::InternalError, 2),
-            (ResultCode::InvalidArgument, 3),
-            (ResultCode::InvalidUsage, 4),
-            (ResultCode::TooFewPeers, 5),
-            (ResultCode::MasterConnectionFailed, 6),
-            (ResultCode::RankConnectionFailed, 7),
-            (ResultCode::RankConnectionLost, 8),
-            (ResultCode::NoSharedStateAvailable, 9),
-            (ResultCode::PendingAsyncOps, 10),
-            (ResultCode::UpdateTopologyFailed, 11),
-            (ResultCode::TopologyOptimizationFailed, 12),
-        ];
-        for (code, n) in all {
-            assert_eq!(pcclResult_t::from(code) as i32, n);
-            assert_eq!(code as i32, n);
+    fn the_enum_follows_the_table() {
+        for row in ResultCode::ALL {
+            let c = pcclResult_t::from(row.code);
+            assert_eq!(c as i32, row.code as i32, "{}", row.c_name);
+            assert_eq!(format!("{c:?}"), row.c_name);
         }
+    }
+
+    /// `include/pccl.h`'s `pcclResult_t` lists exactly the table's rows, in order, each
+    /// with its number and its one-line comment.
+    #[test]
+    fn the_header_enum_is_the_table() {
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../include/pccl.h");
+        let header = std::fs::read_to_string(path).expect("include/pccl.h");
+        let body = header
+            .split_once("typedef enum pcclResult_t {\n")
+            .and_then(|(_, rest)| rest.split_once("} pcclResult_t;"))
+            .map(|(body, _)| body)
+            .expect("the header declares `typedef enum pcclResult_t { ... } pcclResult_t;`");
+        let got: Vec<String> = body.lines().map(|l| l.trim().to_owned()).collect();
+        let want: Vec<String> = ResultCode::ALL
+            .iter()
+            .flat_map(|row| {
+                [
+                    format!("// {}", row.doc()),
+                    format!("{} = {},", row.c_name, row.code as i32),
+                ]
+            })
+            .collect();
+        assert_eq!(got, want);
     }
 }

@@ -428,6 +428,51 @@ fn every_function_checks_its_arguments_under_valgrind() {
     }
 }
 
+/// `master_no_init.c`: a master created, run, interrupted, awaited and destroyed without
+/// `pcclInit`, as PCCL 1.0 allows, serves three hello-world peers (three, so that the
+/// peers' shared-state sync has a popular content); communicator calls in its process still
+/// return `pcclNotInitialized` before and after.
+#[test]
+fn master_runs_without_pccl_init() {
+    const WORLD: usize = 3;
+    const STEPS: usize = 3;
+    let deadline = Instant::now() + Duration::from_secs(180);
+    let port = free_port();
+    let mut cmd = Command::new(c_test("master_no_init"));
+    cmd.arg(port.to_string());
+    let mut master = Proc::spawn("master_no_init", cmd);
+    master.expect_line("READY", Duration::from_secs(60));
+    let exe = c_test("hello_peer");
+    let mut peers: Vec<Proc> = (1..=WORLD)
+        .map(|seed| {
+            let mut cmd = Command::new(&exe);
+            cmd.args([
+                port.to_string(),
+                seed.to_string(),
+                WORLD.to_string(),
+                STEPS.to_string(),
+            ]);
+            Proc::spawn(&format!("peer {seed}"), cmd)
+        })
+        .collect();
+    for p in &mut peers {
+        p.expect_success(deadline);
+    }
+    let first = steps_of(&peers[0].lines());
+    assert_eq!(first.len(), STEPS, "peer 1 ran {} steps", first.len());
+    for p in &peers[1..] {
+        assert_eq!(
+            steps_of(&p.lines()),
+            first,
+            "{} disagrees with peer 1",
+            p.name
+        );
+    }
+    drop(master.stdin.take());
+    master.expect_success(deadline);
+    assert_eq!(master.lines().last().map(String::as_str), Some("DONE"));
+}
+
 #[test]
 fn example_hello_runs() {
     let deadline = Instant::now() + Duration::from_secs(120);
@@ -468,7 +513,7 @@ fn static_library_links() {
     writeln!(
         f,
         "#include \"pccl.h\"\nint main(void) {{\n  pcclBuildInfo_t b;\n  \
-         if (pcclGetBuildInfo(&b) != pcclNotInitialized) return 1;\n  \
+         if (pcclCreateCommunicator(NULL, NULL) != pcclNotInitialized) return 1;\n  \
          if (pcclInit() != pcclSuccess) return 2;\n  \
          return pcclGetBuildInfo(&b) == pcclSuccess ? 0 : 3;\n}}"
     )

@@ -1,38 +1,26 @@
 //! Exceptions: `PCCLError(RuntimeError)` with `.result` (the PCCL result code, an
-//! `IntEnum` member, also readable as `.code`) and the subclasses users branch on.
+//! `IntEnum` member, also readable as `.code`) and one subclass per failure code.
 //!
-//! With the stable ABI (abi3) a Rust class cannot extend a built-in exception, so the
-//! hierarchy is a few lines of Python compiled into this module at import time; every
+//! The `Result` enum and the subclasses are generated when the module is imported from
+//! the core's table of result codes (`pccl::ResultCode::ALL`: Python name, class name,
+//! built-in base such as `ValueError`, docstring), so no number is written here. With the
+//! stable ABI (abi3) a Rust class cannot extend a built-in exception, so the hierarchy is
+//! built by a few lines of Python compiled into this module at import time; every
 //! `pccl::Error` becomes one of these classes through the single `From` below.
 
 use std::ffi::CStr;
 
+use pccl::ResultCode;
 use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
 use pyo3::types::PyModule;
 
 const ERRORS_PY: &CStr = cr#"
+import builtins
 import enum
-
-class Result(enum.IntEnum):
-    """PCCL result codes (``pcclResult_t``)."""
-    SUCCESS = 0
-    NOT_INITIALIZED = 1
-    INTERNAL_ERROR = 2
-    INVALID_ARGUMENT = 3
-    INVALID_USAGE = 4
-    TOO_FEW_PEERS = 5
-    MASTER_CONNECTION_FAILED = 6
-    RANK_CONNECTION_FAILED = 7
-    RANK_CONNECTION_LOST = 8
-    NO_SHARED_STATE_AVAILABLE = 9
-    PENDING_ASYNC_OPS = 10
-    UPDATE_TOPOLOGY_FAILED = 11
-    TOPOLOGY_OPTIMIZATION_FAILED = 12
 
 class PCCLError(RuntimeError):
     """A failed pccl call. ``.result`` (also ``.code``) is the PCCL result code."""
-    _default_result = Result.INTERNAL_ERROR
 
     def __init__(self, message="", result=None):
         super().__init__(message)
@@ -51,103 +39,111 @@ class PCCLError(RuntimeError):
     def __reduce__(self):
         return (type(self), (str(self), int(self.result)))
 
-class InvalidArgumentError(PCCLError, ValueError):
-    """An argument is invalid (wrong dtype, size, layout, device or value)."""
-    _default_result = Result.INVALID_ARGUMENT
-
-class InvalidUsageError(PCCLError):
-    """The call is not allowed now (before connect, twice, after close, ...)."""
-    _default_result = Result.INVALID_USAGE
-
-class TooFewPeersError(PCCLError):
-    """The operation needs at least two peers in the group."""
-    _default_result = Result.TOO_FEW_PEERS
-
-class MasterConnectionError(PCCLError, ConnectionError):
-    """The master cannot be reached, or the connection to it was lost."""
-    _default_result = Result.MASTER_CONNECTION_FAILED
-
-class ConnectionLostError(PCCLError, ConnectionError):
-    """A peer taking part in the operation was lost; the op failed everywhere: retry it."""
-    _default_result = Result.RANK_CONNECTION_LOST
-
-class UpdateTopologyFailedError(PCCLError):
-    """The topology update failed; it is retryable."""
-    _default_result = Result.UPDATE_TOPOLOGY_FAILED
-
-for _cls in (Result, PCCLError, InvalidArgumentError, InvalidUsageError, TooFewPeersError,
-             MasterConnectionError, ConnectionLostError, UpdateTopologyFailedError):
-    _cls.__module__ = "pccl"
-del _cls
+def build(rows):
+    """Defines ``Result`` and the subclass of each failure code in this module. ``rows``:
+    (member name, number, class name or None, built-in base name or None, docstring)."""
+    names = globals()
+    result = enum.IntEnum("Result", [(row[0], row[1]) for row in rows],
+                          module="pccl", qualname="Result")
+    result.__doc__ = "PCCL result codes (``pcclResult_t``)."
+    names["Result"] = result
+    PCCLError.__module__ = "pccl"
+    PCCLError._default_result = result.INTERNAL_ERROR
+    for _, number, class_name, base, doc in rows:
+        if class_name is None:
+            continue
+        bases = (PCCLError,) if base is None else (PCCLError, getattr(builtins, base))
+        names[class_name] = type(class_name, bases, {
+            "__doc__": doc,
+            "__module__": "pccl",
+            "_default_result": result(number),
+        })
 "#;
-
-/// Names the snippet defines, added to the native module.
-pub(crate) const EXPORTED: [&str; 8] = [
-    "Result",
-    "PCCLError",
-    "InvalidArgumentError",
-    "InvalidUsageError",
-    "TooFewPeersError",
-    "MasterConnectionError",
-    "ConnectionLostError",
-    "UpdateTopologyFailedError",
-];
 
 static MODULE: PyOnceLock<Py<PyModule>> = PyOnceLock::new();
 
+/// The Python module holding `Result`, `PCCLError` and the subclasses, built once.
 fn module(py: Python<'_>) -> PyResult<&Bound<'_, PyModule>> {
     MODULE
         .get_or_try_init(py, || {
-            PyModule::from_code(py, ERRORS_PY, c"pccl/_errors.py", c"pccl._errors")
-                .map(Bound::unbind)
+            let m = PyModule::from_code(py, ERRORS_PY, c"pccl/_errors.py", c"pccl._errors")?;
+            let rows: Vec<_> = ResultCode::ALL
+                .iter()
+                .map(|row| {
+                    (
+                        row.python_name,
+                        row.code as i32,
+                        row.python_class,
+                        row.python_builtin_base,
+                        row.doc(),
+                    )
+                })
+                .collect();
+            m.getattr("build")?.call1((rows,))?;
+            Ok(m.unbind())
         })
         .map(|m| m.bind(py))
 }
 
-/// Adds the exception classes to the native module.
+/// The name of the class raised for `code`.
+fn class_name(code: ResultCode) -> &'static str {
+    code.info().python_class.unwrap_or("PCCLError")
+}
+
+/// Adds `Result`, `PCCLError` and every subclass to the native module, plus the private
+/// test hook `_raise_example_error`.
 pub(crate) fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     let errors = module(m.py())?;
-    for name in EXPORTED {
+    let classes = ResultCode::ALL.iter().filter_map(|row| row.python_class);
+    for name in ["Result", "PCCLError"].into_iter().chain(classes) {
         m.add(name, errors.getattr(name)?)?;
     }
+    // `setattr`, not `add`: a private hook stays out of `__all__` and the stubs.
+    m.setattr(
+        "_raise_example_error",
+        wrap_pyfunction!(raise_example_error, m)?,
+    )?;
     Ok(())
 }
 
-/// The class for a result code.
-fn class_name(code: i32) -> &'static str {
-    match code {
-        3 => "InvalidArgumentError",
-        4 => "InvalidUsageError",
-        5 => "TooFewPeersError",
-        6 => "MasterConnectionError",
-        8 => "ConnectionLostError",
-        11 => "UpdateTopologyFailedError",
-        _ => "PCCLError",
+/// Raises the exception that a `pccl::Error` with result code `code` becomes (the core's
+/// example error for that code); returns None for success. Lets the tests check the
+/// translation of every code, including those hard to provoke.
+#[pyfunction]
+#[pyo3(name = "_raise_example_error")]
+fn raise_example_error(code: i32) -> PyResult<()> {
+    let code = ResultCode::from_number(code)
+        .ok_or_else(|| invalid_argument(format!("no result code {code}")))?;
+    match pccl::Error::example(code) {
+        Some(e) => Err(PcclErr(e).into()),
+        None => Ok(()),
     }
 }
 
 /// An exception of the class for `code`, carrying `message`.
-pub(crate) fn new_error(py: Python<'_>, code: i32, message: String) -> PyErr {
+pub(crate) fn new_error(py: Python<'_>, code: ResultCode, message: String) -> PyErr {
     let build = || -> PyResult<PyErr> {
         let cls = module(py)?.getattr(class_name(code))?;
-        Ok(PyErr::from_value(cls.call1((message.clone(), code))?))
+        Ok(PyErr::from_value(
+            cls.call1((message.clone(), code as i32))?,
+        ))
     };
     build().unwrap_or_else(|e| e)
 }
 
 /// `InvalidArgumentError` (a `ValueError` and a `PCCLError`) with this message.
 pub(crate) fn invalid_argument(message: impl Into<String>) -> PyErr {
-    Python::attach(|py| new_error(py, 3, message.into()))
+    Python::attach(|py| new_error(py, ResultCode::InvalidArgument, message.into()))
 }
 
 /// `InvalidUsageError` with this message.
 pub(crate) fn invalid_usage(message: impl Into<String>) -> PyErr {
-    Python::attach(|py| new_error(py, 4, message.into()))
+    Python::attach(|py| new_error(py, ResultCode::InvalidUsage, message.into()))
 }
 
-/// `PCCLError` with the internal-error code.
+/// `InternalError` (a `PCCLError`) with this message.
 pub(crate) fn internal(message: impl Into<String>) -> PyErr {
-    Python::attach(|py| new_error(py, 2, message.into()))
+    Python::attach(|py| new_error(py, ResultCode::InternalError, message.into()))
 }
 
 /// The one translation from core errors to Python exceptions.
@@ -161,7 +157,7 @@ impl From<pccl::Error> for PcclErr {
 
 impl From<PcclErr> for PyErr {
     fn from(e: PcclErr) -> Self {
-        let code = e.0.code() as i32;
+        let code = e.0.code();
         Python::attach(|py| new_error(py, code, e.0.to_string()))
     }
 }

@@ -47,7 +47,7 @@ pub mod wire;
 pub use collectives::{Element, InPlaceBuffer, OwnedBuffers, ReduceBuffers, SliceBuffers};
 pub use comm::{AsyncReduce, Communicator};
 pub use config::{CommunicatorConfig, DEFAULT_MASTER_PORT, DEFAULT_P2P_PORT};
-pub use error::{Error, Result, ResultCode};
+pub use error::{Error, Result, ResultCode, ResultCodeInfo};
 pub use master::{MasterConfig, MasterNode};
 pub use net::ConnectionError;
 pub use shared_state::{SharedState, TensorInfo, tensor_hash};

@@ -20,12 +20,17 @@ __all__ = [
     "AsyncReduceHandle",
     "Communicator",
     "ConnectionLostError",
+    "InternalError",
     "InvalidArgumentError",
     "InvalidUsageError",
     "MasterConnectionError",
     "MasterNode",
+    "NoSharedStateAvailableError",
+    "NotInitializedError",
     "PCCLError",
+    "PendingAsyncOpsError",
     "QuantizationOptions",
+    "RankConnectionFailedError",
     "ReduceDescriptor",
     "ReduceInfo",
     "ReduceOpDescriptor",
@@ -35,6 +40,7 @@ __all__ = [
     "SharedStateSyncInfo",
     "TensorInfo",
     "TooFewPeersError",
+    "TopologyOptimizationFailedError",
     "UpdateTopologyFailedError",
     "__version__",
     "build_info",
@@ -63,12 +69,20 @@ class PCCLError(RuntimeError):
     @property
     def code(self) -> int: ...
 
+# One subclass per failure code, generated from the core's table of result codes; each
+# one's default `.result` is its code. `test_errors.py` checks this list against it.
+class NotInitializedError(PCCLError): ...
+class InternalError(PCCLError): ...
 class InvalidArgumentError(PCCLError, ValueError): ...
 class InvalidUsageError(PCCLError): ...
 class TooFewPeersError(PCCLError): ...
 class MasterConnectionError(PCCLError, ConnectionError): ...
+class RankConnectionFailedError(PCCLError, ConnectionError): ...
 class ConnectionLostError(PCCLError, ConnectionError): ...
+class NoSharedStateAvailableError(PCCLError): ...
+class PendingAsyncOpsError(PCCLError): ...
 class UpdateTopologyFailedError(PCCLError): ...
+class TopologyOptimizationFailedError(PCCLError): ...
 
 
 
