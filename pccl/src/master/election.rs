@@ -1,5 +1,6 @@
 //! Shared-state election (DESIGN §6), as a pure function of the group's reports and its
-//! sync history.
+//! sync history, in four steps: the revision rule, the vote, each peer's decision, and
+//! the fetch list with the holder-designation rule.
 //!
 //! The content a peer votes for is its revision plus the (name, type, count, hash) of
 //! every tensor that does not allow content inequality. Peers with a valid revision and a
@@ -89,13 +90,41 @@ pub(crate) fn elect(
     reports: &BTreeMap<PeerId, Report>,
     history: &History,
 ) -> BTreeMap<PeerId, Decision> {
-    let mut out = BTreeMap::new();
+    let (valid, mut out) = check_revisions(reports, history);
+    let Some((winner, holders)) = count_votes(reports, &valid) else {
+        for p in valid {
+            out.insert(
+                p,
+                Decision::Refuse(
+                    SyncRefusal::NoSharedState,
+                    "no peer of the group offers its state (all are receive-only)".into(),
+                ),
+            );
+        }
+        return out;
+    };
+    let model = &reports[&holders[0]];
+    for (rank, p) in valid.iter().enumerate() {
+        let d = decide(*p, rank, reports, history, model, &winner, &holders);
+        out.insert(*p, d);
+    }
+    out
+}
+
+/// Step 1: the revision rule. A peer that took part in the group's last sync must
+/// present the next revision; it is refused otherwise. Returns the valid peers (in id
+/// order) and the refusals.
+fn check_revisions(
+    reports: &BTreeMap<PeerId, Report>,
+    history: &History,
+) -> (Vec<PeerId>, BTreeMap<PeerId, Decision>) {
+    let mut refused = BTreeMap::new();
     let mut valid = Vec::new();
     for (peer, r) in reports {
         let veteran = history.members.contains(peer);
         match history.revision {
             Some(last) if veteran && r.revision != last.wrapping_add(1) => {
-                out.insert(
+                refused.insert(
                     *peer,
                     Decision::Refuse(
                         SyncRefusal::InvalidUsage,
@@ -110,100 +139,143 @@ pub(crate) fn elect(
             _ => valid.push(*peer),
         }
     }
-    // Count votes per content.
+    (valid, refused)
+}
+
+/// Step 2: the vote. Every valid peer that is not receive-only votes for its content;
+/// most votes win, ties going to the higher revision, then to the smaller digest.
+/// Returns the winning content and its holders (in id order), or `None` if nobody voted.
+fn count_votes(
+    reports: &BTreeMap<PeerId, Report>,
+    valid: &[PeerId],
+) -> Option<(Content, Vec<PeerId>)> {
     let mut votes: BTreeMap<Content, Vec<PeerId>> = BTreeMap::new();
-    for p in &valid {
+    for p in valid {
         let r = &reports[p];
         if r.strategy != SyncStrategy::ReceiveOnly {
             votes.entry(content(r)).or_default().push(*p);
         }
     }
-    let Some((winner, holders)) = votes
+    votes
         .into_iter()
         .max_by_key(|(c, h)| (h.len(), c.0, std::cmp::Reverse(digest(c))))
-    else {
-        for p in valid {
-            out.insert(
-                p,
-                Decision::Refuse(
-                    SyncRefusal::NoSharedState,
-                    "no peer of the group offers its state (all are receive-only)".into(),
-                ),
-            );
-        }
-        return out;
-    };
-    let model = &reports[&holders[0]];
-    let model_layout = layout(model);
-    for (i, p) in valid.iter().enumerate() {
-        let r = &reports[p];
-        if layout(r) != model_layout {
-            out.insert(
-                *p,
-                Decision::Refuse(
-                    SyncRefusal::InvalidUsage,
-                    "this peer's shared state has different tensor names, types or counts than the elected one".into(),
-                ),
-            );
-            continue;
-        }
-        let mine = content(r) == winner;
-        if r.strategy == SyncStrategy::SendOnly && !mine {
-            out.insert(
-                *p,
-                Decision::Refuse(
-                    SyncRefusal::InvalidUsage,
-                    "send-only peer: its content did not win the election, nothing was overwritten"
-                        .into(),
-                ),
-            );
-            continue;
-        }
-        let newcomer = !history.members.contains(p);
-        let mut fetch = Vec::new();
-        if !holders.contains(p) {
-            for (j, t) in r.tensors.iter().enumerate() {
-                let want = model
-                    .tensors
-                    .iter()
-                    .find(|m| m.name == t.name)
-                    .expect("same layout");
-                let needed = if t.allow_content_inequality {
-                    newcomer
-                } else {
-                    t.hash != want.hash
-                };
-                if !needed {
-                    continue;
-                }
-                // Spread receivers over holders: rotate the list per (receiver, tensor).
-                let mut sources: Vec<(PeerId, u128)> = holders
-                    .iter()
-                    .map(|h| {
-                        let ht = reports[h]
-                            .tensors
-                            .iter()
-                            .find(|x| x.name == t.name)
-                            .expect("same layout");
-                        (*h, ht.hash)
-                    })
-                    .collect();
-                sources.rotate_left((i + j) % holders.len());
-                fetch.push(Fetch {
-                    name: t.name.clone(),
-                    sources,
-                });
-            }
-        }
-        out.insert(
-            *p,
-            Decision::Plan {
-                revision: winner.0,
-                fetch,
-            },
+}
+
+const LAYOUT_DIFFERS: &str =
+    "this peer's shared state has different tensor names, types or counts than the elected one";
+
+/// Step 3: what one valid peer (`rank`-th of the valid peers) does: refused if its
+/// layout differs from the winner's or it is send-only and lost; otherwise a plan to
+/// fetch what it lacks.
+fn decide(
+    peer: PeerId,
+    rank: usize,
+    reports: &BTreeMap<PeerId, Report>,
+    history: &History,
+    model: &Report,
+    winner: &Content,
+    holders: &[PeerId],
+) -> Decision {
+    let r = &reports[&peer];
+    if layout(r) != layout(model) {
+        return Decision::Refuse(SyncRefusal::InvalidUsage, LAYOUT_DIFFERS.into());
+    }
+    if r.strategy == SyncStrategy::SendOnly && content(r) != *winner {
+        return Decision::Refuse(
+            SyncRefusal::InvalidUsage,
+            "send-only peer: its content did not win the election, nothing was overwritten".into(),
         );
     }
-    out
+    let fetch = if holders.contains(&peer) {
+        Vec::new()
+    } else {
+        let newcomer = !history.members.contains(&peer);
+        match fetch_list(r, rank, newcomer, reports, model, holders) {
+            Some(f) => f,
+            None => return Decision::Refuse(SyncRefusal::InvalidUsage, LAYOUT_DIFFERS.into()),
+        }
+    };
+    Decision::Plan {
+        revision: winner.0,
+        fetch,
+    }
+}
+
+/// Step 4: the tensors a non-holder fetches and, for each, the holders to fetch it from
+/// in order (see [`source_order`]). Losers fetch the tensors whose hash differs from the
+/// model's; newcomers also fetch the tensors that allow inequality. `None` if the model
+/// lacks one of the peer's tensors (the layouts were checked equal, so it cannot be).
+fn fetch_list(
+    r: &Report,
+    rank: usize,
+    newcomer: bool,
+    reports: &BTreeMap<PeerId, Report>,
+    model: &Report,
+    holders: &[PeerId],
+) -> Option<Vec<Fetch>> {
+    let mut fetch = Vec::new();
+    for (j, t) in r.tensors.iter().enumerate() {
+        let want = model.tensors.iter().find(|m| m.name == t.name)?;
+        let needed = if t.allow_content_inequality {
+            newcomer
+        } else {
+            t.hash != want.hash
+        };
+        if !needed {
+            continue;
+        }
+        // A holder shares the winner's voting tensors but may lack a tensor that allows
+        // inequality (it is then refused itself): it cannot serve that one.
+        let sources: Vec<(PeerId, u128)> = holders
+            .iter()
+            .filter_map(|h| {
+                let ht = reports[h].tensors.iter().find(|x| x.name == t.name)?;
+                Some((*h, ht.hash))
+            })
+            .collect();
+        fetch.push(Fetch {
+            name: t.name.clone(),
+            sources: source_order(&sources, rank, j),
+        });
+    }
+    Some(fetch)
+}
+
+/// The holder-designation rule: the order in which a receiver tries the holders of one
+/// tensor. Receivers are spread over holders by rotating the holder list (in id order)
+/// by the receiver's rank plus the tensor's index; the first is the designated source,
+/// the rest are fallbacks.
+///
+/// `receiver_rank` is the receiver's position, by id, among the group's peers whose
+/// report passed the revision rule; `tensor_index` is the tensor's position in the
+/// receiver's report.
+#[doc(hidden)]
+pub fn source_order<T: Clone>(holders: &[T], receiver_rank: usize, tensor_index: usize) -> Vec<T> {
+    let mut order = holders.to_vec();
+    if !order.is_empty() {
+        let by = (receiver_rank + tensor_index) % order.len();
+        order.rotate_left(by);
+    }
+    order
+}
+
+/// The holder that `receiver` fetches its `tensor_index`-th tensor from first, by
+/// [`source_order`], when every peer in `reporters` (`receiver` among them) passed the
+/// revision rule and `holders` hold the elected state. `None` if `receiver` is not
+/// among `reporters` or there are no holders.
+#[doc(hidden)]
+pub fn designated_source(
+    reporters: &[PeerId],
+    holders: &[PeerId],
+    receiver: PeerId,
+    tensor_index: usize,
+) -> Option<PeerId> {
+    let mut reporters = reporters.to_vec();
+    reporters.sort();
+    let rank = reporters.iter().position(|p| *p == receiver)?;
+    let mut holders = holders.to_vec();
+    holders.sort();
+    source_order(&holders, rank, tensor_index).first().copied()
 }
 
 #[cfg(test)]
