@@ -251,9 +251,12 @@ fn sync_refused_for_all() -> Vec<Observed> {
     r.seen
 }
 
+/// A named scenario returning the phase changes it made.
+type Scenario = (&'static str, fn() -> Vec<Observed>);
+
 #[test]
 fn every_phase_change_is_in_the_tables_and_every_row_is_reachable() {
-    let scenarios: [(&str, fn() -> Vec<Observed>); 7] = [
+    let scenarios: [Scenario; 7] = [
         ("update commits", update_commits),
         ("failed dial aborts", failed_dial_aborts),
         ("optimize re-wires", optimize_rewires),
