@@ -2,8 +2,8 @@
 //! after every step (the property test), plus hand-written scenarios by subject and a
 //! test that pins the phase transitions.
 //!
-//! Layout: `sim` (the simulated cluster), `invariants` (its checks), `property` (the
-//! seeded random runs), `harness` (the scenario driver), `admission`, `ops`, `optimize`
+//! Layout: `sim` (the simulated cluster), `peer_model` (its peers), `invariants` (its
+//! checks), `property` (the seeded random runs), `harness` (the scenario driver), `admission`, `ops`, `optimize`
 //! and `phases` (scenarios).
 
 use std::time::Duration;
@@ -28,6 +28,7 @@ mod harness;
 mod invariants;
 mod ops;
 mod optimize;
+mod peer_model;
 mod phases;
 mod property;
 mod sim;
