@@ -416,4 +416,69 @@ mod tests {
         assert!(names(p(3)).is_empty());
         assert_eq!(names(p(4)), vec!["w", "rng"]);
     }
+
+    #[test]
+    fn a_holder_lacking_an_inequality_tensor_is_no_source_for_it() {
+        // p1 and p2 hold the winning "w"; only p1 has "rng" (which allows inequality, so
+        // it is no part of the vote). Newcomer p3 fetches both: "rng" only from p1.
+        // This used to panic the master ("same layout").
+        let e = SyncStrategy::EnforcePopular;
+        let reports = BTreeMap::from([
+            (p(1), rep(1, e, vec![t("w", 1, false), t("rng", 10, true)])),
+            (p(2), rep(1, e, vec![t("w", 1, false)])),
+            (
+                p(3),
+                rep(
+                    0,
+                    SyncStrategy::ReceiveOnly,
+                    vec![t("w", 0, false), t("rng", 0, true)],
+                ),
+            ),
+        ]);
+        let d = elect(&reports, &History::default());
+        assert!(matches!(
+            d[&p(2)],
+            Decision::Refuse(SyncRefusal::InvalidUsage, _)
+        ));
+        let Decision::Plan { fetch, .. } = &d[&p(3)] else {
+            panic!("{:?}", d[&p(3)])
+        };
+        let sources = |name: &str| -> Vec<PeerId> {
+            let f = fetch.iter().find(|f| f.name == name).expect(name);
+            f.sources.iter().map(|(h, _)| *h).collect()
+        };
+        assert_eq!(sources("rng"), vec![p(1)]);
+        assert_eq!(sources("w").len(), 2);
+    }
+
+    #[test]
+    fn the_first_source_of_every_fetch_is_the_designated_one() {
+        // Three holders, three receivers with two tensors each: every receiver's plan
+        // starts each fetch at `designated_source`, and the designations are spread.
+        let e = SyncStrategy::EnforcePopular;
+        let good = || vec![t("a", 1, false), t("b", 2, false)];
+        let mut reports = BTreeMap::new();
+        for i in [2, 5, 7] {
+            reports.insert(p(i), rep(3, e, good()));
+        }
+        for i in [1, 4, 9] {
+            reports.insert(p(i), rep(3, e, vec![t("a", 8, false), t("b", 9, false)]));
+        }
+        let d = elect(&reports, &History::default());
+        let all: Vec<PeerId> = reports.keys().copied().collect();
+        let holders = [p(2), p(5), p(7)];
+        let mut used = BTreeSet::new();
+        for r in [p(1), p(4), p(9)] {
+            let Decision::Plan { fetch, .. } = &d[&r] else {
+                panic!("{:?}", d[&r])
+            };
+            assert_eq!(fetch.len(), 2);
+            for (j, f) in fetch.iter().enumerate() {
+                let first = f.sources[0].0;
+                assert_eq!(Some(first), designated_source(&all, &holders, r, j));
+                used.insert(first);
+            }
+        }
+        assert_eq!(used.len(), 3, "receivers are spread over every holder");
+    }
 }
