@@ -51,6 +51,8 @@ pub use error::{Error, Result, ResultCode, ResultCodeInfo};
 pub use master::{MasterConfig, MasterNode};
 pub use net::ConnectionError;
 pub use shared_state::{SharedState, TensorInfo, tensor_hash};
+#[doc(hidden)]
+pub use topology::bandwidth::BANDWIDTH_TEST_DURATION;
 pub use types::{
     Attribute, DataType, Device, PeerEntry, PeerId, ReduceDescriptor, ReduceInfo, ReduceOp,
     SyncInfo, SyncStrategy, Topology,

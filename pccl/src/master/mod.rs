@@ -1,10 +1,14 @@
-//! The master: a sans-IO state machine ([`MasterState`]) and its tokio server.
+//! The master: a sans-IO state machine ([`state::MasterState`]), the pure shared-state
+//! election it runs, and the tokio server that drives it.
 
+mod election;
 mod server;
-mod shared_state;
 pub mod state;
 #[cfg(test)]
 mod tests;
+
+#[doc(hidden)]
+pub use election::{designated_source, source_order};
 
 use std::net::SocketAddr;
 use std::sync::Mutex;

@@ -11,8 +11,9 @@ use crate::net::{self, ConnectionError};
 use crate::types::{PeerEntry, PeerId};
 use crate::wire::{ConnectionKind, Hello};
 
-/// How long one measurement streams.
-pub(crate) const MEASURE_FOR: Duration = Duration::from_millis(100);
+/// How long one point-to-point bandwidth test streams: `optimize_topology` spends at
+/// least this per link it has no figure for yet.
+pub const BANDWIDTH_TEST_DURATION: Duration = Duration::from_millis(100);
 /// The receiving side gives up on a test after this long.
 const SINK_LIMIT: Duration = Duration::from_secs(5);
 
@@ -42,7 +43,7 @@ async fn try_measure(me: PeerId, target: &PeerEntry) -> Result<u64, ConnectionEr
     }
     let chunk = vec![0x5au8; 256 << 10];
     let start = Instant::now();
-    while start.elapsed() < MEASURE_FOR {
+    while start.elapsed() < BANDWIDTH_TEST_DURATION {
         tokio::time::timeout(SINK_LIMIT, s.write_all(&chunk))
             .await
             .map_err(|_| ConnectionError::Timeout(SINK_LIMIT))??;

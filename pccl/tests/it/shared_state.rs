@@ -364,16 +364,13 @@ fn close_times(holders: usize, receiver: SyncStrategy) -> Vec<Duration> {
 #[test]
 fn a_holder_leaving_mid_transfer_the_receiver_finishes_from_another() {
     let want = tensor_hash(&vec![7u8; BIG]);
-    // Holders 0 and 1, receiver 2. The master designates holder (receiver's rank among
-    // all three by id) mod 2 of the holders sorted by id (master/shared_state.rs); that
-    // one leaves. A fallback shows as more than one tensor's bytes received.
+    // Holders 0 and 1, receiver 2, one tensor, all three reporting revision 1: the holder
+    // the master designates for the receiver (by the master's own rule) leaves. A
+    // fallback shows as more than one tensor's bytes received.
     let designated = |ids: &[pccl::PeerId]| {
-        let mut sorted = ids.to_vec();
-        sorted.sort();
-        let rank = sorted.iter().position(|p| *p == ids[2]).unwrap();
-        let mut holders = [ids[0], ids[1]];
-        holders.sort();
-        ids.iter().position(|p| *p == holders[rank % 2]).unwrap()
+        let holder = pccl::master::designated_source(ids, &ids[..2], ids[2], 0)
+            .expect("the receiver reports and there are holders");
+        ids.iter().position(|p| *p == holder).unwrap()
     };
     let mut fell_back = false;
     for after in close_times(2, SyncStrategy::EnforcePopular) {

@@ -1,0 +1,146 @@
+//! Shared-state sync rounds, one per group: members report their state (`Reporting`);
+//! once every live member has, the election (`master::election`) tells each what to
+//! fetch (`Transferring`); once every live participant is done, all get one result and
+//! a success becomes the group's sync history.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use super::phase::SyncPhase;
+use super::{ConnId, MasterState};
+pub(crate) use crate::master::election::Report;
+use crate::master::election::{Decision, History, elect};
+use crate::types::{PeerId, SyncStrategy};
+use crate::wire::{FromMaster, TensorReport};
+
+/// The transfer of one group's elected state.
+#[derive(Debug)]
+pub(crate) struct Transfer {
+    pub(super) revision: u64,
+    pub(super) participants: BTreeSet<PeerId>,
+    pub(super) done: BTreeSet<PeerId>,
+    pub(super) failed: Option<String>,
+}
+
+impl MasterState {
+    pub(super) fn on_sync_report(
+        &mut self,
+        conn: ConnId,
+        peer: PeerId,
+        revision: u64,
+        strategy: SyncStrategy,
+        tensors: Vec<TensorReport>,
+    ) {
+        let Some(group) = self.ring.contains(&peer).then(|| self.peers[&peer].group) else {
+            return self.violation(conn, "synced before being accepted");
+        };
+        if !self.syncs.contains_key(&group) {
+            self.set_sync_phase(group, SyncPhase::Reporting(BTreeMap::new()));
+        }
+        let Some(SyncPhase::Reporting(reports)) = self.syncs.get_mut(&group) else {
+            return self.violation(conn, "reported twice in one shared-state sync");
+        };
+        if reports.contains_key(&peer) {
+            return self.violation(conn, "reported twice in one shared-state sync");
+        }
+        tracing::debug!(%peer, group, revision, "shared-state report");
+        reports.insert(
+            peer,
+            Report {
+                revision,
+                strategy,
+                tensors,
+            },
+        );
+        self.try_elect(group);
+    }
+
+    /// Elects once every live member of the group has reported.
+    pub(super) fn try_elect(&mut self, group: u32) {
+        let members = self.group_members(group);
+        let Some(SyncPhase::Reporting(reports)) = self.syncs.get(&group) else {
+            return;
+        };
+        if !members.iter().all(|m| reports.contains_key(m)) {
+            return;
+        }
+        let history = self.sync_history.get(&group).cloned().unwrap_or_default();
+        let decisions = elect(reports, &history);
+        tracing::debug!(group, peers = decisions.len(), "shared state elected");
+        let mut participants = BTreeSet::new();
+        let mut revision = 0;
+        let mut msgs = Vec::new();
+        for (peer, d) in decisions {
+            match d {
+                Decision::Plan { revision: r, fetch } => {
+                    participants.insert(peer);
+                    revision = r;
+                    msgs.push((peer, FromMaster::SyncPlan { revision: r, fetch }));
+                }
+                Decision::Refuse(kind, reason) => {
+                    msgs.push((peer, FromMaster::SyncRefused { kind, reason }));
+                }
+            }
+        }
+        let next = if participants.is_empty() {
+            SyncPhase::Idle
+        } else {
+            SyncPhase::Transferring(Transfer {
+                revision,
+                participants,
+                done: BTreeSet::new(),
+                failed: None,
+            })
+        };
+        self.set_sync_phase(group, next);
+        for (peer, m) in msgs {
+            self.send_peer(peer, m);
+        }
+    }
+
+    pub(super) fn on_sync_done(&mut self, conn: ConnId, peer: PeerId, ok: bool) {
+        let Some(group) = self.peers.get(&peer).map(|p| p.group) else {
+            return self.violation(conn, "reported a sync it is not part of");
+        };
+        let Some(SyncPhase::Transferring(t)) = self.syncs.get_mut(&group) else {
+            return self.violation(conn, "reported a sync it is not part of");
+        };
+        if !t.participants.contains(&peer) {
+            return self.violation(conn, "reported a sync it is not part of");
+        }
+        t.done.insert(peer);
+        if !ok {
+            t.failed
+                .get_or_insert_with(|| format!("peer {peer} could not fetch the shared state"));
+        }
+        self.try_finish_sync(group);
+    }
+
+    /// Ends the sync once every live participant is done: the same result for all.
+    pub(super) fn try_finish_sync(&mut self, group: u32) {
+        let Some(SyncPhase::Transferring(t)) = self.syncs.get(&group) else {
+            return;
+        };
+        if !t.participants.iter().all(|p| t.done.contains(p)) {
+            return;
+        }
+        let SyncPhase::Transferring(t) = self.set_sync_phase(group, SyncPhase::Idle) else {
+            return; // unreachable: checked above
+        };
+        let result = match t.failed {
+            Some(why) => Err(why),
+            None => {
+                self.sync_history.insert(
+                    group,
+                    History {
+                        members: t.participants.clone(),
+                        revision: Some(t.revision),
+                    },
+                );
+                Ok(())
+            }
+        };
+        for p in t.participants {
+            self.send_peer(p, FromMaster::SyncResult(result.clone()));
+        }
+    }
+}

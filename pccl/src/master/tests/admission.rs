@@ -1,0 +1,97 @@
+//! Scenarios of admission and joint calls: peers join through topology updates, a
+//! death during a proposal fails the update, mismatched joint calls are rejected.
+
+use super::harness::Harness;
+use crate::wire::{FromMaster, ToMaster, VoteKind};
+#[test]
+fn two_peers_join_and_are_admitted() {
+    let mut h = Harness::new();
+    let a = h.join(0, 0);
+    // The first peer is accepted alone.
+    let t = Harness::commit_of(&h.take_quiet(0));
+    assert_eq!(t.ring.len(), 1);
+    assert_eq!(t.ring[0].id, a);
+    let b = h.join(1, 0);
+    assert_eq!(h.m.pending(), &[b]);
+    assert!(h.take(1).is_empty(), "a waiting peer hears nothing yet");
+    h.msg(0, ToMaster::Vote(VoteKind::ArePeersPending));
+    assert_eq!(h.take_quiet(0), vec![FromMaster::PeersPending(true)]);
+    h.update(&[0], &[1]);
+    assert_eq!(h.m.ring(), &[a, b]);
+    assert!(h.m.pending().is_empty());
+    assert!(!h.m.proposal_in_flight());
+    // Nobody waits any more.
+    h.vote_all(&[0, 1], VoteKind::ArePeersPending);
+    assert_eq!(h.take_quiet(0), vec![FromMaster::PeersPending(false)]);
+    assert_eq!(h.take_quiet(1), vec![FromMaster::PeersPending(false)]);
+}
+
+#[test]
+fn death_during_proposal_fails_the_update_then_it_succeeds() {
+    let mut h = Harness::new();
+    let a = h.join(0, 0);
+    h.join(1, 0);
+    h.update(&[0], &[1]);
+    let c = h.join(2, 1);
+    h.take(0);
+    h.vote_all(&[0, 1], VoteKind::UpdateTopology);
+    let id = Harness::proposal_in(&h.take_quiet(0));
+    h.take(1);
+    h.take(2);
+    assert!(h.m.proposal_in_flight());
+    h.msg(
+        0,
+        ToMaster::P2pReady {
+            proposal: id,
+            ok: true,
+        },
+    );
+    h.msg(
+        2,
+        ToMaster::P2pReady {
+            proposal: id,
+            ok: true,
+        },
+    );
+    h.disconnect(1);
+    // The survivor's update fails (retryable) and it gets the ring without the dead peer.
+    let msgs = h.take_quiet(0);
+    assert!(
+        msgs.contains(&FromMaster::TopologyUpdated(Err(format!(
+            "peer {} died",
+            h.ids[&1]
+        )))),
+        "{msgs:?}"
+    );
+    let t = Harness::commit_of(&msgs);
+    assert_eq!(t.ring.iter().map(|e| e.id).collect::<Vec<_>>(), vec![a]);
+    assert!(!h.m.proposal_in_flight());
+    // The newcomer was not at fault: it still waits, and the retry admits it.
+    assert_eq!(h.m.pending(), &[c]);
+    assert!(h.take(2).is_empty(), "the newcomer is not told anything");
+    h.update(&[0], &[2]);
+    assert_eq!(h.m.ring(), &[a, c]);
+}
+
+#[test]
+fn mismatched_joint_calls_are_rejected_for_everybody() {
+    let mut h = Harness::new();
+    h.join(0, 0);
+    h.join(1, 0);
+    h.update(&[0], &[1]);
+    h.msg(0, ToMaster::Vote(VoteKind::ArePeersPending));
+    h.msg(1, ToMaster::Vote(VoteKind::UpdateTopology));
+    for c in [0, 1] {
+        let msgs = h.take_quiet(c);
+        assert!(
+            matches!(&msgs[..], [FromMaster::VoteRejected(_)]),
+            "{msgs:?}"
+        );
+    }
+    assert!(h.closed.is_empty());
+    assert_eq!(h.m.voters().count(), 0);
+    // The next matching call works.
+    h.vote_all(&[0, 1], VoteKind::ArePeersPending);
+    assert_eq!(h.take_quiet(0), vec![FromMaster::PeersPending(false)]);
+    assert_eq!(h.take_quiet(1), vec![FromMaster::PeersPending(false)]);
+}

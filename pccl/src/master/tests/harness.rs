@@ -1,0 +1,157 @@
+//! A minimal driver for hand-written scenarios: messages arrive instantly and every
+//! output is collected per connection.
+
+use std::collections::BTreeMap;
+use std::net::{IpAddr, Ipv4Addr};
+use std::time::{Duration, Instant};
+
+use super::HB_TIMEOUT;
+use crate::master::state::{ConnId, MasterState, Output};
+use crate::types::{PeerId, Topology};
+use crate::wire::{FromMaster, ToMaster, VoteKind};
+
+/// A minimal driver for hand-written scenarios: messages arrive instantly and every
+/// output is collected per connection.
+pub(super) struct Harness {
+    pub(super) m: MasterState,
+    pub(super) base: Instant,
+    pub(super) elapsed: Duration,
+    pub(super) ids: BTreeMap<ConnId, PeerId>,
+    pub(super) inbox: BTreeMap<ConnId, Vec<FromMaster>>,
+    pub(super) closed: Vec<(ConnId, String)>,
+}
+
+impl Harness {
+    pub(super) fn new() -> Self {
+        Self {
+            m: MasterState::new(HB_TIMEOUT),
+            base: Instant::now(),
+            elapsed: Duration::ZERO,
+            ids: BTreeMap::new(),
+            inbox: BTreeMap::new(),
+            closed: Vec::new(),
+        }
+    }
+
+    pub(super) fn now(&self) -> Instant {
+        self.base + self.elapsed
+    }
+
+    pub(super) fn drain(&mut self) {
+        while let Some(o) = self.m.poll_output() {
+            match o {
+                Output::Send(c, msg) => {
+                    assert!(
+                        !self.closed.iter().any(|(d, _)| *d == c),
+                        "sent {msg:?} to closed conn {c}"
+                    );
+                    self.inbox.entry(c).or_default().push(msg);
+                }
+                Output::Close(c, why) => self.closed.push((c, why)),
+            }
+        }
+    }
+
+    /// Connects and registers a peer in `group` on connection `conn`.
+    pub(super) fn join(&mut self, conn: ConnId, group: u32) -> PeerId {
+        let id = PeerId([conn as u8 + 1; 16]);
+        self.ids.insert(conn, id);
+        let now = self.now();
+        self.m
+            .handle_connect(now, conn, id, IpAddr::V4(Ipv4Addr::LOCALHOST));
+        self.msg(
+            conn,
+            ToMaster::Register {
+                group,
+                p2p_port: 48149 + conn as u16,
+                advertise_ip: None,
+            },
+        );
+        id
+    }
+
+    pub(super) fn msg(&mut self, conn: ConnId, msg: ToMaster) {
+        let now = self.now();
+        self.m.handle_message(now, conn, msg);
+        self.drain();
+    }
+
+    pub(super) fn disconnect(&mut self, conn: ConnId) {
+        self.m.handle_disconnect(conn, "test");
+        self.closed.push((conn, "test".into()));
+        self.drain();
+    }
+
+    pub(super) fn take(&mut self, conn: ConnId) -> Vec<FromMaster> {
+        self.inbox.remove(&conn).unwrap_or_default()
+    }
+
+    /// The messages of `conn` without heartbeat acks.
+    pub(super) fn take_quiet(&mut self, conn: ConnId) -> Vec<FromMaster> {
+        self.take(conn)
+            .into_iter()
+            .filter(|m| *m != FromMaster::HeartbeatAck)
+            .collect()
+    }
+
+    pub(super) fn ring_ids(&self, conns: &[ConnId]) -> Vec<PeerId> {
+        conns.iter().map(|c| self.ids[c]).collect()
+    }
+
+    /// Every peer in `conns` votes `kind`.
+    pub(super) fn vote_all(&mut self, conns: &[ConnId], kind: VoteKind) {
+        for c in conns {
+            self.msg(*c, ToMaster::Vote(kind));
+        }
+    }
+
+    /// The proposal id in a batch of messages.
+    pub(super) fn proposal_in(msgs: &[FromMaster]) -> u64 {
+        msgs.iter()
+            .find_map(|m| match m {
+                FromMaster::Propose { proposal, .. } => Some(*proposal),
+                _ => None,
+            })
+            .expect("a Propose")
+    }
+
+    /// Brings `old` (accepted) and the waiting peers to a committed ring `old ++ new`.
+    pub(super) fn update(&mut self, old: &[ConnId], new: &[ConnId]) {
+        self.vote_all(old, VoteKind::UpdateTopology);
+        let all: Vec<ConnId> = old.iter().chain(new).copied().collect();
+        let mut id = None;
+        for c in &all {
+            let msgs = self.take_quiet(*c);
+            id = Some(Self::proposal_in(&msgs));
+        }
+        for c in &all {
+            self.msg(
+                *c,
+                ToMaster::P2pReady {
+                    proposal: id.expect("proposed"),
+                    ok: true,
+                },
+            );
+        }
+        assert_eq!(self.m.ring(), self.ring_ids(&all).as_slice());
+        for c in old {
+            let msgs = self.take_quiet(*c);
+            assert!(matches!(msgs[0], FromMaster::Commit { .. }), "{msgs:?}");
+            assert_eq!(msgs[1], FromMaster::TopologyUpdated(Ok(())));
+        }
+        for c in new {
+            let msgs = self.take_quiet(*c);
+            assert!(matches!(&msgs[..], [FromMaster::Commit { .. }]), "{msgs:?}");
+        }
+    }
+
+    pub(super) fn commit_of(msgs: &[FromMaster]) -> Topology {
+        msgs.iter()
+            .rev()
+            .find_map(|m| match m {
+                FromMaster::Commit { topology } => Some(topology.clone()),
+                _ => None,
+            })
+            .expect("a Commit")
+    }
+}

@@ -1,0 +1,34 @@
+//! Tests of the master's state machine: a seeded cluster simulator with invariant checks
+//! after every step (the property test), plus hand-written scenarios by subject and a
+//! test that pins the phase transitions.
+//!
+//! Layout: `sim` (the simulated cluster), `peer_model` (its peers), `invariants` (its
+//! checks), `property` (the seeded random runs), `harness` (the scenario driver), `admission`, `ops`, `optimize`
+//! and `phases` (scenarios).
+
+use std::time::Duration;
+
+const HB_TIMEOUT: Duration = Duration::from_secs(1);
+/// Peers heartbeat four times per timeout, as a real peer does with default settings.
+const HB_INTERVAL: Duration = Duration::from_millis(250);
+
+type Res = Result<(), String>;
+
+/// Fails the current run with a formatted message (the run then reports seed and trace).
+macro_rules! ensure {
+    ($cond:expr, $($fmt:tt)+) => {
+        if !$cond {
+            return Err(format!($($fmt)+));
+        }
+    };
+}
+
+mod admission;
+mod harness;
+mod invariants;
+mod ops;
+mod optimize;
+mod peer_model;
+mod phases;
+mod property;
+mod sim;

@@ -1,0 +1,591 @@
+//! The cluster simulator: drives [`MasterState`] as the tokio server does (virtual
+//! clock, outputs drained after every input) and plays every peer with a small client
+//! model that follows the protocol as `comm::control` and `comm::ops` do. Messages
+//! travel in per-connection FIFO queues, one per direction; a seeded RNG picks which
+//! queue moves next, so deliveries interleave across peers but never reorder on one
+//! connection. Its peers are in `peer_model`, its invariant checks in `invariants`, the
+//! random runs in `property`.
+
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::fmt::Write as _;
+use std::net::{IpAddr, Ipv4Addr};
+use std::time::{Duration, Instant};
+
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+
+use super::{HB_INTERVAL, HB_TIMEOUT, Res};
+use crate::master::state::{ConnId, MasterState, Output};
+use crate::types::{PeerId, Topology};
+use crate::wire::{FromMaster, ToMaster, VoteKind};
+
+/// Most peers one run ever connects (initial ones plus newcomers).
+const MAX_PEERS_PER_RUN: usize = 12;
+pub(super) const TAGS: u64 = 4;
+const GROUPS: u32 = 2;
+
+/// An op as peers name it: (tag, epoch, seq).
+pub(super) type Key = (u64, u64, u32);
+
+/// Where a simulated peer process stands.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Life {
+    /// Running and connected.
+    Active,
+    /// Partitioned: sends nothing and receives nothing, but its socket stays open, so only
+    /// the master's heartbeat timeout can notice.
+    Silent,
+    /// The process is gone; the EOF is queued behind what it had already sent.
+    Killed,
+    /// The master has handled its death (EOF delivered, or the master closed it).
+    Dead,
+}
+
+/// One op of one tag on a peer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Op {
+    /// Started, not yet reported.
+    Running(Key),
+    /// Reported to the master (true: success); waiting for the verdict.
+    Reported(Key, bool),
+}
+
+/// Client model of one peer (see `comm::control` and `comm::ops` for the real thing).
+#[derive(Debug)]
+pub(super) struct SimPeer {
+    pub(super) id: PeerId,
+    pub(super) conn: ConnId,
+    pub(super) group: u32,
+    pub(super) life: Life,
+    /// Master -> peer, in flight.
+    pub(super) to_peer: VecDeque<FromMaster>,
+    /// Peer -> master, in flight; `None` is the EOF of a killed peer.
+    pub(super) to_master: VecDeque<Option<ToMaster>>,
+    /// Has received a Commit listing itself.
+    pub(super) accepted: bool,
+    /// The simulator has given it its place in the user program (see `on_send`).
+    pub(super) admitted: bool,
+    pub(super) last_commit: Option<Topology>,
+    /// Its group's epoch in the last Commit.
+    pub(super) epoch: u64,
+    /// Verdicts seen per tag in the current epoch: the seq of the next op of the tag.
+    pub(super) seq: BTreeMap<u64, u32>,
+    pub(super) ops: BTreeMap<u64, Op>,
+    /// Outstanding joint call: (position in the user program, kind).
+    pub(super) vote: Option<(usize, VoteKind)>,
+    /// Position of its next joint call in the user program.
+    pub(super) pos: usize,
+    /// Proposals it has been asked to dial for, not yet answered.
+    pub(super) proposals: VecDeque<u64>,
+    pub(super) next_hb: Duration,
+    /// Ops whose successful OpDone the master has received from this peer.
+    pub(super) delivered_ok: BTreeSet<Key>,
+}
+
+/// Every action a step can take.
+#[derive(Clone, Copy, Debug)]
+pub(super) enum Action {
+    DeliverToMaster,
+    DeliverToPeer,
+    PeerAct,
+    Tick,
+    Kill,
+    Silence,
+    Spawn,
+    IdleJump,
+}
+
+/// What the runs exercised, summed over runs: printed, and checked so that the property
+/// test cannot silently become vacuous.
+#[derive(Clone, Copy, Debug, Default)]
+pub(super) struct Stats {
+    pub(super) steps: u64,
+    pub(super) admitted: u64,
+    pub(super) updates_ok: u64,
+    pub(super) updates_failed: u64,
+    pub(super) peers_pending_answers: u64,
+    pub(super) verdicts_ok: u64,
+    pub(super) verdicts_failed: u64,
+    pub(super) timeouts: u64,
+    pub(super) closes: u64,
+    pub(super) phase_changes: u64,
+}
+
+pub(super) struct Sim {
+    pub(super) stats: Stats,
+    pub(super) rng: ChaCha8Rng,
+    pub(super) master: MasterState,
+    pub(super) base: Instant,
+    pub(super) elapsed: Duration,
+    /// Indexed by connection id.
+    pub(super) peers: Vec<SimPeer>,
+    /// The user program every peer runs: its sequence of joint calls.
+    pub(super) script: Vec<VoteKind>,
+    /// Connections whose death the master has handled.
+    pub(super) closed: BTreeSet<ConnId>,
+    /// Verdict given per (group, key): true = success.
+    pub(super) verdicts: BTreeMap<(u32, Key), bool>,
+    /// Ops for which the master received at least one failure report.
+    pub(super) failed_reports: BTreeSet<(u32, Key)>,
+    pub(super) trace: Option<Vec<String>>,
+}
+
+impl Sim {
+    pub(super) fn new(seed: u64, trace: bool) -> Self {
+        Self {
+            stats: Stats::default(),
+            rng: ChaCha8Rng::seed_from_u64(seed),
+            master: MasterState::new(HB_TIMEOUT),
+            base: Instant::now(),
+            elapsed: Duration::ZERO,
+            peers: Vec::new(),
+            script: Vec::new(),
+            closed: BTreeSet::new(),
+            verdicts: BTreeMap::new(),
+            failed_reports: BTreeSet::new(),
+            trace: trace.then(Vec::new),
+        }
+    }
+
+    pub(super) fn now(&self) -> Instant {
+        self.base + self.elapsed
+    }
+
+    /// Records an event when tracing (only in the replay of a failed run: formatting
+    /// every event would slow the thousands of passing runs down).
+    pub(super) fn log(&mut self, f: impl FnOnce() -> String) {
+        if let Some(t) = &mut self.trace {
+            let line = f();
+            if line.ends_with("Heartbeat") || line.ends_with("HeartbeatAck") {
+                return; // noise
+            }
+            let line = format!("[{:>8.3}s] {line}", self.elapsed.as_secs_f64());
+            t.push(line);
+        }
+    }
+
+    pub(super) fn script_at(
+        script: &mut Vec<VoteKind>,
+        rng: &mut ChaCha8Rng,
+        pos: usize,
+    ) -> VoteKind {
+        while script.len() <= pos {
+            script.push(if rng.gen_bool(0.5) {
+                VoteKind::UpdateTopology
+            } else {
+                VoteKind::ArePeersPending
+            });
+        }
+        script[pos]
+    }
+
+    // ---- driving the master -----------------------------------------------------------
+
+    /// Connects a new peer (handshake done) and queues its Register.
+    pub(super) fn spawn(&mut self) -> Res {
+        let conn = self.peers.len() as ConnId;
+        let id = PeerId(self.rng.r#gen());
+        let group = self.rng.gen_range(0..GROUPS);
+        let ip = IpAddr::V4(Ipv4Addr::new(10, 0, 0, conn as u8 + 1));
+        let mut to_master = VecDeque::new();
+        to_master.push_back(Some(ToMaster::Register {
+            group,
+            p2p_port: 48149 + conn as u16,
+            advertise_ip: None,
+        }));
+        self.peers.push(SimPeer {
+            id,
+            conn,
+            group,
+            life: Life::Active,
+            to_peer: VecDeque::new(),
+            to_master,
+            accepted: false,
+            admitted: false,
+            last_commit: None,
+            epoch: 0,
+            seq: BTreeMap::new(),
+            ops: BTreeMap::new(),
+            vote: None,
+            pos: 0,
+            proposals: VecDeque::new(),
+            next_hb: self.elapsed + HB_INTERVAL,
+            delivered_ok: BTreeSet::new(),
+        });
+        self.log(|| format!("spawn conn {conn} peer {id} group {group}"));
+        let now = self.now();
+        self.master.handle_connect(now, conn, id, ip);
+        self.drain()
+    }
+
+    /// Moves every output of the master into the connection queues, checking each.
+    pub(super) fn drain(&mut self) -> Res {
+        while let Some(out) = self.master.poll_output() {
+            match out {
+                Output::Send(conn, msg) => self.on_send(conn, msg)?,
+                Output::Close(conn, reason) => {
+                    self.log(|| format!("master closes conn {conn}: {reason}"));
+                    // Our peers follow the protocol, so the master must never see a
+                    // violation from them.
+                    ensure!(
+                        !reason.starts_with("protocol violation"),
+                        "conn {conn} closed for a protocol violation by a correct peer: {reason}"
+                    );
+                    ensure!(
+                        !self.closed.contains(&conn),
+                        "conn {conn} closed twice ({reason})"
+                    );
+                    self.stats.closes += 1;
+                    if reason.starts_with("no heartbeat") {
+                        self.stats.timeouts += 1;
+                    }
+                    self.mark_dead(conn);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    pub(super) fn mark_dead(&mut self, conn: ConnId) {
+        self.closed.insert(conn);
+        let p = &mut self.peers[conn as usize];
+        p.life = Life::Dead;
+        p.to_peer.clear();
+        p.to_master.clear();
+    }
+
+    /// One message from the master: checks that need the master's view, then queues it.
+    pub(super) fn on_send(&mut self, conn: ConnId, msg: FromMaster) -> Res {
+        self.log(|| format!("master -> conn {conn}: {}", short(&msg)));
+        // Invariant: nothing is sent on a connection after its death was handled.
+        ensure!(
+            !self.closed.contains(&conn),
+            "master sent {msg:?} to conn {conn} after its death was handled"
+        );
+        let group = self.peers[conn as usize].group;
+        match &msg {
+            FromMaster::OpVerdict {
+                tag,
+                epoch,
+                seq,
+                failure,
+            } => {
+                let key = (*tag, *epoch, *seq);
+                let ok = failure.is_none();
+                if ok {
+                    self.stats.verdicts_ok += 1;
+                } else {
+                    self.stats.verdicts_failed += 1;
+                }
+                // Invariant: every member gets the same verdict for one op.
+                let first = *self.verdicts.entry((group, key)).or_insert(ok);
+                ensure!(
+                    first == ok,
+                    "conflicting verdicts for group {group} op {key:?}: first {first}, now {ok} to conn {conn}"
+                );
+                // A failure must come from a failure report...
+                ensure!(
+                    ok || self.failed_reports.contains(&(group, key)),
+                    "failure verdict for group {group} op {key:?} that nobody reported failed"
+                );
+                // ...and a success needs a success report from every live member.
+                if ok {
+                    for id in self.master.ring() {
+                        let p = self.peer_by_id(*id);
+                        ensure!(
+                            p.group != group || p.delivered_ok.contains(&key),
+                            "success verdict for group {group} op {key:?} although member {} (conn {}) never reported it done",
+                            p.id,
+                            p.conn
+                        );
+                    }
+                }
+            }
+            FromMaster::Commit { topology } => {
+                let p = &self.peers[conn as usize];
+                ensure!(
+                    topology.contains(p.id),
+                    "Commit to conn {conn} that does not list it"
+                );
+                if !p.admitted {
+                    self.admit(conn);
+                }
+            }
+            FromMaster::Propose { topology, .. } => {
+                ensure!(
+                    topology.contains(self.peers[conn as usize].id),
+                    "Propose to conn {conn} that does not list it"
+                );
+            }
+            _ => {}
+        }
+        let p = &mut self.peers[conn as usize];
+        // A silent peer is partitioned and a killed one has no process to read.
+        if p.life == Life::Active {
+            p.to_peer.push_back(msg);
+        }
+        Ok(())
+    }
+
+    /// The master accepts this peer now. Its `connect()` returns and its user program
+    /// goes on from the joint call after the `update_topology` that admitted it: that is
+    /// the call the old members are waiting on right now (they all voted for it, and
+    /// their answer is produced after the Commit). The first peer of an empty run starts
+    /// the program anywhere: it is alone.
+    pub(super) fn admit(&mut self, conn: ConnId) {
+        let me = self.peers[conn as usize].id;
+        let pos = self
+            .master
+            .ring()
+            .iter()
+            .filter(|id| **id != me)
+            .filter_map(|id| {
+                let p = self.peer_by_id(*id);
+                if p.admitted { p.vote } else { None }
+            })
+            .map(|(pos, _)| pos + 1)
+            .max()
+            .unwrap_or(0);
+        self.stats.admitted += 1;
+        let p = &mut self.peers[conn as usize];
+        p.admitted = true;
+        p.pos = pos;
+    }
+
+    pub(super) fn peer_by_id(&self, id: PeerId) -> &SimPeer {
+        self.peers
+            .iter()
+            .find(|p| p.id == id)
+            .expect("the master only knows peers we connected")
+    }
+
+    /// Delivers the next message of `i` to the master.
+    pub(super) fn deliver_to_master(&mut self, i: usize) -> Res {
+        let conn = i as ConnId;
+        let Some(msg) = self.peers[i].to_master.pop_front() else {
+            return Ok(());
+        };
+        let now = self.now();
+        match msg {
+            None => {
+                self.log(|| format!("conn {conn}: EOF"));
+                self.mark_dead(conn);
+                self.master.handle_disconnect(conn, "killed");
+            }
+            Some(msg) => {
+                self.log(|| format!("conn {conn} -> master: {msg:?}"));
+                if let ToMaster::OpDone {
+                    tag,
+                    epoch,
+                    seq,
+                    failure,
+                } = msg
+                {
+                    let p = &mut self.peers[i];
+                    let key = (tag, epoch, seq);
+                    if failure.is_some() {
+                        self.failed_reports.insert((p.group, key));
+                    } else {
+                        p.delivered_ok.insert(key);
+                    }
+                }
+                self.master.handle_message(now, conn, msg);
+            }
+        }
+        self.drain()
+    }
+
+    pub(super) fn send_to_master(&mut self, i: usize, msg: ToMaster) {
+        self.peers[i].to_master.push_back(Some(msg));
+    }
+
+    // ---- time and adversity -----------------------------------------------------------
+
+    /// Queues the heartbeats due by now; returns the peers that queued one.
+    pub(super) fn heartbeats(&mut self) -> Vec<usize> {
+        let now = self.elapsed;
+        let mut due = Vec::new();
+        for (i, p) in self.peers.iter_mut().enumerate() {
+            if p.life == Life::Active && p.next_hb <= now {
+                p.next_hb = now + HB_INTERVAL;
+                p.to_master.push_back(Some(ToMaster::Heartbeat));
+                due.push(i);
+            }
+        }
+        due
+    }
+
+    /// Fires the master's timer if it is due.
+    pub(super) fn fire_timer(&mut self) -> Res {
+        if self.master.poll_timeout().is_some_and(|t| t <= self.now()) {
+            self.log(|| "timer fires".to_string());
+            let now = self.now();
+            self.master.handle_timeout(now);
+            self.drain()?;
+        }
+        Ok(())
+    }
+
+    /// A little time passes while messages are in flight.
+    pub(super) fn tick(&mut self) -> Res {
+        self.elapsed += Duration::from_millis(self.rng.gen_range(5..150));
+        self.heartbeats();
+        self.fire_timer()
+    }
+
+    /// Nothing is in flight: jump to the master's next deadline. Live peers keep
+    /// heartbeating meanwhile, and with nothing queued their heartbeats arrive at once.
+    pub(super) fn idle_jump(&mut self) -> Res {
+        let horizon = self.elapsed + 2 * HB_TIMEOUT;
+        while let Some(deadline) = self.master.poll_timeout() {
+            let deadline = deadline.saturating_duration_since(self.base);
+            let next_hb = self
+                .peers
+                .iter()
+                .filter(|p| p.life == Life::Active)
+                .map(|p| p.next_hb)
+                .min()
+                .unwrap_or(deadline);
+            let target = deadline.min(next_hb).min(horizon);
+            self.elapsed = self.elapsed.max(target);
+            if self.elapsed >= deadline {
+                return self.fire_timer();
+            }
+            if self.elapsed >= horizon {
+                return Ok(());
+            }
+            for i in self.heartbeats() {
+                if self.peers[i].to_master.len() == 1 {
+                    self.deliver_to_master(i)?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    pub(super) fn kill(&mut self, i: usize) -> Res {
+        let conn = i as ConnId;
+        if self.rng.gen_bool(0.5) {
+            // Crash with the socket reset: the master learns at once and what was in
+            // flight is lost.
+            self.log(|| format!("conn {conn} crashes"));
+            self.mark_dead(conn);
+            self.master.handle_disconnect(conn, "reset");
+            self.drain()
+        } else {
+            // Clean exit: what it sent still arrives, then the EOF.
+            self.log(|| format!("conn {conn} exits"));
+            let p = &mut self.peers[i];
+            p.life = Life::Killed;
+            p.to_peer.clear();
+            p.to_master.push_back(None);
+            Ok(())
+        }
+    }
+
+    pub(super) fn silence(&mut self, i: usize) {
+        self.log(|| format!("conn {i} goes silent"));
+        let p = &mut self.peers[i];
+        p.life = Life::Silent;
+        p.to_peer.clear();
+        p.to_master.clear();
+    }
+
+    pub(super) fn in_flight(&self) -> bool {
+        self.peers
+            .iter()
+            .any(|p| !p.to_master.is_empty() || !p.to_peer.is_empty())
+    }
+
+    /// One random step.
+    pub(super) fn step(&mut self) -> Res {
+        let active: Vec<usize> = (0..self.peers.len())
+            .filter(|i| self.peers[*i].life == Life::Active)
+            .collect();
+        let to_master: Vec<usize> = (0..self.peers.len())
+            .filter(|i| !self.peers[*i].to_master.is_empty())
+            .collect();
+        let to_peer: Vec<usize> = (0..self.peers.len())
+            .filter(|i| !self.peers[*i].to_peer.is_empty())
+            .collect();
+        let mut actions: Vec<(u32, Action)> = vec![(10, Action::Tick)];
+        if !to_master.is_empty() {
+            actions.push((60, Action::DeliverToMaster));
+        }
+        if !to_peer.is_empty() {
+            actions.push((60, Action::DeliverToPeer));
+        }
+        if !active.is_empty() {
+            actions.extend([
+                (60, Action::PeerAct),
+                (1, Action::Kill),
+                (1, Action::Silence),
+            ]);
+        }
+        if self.peers.len() < MAX_PEERS_PER_RUN {
+            actions.push((3, Action::Spawn));
+        }
+        if !self.in_flight() {
+            actions.push((6, Action::IdleJump));
+        }
+        let total: u32 = actions.iter().map(|(w, _)| w).sum();
+        let mut roll = self.rng.gen_range(0..total);
+        let action = actions
+            .iter()
+            .find(|(w, _)| {
+                if roll < *w {
+                    true
+                } else {
+                    roll -= w;
+                    false
+                }
+            })
+            .map(|(_, a)| *a)
+            .expect("roll < total");
+        let pick = |rng: &mut ChaCha8Rng, v: &[usize]| v[rng.gen_range(0..v.len())];
+        match action {
+            Action::DeliverToMaster => {
+                let i = pick(&mut self.rng, &to_master);
+                self.deliver_to_master(i)
+            }
+            Action::DeliverToPeer => {
+                let i = pick(&mut self.rng, &to_peer);
+                self.deliver_to_peer(i)
+            }
+            Action::PeerAct => {
+                let i = pick(&mut self.rng, &active);
+                self.peer_act(i)
+            }
+            Action::Tick => self.tick(),
+            Action::Kill => {
+                let i = pick(&mut self.rng, &active);
+                self.kill(i)
+            }
+            Action::Silence => {
+                let i = pick(&mut self.rng, &active);
+                self.silence(i);
+                Ok(())
+            }
+            Action::Spawn => self.spawn(),
+            Action::IdleJump => self.idle_jump(),
+        }
+    }
+}
+
+/// A one-line rendering of a master message (topologies shortened to their ring).
+pub(super) fn short(msg: &FromMaster) -> String {
+    let ring = |t: &Topology| {
+        let mut s = String::new();
+        for e in &t.ring {
+            let _ = write!(s, "{}:g{} ", e.id, e.group);
+        }
+        format!("[{}] epochs {:?}", s.trim_end(), t.group_epochs)
+    };
+    match msg {
+        FromMaster::Propose { proposal, topology } => {
+            format!("Propose #{proposal} {}", ring(topology))
+        }
+        FromMaster::Commit { topology } => format!("Commit {}", ring(topology)),
+        other => format!("{other:?}"),
+    }
+}
