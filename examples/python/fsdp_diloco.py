@@ -6,7 +6,7 @@ computes gradients on the rank's own batch, averages them across the peer's rank
 updates the rank's own shard with AdamW. Across peers, rank k of every peer runs a pccl
 communicator in **peer group k**, so all holders of shard k sync their shard's outer
 parameters and momentum as shared state and all-reduce their shard's pseudo-gradient
-together (DESIGN.md §8).
+together (docs/ARCHITECTURE.md §8).
 
 The rule that keeps this from deadlocking: FSDP's own collectives block, so no FSDP
 collective (and no pccl op that precedes one) may start until every shard rank of every

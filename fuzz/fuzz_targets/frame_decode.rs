@@ -1,6 +1,6 @@
 //! Arbitrary bytes into every frame decoder: control messages in both directions, the
 //! data-frame header, and the control length prefix. Decoding must never panic, and what
-//! decodes must re-encode to bytes that decode to the same encoding (DESIGN §4).
+//! decodes must re-encode to bytes that decode to the same encoding (docs/PROTOCOL.md).
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;

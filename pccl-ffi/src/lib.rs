@@ -2,8 +2,8 @@
 //!
 //! An existing PCCL program compiles against `include/pccl.h` (generated from this crate
 //! by cbindgen, see `cbindgen.toml` and `tests/header.rs`) and links against `libpccl.so`
-//! or `libpccl.a` unchanged. Names, enum values and struct layouts are PCCL's, as listed
-//! in the project's PCCL_API.md; additions come as new functions, never as changed
+//! or `libpccl.a` unchanged. Names, enum values and struct layouts are PCCL's, as PCCL 1.0
+//! publishes them; additions come as new functions, never as changed
 //! layouts.
 //!
 //! Rules every exported function follows:

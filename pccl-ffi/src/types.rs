@@ -339,7 +339,7 @@ impl ccoip_socket_address_t {
 mod tests {
     use super::*;
 
-    /// The numbers of PCCL_API.md, for every enum.
+    /// PCCL 1.0's numbers, written out once more on purpose, for every enum.
     #[test]
     fn enum_numbers_are_pccl_s() {
         fn check<E: Copy + std::fmt::Debug + PartialEq>(

@@ -5,7 +5,7 @@
 //! `NETLINK_NO_ENOBUFS`. Every packet of queue Q is accepted US microseconds after it
 //! arrived; since all packets of a queue have the same delay, verdicts go out in FIFO
 //! order as one `NFQNL_MSG_VERDICT_BATCH` per queue ("accept every id up to N").
-//! WAN.md has the measurements that motivate each option.
+//! docs/WAN.md has the measurements that motivate each option.
 //!
 //! This is the only module with unsafe code besides `procs.rs`'s `kill`/`prctl`: the
 //! netlink socket calls of `libc`, each with its SAFETY line.

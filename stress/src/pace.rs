@@ -1,5 +1,5 @@
 //! The loopback fallback's bandwidth cap: `SO_MAX_PACING_RATE` on every TCP socket of this
-//! process (WAN.md: it caps one socket, even on 127.0.0.1).
+//! process (docs/WAN.md: it caps one socket, even on 127.0.0.1).
 //!
 //! pccl opens its sockets itself and has no pacing setting, so the worker sweeps its own
 //! file descriptors after every topology change and sets the option on each socket. A

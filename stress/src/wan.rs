@@ -1,4 +1,4 @@
-//! WAN emulation with network namespaces (root only; see `/work/shared/WAN.md`).
+//! WAN emulation with network namespaces (root only; see `docs/WAN.md`).
 //!
 //! One "seat" namespace per peer slot in use (`pst-s<k>`, address 10.99.k.2), each joined
 //! by a veth pair to the hub namespace `pst-hub` (10.99.k.1), which routes between them
@@ -202,7 +202,7 @@ impl Wan {
             ])?;
             sh(&["ip", "-n", &ns, "link", "set", "eth0", "up"])?;
             sh(&["ip", "-n", &ns, "route", "add", "default", "via", &g])?;
-            // WAN.md: 64 MiB socket-buffer maxima, or one flow stalls at ~0.5 Gbit/s at 50 ms.
+            // docs/WAN.md: 64 MiB socket-buffer maxima, or one flow stalls at ~0.5 Gbit/s at 50 ms.
             nsh(
                 &ns,
                 &[
@@ -484,7 +484,7 @@ impl Drop for Wan {
 }
 
 fn burst(mbit: u64) -> String {
-    // ≥ 256 KB (WAN.md), and about 2 ms of data at high rates.
+    // ≥ 256 KB (docs/WAN.md), and about 2 ms of data at high rates.
     let bytes = (mbit * 1_000_000 / 8 / 500).max(256 * 1024);
     format!("{bytes}b")
 }

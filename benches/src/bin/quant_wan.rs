@@ -6,7 +6,7 @@
 //!                               [--rate 1gbit] [--quant none,minmax:u8] [--loopback]
 //! ```
 //!
-//! Capped mode (root; `../shared/WAN.md`): one network namespace per peer, each joined by a
+//! Capped mode (root; `docs/WAN.md`): one network namespace per peer, each joined by a
 //! veth pair to a hub namespace that routes between them (10.77.<i>.2 ↔ 10.77.<i>.1), and a
 //! `tbf` qdisc (`rate`, burst 256 KB) on every peer's own veth: each peer's egress is capped.
 //! The master runs in the hub. Namespaces are deleted on every exit path (a guard).

@@ -1,4 +1,4 @@
-//! Shared-state election (DESIGN §6), as a pure function of the group's reports and its
+//! Shared-state election (docs/ARCHITECTURE.md §6), as a pure function of the group's reports and its
 //! sync history, in four steps: the revision rule, the vote, each peer's decision, and
 //! the fetch list with the holder-designation rule.
 //!

@@ -1,4 +1,4 @@
-//! The tokio driver around [`MasterState`] (CONVENTIONS C3): per-connection reader tasks
+//! The tokio driver around [`MasterState`] (docs/ARCHITECTURE.md §3): per-connection reader tasks
 //! decode frames into one inbox; a single owner task feeds the state machine and writes
 //! its outputs to per-connection writer queues. It only moves bytes.
 

@@ -1,4 +1,4 @@
-//! The master's state machine (DESIGN §3): the state, its inputs and outputs. Each kind
+//! The master's state machine (docs/ARCHITECTURE.md §3): the state, its inputs and outputs. Each kind
 //! of work lives in a child module (`membership`, `joint_call`, `proposal`, `bandwidth`,
 //! `ops`, `sync`); the phases and their allowed transitions are in `phase`.
 //!

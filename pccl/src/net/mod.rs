@@ -1,4 +1,4 @@
-//! The network seam: the only place the library opens sockets (CONVENTIONS C4).
+//! The network seam: the only place the library opens sockets (docs/ARCHITECTURE.md §2).
 //!
 //! Dialling and accepting both end in a checked handshake; frames are read with their
 //! lengths bounded before allocation.

@@ -1,4 +1,4 @@
-//! Payload quantization for the ring all-reduce (DESIGN §5), as pure functions: no
+//! Payload quantization for the ring all-reduce (docs/ARCHITECTURE.md §5), as pure functions: no
 //! sockets, no clock, no randomness.
 //!
 //! # Where it applies

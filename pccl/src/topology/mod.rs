@@ -1,4 +1,4 @@
-//! Topology optimisation (DESIGN §7): bandwidth tests between peers and the ring solver.
+//! Topology optimisation (docs/ARCHITECTURE.md §7): bandwidth tests between peers and the ring solver.
 
 pub(crate) mod bandwidth;
 pub(crate) mod solver;

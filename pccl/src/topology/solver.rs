@@ -1,4 +1,4 @@
-//! Ring order that maximises the ring's bottleneck bandwidth (DESIGN §7): an asymmetric
+//! Ring order that maximises the ring's bottleneck bandwidth (docs/ARCHITECTURE.md §7): an asymmetric
 //! bottleneck TSP. Exact (all orders with the first node fixed) up to `EXACT_MAX` nodes.
 //! Beyond that, a threshold search: a ring has bottleneck at least `t` exactly when the
 //! graph of links of at least `t` has a Hamiltonian cycle, so the solver binary-searches

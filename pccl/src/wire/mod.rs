@@ -1,4 +1,4 @@
-//! The wire format, as a pure codec: no sockets, no clock (DESIGN §4).
+//! The wire format, as a pure codec: no sockets, no clock (docs/PROTOCOL.md).
 //!
 //! Every connection opens with a [`Hello`] in each direction. Control connections then
 //! carry `u32 length | body` frames holding [`ToMaster`] / [`FromMaster`]; p2p connections

@@ -1,6 +1,6 @@
 //! `optimize_topology`: peers measure the links they have no figure for (the `Measuring`
 //! phase); then each group's ring is solved for the best bottleneck and, if that beats
-//! the current order, proposed (DESIGN §7).
+//! the current order, proposed (docs/ARCHITECTURE.md §7).
 
 use std::collections::BTreeSet;
 
@@ -11,7 +11,7 @@ use crate::types::PeerId;
 use crate::wire::FromMaster;
 
 impl MasterState {
-    /// Asks every peer to test the links to peers it has no figure for (DESIGN §7).
+    /// Asks every peer to test the links to peers it has no figure for (docs/ARCHITECTURE.md §7).
     pub(super) fn measure_missing(&mut self) {
         let ring = self.ring.clone();
         let mut waiting = BTreeSet::new();
