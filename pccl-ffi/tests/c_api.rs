@@ -5,7 +5,8 @@
 //!
 //! The master, peer and argument programs run once more under valgrind's memcheck (any
 //! invalid access or definite leak fails them) when `valgrind` is installed; set
-//! `PCCL_VALGRIND=0` to skip those runs.
+//! `PCCL_VALGRIND=0` to skip those runs. A skipped run is reported by name on stderr and
+//! in the file `PCCL_SKIP_LOG` names, if any.
 
 use std::io::{BufRead, BufReader, Write};
 use std::net::TcpListener;
@@ -245,19 +246,45 @@ fn stop_master(mut master: Proc, deadline: Instant) {
 }
 
 /// Whether the valgrind variants run: valgrind is installed and `PCCL_VALGRIND` is not 0.
-fn valgrind_available() -> bool {
-    if std::env::var_os("PCCL_VALGRIND").is_some_and(|v| v == "0") {
-        return false;
+/// When they do not, `test` is reported as skipped (see [`report_skip`]).
+fn valgrind_available(test: &str) -> bool {
+    let why = if std::env::var_os("PCCL_VALGRIND").is_some_and(|v| v == "0") {
+        "disabled by PCCL_VALGRIND=0".to_string()
+    } else {
+        match Command::new("valgrind")
+            .arg("--version")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+        {
+            Ok(s) if s.success() => return true,
+            Ok(s) => format!("`valgrind --version` failed ({s})"),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                "not installed (no `valgrind` on PATH)".to_string()
+            }
+            Err(e) => format!("cannot run valgrind: {e}"),
+        }
+    };
+    report_skip("valgrind", &why, test);
+    false
+}
+
+/// Makes a skipped check visible: a `SKIPPED:` line on stderr, written to the stream
+/// itself so the test harness does not capture it, and, when `PCCL_SKIP_LOG` names a
+/// file, the same line appended there for `scripts/test`'s final summary. Rust tests
+/// have no skipped state; without this a missing tool would look like a pass.
+fn report_skip(tool: &str, why: &str, test: &str) {
+    let line = format!("{tool}: {why} (pccl-ffi c_api::{test})");
+    let _ = writeln!(std::io::stderr(), "SKIPPED: {line}");
+    if let Some(path) = std::env::var_os("PCCL_SKIP_LOG") {
+        // One short write with O_APPEND: lines from tests running in parallel stay whole.
+        std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&path)
+            .and_then(|mut f| f.write_all(format!("{line}\n").as_bytes()))
+            .unwrap_or_else(|e| panic!("cannot append to PCCL_SKIP_LOG {path:?}: {e}"));
     }
-    let found = Command::new("valgrind")
-        .arg("--version")
-        .stdout(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success());
-    if !found {
-        eprintln!("skipped: valgrind is not installed");
-    }
-    found
 }
 
 /// A command running `exe`, under memcheck if `valgrind` (exit code 99 on any error,
@@ -330,7 +357,7 @@ fn hello_world_three_peers_fifty_steps() {
 
 #[test]
 fn hello_world_under_valgrind() {
-    if valgrind_available() {
+    if valgrind_available("hello_world_under_valgrind") {
         hello_world(3, 50, true);
     }
 }
@@ -396,7 +423,7 @@ fn async_and_multiple_with_retry_survive_a_killed_peer() {
 
 #[test]
 fn async_and_multiple_with_retry_under_valgrind() {
-    if valgrind_available() {
+    if valgrind_available("async_and_multiple_with_retry_under_valgrind") {
         async_with_a_killed_peer(true);
     }
 }
@@ -423,7 +450,7 @@ fn every_function_checks_its_arguments_as_cxx() {
 
 #[test]
 fn every_function_checks_its_arguments_under_valgrind() {
-    if valgrind_available() {
+    if valgrind_available("every_function_checks_its_arguments_under_valgrind") {
         args("args_vg", false, true);
     }
 }

@@ -47,9 +47,22 @@ def run_parallel(fns: Sequence[Callable[[], Any]], timeout: float = 30.0) -> lis
     return results
 
 
-def form_group(address: str, n: int, peer_group: int = 0, timeout: float = 30.0) -> list[pccl.Communicator]:
-    """`n` connected communicators, all accepted into the run."""
-    comms = [pccl.Communicator(address, peer_group) for _ in range(n)]
+def wait_until(pred: Callable[[], bool], what: str, timeout: float = 30.0) -> None:
+    """Polls `pred` until it holds; fails the test after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while not pred():
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out after {timeout} s waiting for {what}")
+        time.sleep(0.005)
+
+
+def form_group(address: str, n: int, peer_group: int | Sequence[int] = 0,
+               timeout: float = 30.0) -> list[pccl.Communicator]:
+    """`n` connected communicators, all accepted into the run. `peer_group` is one group
+    for all or a list with each communicator's group."""
+    groups = [peer_group] * n if isinstance(peer_group, int) else list(peer_group)
+    assert len(groups) == n
+    comms = [pccl.Communicator(address, g) for g in groups]
     comms[0].connect()
     done = [threading.Event() for _ in comms]
     done[0].set()
@@ -61,6 +74,8 @@ def form_group(address: str, n: int, peer_group: int = 0, timeout: float = 30.0)
     for i in range(1, n):
         threading.Thread(target=connect, args=(i,), daemon=True).start()
     deadline = time.monotonic() + timeout
+    # The accepted peers vote on the topology until every newcomer is in; a vote with
+    # nobody pending yet just returns, and the loop votes again.
     while not all(d.is_set() for d in done):
         if time.monotonic() > deadline:
             pytest.fail("peers were not accepted in time")
@@ -138,3 +153,14 @@ def procs():
 
 def torch_or_skip():
     return pytest.importorskip("torch")
+
+
+def cuda_or_skip(torch: Any) -> None:
+    """Skips the test unless pccl and torch can both use a CUDA device. The reason starts
+    with "CUDA:", the one optional device `pccl-py/scripts/test.sh` accepts as skipped."""
+    if not pccl.build_info()["has_cuda_support"]:
+        pytest.skip("CUDA: pccl was built without its cuda feature")
+    if not pccl.cuda.is_cuda_available():
+        pytest.skip("CUDA: no device or driver (pccl.cuda.is_cuda_available() is False)")
+    if not torch.cuda.is_available():
+        pytest.skip("CUDA: torch sees no device (torch.cuda.is_available() is False)")

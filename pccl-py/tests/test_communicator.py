@@ -153,17 +153,7 @@ def test_shared_state_numpy_and_torch(group2):
 
 
 def test_peer_groups(master):
-    addr = master.listen_address
-    comms = [pccl.Communicator(addr, peer_group=g) for g in (0, 0, 1, 1)]
-    comms[0].connect()
-    import threading, time
-    ts = [threading.Thread(target=c.connect, daemon=True) for c in comms[1:]]
-    for t in ts:
-        t.start()
-    time.sleep(0.5)
-    comms[0].update_topology()
-    for t in ts:
-        t.join(10)
+    comms = form_group(master.listen_address, 4, peer_group=[0, 0, 1, 1])
     assert comms[2].get_attribute(pccl.Attribute.GLOBAL_WORLD_SIZE) == 4
     assert comms[2].get_attribute(pccl.Attribute.LOCAL_WORLD_SIZE) == 2
     assert comms[2].get_attribute(pccl.Attribute.NUM_DISTINCT_PEER_GROUPS) == 2

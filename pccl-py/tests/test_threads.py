@@ -4,89 +4,99 @@ import signal
 import textwrap
 import threading
 import time
+from pathlib import Path
 
 import numpy as np
+import pytest
 
 import pccl
 
-from conftest import run_parallel
+from conftest import run_parallel, wait_until
 
 
-def test_other_threads_run_during_blocking_all_reduce(group2):
+def _call_threads() -> set[int]:
+    """Ids of this process's `pccl-py-call` threads: every blocking pccl call runs its work
+    on one while the calling thread waits with the GIL released (pccl-py/src/runtime.rs)."""
+    tids = set()
+    for task in Path("/proc/self/task").iterdir():
+        try:
+            if (task / "comm").read_text().strip() == "pccl-py-call":
+                tids.add(int(task.name))
+        except FileNotFoundError:  # the thread ended meanwhile
+            pass
+    return tids
+
+
+def _others_run_while_peer0_blocks(call0, call1):
+    """Peer 0 makes a joint call, which cannot return before peer 1 makes its own. Once
+    peer 0 is inside the call, a counter thread must make progress (and peer 1's thread
+    must run at all) before peer 1 joins; a call holding the GIL hangs this test."""
     counter = [0]
-    done = threading.Event()
+    stop = threading.Event()
 
     def count():
-        while not done.is_set():
+        while not stop.is_set():
             counter[0] += 1
 
-    def first():
-        x = np.ones(1000, dtype=np.float32)
-        group2[0].all_reduce(x, x, op=pccl.ReduceOp.SUM)
-        done.set()
+    before = _call_threads()
 
-    def second():
-        time.sleep(0.5)  # peer 0 blocks meanwhile; only a released GIL lets us get here
-        before = counter[0]
-        x = np.ones(1000, dtype=np.float32)
-        group2[1].all_reduce(x, x, op=pccl.ReduceOp.SUM)
-        return before
+    def peer1():
+        wait_until(lambda: _call_threads() - before, "peer 0 to enter its call")
+        start = counter[0]
+        wait_until(lambda: counter[0] - start >= 10_000,
+                   "the counter thread to run while peer 0 is blocked")
+        return call1()
 
     t = threading.Thread(target=count, daemon=True)
     t.start()
-    _, before = run_parallel([first, second], timeout=20)
-    t.join(5)
-    assert before > 10_000, f"the counter thread barely ran ({before} increments)"
+    try:
+        return run_parallel([call0, peer1], timeout=20)
+    finally:
+        stop.set()
+        t.join(5)
+
+
+def test_other_threads_run_during_blocking_all_reduce(group2):
+    xs = [np.ones(1000, dtype=np.float32) for _ in range(2)]
+    _others_run_while_peer0_blocks(
+        lambda: group2[0].all_reduce(xs[0], xs[0], op=pccl.ReduceOp.SUM),
+        lambda: group2[1].all_reduce(xs[1], xs[1], op=pccl.ReduceOp.SUM))
+    assert (xs[0] == 2).all() and (xs[1] == 2).all()
 
 
 def test_other_threads_run_during_topology_votes(group2):
-    ticks = []
-    stop = threading.Event()
-
-    def tick():
-        while not stop.is_set():
-            ticks.append(time.monotonic())
-            time.sleep(0.01)
-
-    t = threading.Thread(target=tick, daemon=True)
-    t.start()
-
-    def late():
-        time.sleep(0.3)
-        return group2[1].are_peers_pending()
-
-    start = time.monotonic()
-    run_parallel([group2[0].are_peers_pending, late], timeout=20)
-    stop.set()
-    t.join(5)
-    assert len([x for x in ticks if x > start]) >= 10
+    assert _others_run_while_peer0_blocks(group2[0].are_peers_pending,
+                                          group2[1].are_peers_pending) == [False, False]
 
 
 INTERRUPT_SCRIPT = textwrap.dedent(
     """
-    import sys, time, numpy as np, pccl
+    import sys, threading, time, numpy as np, pccl
     m = pccl.MasterNode("127.0.0.1:0"); m.run()
     a = pccl.Communicator(m.listen_address); a.connect()
+
+    def admit(b):
+        # `a` votes until `b` is in (a vote with nobody pending just returns).
+        t = threading.Thread(target=b.connect, daemon=True); t.start()
+        deadline = time.monotonic() + 30
+        while t.is_alive():
+            if time.monotonic() > deadline:
+                sys.exit("b was not admitted within 30 s")
+            a.update_topology(); t.join(0.05)
+
     what = sys.argv[1]
-    t0 = None
     try:
         if what == "connect":
             b = pccl.Communicator(m.listen_address)
             print("blocking", flush=True)
             b.connect()          # never admitted: `a` never updates the topology
         elif what == "all_reduce":
-            b = pccl.Communicator(m.listen_address)
-            import threading
-            threading.Thread(target=b.connect, daemon=True).start()
-            time.sleep(0.5); a.update_topology()
+            b = pccl.Communicator(m.listen_address); admit(b)
             x = np.ones(10)
             print("blocking", flush=True)
             a.all_reduce(x, x, op=pccl.ReduceOp.SUM)   # `b` never joins the op
         elif what == "wait":
-            b = pccl.Communicator(m.listen_address)
-            import threading
-            threading.Thread(target=b.connect, daemon=True).start()
-            time.sleep(0.5); a.update_topology()
+            b = pccl.Communicator(m.listen_address); admit(b)
             x = np.ones(10)
             h = a.all_reduce_async(x, x, op=pccl.ReduceOp.SUM)
             print("blocking", flush=True)
@@ -98,11 +108,27 @@ INTERRUPT_SCRIPT = textwrap.dedent(
 )
 
 
+def _wait_until_asleep(p):
+    """Waits until the main thread of `p` sleeps in the kernel. The script has a single
+    Python thread and prints "blocking" right before its blocking call, so from then on
+    the only place that thread sleeps is inside the call, waiting without the GIL."""
+    stat = Path(f"/proc/{p.pid}/task/{p.pid}/stat")
+
+    def asleep():
+        # The state is the field after the command name, which ends at the last ')'.
+        state = stat.read_text().rsplit(")", 1)[1].split()[0]
+        if state in "ZX":
+            pytest.fail("the script ended instead of blocking:\n" + p.stdout.read())
+        return state == "S"
+
+    wait_until(asleep, "the script to block in its call", timeout=10)
+
+
 def _interrupt(procs, what):
     p = procs.start(["-c", INTERRUPT_SCRIPT, what])
     line = p.stdout.readline()
     assert line.strip() == "blocking", line + p.stdout.read()
-    time.sleep(0.5)
+    _wait_until_asleep(p)
     sent = time.monotonic()
     p.send_signal(signal.SIGINT)
     out = p.stdout.readline()

@@ -101,34 +101,31 @@ fn multiple_with_retry_in_place_and_send_untouched() {
 
 #[test]
 fn a_peer_leaving_mid_batch_fails_its_ops_and_the_retry_succeeds() {
+    // The leaver takes part in the batch's first ops (one at a time, as the survivors run
+    // it with `max_in_flight` 1), then leaves abruptly while the survivors are mid-batch.
+    const LEAVER_OPS: u64 = 15;
+    const BATCH: u64 = 40;
     let m = master();
     let mut comms = cluster(&m, 3);
     let leaver = comms.pop().unwrap();
-    let stop = std::sync::atomic::AtomicBool::new(false);
-    let results = std::thread::scope(|s| {
+    let (done_by_leaver, results) = std::thread::scope(|s| {
         let leaving = s.spawn(|| {
-            // Takes part in the first ops, then leaves abruptly mid-batch.
-            let mut n = 0;
-            'outer: for _round in 0..4 {
-                for tag in 0..40u64 {
-                    let mut out = vec![0f32; 20000];
-                    if leaver
-                        .all_reduce(&vec![1f32; 20000], &mut out, ReduceOp::Sum, tag)
-                        .is_err()
-                    {
-                        break 'outer;
-                    }
-                    n += 1;
-                    if n == 15 {
-                        break 'outer;
-                    }
+            let mut done = 0;
+            for tag in 0..LEAVER_OPS {
+                let mut out = vec![0f32; 20000];
+                if leaver
+                    .all_reduce(&vec![1f32; 20000], &mut out, ReduceOp::Sum, tag)
+                    .is_err()
+                {
+                    break;
                 }
+                done += 1;
             }
             drop(leaver);
-            stop.store(true, std::sync::atomic::Ordering::SeqCst);
+            done
         });
         let r = on_all(&comms, |_, c| {
-            let mut ops: Vec<_> = (0..40u64)
+            let mut ops: Vec<_> = (0..BATCH)
                 .map(|tag| {
                     (
                         OwnedBuffers::new(&vec![1f32; 20000]),
@@ -142,16 +139,34 @@ fn a_peer_leaving_mid_batch_fails_its_ops_and_the_retry_succeeds() {
                 .map(|(b, _)| f32s(&b.recv))
                 .collect::<Vec<_>>()
         });
-        leaving.join().unwrap();
-        r
+        (leaving.join().unwrap(), r)
     });
-    assert!(stop.load(std::sync::atomic::Ordering::SeqCst));
+    // Nothing failed while all three were there.
+    assert_eq!(
+        done_by_leaver, LEAVER_OPS,
+        "the leaver's ops failed before it left"
+    );
     assert_eq!(results[0], results[1], "survivors differ");
-    // Early ops ran with three peers, the rest with two.
-    for op in &results[0] {
-        assert!(op.iter().all(|v| *v == op[0]) && (op[0] == 2.0 || op[0] == 3.0));
+    for (tag, op) in results[0].iter().enumerate() {
+        assert!(op.iter().all(|v| *v == op[0]), "op {tag} is not uniform");
     }
-    assert_eq!(results[0].last().unwrap()[0], 2.0);
+    // Ops run in tag order, one at a time: the leaver could finish op t + 1 only once the
+    // survivors had sent their part of it, which they do after finishing op t with all
+    // three. So every op before the leaver's last one summed three inputs; its last one
+    // three or two (the leaver may leave before the survivors received all of it, and the
+    // retry runs it again without the leaver); every later op, retried or not, two. A retry
+    // that re-ran finished ops, or dropped a failed one, breaks this.
+    let sums: Vec<f32> = results[0].iter().map(|op| op[0]).collect();
+    let with_three = sums.iter().take_while(|v| **v == 3.0).count() as u64;
+    assert!(
+        with_three == LEAVER_OPS || with_three == LEAVER_OPS - 1,
+        "expected the first {} or {LEAVER_OPS} ops with three peers: {sums:?}",
+        LEAVER_OPS - 1
+    );
+    assert!(
+        sums[with_three as usize..].iter().all(|v| *v == 2.0),
+        "after the leave every op has two peers: {sums:?}"
+    );
 }
 
 #[test]
