@@ -1,6 +1,7 @@
 //! The registry of in-flight ops: routes data frames to the op they belong to, buffers
 //! frames of ops that have not started here yet, and aborts ops when the group's
-//! membership changes.
+//! membership changes. Pure (locks and channels, no sockets): the communicator feeds it
+//! from its p2p readers and its control task, the in-memory ring tests feed it directly.
 //!
 //! An op is named by (tag, epoch, seq): the epoch of the group membership its ring was
 //! computed from, and how many verdicts this tag has had in that epoch. All members of a
