@@ -396,9 +396,9 @@ impl Communicator {
     /// exactly that revision + 1; a newcomer may present anything.
     pub fn sync_shared_state(
         &self,
-        state: &mut crate::SharedState<'_>,
-        strategy: crate::SyncStrategy,
-    ) -> Result<crate::SyncInfo> {
+        state: &mut crate::shared_state::SharedState<'_>,
+        strategy: crate::types::SyncStrategy,
+    ) -> Result<crate::types::SyncInfo> {
         no_runtime_here()?;
         state.validate()?;
         let c = self.connected()?;
@@ -422,7 +422,7 @@ impl Communicator {
                 .map_err(|_| Error::MasterConnectionFailed("control task ended".into()))?;
             Ok((plan_rx, result_rx))
         };
-        let sends = strategy != crate::SyncStrategy::ReceiveOnly;
+        let sends = strategy != crate::types::SyncStrategy::ReceiveOnly;
         c.rt.block_on(crate::shared_state::sync(&**shared, state, report, sends))
     }
 }
