@@ -39,6 +39,10 @@
 mod exchange;
 mod frames;
 mod host;
+#[cfg(test)]
+mod mem;
+#[cfg(test)]
+mod tests;
 
 use std::sync::Arc;
 use std::time::Duration;
