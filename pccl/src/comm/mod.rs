@@ -1,4 +1,10 @@
 //! The communicator: a peer's handle on the run (DESIGN §3, §5).
+//!
+//! The top layer: it owns the sockets and the runtime, and implements the seams of the
+//! layers below with them: `collectives::ring::RingHost` (p2p pools out, the registry fed
+//! by the p2p readers in, outcomes to the master) and `shared_state::SyncHost`. Files:
+//! `control.rs` is the task that talks to the master, `p2p.rs` the data connections,
+//! `multiple.rs` the batched all-reduce with retries.
 
 pub(crate) mod control;
 mod multiple;
