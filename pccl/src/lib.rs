@@ -36,6 +36,8 @@ mod collectives;
 mod comm;
 mod config;
 mod error;
+#[cfg(test)]
+mod layering;
 pub mod master;
 mod net;
 pub mod quant;

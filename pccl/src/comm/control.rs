@@ -6,15 +6,16 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::net::TcpStream;
+use tokio::net::tcp::OwnedReadHalf;
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::Instant;
 
 use super::Shared;
-use super::ops::OpKey;
+use crate::collectives::registry::OpKey;
 use crate::error::Error;
 use crate::net;
 use crate::shared_state::Plan;
-use crate::types::Topology;
+use crate::types::{PeerId, Topology};
 use crate::wire::{FailReason, FromMaster, SyncRefusal, ToMaster, VoteKind};
 
 /// The answer to a joint call.
@@ -43,128 +44,44 @@ pub(crate) async fn run(
     stream: TcpStream,
     shared: Arc<Shared>,
     mut cmds: mpsc::UnboundedReceiver<Cmd>,
-    mut accepted: Option<oneshot::Sender<Result<(), Error>>>,
+    accepted: Option<oneshot::Sender<Result<(), Error>>>,
     mut stop: watch::Receiver<bool>,
 ) {
-    let (mut rd, mut wr) = stream.into_split();
-    let (msg_tx, mut msgs) = mpsc::unbounded_channel();
-    let reader = tokio::spawn(async move {
-        loop {
-            let res = match net::read_control(&mut rd).await {
-                Ok(Some(body)) => FromMaster::decode(&body).map_err(|e| e.to_string()),
-                Ok(None) => Err("the master closed the connection".to_string()),
-                Err(e) => Err(e.to_string()),
-            };
-            let end = res.is_err();
-            if msg_tx.send(res).is_err() || end {
-                return;
-            }
-        }
-    });
-    let (ready_tx, mut ready) = mpsc::unbounded_channel::<(u64, bool)>();
-    let (bw_tx, mut bw_reports) = mpsc::unbounded_channel::<Vec<(crate::types::PeerId, u64)>>();
+    let (rd, mut wr) = stream.into_split();
+    let (reader, mut msgs) = spawn_reader(rd);
+    let (ready_tx, mut ready) = mpsc::unbounded_channel();
+    let (bw_tx, mut bw_reports) = mpsc::unbounded_channel();
     let mut heartbeat = tokio::time::interval(shared.config.heartbeat_interval);
     let mut last_heard = Instant::now();
-    let mut vote: Option<oneshot::Sender<Result<VoteAnswer, Error>>> = None;
-    let mut sync_plan: Option<oneshot::Sender<Result<Plan, Error>>> = None;
-    let mut sync_result: Option<oneshot::Sender<Result<(), String>>> = None;
+    let mut st = Control {
+        shared: shared.clone(),
+        accepted,
+        vote: None,
+        sync_plan: None,
+        sync_result: None,
+        ready_tx,
+        bw_tx,
+    };
 
     let failure = loop {
         let out = tokio::select! {
             _ = net::stopped(&mut stop) => break Error::InvalidUsage("the communicator is closed".into()),
             cmd = cmds.recv() => match cmd {
                 None => break Error::InvalidUsage("the communicator is closed".into()),
-                Some(Cmd::Vote(kind, reply)) => {
-                    if vote.is_some() {
-                        let _ = reply.send(Err(Error::InvalidUsage("a joint call is already running".into())));
-                        continue;
-                    }
-                    vote = Some(reply);
-                    ToMaster::Vote(kind)
-                }
-                Some(Cmd::Sync { report, plan, result }) => {
-                    sync_plan = Some(plan);
-                    sync_result = Some(result);
-                    report
-                }
-                Some(Cmd::SyncDone(ok)) => ToMaster::SyncDone { ok },
-                Some(Cmd::OpDone(key, failure)) => ToMaster::OpDone {
-                    tag: key.tag, epoch: key.epoch, seq: key.seq, failure,
+                Some(cmd) => match st.on_cmd(cmd) {
+                    Some(out) => out,
+                    None => continue,
                 },
             },
             Some((proposal, ok)) = ready.recv() => ToMaster::P2pReady { proposal, ok },
             Some(results) = bw_reports.recv() => ToMaster::BandwidthReport { results },
             msg = msgs.recv() => {
-                let msg = match msg {
-                    Some(Ok(m)) => m,
+                match msg {
+                    Some(Ok(m)) => st.on_master(m),
                     Some(Err(e)) => break Error::MasterConnectionFailed(e),
                     None => break Error::MasterConnectionFailed("reader ended".into()),
-                };
-                last_heard = Instant::now();
-                match msg {
-                    FromMaster::HeartbeatAck => {}
-                    FromMaster::Propose { proposal, topology } => {
-                        let shared = shared.clone();
-                        let ready_tx = ready_tx.clone();
-                        tokio::spawn(async move {
-                            let ok = dial_successor(&shared, &topology).await;
-                            let _ = ready_tx.send((proposal, ok));
-                        });
-                    }
-                    FromMaster::Commit { topology } => {
-                        shared.p2p.retain(|id| topology.contains(id));
-                        let me_in = topology.contains(shared.me);
-                        tracing::debug!(world = topology.ring.len(), "topology committed");
-                        shared.registry.set_topology(topology);
-                        if let Some(a) = accepted.take_if(|_| me_in) {
-                            let _ = a.send(Ok(()));
-                        }
-                    }
-                    FromMaster::PeersPending(p) => reply(&mut vote, Ok(VoteAnswer::PeersPending(p))),
-                    FromMaster::TopologyUpdated(Ok(())) => reply(&mut vote, Ok(VoteAnswer::TopologyUpdated)),
-                    FromMaster::TopologyUpdated(Err(why)) => reply(&mut vote, Err(Error::UpdateTopologyFailed(why))),
-                    FromMaster::VoteRejected(why) => reply(&mut vote, Err(Error::InvalidUsage(why))),
-                    FromMaster::MeasureBandwidth { targets } => {
-                        let shared = shared.clone();
-                        let bw_tx = bw_tx.clone();
-                        tokio::spawn(async move {
-                            let topology = shared.registry.topology();
-                            let mut results = Vec::with_capacity(targets.len());
-                            // One at a time, so tests of one peer do not share its uplink.
-                            for t in targets {
-                                let bps = match topology.ring.iter().find(|p| p.id == t) {
-                                    Some(entry) => crate::topology::bandwidth::measure(shared.me, entry).await,
-                                    None => 0,
-                                };
-                                results.push((t, bps));
-                            }
-                            let _ = bw_tx.send(results);
-                        });
-                    }
-                    FromMaster::SyncPlan { revision, fetch } => {
-                        if let Some(p) = sync_plan.take() {
-                            let _ = p.send(Ok(Plan { revision, fetch }));
-                        }
-                    }
-                    FromMaster::SyncRefused { kind, reason } => {
-                        let err = match kind {
-                            SyncRefusal::InvalidUsage => Error::InvalidUsage(reason),
-                            SyncRefusal::NoSharedState => Error::NoSharedStateAvailable(reason),
-                        };
-                        if let Some(p) = sync_plan.take() {
-                            let _ = p.send(Err(err));
-                        }
-                        sync_result = None;
-                    }
-                    FromMaster::SyncResult(res) => {
-                        if let Some(r) = sync_result.take() {
-                            let _ = r.send(res);
-                        }
-                    }
-                    FromMaster::OpVerdict { tag, epoch, seq, failure } => {
-                        shared.registry.verdict(OpKey { tag, epoch, seq }, failure);
-                    }
                 }
+                last_heard = Instant::now();
                 continue;
             }
             _ = heartbeat.tick() => {
@@ -186,12 +103,170 @@ pub(crate) async fn run(
     };
     tracing::info!(error = %failure, "control connection ended");
     reader.abort();
-    shared.registry.fail_all(failure.clone());
-    if let Some(v) = vote.take() {
-        let _ = v.send(Err(failure.clone()));
+    st.end(failure);
+}
+
+/// Reads and decodes the master's messages on a task of its own; the first error (or
+/// the master closing) is the last item.
+fn spawn_reader(
+    mut rd: OwnedReadHalf,
+) -> (
+    tokio::task::JoinHandle<()>,
+    mpsc::UnboundedReceiver<Result<FromMaster, String>>,
+) {
+    let (msg_tx, msgs) = mpsc::unbounded_channel();
+    let reader = tokio::spawn(async move {
+        loop {
+            let res = match net::read_control(&mut rd).await {
+                Ok(Some(body)) => FromMaster::decode(&body).map_err(|e| e.to_string()),
+                Ok(None) => Err("the master closed the connection".to_string()),
+                Err(e) => Err(e.to_string()),
+            };
+            let end = res.is_err();
+            if msg_tx.send(res).is_err() || end {
+                return;
+            }
+        }
+    });
+    (reader, msgs)
+}
+
+/// What the control task remembers between messages: who waits for which answer.
+struct Control {
+    shared: Arc<Shared>,
+    /// `connect` waits here until a committed topology includes us.
+    accepted: Option<oneshot::Sender<Result<(), Error>>>,
+    /// The joint call in flight, at most one.
+    vote: Option<oneshot::Sender<Result<VoteAnswer, Error>>>,
+    sync_plan: Option<oneshot::Sender<Result<Plan, Error>>>,
+    sync_result: Option<oneshot::Sender<Result<(), String>>>,
+    /// Background tasks (dialling a proposed successor, bandwidth tests) answer here.
+    ready_tx: mpsc::UnboundedSender<(u64, bool)>,
+    bw_tx: mpsc::UnboundedSender<Vec<(PeerId, u64)>>,
+}
+
+impl Control {
+    /// A request from an API call; returns what to send the master, if anything.
+    fn on_cmd(&mut self, cmd: Cmd) -> Option<ToMaster> {
+        Some(match cmd {
+            Cmd::Vote(kind, reply) => {
+                if self.vote.is_some() {
+                    let _ = reply.send(Err(Error::InvalidUsage(
+                        "a joint call is already running".into(),
+                    )));
+                    return None;
+                }
+                self.vote = Some(reply);
+                ToMaster::Vote(kind)
+            }
+            Cmd::Sync {
+                report,
+                plan,
+                result,
+            } => {
+                self.sync_plan = Some(plan);
+                self.sync_result = Some(result);
+                report
+            }
+            Cmd::SyncDone(ok) => ToMaster::SyncDone { ok },
+            Cmd::OpDone(key, failure) => ToMaster::OpDone {
+                tag: key.tag,
+                epoch: key.epoch,
+                seq: key.seq,
+                failure,
+            },
+        })
     }
-    if let Some(a) = accepted.take() {
-        let _ = a.send(Err(failure));
+
+    /// Applies one message from the master.
+    fn on_master(&mut self, msg: FromMaster) {
+        let shared = &self.shared;
+        match msg {
+            FromMaster::HeartbeatAck => {}
+            FromMaster::Propose { proposal, topology } => {
+                let shared = shared.clone();
+                let ready_tx = self.ready_tx.clone();
+                tokio::spawn(async move {
+                    let ok = dial_successor(&shared, &topology).await;
+                    let _ = ready_tx.send((proposal, ok));
+                });
+            }
+            FromMaster::Commit { topology } => {
+                shared.p2p.retain(|id| topology.contains(id));
+                let me_in = topology.contains(shared.me);
+                tracing::debug!(world = topology.ring.len(), "topology committed");
+                shared.registry.set_topology(topology);
+                if let Some(a) = self.accepted.take_if(|_| me_in) {
+                    let _ = a.send(Ok(()));
+                }
+            }
+            FromMaster::PeersPending(p) => reply(&mut self.vote, Ok(VoteAnswer::PeersPending(p))),
+            FromMaster::TopologyUpdated(Ok(())) => {
+                reply(&mut self.vote, Ok(VoteAnswer::TopologyUpdated))
+            }
+            FromMaster::TopologyUpdated(Err(why)) => {
+                reply(&mut self.vote, Err(Error::UpdateTopologyFailed(why)))
+            }
+            FromMaster::VoteRejected(why) => reply(&mut self.vote, Err(Error::InvalidUsage(why))),
+            FromMaster::MeasureBandwidth { targets } => {
+                let shared = shared.clone();
+                let bw_tx = self.bw_tx.clone();
+                tokio::spawn(async move {
+                    let topology = shared.registry.topology();
+                    let mut results = Vec::with_capacity(targets.len());
+                    // One at a time, so tests of one peer do not share its uplink.
+                    for t in targets {
+                        let bps = match topology.ring.iter().find(|p| p.id == t) {
+                            Some(entry) => {
+                                crate::topology::bandwidth::measure(shared.me, entry).await
+                            }
+                            None => 0,
+                        };
+                        results.push((t, bps));
+                    }
+                    let _ = bw_tx.send(results);
+                });
+            }
+            FromMaster::SyncPlan { revision, fetch } => {
+                if let Some(p) = self.sync_plan.take() {
+                    let _ = p.send(Ok(Plan { revision, fetch }));
+                }
+            }
+            FromMaster::SyncRefused { kind, reason } => {
+                let err = match kind {
+                    SyncRefusal::InvalidUsage => Error::InvalidUsage(reason),
+                    SyncRefusal::NoSharedState => Error::NoSharedStateAvailable(reason),
+                };
+                if let Some(p) = self.sync_plan.take() {
+                    let _ = p.send(Err(err));
+                }
+                self.sync_result = None;
+            }
+            FromMaster::SyncResult(res) => {
+                if let Some(r) = self.sync_result.take() {
+                    let _ = r.send(res);
+                }
+            }
+            FromMaster::OpVerdict {
+                tag,
+                epoch,
+                seq,
+                failure,
+            } => {
+                shared.registry.verdict(OpKey { tag, epoch, seq }, failure);
+            }
+        }
+    }
+
+    /// The connection is gone: every op and every waiting call fails with `failure`.
+    fn end(mut self, failure: Error) {
+        self.shared.registry.fail_all(failure.clone());
+        if let Some(v) = self.vote.take() {
+            let _ = v.send(Err(failure.clone()));
+        }
+        if let Some(a) = self.accepted.take() {
+            let _ = a.send(Err(failure));
+        }
     }
 }
 

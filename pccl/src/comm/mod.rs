@@ -1,8 +1,13 @@
 //! The communicator: a peer's handle on the run (DESIGN §3, §5).
+//!
+//! The top layer: it owns the sockets and the runtime, and implements the seams of the
+//! layers below with them: `collectives::ring::RingHost` (p2p pools out, the registry fed
+//! by the p2p readers in, outcomes to the master) and `shared_state::SyncHost`. Files:
+//! `control.rs` is the task that talks to the master, `p2p.rs` the data connections,
+//! `multiple.rs` the batched all-reduce with retries.
 
-pub(crate) mod bufpool;
 pub(crate) mod control;
-pub(crate) mod ops;
+mod multiple;
 pub(crate) mod p2p;
 
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -13,15 +18,20 @@ use tokio::io::AsyncWriteExt;
 use tokio::runtime::Runtime;
 use tokio::sync::{mpsc, oneshot, watch};
 
-use crate::collectives::Element;
-use crate::collectives::{InPlaceBuffer, ReduceBuffers, SliceBuffers, ring};
+use crate::collectives::bufpool::BufPool;
+use crate::collectives::link::Pool;
+use crate::collectives::registry::{OpKey, Registry};
+use crate::collectives::ring::{self, RingHost};
+use crate::collectives::{Element, InPlaceBuffer, ReduceBuffers, SliceBuffers};
 use crate::config::CommunicatorConfig;
 use crate::error::{Error, Result};
 use crate::net;
-use crate::types::{Attribute, PeerId, ReduceDescriptor, ReduceInfo, ReduceOp, Topology};
+use crate::shared_state::{StateDoor, SyncHost};
+use crate::types::{
+    Attribute, PeerEntry, PeerId, ReduceDescriptor, ReduceInfo, ReduceOp, Topology,
+};
 use crate::wire::{ConnectionKind, FailReason, Hello, ToMaster, VoteKind};
 use control::{Cmd, VoteAnswer};
-use ops::{OpKey, Registry};
 use p2p::P2p;
 
 /// What the tasks of a connected communicator share.
@@ -31,18 +41,64 @@ pub(crate) struct Shared {
     pub(crate) config: CommunicatorConfig,
     pub(crate) registry: Arc<Registry>,
     pub(crate) p2p: P2p,
-    pub(crate) bufs: Arc<bufpool::BufPool>,
-    pub(crate) door: Arc<crate::shared_state::StateDoor>,
+    pub(crate) bufs: Arc<BufPool>,
+    pub(crate) door: Arc<StateDoor>,
     cmds: mpsc::UnboundedSender<Cmd>,
 }
 
-impl Shared {
-    pub(crate) fn control_op_done(&self, key: OpKey, failure: Option<FailReason>) {
-        let _ = self.cmds.send(Cmd::OpDone(key, failure));
+/// Shared-state syncs: requests from other peers arrive through the p2p listener's door,
+/// the master hears of our part through the control task.
+impl SyncHost for Shared {
+    fn me(&self) -> PeerId {
+        self.me
     }
 
-    pub(crate) fn control_sync_done(&self, ok: bool) {
+    fn door(&self) -> &StateDoor {
+        &self.door
+    }
+
+    fn topology(&self) -> Arc<Topology> {
+        self.registry.topology()
+    }
+
+    fn stall(&self) -> Duration {
+        self.config.master_timeout
+    }
+
+    fn sync_done(&self, ok: bool) {
         let _ = self.cmds.send(Cmd::SyncDone(ok));
+    }
+}
+
+/// The ring runs over sockets: frames come from the p2p readers through the registry,
+/// go out through the p2p pools, and outcomes go to the master through the control task.
+impl RingHost for Shared {
+    fn me(&self) -> PeerId {
+        self.me
+    }
+
+    fn group(&self) -> u32 {
+        self.config.peer_group
+    }
+
+    fn slice_bytes(&self) -> usize {
+        self.config.slice_bytes
+    }
+
+    fn registry(&self) -> &Registry {
+        &self.registry
+    }
+
+    fn bufs(&self) -> &BufPool {
+        &self.bufs
+    }
+
+    async fn pool(&self, next: &PeerEntry) -> Result<Arc<Pool>> {
+        self.p2p.pool(next).await
+    }
+
+    fn report(&self, key: OpKey, failure: Option<FailReason>) {
+        let _ = self.cmds.send(Cmd::OpDone(key, failure));
     }
 }
 
@@ -112,7 +168,7 @@ impl Communicator {
         let config = self.config.clone();
         let me = self.me;
         let (cmd_tx, cmd_rx) = mpsc::unbounded_channel();
-        let bufs = Arc::new(bufpool::BufPool::new(config.slice_bytes));
+        let bufs = Arc::new(BufPool::new(config.slice_bytes));
         let shared = Arc::new(Shared {
             me,
             registry: Arc::new(Registry::new(config.peer_group, config.max_buffered_bytes)),
@@ -337,8 +393,6 @@ impl Communicator {
     }
 }
 
-mod multiple;
-
 impl Communicator {
     /// Joint call of the peer group: elects the most popular shared-state content among
     /// peers with a valid revision and makes every peer's tensors equal to it, moving only
@@ -348,9 +402,9 @@ impl Communicator {
     /// exactly that revision + 1; a newcomer may present anything.
     pub fn sync_shared_state(
         &self,
-        state: &mut crate::SharedState<'_>,
-        strategy: crate::SyncStrategy,
-    ) -> Result<crate::SyncInfo> {
+        state: &mut crate::shared_state::SharedState<'_>,
+        strategy: crate::types::SyncStrategy,
+    ) -> Result<crate::types::SyncInfo> {
         no_runtime_here()?;
         state.validate()?;
         let c = self.connected()?;
@@ -374,8 +428,8 @@ impl Communicator {
                 .map_err(|_| Error::MasterConnectionFailed("control task ended".into()))?;
             Ok((plan_rx, result_rx))
         };
-        let sends = strategy != crate::SyncStrategy::ReceiveOnly;
-        c.rt.block_on(crate::shared_state::sync(shared, state, report, sends))
+        let sends = strategy != crate::types::SyncStrategy::ReceiveOnly;
+        c.rt.block_on(crate::shared_state::sync(&**shared, state, report, sends))
     }
 }
 

@@ -7,14 +7,14 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use bytes::Bytes;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, watch};
 use tracing::Instrument;
 
-use super::bufpool::BufPool;
-use super::ops::Registry;
+use crate::collectives::bufpool::BufPool;
+use crate::collectives::link::{OutFrame, Pool};
+use crate::collectives::registry::Registry;
 use crate::error::Error;
 use crate::net::{self, ConnectionError};
 use crate::shared_state::StateDoor;
@@ -25,43 +25,6 @@ use crate::wire::{ConnectionKind, DATA_HEADER_LEN, DataHeader, Hello};
 const DIAL_TIMEOUT: Duration = Duration::from_secs(5);
 /// Frames queued per connection before the op waits for the socket.
 const WRITE_QUEUE: usize = 16;
-
-/// One frame to send.
-#[derive(Debug)]
-pub(crate) struct OutFrame {
-    pub(crate) header: DataHeader,
-    pub(crate) payload: Bytes,
-}
-
-/// The connections to one successor.
-#[derive(Debug)]
-pub(crate) struct Pool {
-    writers: Vec<mpsc::Sender<OutFrame>>,
-    /// Turned true when any connection fails, or to close them all.
-    closed: watch::Sender<bool>,
-}
-
-impl Pool {
-    pub(crate) fn is_closed(&self) -> bool {
-        *self.closed.borrow()
-    }
-
-    pub(crate) fn size(&self) -> usize {
-        self.writers.len()
-    }
-
-    /// Waits for room on connection `index % size`; fails if that connection is gone.
-    pub(crate) async fn reserve(
-        &self,
-        index: usize,
-    ) -> Result<mpsc::Permit<'_, OutFrame>, mpsc::error::SendError<()>> {
-        self.writers[index % self.writers.len()].reserve().await
-    }
-
-    pub(crate) fn close(&self) {
-        let _ = self.closed.send(true);
-    }
-}
 
 /// The p2p side of a communicator.
 #[derive(Debug)]
@@ -145,7 +108,7 @@ impl P2p {
             writers.push(tx);
         }
         tracing::debug!(to = %peer.id, n = writers.len(), "p2p pool open");
-        Ok(Pool { writers, closed })
+        Ok(Pool::new(writers, closed))
     }
 }
 

@@ -1,11 +1,16 @@
 //! Shared state (DESIGN §6): named tensors every peer of a group holds bit for bit, and
 //! the sync that elects the popular content and sends each peer only what differs.
+//!
+//! The sync reaches the world through the [`SyncHost`] seam (the communicator implements
+//! it): the master is talked to through the `report` closure and `SyncHost::sync_done`,
+//! and requests from other peers arrive through the [`StateDoor`].
 
 mod hash;
 mod transfer;
 
 use std::collections::HashSet;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use futures::StreamExt;
 use futures::stream::FuturesUnordered;
@@ -15,9 +20,8 @@ use tokio::sync::{mpsc, oneshot};
 pub use hash::tensor_hash;
 
 use crate::collectives::Element;
-use crate::comm::Shared;
 use crate::error::{Error, Result};
-use crate::types::{DataType, Device, SyncInfo};
+use crate::types::{DataType, Device, PeerId, SyncInfo, Topology};
 use crate::wire::Fetch;
 
 /// One named tensor of a shared state. The user owns the memory; a sync writes into it
@@ -129,6 +133,20 @@ impl StateDoor {
     }
 }
 
+/// What a sync needs from the communicator besides the master's answers.
+pub(crate) trait SyncHost {
+    /// This peer.
+    fn me(&self) -> PeerId;
+    /// Where the p2p listener hands shared-state connections.
+    fn door(&self) -> &StateDoor;
+    /// The topology now: where the holders of a tensor listen.
+    fn topology(&self) -> Arc<Topology>;
+    /// How long a transfer may stall before the next holder is tried.
+    fn stall(&self) -> Duration;
+    /// Tells the master this peer's part of the sync is done (`ok`: every fetch verified).
+    fn sync_done(&self, ok: bool);
+}
+
 /// The master's answer to our report.
 #[derive(Debug)]
 pub(crate) struct Plan {
@@ -153,15 +171,15 @@ const PARALLEL_FETCHES: usize = 8;
 
 /// Runs one sync. `report` sends our report and returns the plan and result channels.
 pub(crate) async fn sync(
-    shared: &Shared,
+    host: &impl SyncHost,
     state: &mut SharedState<'_>,
     report: impl FnOnce(
         Vec<crate::wire::TensorReport>,
     ) -> Result<(oneshot::Receiver<Result<Plan>>, ResultRx)>,
     strategy_sends: bool,
 ) -> Result<SyncInfo> {
-    let mut incoming = shared.door.open()?;
-    let _guard = DoorGuard(&shared.door);
+    let mut incoming = host.door().open()?;
+    let _guard = DoorGuard(host.door());
     let tensors = state
         .tensors
         .iter()
@@ -186,7 +204,7 @@ pub(crate) async fn sync(
     };
     let mut info = SyncInfo::default();
     let result = if plan.fetch.is_empty() {
-        shared.control_sync_done(true);
+        host.sync_done(true);
         let tensors = &state.tensors[..];
         let sent = std::sync::atomic::AtomicU64::new(0);
         let mut serving: FuturesUnordered<_> = early
@@ -208,9 +226,9 @@ pub(crate) async fn sync(
         r
     } else {
         drop(early);
-        let topology = shared.registry.topology();
-        let stall = shared.config.master_timeout;
-        let me = shared.me;
+        let topology = host.topology();
+        let stall = host.stall();
+        let me = host.me();
         let mut fetches = futures::stream::iter(state.tensors.iter_mut().filter_map(|t| {
             let f = plan.fetch.iter().find(|f| f.name == t.name)?;
             let topology = &topology;
@@ -232,7 +250,7 @@ pub(crate) async fn sync(
             }
         }
         drop(fetches);
-        shared.control_sync_done(ok);
+        host.sync_done(ok);
         loop {
             tokio::select! {
                 r = &mut result_rx => break r.map_err(|_| lost())?,

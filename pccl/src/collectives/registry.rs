@@ -1,6 +1,7 @@
 //! The registry of in-flight ops: routes data frames to the op they belong to, buffers
 //! frames of ops that have not started here yet, and aborts ops when the group's
-//! membership changes.
+//! membership changes. Pure (locks and channels, no sockets): the communicator feeds it
+//! from its p2p readers and its control task, the in-memory ring tests feed it directly.
 //!
 //! An op is named by (tag, epoch, seq): the epoch of the group membership its ring was
 //! computed from, and how many verdicts this tag has had in that epoch. All members of a
@@ -271,7 +272,9 @@ impl Registry {
                     });
                     return;
                 }
-                let len = header.len as usize;
+                // Counted as `start` and `purge` count it: by the bytes actually held (a
+                // header's `len` need not match its payload unless a socket read it).
+                let len = payload.as_ref().map_or(0, |p| p.len());
                 if g.buffered_bytes == 0 || g.buffered_bytes + len <= self.max_buffered {
                     g.buffered_bytes += len;
                     g.buffered.push(Buffered {
@@ -304,5 +307,83 @@ fn key_of(h: &DataHeader) -> OpKey {
         tag: h.tag,
         epoch: h.epoch,
         seq: h.seq,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::types::{DataType, PeerEntry, ReduceOp};
+
+    fn peer(i: u8) -> PeerId {
+        PeerId([i; 16])
+    }
+
+    fn header(epoch: u64, seq: u32) -> DataHeader {
+        DataHeader {
+            tag: 7,
+            epoch,
+            seq,
+            count: 4,
+            dtype: DataType::F32,
+            op: ReduceOp::Sum,
+            quant: None,
+            step: 0,
+            slice: 0,
+            offset: 0,
+            len: 4,
+            crc: 0,
+        }
+    }
+
+    fn frame_key(ev: OpEvent) -> (u64, u32) {
+        match ev {
+            OpEvent::Frame { header, .. } => (header.epoch, header.seq),
+            other => panic!("expected a frame, got {other:?}"),
+        }
+    }
+
+    /// Frames reach an op only with its exact (tag, epoch, seq) and from its predecessor;
+    /// a later seq's frames wait for that op; older ones are never taken.
+    #[test]
+    fn frames_are_routed_by_the_op_identity_rule() {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        rt.block_on(async {
+            let reg = Registry::new(0, 1 << 20);
+            let entry = |i| PeerEntry {
+                id: peer(i),
+                group: 0,
+                p2p_addr: "127.0.0.1:9".parse().expect("address"),
+            };
+            reg.set_topology(Topology {
+                ring: vec![entry(1), entry(2), entry(3)],
+                group_epochs: vec![(0, 5)],
+            });
+            let prev = peer(3);
+            let (key, _, mut rx) = reg.start(7, |_| Some(prev)).expect("started");
+            assert_eq!((key.epoch, key.seq), (5, 0));
+            let payload = || BytesMut::from(&[0u8; 4][..]);
+            reg.deliver(header(5, 1), payload(), prev, true).await; // next op's
+            reg.deliver(header(4, 0), payload(), prev, true).await; // an old epoch's
+            reg.deliver(header(5, 0), payload(), peer(2), true).await; // not our predecessor
+            assert!(rx.try_recv().is_err(), "only this op's frames reach it");
+            reg.deliver(header(5, 0), payload(), prev, true).await;
+            assert_eq!(frame_key(rx.try_recv().expect("delivered")), (5, 0));
+
+            reg.verdict(key, None);
+            assert!(matches!(rx.try_recv(), Ok(OpEvent::Verdict(None))));
+            reg.finish(key);
+            reg.deliver(header(5, 0), payload(), prev, true).await; // now stale
+            let (key, _, mut rx) = reg.start(7, |_| Some(prev)).expect("started");
+            assert_eq!((key.epoch, key.seq), (5, 1));
+            assert_eq!(frame_key(rx.try_recv().expect("buffered early")), (5, 1));
+            assert!(
+                rx.try_recv().is_err(),
+                "stale and foreign frames were dropped"
+            );
+        });
     }
 }

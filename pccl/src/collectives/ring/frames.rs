@@ -1,0 +1,261 @@
+//! Single frames of one ring op: making a step-0 frame from the local input, checking a
+//! received frame against the schedule, and turning a received frame into the frame sent
+//! on (reduce, store, or both) on the plain and on the quantized path.
+//!
+//! Payload buffers are moved, never copied: a received buffer is reduced in place and
+//! sent on, or stored and returned to the buffer pool.
+
+use std::collections::HashSet;
+use std::ops::Range;
+
+use bytes::BytesMut;
+
+use super::Local;
+use crate::collectives::ReduceBuffers;
+use crate::collectives::bufpool::BufPool;
+use crate::collectives::link::OutFrame;
+use crate::collectives::reduce::{finish_avg, reduce_into};
+use crate::collectives::registry::OpKey;
+use crate::collectives::schedule::{Action, Schedule};
+use crate::quant::{Codec, Scratch};
+use crate::types::{ReduceDescriptor, ReduceOp};
+use crate::wire::{DataHeader, FailReason};
+
+/// A received frame that fits the schedule: its header and the elements it carries.
+pub(super) struct Checked {
+    pub(super) header: DataHeader,
+    pub(super) range: Range<usize>,
+}
+
+/// The fixed facts of one op that every frame of it carries or is checked against.
+pub(super) struct OpFrames<'a> {
+    pub(super) key: OpKey,
+    pub(super) desc: &'a ReduceDescriptor,
+    pub(super) sched: &'a Schedule,
+    pub(super) codec: Option<Codec>,
+    /// Bytes per element of the source type.
+    size: usize,
+}
+
+impl<'a> OpFrames<'a> {
+    pub(super) fn new(key: OpKey, desc: &'a ReduceDescriptor, sched: &'a Schedule) -> Self {
+        Self {
+            key,
+            desc,
+            sched,
+            codec: Codec::new(desc),
+            size: desc.dtype.size(),
+        }
+    }
+
+    /// Payload bytes of a frame of `elems` elements.
+    fn wire_len(&self, elems: usize) -> usize {
+        self.codec.map_or(elems * self.size, |c| c.frame_len(elems))
+    }
+
+    fn header(&self, step: usize, slice: usize, range: &Range<usize>, crc: u32) -> DataHeader {
+        DataHeader {
+            tag: self.key.tag,
+            epoch: self.key.epoch,
+            seq: self.key.seq,
+            count: self.desc.count as u64,
+            dtype: self.desc.dtype,
+            op: self.desc.op,
+            quant: self.codec.map(|c| c.quantization()),
+            step: step as u16,
+            slice: slice as u32,
+            offset: (range.start * self.size) as u64,
+            len: self.wire_len(range.len()) as u32,
+            crc,
+        }
+    }
+
+    /// The step-0 frame of slice `k` of chunk `chunk`: the local input, quantized if the
+    /// op is.
+    pub(super) fn first_frame<B: ReduceBuffers>(
+        &self,
+        bufs: &B,
+        pool: &BufPool,
+        scratch: &mut Scratch,
+        chunk: usize,
+        k: usize,
+    ) -> OutFrame {
+        let range = self.sched.slice(chunk, k);
+        let src = &bufs.send()[range.start * self.size..range.end * self.size];
+        let len = self.wire_len(range.len());
+        let mut payload = pool.get(len);
+        match self.codec {
+            Some(c) => {
+                payload.resize(len, 0);
+                c.encode(src, scratch, &mut payload);
+            }
+            None => payload.extend_from_slice(src),
+        }
+        let payload = payload.freeze();
+        let crc = crc32fast::hash(&payload);
+        OutFrame {
+            header: self.header(0, k, &range, crc),
+            payload,
+        }
+    }
+
+    /// Checks a received frame against our own schedule and returns it with its element
+    /// range. A frame of another op shape, outside the schedule, or seen before is a
+    /// `Mismatch`.
+    pub(super) fn check(
+        &self,
+        h: DataHeader,
+        seen: &mut HashSet<(u16, u32)>,
+    ) -> Result<Checked, Local> {
+        let desc = self.desc;
+        let quant = self.codec.map(|c| c.quantization());
+        if h.count != desc.count as u64
+            || h.dtype != desc.dtype
+            || h.op != desc.op
+            || h.quant != quant
+        {
+            tracing::warn!(tag = h.tag, "peer called the op with different parameters");
+            return Err(Local::Fail(FailReason::Mismatch));
+        }
+        let sched = self.sched;
+        let step = h.step as usize;
+        let slice = h.slice as usize;
+        let chunk = sched.recv_chunk(step);
+        let valid = step < sched.steps() && slice < sched.slices(chunk) && {
+            let r = sched.slice(chunk, slice);
+            h.offset == (r.start * self.size) as u64 && h.len as usize == self.wire_len(r.len())
+        };
+        if !valid || !seen.insert((h.step, h.slice)) {
+            tracing::warn!(
+                tag = h.tag,
+                step,
+                slice,
+                "frame does not fit the ring schedule"
+            );
+            return Err(Local::Fail(FailReason::Mismatch));
+        }
+        Ok(Checked {
+            header: h,
+            range: sched.slice(chunk, slice),
+        })
+    }
+
+    /// Plain path: reduces or stores a checked frame's payload as the
+    /// schedule says, and returns the frame to send on, if any.
+    pub(super) fn forward_plain<B: ReduceBuffers>(
+        &self,
+        bufs: &mut B,
+        pool: &BufPool,
+        frame: &Checked,
+        mut payload: BytesMut,
+    ) -> Option<OutFrame> {
+        let (h, range) = (&frame.header, &frame.range);
+        let desc = self.desc;
+        let step = h.step as usize;
+        let bytes = range.start * self.size..range.end * self.size;
+        let action = self.sched.action(step);
+        if matches!(action, Action::ReduceForward | Action::ReduceFinal) {
+            reduce_into(
+                desc.op,
+                desc.dtype,
+                &mut payload,
+                &bufs.send()[bytes.clone()],
+            );
+        }
+        if action == Action::ReduceFinal && desc.op == ReduceOp::Avg {
+            finish_avg(desc.dtype, &mut payload, self.sched.n);
+        }
+        if action != Action::ReduceForward {
+            bufs.write(bytes.start, &payload);
+        }
+        if action == Action::Store {
+            pool.put(payload);
+            return None;
+        }
+        // Stored values travel unchanged, so their checksum does too.
+        let crc = if action == Action::StoreForward {
+            h.crc
+        } else {
+            crc32fast::hash(&payload)
+        };
+        Some(OutFrame {
+            header: self.header(step + 1, h.slice as usize, range, crc),
+            payload: payload.freeze(),
+        })
+    }
+
+    /// Quantized path: the same steps with codec `c` in between (see the module header
+    /// of `ring`): reduce hops dequantize, combine at full precision and re-quantize; the
+    /// owner keeps the decoding of the bytes it sends; store hops decode and forward the
+    /// received bytes unchanged.
+    pub(super) fn forward_quantized<B: ReduceBuffers>(
+        &self,
+        c: Codec,
+        bufs: &mut B,
+        pool: &BufPool,
+        scratch: &mut Scratch,
+        frame: &Checked,
+        payload: BytesMut,
+    ) -> Option<OutFrame> {
+        let (h, range) = (&frame.header, &frame.range);
+        let step = h.step as usize;
+        let bytes = range.start * self.size..range.end * self.size;
+        let action = self.sched.action(step);
+        let (out, crc) = match action {
+            Action::ReduceForward | Action::ReduceFinal => {
+                let len = c.frame_len(range.len());
+                let mut out = pool.get(len);
+                out.resize(len, 0);
+                let last = action == Action::ReduceFinal;
+                let avg = (last && self.desc.op == ReduceOp::Avg).then_some(self.sched.n);
+                let local = &bufs.send()[bytes.clone()];
+                c.combine(&payload, local, avg, scratch, &mut out);
+                pool.put(payload);
+                if last {
+                    // The owner's result is the dequantization of the bytes it sends.
+                    bufs.write(bytes.start, c.decode(&out, range.len(), scratch));
+                }
+                let crc = crc32fast::hash(&out);
+                (out, crc)
+            }
+            Action::StoreForward | Action::Store => {
+                bufs.write(bytes.start, c.decode(&payload, range.len(), scratch));
+                if action == Action::Store {
+                    pool.put(payload);
+                    return None;
+                }
+                (payload, h.crc)
+            }
+        };
+        Some(OutFrame {
+            header: self.header(step + 1, h.slice as usize, range, crc),
+            payload: out.freeze(),
+        })
+    }
+}
+
+/// Fewest slices a connection should carry per ring step. Spread thinner, each connection
+/// sends a burst of a slice or two per step and then idles: its congestion window never
+/// opens (slow start, and its restart after idle), and on a long-fat pipe one op over 32
+/// connections ran 10-20x slower than over 4 (BENCHMARKS.md, long-fat pipe).
+const MIN_SLICES_PER_CONNECTION: usize = 4;
+
+/// How many of the pool's connections an op uses: all of them for large ops, fewer for
+/// ops whose chunks have few slices. Chunk 0 is the largest chunk.
+pub(super) fn connections_for(pool: usize, slices_per_chunk: usize) -> usize {
+    (slices_per_chunk / MIN_SLICES_PER_CONNECTION).clamp(1, pool.max(1))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::connections_for;
+
+    #[test]
+    fn large_ops_use_the_whole_pool_small_ones_a_few_connections() {
+        assert_eq!(connections_for(32, 256), 32);
+        assert_eq!(connections_for(32, 64), 16);
+        assert_eq!(connections_for(32, 3), 1);
+        assert_eq!(connections_for(1, 1000), 1);
+        assert_eq!(connections_for(4, 0), 1);
+    }
+}

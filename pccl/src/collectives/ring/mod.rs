@@ -1,0 +1,174 @@
+//! The ring all-reduce runner (DESIGN §5).
+//!
+//! Vocabulary: the buffer is split into one *chunk* per rank; each chunk into *slices*
+//! (pipeline units, `slice_bytes` at most); each slice travels as one frame on one of the
+//! `pool_size` *connections* to the ring successor, so one large op is striped over every
+//! connection and fills a long-fat pipe. The schedule is pure (`schedule.rs`); this file
+//! only moves slices: it sends step-0 slices, and for every slice received reduces or
+//! stores it as the schedule says and sends it on.
+//!
+//! Bit parity: each chunk is reduced exactly once, along the ring, by a fixed order of
+//! ranks; its owner computes the final value (dividing once for `Avg`) and that one value
+//! is copied to everyone, the owner included. So every rank ends with the same bits.
+//!
+//! Quantization (`desc.quantization`, pure kernels in `crate::quant`): a frame's payload is
+//! then the slice's metadata followed by one code per element, not the elements themselves.
+//! The same steps, with a codec in between:
+//! * step 0: the sender quantizes its own slice;
+//! * reduce-scatter hops (`ReduceForward`): dequantize the incoming slice, combine it with
+//!   the local slice at full precision (the working type: the source type, or `f32` for
+//!   f16/bf16 sources) and re-quantize what is sent on;
+//! * the owner (`ReduceFinal`): combines likewise, divides once for `Avg`, quantizes the
+//!   final value **once**, writes the dequantization of *those bytes* as its own result and
+//!   forwards the bytes;
+//! * all-gather hops (`StoreForward`, `Store`): write the dequantization of the received
+//!   bytes and forward the bytes unchanged (same CRC).
+//!
+//! Every rank thus writes `decode(B)` for the same bytes `B` with the same pure function, so
+//! parity holds under quantization too; the owner never keeps its unquantized final value.
+//! Frames carry the quantization setting; a peer that uses another one fails the op with
+//! `Mismatch` everywhere. `ReduceInfo`'s byte counts are the payload bytes actually moved.
+//!
+//! Outcome: when a rank has all its frames it reports to the master and waits for the
+//! verdict, which is the same on every survivor. Results are committed only on success.
+//!
+//! Files: `host.rs` is the seam to the world ([`RingHost`]); this file starts an op and
+//! waits for its verdict; `exchange.rs` moves the op's frames; `frames.rs` makes, checks
+//! and forwards single frames.
+
+mod exchange;
+mod frames;
+mod host;
+#[cfg(test)]
+mod mem;
+#[cfg(test)]
+mod tests;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::mpsc;
+
+use super::ReduceBuffers;
+use super::registry::{OpEvent, OpKey};
+use super::schedule::Schedule;
+use crate::error::{Error, Result};
+use crate::types::{ReduceDescriptor, ReduceInfo, Topology};
+use crate::wire::FailReason;
+
+pub(crate) use host::RingHost;
+
+/// An op registered with the registry but not yet run.
+#[derive(Debug)]
+pub(crate) struct Started<H: RingHost> {
+    key: OpKey,
+    topology: Arc<Topology>,
+    events: mpsc::UnboundedReceiver<OpEvent>,
+    host: Arc<H>,
+}
+
+impl<H: RingHost> Drop for Started<H> {
+    fn drop(&mut self) {
+        self.host.registry().finish(self.key);
+    }
+}
+
+/// Registers op `desc.tag` (fails at once if the tag is in flight).
+pub(crate) fn start<H: RingHost>(host: &Arc<H>, desc: &ReduceDescriptor) -> Result<Started<H>> {
+    let me = host.me();
+    let group = host.group();
+    let (key, topology, events) = host.registry().start(desc.tag, |t| {
+        let ring = t.group_ring(group);
+        let pos = ring.iter().position(|p| p.id == me)?;
+        Some(ring[(pos + ring.len() - 1) % ring.len()].id)
+    })?;
+    Ok(Started {
+        key,
+        topology,
+        events,
+        host: host.clone(),
+    })
+}
+
+/// Runs a started op to its verdict.
+pub(crate) async fn run<H: RingHost, B: ReduceBuffers>(
+    mut st: Started<H>,
+    bufs: &mut B,
+    desc: ReduceDescriptor,
+) -> Result<ReduceInfo> {
+    let host = st.host.clone();
+    let ring = st.topology.group_ring(host.group());
+    let Some(rank) = ring.iter().position(|p| p.id == host.me()) else {
+        return Err(Error::InvalidUsage(
+            "this peer is not part of the run (not connected, or removed)".into(),
+        ));
+    };
+    let n = ring.len();
+    if n < 2 {
+        return Err(Error::TooFewPeers);
+    }
+    let next = ring[(rank + 1) % n].clone();
+    let slice_elems = (host.slice_bytes() / desc.dtype.size()).max(1);
+    let sched = Schedule::new(n, rank, desc.count, slice_elems);
+    let mut info = ReduceInfo {
+        local_world_size: n as u32,
+        ..ReduceInfo::default()
+    };
+
+    let local = match host.pool(&next).await {
+        Ok(pool) => exchange::exchange(&mut st, &pool, &sched, bufs, &desc, &mut info).await,
+        Err(e) => {
+            tracing::debug!(error = %e, "cannot reach the ring successor");
+            Err(Local::Fail(FailReason::PeerLost))
+        }
+    };
+    let failure = match local {
+        Ok(()) => None,
+        Err(Local::Fail(f)) => Some(f),
+        Err(Local::Abort(e)) => return Err(e),
+    };
+    host.report(st.key, failure);
+    loop {
+        match st.events.recv().await {
+            Some(OpEvent::Verdict(None)) => {
+                bufs.commit();
+                return Ok(info);
+            }
+            Some(OpEvent::Verdict(Some(f))) => {
+                if failure.is_some() && matches!(f, FailReason::PeerLost) {
+                    // The connection failed before the master noticed the death: give
+                    // it a moment so the retry runs on the new ring.
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+                return Err(verdict_error(desc.tag, f));
+            }
+            Some(OpEvent::Abort(e)) => return Err(e),
+            Some(OpEvent::Frame { .. }) => {}
+            None => return Err(Error::Internal("op registry dropped the op".into())),
+        }
+    }
+}
+
+/// Why this rank's part ended early.
+enum Local {
+    /// Report this failure to the master and wait for the verdict.
+    Fail(FailReason),
+    /// Return this error at once (the op is already decided for everyone).
+    Abort(Error),
+}
+
+fn verdict_error(tag: u64, f: FailReason) -> Error {
+    match f {
+        FailReason::PeerLost => Error::RankConnectionLost {
+            tag,
+            reason: "a peer taking part was lost".into(),
+        },
+        FailReason::Corrupt => Error::RankConnectionLost {
+            tag,
+            reason: "a peer received a corrupted frame".into(),
+        },
+        FailReason::Mismatch => Error::InvalidUsage(format!(
+            "peers called op {tag} with different counts, types, ops or quantization"
+        )),
+    }
+}

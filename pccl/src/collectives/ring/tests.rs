@@ -1,0 +1,432 @@
+//! The ring engine driven without sockets (see `mem.rs`): n = 2..=4 ranks through
+//! re-ordered, duplicate, corrupt, mismatched, stale and quantized frames and through a
+//! neighbour vanishing. Every success is checked bit for bit across ranks and against a
+//! reference computed here; every failure must reach every rank with the same error and
+//! commit nothing. Each test is bounded by `mem::HANG`.
+
+use std::sync::Arc;
+
+use super::mem::{Fault, MemRing, Options, Outcome};
+use crate::collectives::schedule::Schedule;
+use crate::error::Error;
+use crate::quant::{Codec, Scratch};
+use crate::types::{DataType, Quantization, QuantizationAlgorithm, ReduceDescriptor, ReduceOp};
+use crate::wire::FailReason;
+
+const TAG: u64 = 7;
+
+fn rt() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime")
+}
+
+/// Rank `r`'s input for op `k`: small integers, so sums in f32 are exact.
+fn input_f32(r: usize, k: usize, count: usize) -> Vec<f32> {
+    (0..count)
+        .map(|i| ((i * 7 + r * 13 + k * 5) % 31) as f32 - 15.0)
+        .collect()
+}
+
+/// Rank `r`'s input for op `k` as smooth reals, for the quantized tests.
+fn input_real(r: usize, k: usize, count: usize) -> Vec<f32> {
+    (0..count)
+        .map(|i| (i as f32 * 0.37 + r as f32 * 1.3 + k as f32).sin() * (1.0 + r as f32))
+        .collect()
+}
+
+fn bytes(v: &[f32]) -> Vec<u8> {
+    bytemuck::cast_slice(v).to_vec()
+}
+
+/// The exact result of a plain f32 op over these inputs.
+fn reference_f32(op: ReduceOp, inputs: &[Vec<f32>]) -> Vec<u8> {
+    let n = inputs.len();
+    let out: Vec<f32> = (0..inputs[0].len())
+        .map(|i| {
+            let vals = inputs.iter().map(|x| x[i]);
+            match op {
+                ReduceOp::Sum => vals.sum(),
+                ReduceOp::Avg => vals.sum::<f32>() / n as f32,
+                ReduceOp::Max => vals.fold(f32::NEG_INFINITY, f32::max),
+                ReduceOp::Min => vals.fold(f32::INFINITY, f32::min),
+                ReduceOp::Prod => vals.product(),
+            }
+        })
+        .collect();
+    bytes(&out)
+}
+
+/// What the quantized ring computes, slice by slice, with the same codec: chunk `c`
+/// starts at rank `c`, each following rank combines its input into the frame, the owner
+/// divides for `Avg`; every rank's result is the decoding of the owner's bytes.
+fn reference_quantized(desc: &ReduceDescriptor, inputs: &[Vec<u8>], slice_elems: usize) -> Vec<u8> {
+    let n = inputs.len();
+    let size = desc.dtype.size();
+    let codec = Codec::new(desc).expect("quantized");
+    let mut s = Scratch::default();
+    let sched = Schedule::new(n, 0, desc.count, slice_elems);
+    let mut out = vec![0u8; desc.count * size];
+    for c in 0..n {
+        for k in 0..sched.slices(c) {
+            let r = sched.slice(c, k);
+            let b = r.start * size..r.end * size;
+            let mut frame = vec![0u8; codec.frame_len(r.len())];
+            codec.encode(&inputs[c][b.clone()], &mut s, &mut frame);
+            for g in 0..n - 1 {
+                let rank = (c + g + 1) % n;
+                let last = g == n - 2;
+                let avg = (last && desc.op == ReduceOp::Avg).then_some(n);
+                let mut next = vec![0u8; frame.len()];
+                codec.combine(&frame, &inputs[rank][b.clone()], avg, &mut s, &mut next);
+                frame = next;
+            }
+            out[b].copy_from_slice(codec.decode(&frame, r.len(), &mut s));
+        }
+    }
+    out
+}
+
+/// Every live rank succeeded with exactly `want`.
+fn assert_parity(outcomes: &[Option<Outcome>], want: &[u8], what: &str) {
+    for (r, o) in outcomes.iter().enumerate() {
+        let (bufs, res) = o
+            .as_ref()
+            .unwrap_or_else(|| panic!("{what}: rank {r} vanished"));
+        if let Err(e) = res {
+            panic!("{what}: rank {r} failed: {e}");
+        }
+        let got = bufs.committed.as_deref().expect("a success commits");
+        assert!(
+            got == want,
+            "{what}: rank {r}'s result differs from the reference"
+        );
+    }
+}
+
+/// Every live rank failed with the same error, chosen by `ok`, and committed nothing.
+fn assert_failed(outcomes: &[Option<Outcome>], ok: impl Fn(&Error) -> bool, what: &str) {
+    let mut live = 0;
+    for (r, o) in outcomes.iter().enumerate() {
+        let Some((bufs, res)) = o else { continue };
+        live += 1;
+        match res {
+            Err(e) if ok(e) => {}
+            other => panic!("{what}: rank {r} ended with {other:?}"),
+        }
+        assert!(
+            bufs.committed.is_none(),
+            "{what}: rank {r} committed a failed op"
+        );
+    }
+    assert!(live >= 2, "{what}: fewer than two ranks took part");
+}
+
+fn lost(e: &Error) -> bool {
+    matches!(e, Error::RankConnectionLost { .. })
+}
+
+fn mismatch(e: &Error) -> bool {
+    matches!(e, Error::InvalidUsage(m) if m.contains("different counts"))
+}
+
+/// Runs `ops` plain f32 ops of one tag in a row (so the next op's frames arrive while the
+/// last verdict is delivered) and checks each.
+async fn plain_rounds(ring: &MemRing, n: usize, count: usize, ops: &[ReduceOp], what: &str) {
+    for (k, &op) in ops.iter().enumerate() {
+        let desc = ReduceDescriptor::new(count, DataType::F32, op).with_tag(TAG);
+        let inputs: Vec<Vec<f32>> = (0..n).map(|r| input_f32(r, k, count)).collect();
+        let out = ring
+            .all_reduce(&vec![desc; n], inputs.iter().map(|x| bytes(x)).collect())
+            .await;
+        assert_parity(
+            &out,
+            &reference_f32(op, &inputs),
+            &format!("{what} op {k} {op:?}"),
+        );
+    }
+}
+
+const OPS: [ReduceOp; 4] = [ReduceOp::Sum, ReduceOp::Avg, ReduceOp::Max, ReduceOp::Min];
+
+#[test]
+fn plain_ops_reach_parity_and_the_reference() {
+    rt().block_on(async {
+        for n in 2..=4 {
+            for (conns, count) in [(1, 1000), (3, 1000), (2, 5), (2, 1)] {
+                let ring = MemRing::new(Options {
+                    conns,
+                    ..Options::new(n)
+                });
+                plain_rounds(
+                    &ring,
+                    n,
+                    count,
+                    &OPS,
+                    &format!("n={n} conns={conns} count={count}"),
+                )
+                .await;
+            }
+        }
+    });
+}
+
+#[test]
+fn reordered_frames_change_nothing() {
+    let seed = 0x5eed_0001;
+    println!("seed {seed:#x}");
+    rt().block_on(async {
+        for n in 2..=4 {
+            let ring = MemRing::new(Options {
+                conns: 3,
+                shuffle: Some(seed + n as u64),
+                ..Options::new(n)
+            });
+            plain_rounds(&ring, n, 2000, &OPS, &format!("n={n} shuffled")).await;
+        }
+    });
+}
+
+/// Runs one op with a fault on rank 0's link, checks that it failed everywhere as `ok`
+/// says, then that the next op of the tag (whose frames must not be confused with the
+/// failed one's) succeeds.
+async fn fault_then_retry(n: usize, fault: Fault, ok: fn(&Error) -> bool, what: &str) {
+    let count = 600;
+    let ring = MemRing::new(Options {
+        fault: Arc::new(move |from, index, _| {
+            if from == 0 && index == 0 {
+                fault.clone()
+            } else {
+                Fault::Pass
+            }
+        }),
+        ..Options::new(n)
+    });
+    let desc = ReduceDescriptor::new(count, DataType::F32, ReduceOp::Sum).with_tag(TAG);
+    let inputs: Vec<Vec<u8>> = (0..n).map(|r| bytes(&input_f32(r, 0, count))).collect();
+    let out = ring.all_reduce(&vec![desc; n], inputs).await;
+    assert_failed(&out, ok, what);
+    plain_rounds(&ring, n, count, &[ReduceOp::Sum], &format!("{what}, retry")).await;
+}
+
+#[test]
+fn a_duplicate_frame_is_a_mismatch_everywhere() {
+    rt().block_on(async {
+        for n in 2..=4 {
+            fault_then_retry(n, Fault::Duplicate, mismatch, &format!("n={n} duplicate")).await;
+        }
+    });
+}
+
+#[test]
+fn a_corrupt_frame_fails_the_op_everywhere() {
+    rt().block_on(async {
+        for n in 2..=4 {
+            fault_then_retry(n, Fault::Corrupt, lost, &format!("n={n} corrupt")).await;
+        }
+    });
+}
+
+#[test]
+fn a_frame_that_does_not_fit_the_schedule_is_a_mismatch() {
+    let q = Quantization::new(QuantizationAlgorithm::MinMax, DataType::U8);
+    // The second argument is the number of steps: the first step out of range.
+    type Edit = fn(&mut crate::wire::DataHeader, u16);
+    let edits: [(&str, Edit); 8] = [
+        ("count", |h, _| h.count += 1),
+        ("dtype", |h, _| h.dtype = DataType::I32),
+        ("op", |h, _| h.op = ReduceOp::Max),
+        ("offset", |h, _| h.offset += 4),
+        ("len", |h, _| h.len -= 4),
+        ("step", |h, steps| h.step = steps),
+        ("slice", |h, _| h.slice = 10_000),
+        ("quantization", |_, _| {}),
+    ];
+    rt().block_on(async {
+        for n in 2..=4 {
+            for (what, edit) in edits {
+                let fault = Arc::new(
+                    move |from: usize, index: usize, h: &crate::wire::DataHeader| {
+                        if from != 0 || index != 0 {
+                            return Fault::Pass;
+                        }
+                        let mut h = *h;
+                        edit(&mut h, 2 * (n as u16 - 1));
+                        if what == "quantization" {
+                            h.quant = Some(q);
+                        }
+                        Fault::Rehead(h)
+                    },
+                );
+                let ring = MemRing::new(Options {
+                    fault,
+                    ..Options::new(n)
+                });
+                let desc = ReduceDescriptor::new(600, DataType::F32, ReduceOp::Sum).with_tag(TAG);
+                let inputs = (0..n).map(|r| bytes(&input_f32(r, 0, 600))).collect();
+                let out = ring.all_reduce(&vec![desc; n], inputs).await;
+                assert_failed(&out, mismatch, &format!("n={n} bad {what}"));
+                let failures = ring.world.failures.lock().unwrap().clone();
+                assert_eq!(
+                    failures.first(),
+                    Some(&(1, FailReason::Mismatch)),
+                    "n={n} bad {what}: rank 1 must be the first to see it"
+                );
+            }
+        }
+    });
+}
+
+#[test]
+fn ranks_that_call_an_op_differently_all_fail_with_mismatch() {
+    let q = Quantization::new(QuantizationAlgorithm::MinMax, DataType::U8);
+    let base = ReduceDescriptor::new(600, DataType::F32, ReduceOp::Sum).with_tag(TAG);
+    let others = [
+        (
+            "count",
+            ReduceDescriptor::new(601, DataType::F32, ReduceOp::Sum).with_tag(TAG),
+        ),
+        (
+            "op",
+            ReduceDescriptor::new(600, DataType::F32, ReduceOp::Max).with_tag(TAG),
+        ),
+        ("quantization", base.with_quantization(q)),
+    ];
+    rt().block_on(async {
+        for n in 2..=4 {
+            for (what, other) in others {
+                let ring = MemRing::new(Options::new(n));
+                let mut descs = vec![base; n];
+                descs[n - 1] = other;
+                let inputs = descs
+                    .iter()
+                    .enumerate()
+                    .map(|(r, d)| bytes(&input_f32(r, 0, d.count)))
+                    .collect();
+                let out = ring.all_reduce(&descs, inputs).await;
+                assert_failed(&out, mismatch, &format!("n={n} other {what}"));
+            }
+        }
+    });
+}
+
+#[test]
+fn frames_of_an_old_epoch_or_seq_are_not_taken_as_the_current_ops() {
+    rt().block_on(async {
+        for n in 2..=4 {
+            // Before every frame of seq >= 1, a copy named as the previous seq; before
+            // every frame, a copy from the previous epoch. Taken, either is a duplicate.
+            let ring = MemRing::new(Options {
+                fault: Arc::new(|_, index, h| {
+                    let mut stale = *h;
+                    if index % 2 == 0 && h.seq >= 1 {
+                        stale.seq -= 1;
+                    } else {
+                        stale.epoch -= 1;
+                    }
+                    Fault::Also(stale)
+                }),
+                ..Options::new(n)
+            });
+            assert_eq!(ring.topology().group_epoch(0), Some(1));
+            plain_rounds(&ring, n, 700, &OPS, &format!("n={n} stale copies")).await;
+        }
+    });
+}
+
+#[test]
+fn quantized_ops_reach_parity_and_the_codec_reference() {
+    let seed = 0x5eed_0002;
+    println!("seed {seed:#x}");
+    let slice_bytes = 64;
+    rt().block_on(async {
+        for n in 2..=4 {
+            for alg in [
+                QuantizationAlgorithm::MinMax,
+                QuantizationAlgorithm::ZeroPointScale,
+            ] {
+                let ring = MemRing::new(Options {
+                    slice_bytes,
+                    shuffle: Some(seed + n as u64),
+                    ..Options::new(n)
+                });
+                for (k, op) in [ReduceOp::Sum, ReduceOp::Avg, ReduceOp::Max]
+                    .into_iter()
+                    .enumerate()
+                {
+                    let count = 900;
+                    let desc = ReduceDescriptor::new(count, DataType::F32, op)
+                        .with_tag(TAG)
+                        .with_quantization(Quantization::new(alg, DataType::U8));
+                    let inputs: Vec<Vec<u8>> =
+                        (0..n).map(|r| bytes(&input_real(r, k, count))).collect();
+                    let want = reference_quantized(&desc, &inputs, slice_bytes / 4);
+                    let out = ring.all_reduce(&vec![desc; n], inputs).await;
+                    assert_parity(&out, &want, &format!("n={n} {alg:?} {op:?}"));
+                }
+            }
+        }
+    });
+}
+
+#[test]
+fn a_successor_that_is_gone_fails_the_op_with_peer_lost() {
+    rt().block_on(async {
+        for n in 2..=4 {
+            let gone = n - 1;
+            let ring = MemRing::new(Options {
+                gone: vec![gone],
+                ..Options::new(n)
+            });
+            let desc = ReduceDescriptor::new(600, DataType::F32, ReduceOp::Sum).with_tag(TAG);
+            let inputs = (0..n).map(|r| bytes(&input_f32(r, 0, 600))).collect();
+            let out = ring.all_reduce(&vec![desc; n], inputs).await;
+            assert!(out[gone].is_none());
+            if n == 2 {
+                // One survivor: it alone reports, and its verdict still ends the op.
+                let (bufs, res) = out[0].as_ref().expect("rank 0 ran");
+                assert!(matches!(res, Err(e) if lost(e)), "n=2: {res:?}");
+                assert!(bufs.committed.is_none());
+            } else {
+                assert_failed(&out, lost, &format!("n={n} successor gone"));
+            }
+            let failures = ring.world.failures.lock().unwrap().clone();
+            assert_eq!(
+                failures.first(),
+                Some(&(gone - 1, FailReason::PeerLost)),
+                "n={n}: the predecessor of the gone rank must report its link lost"
+            );
+        }
+    });
+}
+
+#[test]
+fn a_neighbour_vanishing_mid_op_ends_the_op_on_every_survivor() {
+    rt().block_on(async {
+        for n in 3..=4 {
+            for after in [0, 5, 40] {
+                let ring = MemRing::new(Options {
+                    fault: Arc::new(move |from, index, _| {
+                        if from == 1 && index == after {
+                            Fault::Vanish
+                        } else {
+                            Fault::Pass
+                        }
+                    }),
+                    ..Options::new(n)
+                });
+                let desc = ReduceDescriptor::new(2000, DataType::F32, ReduceOp::Sum).with_tag(TAG);
+                let inputs = (0..n).map(|r| bytes(&input_f32(r, 0, 2000))).collect();
+                let out = ring.all_reduce(&vec![desc; n], inputs).await;
+                assert!(out[1].is_none(), "rank 1 vanished");
+                assert_failed(
+                    &out,
+                    lost,
+                    &format!("n={n} rank 1 vanished after {after} frames"),
+                );
+            }
+        }
+    });
+}
