@@ -1,5 +1,5 @@
 //! The memory an all-reduce reads and writes. The user owns it; the op reads the send
-//! side and writes results, and nothing else (DESIGN §5: the send buffer is never modified).
+//! side and writes results, and nothing else (docs/ARCHITECTURE.md §5: the send buffer is never modified).
 
 use crate::types::DataType;
 

@@ -1,4 +1,4 @@
-//! The communicator: a peer's handle on the run (DESIGN §3, §5).
+//! The communicator: a peer's handle on the run (docs/ARCHITECTURE.md §3, §9).
 //!
 //! The top layer: it owns the sockets and the runtime, and implements the seams of the
 //! layers below with them: `collectives::ring::RingHost` (p2p pools out, the registry fed
@@ -284,7 +284,7 @@ impl Communicator {
     }
 
     /// Joint call: tests the links between peers that have not been measured yet and
-    /// re-orders the ring for the best bottleneck bandwidth (DESIGN §7). Every accepted peer
+    /// re-orders the ring for the best bottleneck bandwidth (docs/ARCHITECTURE.md §7). Every accepted peer
     /// must call it. On `TopologyOptimizationFailed` the old ring stays in use.
     pub fn optimize_topology(&self) -> Result<()> {
         if self.async_in_flight.load(Ordering::SeqCst) > 0 {

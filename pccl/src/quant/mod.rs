@@ -58,7 +58,7 @@
 //! Each hop of the reduce-scatter dequantizes the incoming slice, combines it with the
 //! local values in the working type and quantizes again; the owner quantizes the final
 //! value once, and every peer (owner included) writes the dequantization of those same
-//! bytes (see `collectives/ring.rs`). A result element therefore went through `n`
+//! bytes (see `collectives/ring/`). A result element therefore went through `n`
 //! quantizations (the first sender's, `n - 2` hops', the owner's); for `Sum` and `Max`/`Min`
 //! the error is at most the sum of those `n` per-slice bounds (each for the range of that
 //! partial result), plus the working type's accumulation error; for `Avg` the first

@@ -1,4 +1,4 @@
-//! Shared state (DESIGN §6): named tensors every peer of a group holds bit for bit, and
+//! Shared state (docs/ARCHITECTURE.md §6): named tensors every peer of a group holds bit for bit, and
 //! the sync that elects the popular content and sends each peer only what differs.
 //!
 //! The sync reaches the world through the [`SyncHost`] seam (the communicator implements

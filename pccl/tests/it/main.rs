@@ -1,4 +1,4 @@
-//! Real-TCP loopback tests, one binary (CONVENTIONS C13).
+//! Real-TCP loopback tests, one binary.
 
 mod all_reduce;
 mod bad_input;

@@ -1,4 +1,4 @@
-//! The ring all-reduce runner (DESIGN §5).
+//! The ring all-reduce runner (docs/ARCHITECTURE.md §5).
 //!
 //! Vocabulary: the buffer is split into one *chunk* per rank; each chunk into *slices*
 //! (pipeline units, `slice_bytes` at most); each slice travels as one frame on one of the

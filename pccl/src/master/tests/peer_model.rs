@@ -1,6 +1,6 @@
 //! The simulator's peer model: how a simulated peer reacts to each message of the master
 //! and what it does on its own (start ops, vote, answer proposals), following the
-//! protocol as `comm::control` and `comm::ops` do.
+//! protocol as `comm::control` and `collectives::registry` do.
 
 use rand::Rng;
 

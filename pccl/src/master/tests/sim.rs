@@ -1,6 +1,6 @@
 //! The cluster simulator: drives [`MasterState`] as the tokio server does (virtual
 //! clock, outputs drained after every input) and plays every peer with a small client
-//! model that follows the protocol as `comm::control` and `comm::ops` do. Messages
+//! model that follows the protocol as `comm::control` and `collectives::registry` do. Messages
 //! travel in per-connection FIFO queues, one per direction; a seeded RNG picks which
 //! queue moves next, so deliveries interleave across peers but never reorder on one
 //! connection. Its peers are in `peer_model`, its invariant checks in `invariants`, the
@@ -50,7 +50,7 @@ pub(super) enum Op {
     Reported(Key, bool),
 }
 
-/// Client model of one peer (see `comm::control` and `comm::ops` for the real thing).
+/// Client model of one peer (see `comm::control` and `collectives::registry` for the real thing).
 #[derive(Debug)]
 pub(super) struct SimPeer {
     pub(super) id: PeerId,
