@@ -12,7 +12,7 @@ use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tracing::Instrument;
 
-use super::state::{ConnId, MasterState, Output};
+use super::state::{ConnId, MasterState, Output, Timeouts};
 use crate::net::{self, ConnectionError};
 use crate::types::PeerId;
 use crate::wire::{ConnectionKind, FromMaster, Hello, ToMaster};
@@ -34,12 +34,12 @@ enum Input {
 /// Runs the master until `shutdown` turns true.
 pub(crate) async fn serve(
     listener: TcpListener,
-    heartbeat_timeout: Duration,
+    timeouts: Timeouts,
     mut shutdown: watch::Receiver<bool>,
 ) {
     let master_id = PeerId::random();
     let (inbox_tx, mut inbox) = mpsc::unbounded_channel::<Input>();
-    let mut state = MasterState::new(heartbeat_timeout);
+    let mut state = MasterState::with_timeouts(timeouts);
     let mut writers: HashMap<ConnId, mpsc::UnboundedSender<FromMaster>> = HashMap::new();
     let mut readers: HashMap<ConnId, JoinHandle<()>> = HashMap::new();
     let mut next_conn: ConnId = 0;

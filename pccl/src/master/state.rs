@@ -12,12 +12,17 @@
 //!   one connection must be written in the order they were produced;
 //! - sleep until `poll_timeout` (or the next input) and call `handle_timeout`.
 //!
+//! Every wait on one particular peer has a deadline (`deadlines`): a peer that misses one
+//! is evicted as if it had died. `handle_disconnect` carries no time: a deadline it arms
+//! (a death can complete a joint call) counts from the latest `now` given to the others.
+//!
 //! Peers are *registered* (waiting) or *accepted* (in the ring). Joint calls complete
 //! when every live accepted peer has asked; a dead peer leaves every vote inside the call
 //! that notices its death, and its group's epoch changes so every op it was part of fails
 //! on all survivors (they abort ops of an older epoch when the new topology arrives).
 
 mod bandwidth;
+mod deadlines;
 mod joint_call;
 mod membership;
 mod ops;
@@ -29,6 +34,7 @@ use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
 
+pub use self::deadlines::Timeouts;
 use self::ops::OpVote;
 #[cfg(test)]
 pub(crate) use self::phase::Observed;
@@ -56,6 +62,7 @@ pub enum Output {
 struct Conn {
     peer: PeerId,
     ip: IpAddr,
+    connected_at: Instant,
     last_seen: Instant,
     registered: bool,
 }
@@ -70,7 +77,9 @@ struct Peer {
 /// The master's whole state. See the module docs for the calling contract.
 #[derive(Debug)]
 pub struct MasterState {
-    heartbeat_timeout: Duration,
+    timeouts: Timeouts,
+    /// The latest `now` the driver passed in; deadlines are armed from it.
+    clock: Option<Instant>,
     conns: BTreeMap<ConnId, Conn>,
     by_peer: BTreeMap<PeerId, ConnId>,
     peers: BTreeMap<PeerId, Peer>,
@@ -100,10 +109,20 @@ pub struct MasterState {
 }
 
 impl MasterState {
-    /// A master that declares a peer dead after `heartbeat_timeout` of silence.
+    /// A master that declares a peer dead after `heartbeat_timeout` of silence, with the
+    /// default bound on every other wait.
     pub fn new(heartbeat_timeout: Duration) -> Self {
+        Self::with_timeouts(Timeouts {
+            heartbeat: heartbeat_timeout,
+            ..Timeouts::default()
+        })
+    }
+
+    /// A master that waits for one peer at most as long as `timeouts` says.
+    pub fn with_timeouts(timeouts: Timeouts) -> Self {
         Self {
-            heartbeat_timeout,
+            timeouts,
+            clock: None,
             conns: BTreeMap::new(),
             by_peer: BTreeMap::new(),
             peers: BTreeMap::new(),
@@ -180,6 +199,7 @@ impl MasterState {
 
     /// A connection completed its handshake as `peer`.
     pub fn handle_connect(&mut self, now: Instant, conn: ConnId, peer: PeerId, ip: IpAddr) {
+        self.tick(now);
         if self.by_peer.contains_key(&peer) {
             self.outputs.push_back(Output::Close(
                 conn,
@@ -193,6 +213,7 @@ impl MasterState {
             Conn {
                 peer,
                 ip,
+                connected_at: now,
                 last_seen: now,
                 registered: false,
             },
@@ -201,6 +222,7 @@ impl MasterState {
 
     /// A message arrived on `conn`.
     pub fn handle_message(&mut self, now: Instant, conn: ConnId, msg: ToMaster) {
+        self.tick(now);
         let Some(c) = self.conns.get_mut(&conn) else {
             return;
         };
@@ -238,22 +260,14 @@ impl MasterState {
         };
         self.by_peer.remove(&c.peer);
         tracing::info!(peer = %c.peer, reason, "peer disconnected");
-        self.remove_peer(c.peer);
+        self.remove_peer(c.peer, reason);
     }
 
-    /// Fires every deadline due at `now`: peers silent for the heartbeat timeout are dead.
+    /// Fires every deadline due at `now` (see `deadlines`): a connection silent for the
+    /// heartbeat timeout is dead, and a peer that missed any other wait is evicted.
     pub fn handle_timeout(&mut self, now: Instant) {
-        let expired: Vec<ConnId> = self
-            .conns
-            .iter()
-            .filter(|(_, c)| now.saturating_duration_since(c.last_seen) >= self.heartbeat_timeout)
-            .map(|(id, _)| *id)
-            .collect();
-        for conn in expired {
-            let reason = format!("no heartbeat for {:?}", self.heartbeat_timeout);
-            self.outputs.push_back(Output::Close(conn, reason.clone()));
-            self.handle_disconnect(conn, &reason);
-        }
+        self.tick(now);
+        self.fire_due(now);
     }
 
     // ---- outputs -------------------------------------------------------------------
@@ -261,10 +275,7 @@ impl MasterState {
     /// The earliest instant at which `handle_timeout` has something to do.
     #[must_use]
     pub fn poll_timeout(&self) -> Option<Instant> {
-        self.conns
-            .values()
-            .map(|c| c.last_seen + self.heartbeat_timeout)
-            .min()
+        self.deadline_table().into_iter().map(|(_, t)| t).min()
     }
 
     /// The next thing the driver must do.
@@ -301,6 +312,11 @@ impl MasterState {
     }
 
     // ---- helpers -------------------------------------------------------------------
+
+    /// Moves the clock to `now` (never back).
+    fn tick(&mut self, now: Instant) {
+        self.clock = Some(self.clock.map_or(now, |c| c.max(now)));
+    }
 
     fn bump_epoch(&mut self, group: u32) {
         self.counter += 1;
@@ -357,7 +373,6 @@ impl MasterState {
     fn violation(&mut self, conn: ConnId, what: &str) {
         let reason = format!("protocol violation: {what}");
         tracing::warn!(conn, %reason, "closing connection");
-        self.outputs.push_back(Output::Close(conn, reason.clone()));
-        self.handle_disconnect(conn, &reason);
+        self.close(conn, &reason);
     }
 }

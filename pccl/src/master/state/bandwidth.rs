@@ -2,7 +2,7 @@
 //! phase); then each group's ring is solved for the best bottleneck and, if that beats
 //! the current order, proposed (docs/ARCHITECTURE.md §7).
 
-use std::collections::BTreeSet;
+use std::collections::BTreeMap;
 
 use super::MasterState;
 use super::phase::TopologyPhase;
@@ -14,7 +14,7 @@ impl MasterState {
     /// Asks every peer to test the links to peers it has no figure for (docs/ARCHITECTURE.md §7).
     pub(super) fn measure_missing(&mut self) {
         let ring = self.ring.clone();
-        let mut waiting = BTreeSet::new();
+        let mut waiting = BTreeMap::new();
         for p in &ring {
             let group = self.peers[p].group;
             let targets: Vec<PeerId> = ring
@@ -24,7 +24,8 @@ impl MasterState {
                 .copied()
                 .collect();
             if !targets.is_empty() {
-                waiting.insert(*p);
+                let deadline = self.deadline_in(self.bandwidth_allowance(targets.len()));
+                waiting.insert(*p, deadline);
                 self.send_peer(*p, FromMaster::MeasureBandwidth { targets });
             }
         }
@@ -39,7 +40,7 @@ impl MasterState {
         let TopologyPhase::Measuring { waiting } = &mut self.topology_phase else {
             return;
         };
-        if !waiting.remove(&peer) {
+        if waiting.remove(&peer).is_none() {
             return;
         }
         let last = waiting.is_empty();

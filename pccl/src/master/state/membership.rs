@@ -1,13 +1,13 @@
 //! Membership: a registered peer waits in `pending` until a topology update accepts it
 //! into the ring (or, in an empty run, is accepted alone at once); a peer that leaves is
 //! taken out of every phase and table here, which may complete what waited only on it.
+//! A peer evicted for missing a deadline (`deadlines`) leaves by the same path.
 
 use std::net::{IpAddr, SocketAddr};
 
 use super::phase::{SyncPhase, TopologyPhase};
 use super::{ConnId, MasterState, Peer};
 use crate::types::PeerId;
-use crate::wire::FromMaster;
 
 impl MasterState {
     pub(super) fn on_register(
@@ -54,8 +54,9 @@ impl MasterState {
         self.broadcast_commit();
     }
 
-    /// Takes a dead (or expelled) peer out of everything; completes what waited only on it.
-    pub(super) fn remove_peer(&mut self, peer: PeerId) {
+    /// Takes a dead (or evicted) peer out of everything; completes what waited only on it.
+    /// `why` it left goes into the failures it causes.
+    pub(super) fn remove_peer(&mut self, peer: PeerId, why: &str) {
         let Some(rec) = self.peers.remove(&peer) else {
             return;
         };
@@ -64,17 +65,13 @@ impl MasterState {
             && self.ring.contains(&peer)
         {
             // The measurements included the dead peer: give up; the old ring stays and the
-            // call is retryable.
-            self.set_topology_phase(TopologyPhase::Idle);
-            let why = format!("peer {peer} died during the bandwidth tests");
-            for p in self.ring.clone() {
-                if p != peer {
-                    self.send_peer(p, FromMaster::TopologyUpdated(Err(why.clone())));
-                }
-            }
+            // call is retryable. (Its record is gone, so it is sent nothing.)
+            self.fail_measuring(&format!(
+                "peer {peer} left during the bandwidth tests ({why})"
+            ));
         }
         match self.syncs.get_mut(&rec.group) {
-            Some(SyncPhase::Reporting(reports)) => {
+            Some(SyncPhase::Reporting { reports, .. }) => {
                 reports.remove(&peer);
             }
             Some(SyncPhase::Transferring(t)) => {
@@ -87,9 +84,9 @@ impl MasterState {
         self.pending.retain(|p| *p != peer);
         if let TopologyPhase::Proposing(p) = &self.topology_phase {
             if p.newcomers.contains(&peer) {
-                self.abort_proposal(&format!("newcomer {peer} left"), false);
+                self.abort_proposal(&format!("newcomer {peer} left ({why})"), false);
             } else if p.topology.contains(peer) {
-                self.abort_proposal(&format!("peer {peer} died"), false);
+                self.abort_proposal(&format!("peer {peer} left ({why})"), false);
             }
         }
         if let Some(pos) = self.ring.iter().position(|p| *p == peer) {

@@ -21,7 +21,8 @@
 //! [`SYNC_TRANSITIONS`] list every change they may make, and the master's tests check
 //! each change the state machine makes against them (and that each row is reachable).
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
+use std::time::Instant;
 
 use super::proposal::Proposal;
 use super::sync::{Report, Transfer};
@@ -34,8 +35,11 @@ pub(crate) enum TopologyPhase {
     /// has voted.
     #[default]
     Idle,
-    /// An `optimize_topology` call waits for the bandwidth reports of these peers.
-    Measuring { waiting: BTreeSet<PeerId> },
+    /// An `optimize_topology` call waits for the bandwidth reports of these peers, each
+    /// by its own deadline (it scales with the links the peer tests).
+    Measuring {
+        waiting: BTreeMap<PeerId, Option<Instant>>,
+    },
     /// A ring was sent to its peers, who dial their neighbours and answer `P2pReady`.
     Proposing(Proposal),
 }
@@ -47,7 +51,11 @@ pub(crate) enum SyncPhase {
     #[default]
     Idle,
     /// Reports received so far; the election runs once every live member has reported.
-    Reporting(BTreeMap<PeerId, Report>),
+    /// Members that have not reported by `deadline` are evicted.
+    Reporting {
+        reports: BTreeMap<PeerId, Report>,
+        deadline: Option<Instant>,
+    },
     /// The elected state is being fetched; ends when every live participant is done.
     Transferring(Transfer),
 }
@@ -113,12 +121,14 @@ pub const TOPOLOGY_TRANSITIONS: &[Transition<TopologyPhaseKind>] = {
             Measuring,
             Idle,
             "the last bandwidth report arrives and the ring is already the best, or a ring \
-             member dies (the call fails, retryable)",
+             member dies or is evicted for missing its report deadline (the call fails, \
+             retryable)",
         ),
         t(
             Proposing,
             Idle,
-            "every peer of the ring is ready (commit), or one could not dial or died (abort)",
+            "every peer of the ring is ready (commit), or one could not dial, died or was \
+             evicted for missing the proposal deadline (abort)",
         ),
     ]
 };
@@ -131,17 +141,20 @@ pub const SYNC_TRANSITIONS: &[Transition<SyncPhaseKind>] = {
         t(
             Reporting,
             Transferring,
-            "every live member has reported and the election gives someone a plan",
+            "every live member has reported (the last report, or the death or eviction of \
+             the last member missing) and the election gives someone a plan",
         ),
         t(
             Reporting,
             Idle,
-            "every live member has reported and the election refuses every one of them",
+            "every live member has reported (as above) and the election refuses every one of \
+             them",
         ),
         t(
             Transferring,
             Idle,
-            "every live participant is done: one result for all",
+            "every live participant is done (the last SyncDone, or the death or eviction of \
+             the last participant missing): one result for all",
         ),
     ]
 };
@@ -167,7 +180,7 @@ impl SyncPhase {
     pub(crate) fn kind(&self) -> SyncPhaseKind {
         match self {
             Self::Idle => SyncPhaseKind::Idle,
-            Self::Reporting(_) => SyncPhaseKind::Reporting,
+            Self::Reporting { .. } => SyncPhaseKind::Reporting,
             Self::Transferring(_) => SyncPhaseKind::Transferring,
         }
     }

@@ -1,9 +1,11 @@
 //! Topology proposals: a new ring (newcomers appended, or a re-ordered one) is sent to
 //! every peer in it; each dials its new neighbour and answers `P2pReady`. All ready:
-//! the ring is committed. One failed dial or one death: the proposal is aborted and the
-//! old ring stays.
+//! the ring is committed. One failed dial, one death, or one peer silent past the
+//! proposal deadline (evicted, `deadlines`): the proposal is aborted and the old ring
+//! stays.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::time::Instant;
 
 use super::phase::TopologyPhase;
 use super::{MasterState, Output};
@@ -17,6 +19,8 @@ pub(crate) struct Proposal {
     pub(super) topology: Topology,
     pub(super) newcomers: Vec<PeerId>,
     pub(super) ready: BTreeSet<PeerId>,
+    /// Peers not ready by then are evicted.
+    pub(super) deadline: Option<Instant>,
 }
 
 impl MasterState {
@@ -69,6 +73,7 @@ impl MasterState {
             topology,
             newcomers,
             ready: BTreeSet::new(),
+            deadline: self.deadline_in(self.timeouts.proposal),
         }));
     }
 

@@ -1,16 +1,19 @@
 //! Shared-state sync rounds, one per group: members report their state (`Reporting`);
 //! once every live member has, the election (`master::election`) tells each what to
 //! fetch (`Transferring`); once every live participant is done, all get one result and
-//! a success becomes the group's sync history.
+//! a success becomes the group's sync history. Both waits have deadlines (`deadlines`):
+//! a member that has not reported some time after the first report, or a participant
+//! not done in time for its largest fetch, is evicted and the round goes on without it.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::time::Instant;
 
 use super::phase::SyncPhase;
 use super::{ConnId, MasterState};
 pub(crate) use crate::master::election::Report;
 use crate::master::election::{Decision, History, elect};
 use crate::types::{PeerId, SyncStrategy};
-use crate::wire::{FromMaster, TensorReport};
+use crate::wire::{Fetch, FromMaster, TensorReport};
 
 /// The transfer of one group's elected state.
 #[derive(Debug)]
@@ -19,6 +22,8 @@ pub(crate) struct Transfer {
     pub(super) participants: BTreeSet<PeerId>,
     pub(super) done: BTreeSet<PeerId>,
     pub(super) failed: Option<String>,
+    /// Participants not done by then are evicted.
+    pub(super) deadline: Option<Instant>,
 }
 
 impl MasterState {
@@ -34,9 +39,16 @@ impl MasterState {
             return self.violation(conn, "synced before being accepted");
         };
         if !self.syncs.contains_key(&group) {
-            self.set_sync_phase(group, SyncPhase::Reporting(BTreeMap::new()));
+            let deadline = self.deadline_in(self.timeouts.sync_report);
+            self.set_sync_phase(
+                group,
+                SyncPhase::Reporting {
+                    reports: BTreeMap::new(),
+                    deadline,
+                },
+            );
         }
-        let Some(SyncPhase::Reporting(reports)) = self.syncs.get_mut(&group) else {
+        let Some(SyncPhase::Reporting { reports, .. }) = self.syncs.get_mut(&group) else {
             return self.violation(conn, "reported twice in one shared-state sync");
         };
         if reports.contains_key(&peer) {
@@ -57,7 +69,7 @@ impl MasterState {
     /// Elects once every live member of the group has reported.
     pub(super) fn try_elect(&mut self, group: u32) {
         let members = self.group_members(group);
-        let Some(SyncPhase::Reporting(reports)) = self.syncs.get(&group) else {
+        let Some(SyncPhase::Reporting { reports, .. }) = self.syncs.get(&group) else {
             return;
         };
         if !members.iter().all(|m| reports.contains_key(m)) {
@@ -69,9 +81,12 @@ impl MasterState {
         let mut participants = BTreeSet::new();
         let mut revision = 0;
         let mut msgs = Vec::new();
+        let mut largest_fetch = 0;
         for (peer, d) in decisions {
             match d {
                 Decision::Plan { revision: r, fetch } => {
+                    let bytes = reports.get(&peer).map_or(0, |r| fetch_bytes(r, &fetch));
+                    largest_fetch = largest_fetch.max(bytes);
                     participants.insert(peer);
                     revision = r;
                     msgs.push((peer, FromMaster::SyncPlan { revision: r, fetch }));
@@ -89,6 +104,7 @@ impl MasterState {
                 participants,
                 done: BTreeSet::new(),
                 failed: None,
+                deadline: self.deadline_in(self.transfer_allowance(largest_fetch)),
             })
         };
         self.set_sync_phase(group, next);
@@ -143,4 +159,14 @@ impl MasterState {
             self.send_peer(p, FromMaster::SyncResult(result.clone()));
         }
     }
+}
+
+/// The bytes a peer fetches under `fetch`, by the sizes it reported (saturating: sizes
+/// come from the network).
+fn fetch_bytes(report: &Report, fetch: &[Fetch]) -> u64 {
+    fetch
+        .iter()
+        .filter_map(|f| report.tensors.iter().find(|t| t.name == f.name))
+        .map(|t| t.count.saturating_mul(t.dtype.size() as u64))
+        .fold(0, u64::saturating_add)
 }

@@ -58,7 +58,7 @@ fn death_during_proposal_fails_the_update_then_it_succeeds() {
     let msgs = h.take_quiet(0);
     assert!(
         msgs.contains(&FromMaster::TopologyUpdated(Err(format!(
-            "peer {} died",
+            "peer {} left (test)",
             h.ids[&1]
         )))),
         "{msgs:?}"

@@ -5,8 +5,8 @@ use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr};
 use std::time::{Duration, Instant};
 
-use super::HB_TIMEOUT;
-use crate::master::state::{ConnId, MasterState, Output};
+use super::{HB_INTERVAL, HB_TIMEOUT};
+use crate::master::state::{ConnId, MasterState, Output, Timeouts};
 use crate::types::{PeerId, Topology};
 use crate::wire::{FromMaster, ToMaster, VoteKind};
 
@@ -23,8 +23,17 @@ pub(super) struct Harness {
 
 impl Harness {
     pub(super) fn new() -> Self {
+        Self::with(MasterState::new(HB_TIMEOUT))
+    }
+
+    /// A harness whose master waits as long as `timeouts` says.
+    pub(super) fn with_timeouts(timeouts: Timeouts) -> Self {
+        Self::with(MasterState::with_timeouts(timeouts))
+    }
+
+    fn with(m: MasterState) -> Self {
         Self {
-            m: MasterState::new(HB_TIMEOUT),
+            m,
             base: Instant::now(),
             elapsed: Duration::ZERO,
             ids: BTreeMap::new(),
@@ -68,6 +77,39 @@ impl Harness {
             },
         );
         id
+    }
+
+    /// Moves the clock on to `until` (since the start) in steps of at most the heartbeat
+    /// interval; at each step the still-open connections of `live` heartbeat, then the
+    /// master's timer fires if due.
+    pub(super) fn run_until(&mut self, live: &[ConnId], until: Duration) {
+        while self.elapsed < until {
+            self.elapsed = (self.elapsed + HB_INTERVAL).min(until);
+            for c in live {
+                if !self.is_closed(*c) {
+                    self.msg(*c, ToMaster::Heartbeat);
+                }
+            }
+            if self.m.poll_timeout().is_some_and(|t| t <= self.now()) {
+                let now = self.now();
+                self.m.handle_timeout(now);
+                self.drain();
+            }
+        }
+    }
+
+    /// Whether the master has closed (or the test disconnected) `conn`.
+    pub(super) fn is_closed(&self, conn: ConnId) -> bool {
+        self.closed.iter().any(|(c, _)| *c == conn)
+    }
+
+    /// Connects `conn` as `peer` without registering.
+    pub(super) fn connect(&mut self, conn: ConnId, peer: PeerId) {
+        self.ids.insert(conn, peer);
+        let now = self.now();
+        self.m
+            .handle_connect(now, conn, peer, IpAddr::V4(Ipv4Addr::LOCALHOST));
+        self.drain();
     }
 
     pub(super) fn msg(&mut self, conn: ConnId, msg: ToMaster) {

@@ -4,7 +4,7 @@
 //!
 //! Layout: `sim` (the simulated cluster), `peer_model` (its peers), `invariants` (its
 //! checks), `property` (the seeded random runs), `harness` (the scenario driver), `admission`, `ops`, `optimize`
-//! and `phases` (scenarios).
+//! and `phases` (scenarios), `deadlines` (each bounded wait evicts a peer that misses it).
 
 use std::time::Duration;
 
@@ -24,6 +24,7 @@ macro_rules! ensure {
 }
 
 mod admission;
+mod deadlines;
 mod harness;
 mod invariants;
 mod ops;
