@@ -1,6 +1,7 @@
 //! The master's state machine (docs/ARCHITECTURE.md §3): the state, its inputs and outputs. Each kind
 //! of work lives in a child module (`membership`, `joint_call`, `proposal`, `bandwidth`,
-//! `ops`, `sync`); the phases and their allowed transitions are in `phase`.
+//! `ops`, `sync`); the phases and their allowed transitions are in `phase`; the bound on
+//! every wait for one peer is in `deadlines`.
 //!
 //! Deterministic: no sockets, no clock, no unseeded randomness — the driver passes `now`
 //! into every call and moves the messages.
