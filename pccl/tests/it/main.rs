@@ -6,6 +6,7 @@ mod churn;
 mod common;
 mod grid;
 mod handshake;
+mod hostile;
 mod quant;
 mod send_sync;
 mod shared_state;
