@@ -34,6 +34,14 @@ pub struct CommunicatorConfig {
     pub slice_bytes: usize,
     /// Bytes of frames we hold for ops that have not started here yet.
     pub max_buffered_bytes: usize,
+    /// Frames we hold for ops that have not started here yet (docs/PROTOCOL.md §4).
+    pub max_buffered_frames: usize,
+    /// How long an inbound p2p-listener connection may take to send its hello and be
+    /// identified as a peer of the run (docs/PROTOCOL.md §1.1).
+    pub handshake_timeout: Duration,
+    /// Inbound connections on the p2p listener that are not yet identified; beyond this,
+    /// new ones are closed at once.
+    pub max_pending_connections: usize,
     /// Threads of the communicator's runtime.
     pub worker_threads: usize,
     /// How many times `connect` tries to reach the master.
@@ -54,6 +62,9 @@ impl CommunicatorConfig {
             master_timeout: Duration::from_secs(5),
             slice_bytes: 1 << 20,
             max_buffered_bytes: 1 << 30,
+            max_buffered_frames: 4096,
+            handshake_timeout: Duration::from_secs(5),
+            max_pending_connections: 64,
             worker_threads: 2,
             connect_attempts: 5,
         }
@@ -74,6 +85,16 @@ impl CommunicatorConfig {
         if self.heartbeat_interval.is_zero() || self.master_timeout <= self.heartbeat_interval {
             return Err(Error::InvalidArgument(
                 "the master timeout must exceed the heartbeat interval",
+            ));
+        }
+        if self.max_buffered_frames == 0 || self.max_pending_connections == 0 {
+            return Err(Error::InvalidArgument(
+                "the early-frame and pending-connection bounds must be at least 1",
+            ));
+        }
+        if self.handshake_timeout.is_zero() {
+            return Err(Error::InvalidArgument(
+                "the handshake timeout must be positive",
             ));
         }
         if self.worker_threads == 0 {

@@ -3,6 +3,12 @@
 //! membership changes. Pure (locks and channels, no sockets): the communicator feeds it
 //! from its p2p readers and its control task, the in-memory ring tests feed it directly.
 //!
+//! Early frames (for an op not started here) are bounded in count and bytes (the reader
+//! waits for room), and dropped when they can no longer be used: when a commit moves the
+//! epoch past theirs, when a verdict passes their seq, and when the connection that brought
+//! them closes, which also ends frames for a future epoch that never comes
+//! (docs/PROTOCOL.md §4).
+//!
 //! An op is named by (tag, epoch, seq): the epoch of the group membership its ring was
 //! computed from, and how many verdicts this tag has had in that epoch. All members of a
 //! group see the same verdicts in the same order, so they agree on seq without talking.
@@ -48,11 +54,17 @@ struct Slot {
     tx: mpsc::UnboundedSender<OpEvent>,
 }
 
+/// Names the connection a frame came on, so its early frames can be dropped when it
+/// closes. `ConnId(0)` is "no connection" (the in-memory ring tests).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+pub(crate) struct ConnId(pub(crate) u64);
+
 #[derive(Debug)]
 struct Buffered {
     header: DataHeader,
     payload: BytesMut,
     from: PeerId,
+    conn: ConnId,
     crc_ok: bool,
 }
 
@@ -76,10 +88,17 @@ pub(crate) struct Registry {
     /// Signalled when buffered bytes drop, so blocked readers retry.
     space: Notify,
     max_buffered: usize,
+    max_frames: usize,
 }
 
 impl Registry {
+    #[cfg(test)]
     pub(crate) fn new(group: u32, max_buffered: usize) -> Self {
+        Self::with_frame_bound(group, max_buffered, usize::MAX)
+    }
+
+    /// Holds at most `max_buffered` bytes and `max_frames` frames for ops not started yet.
+    pub(crate) fn with_frame_bound(group: u32, max_buffered: usize, max_frames: usize) -> Self {
         Self {
             inner: Mutex::new(Inner {
                 group,
@@ -93,6 +112,7 @@ impl Registry {
             }),
             space: Notify::new(),
             max_buffered,
+            max_frames: max_frames.max(1),
         }
     }
 
@@ -170,7 +190,7 @@ impl Registry {
         let mut freed = 0;
         for b in std::mem::take(&mut g.buffered) {
             if key_of(&b.header) == key && b.from == prev {
-                freed += b.payload.len();
+                freed += b.payload.capacity();
                 let _ = tx.send(OpEvent::Frame {
                     header: b.header,
                     payload: b.payload,
@@ -236,9 +256,46 @@ impl Registry {
         self.space.notify_waiters();
     }
 
+    /// Early frames held now: (frames, bytes).
+    pub(crate) fn buffered(&self) -> (usize, usize) {
+        let g = self.lock();
+        (g.buffered.len(), g.buffered_bytes)
+    }
+
+    /// The connection `conn` closed: its frames for ops not started here are dropped.
+    pub(crate) fn drop_conn(&self, conn: ConnId) {
+        let mut g = self.lock();
+        let before = g.buffered.len();
+        g.buffered.retain(|b| b.conn != conn);
+        if g.buffered.len() == before {
+            return;
+        }
+        tracing::debug!(
+            dropped = before - g.buffered.len(),
+            "early frames of a closed connection dropped"
+        );
+        g.buffered_bytes = g.buffered.iter().map(|b| b.payload.capacity()).sum();
+        drop(g);
+        self.space.notify_waiters();
+    }
+
     /// Routes one frame from `from`, waiting while the early-frame buffer is full.
+    #[cfg(test)]
     pub(crate) async fn deliver(
         &self,
+        header: DataHeader,
+        payload: BytesMut,
+        from: PeerId,
+        crc_ok: bool,
+    ) {
+        self.deliver_on(ConnId::default(), header, payload, from, crc_ok)
+            .await
+    }
+
+    /// [`deliver`](Self::deliver) for a frame read from connection `conn`.
+    pub(crate) async fn deliver_on(
+        &self,
+        conn: ConnId,
         header: DataHeader,
         payload: BytesMut,
         from: PeerId,
@@ -272,15 +329,19 @@ impl Registry {
                     });
                     return;
                 }
-                // Counted as `start` and `purge` count it: by the bytes actually held (a
-                // header's `len` need not match its payload unless a socket read it).
-                let len = payload.as_ref().map_or(0, |p| p.len());
-                if g.buffered_bytes == 0 || g.buffered_bytes + len <= self.max_buffered {
-                    g.buffered_bytes += len;
+                // Counted as `start` and `purge` count it: by the memory actually held, a
+                // pooled buffer's whole capacity (a header's `len` need not match its
+                // payload unless a socket read it).
+                let held = payload.as_ref().map_or(0, |p| p.capacity());
+                let fits = g.buffered.len() < self.max_frames
+                    && g.buffered_bytes + held <= self.max_buffered;
+                if g.buffered.is_empty() || fits {
+                    g.buffered_bytes += held;
                     g.buffered.push(Buffered {
                         header,
                         payload: payload.take().expect("set"),
                         from,
+                        conn,
                         crc_ok,
                     });
                     return;
@@ -297,7 +358,7 @@ impl Inner {
     fn purge(&mut self, keep: impl Fn(&DataHeader) -> bool) {
         let before = self.buffered_bytes;
         self.buffered.retain(|b| keep(&b.header));
-        self.buffered_bytes = self.buffered.iter().map(|b| b.payload.len()).sum();
+        self.buffered_bytes = self.buffered.iter().map(|b| b.payload.capacity()).sum();
         debug_assert!(self.buffered_bytes <= before);
     }
 }
@@ -384,6 +445,49 @@ mod tests {
                 rx.try_recv().is_err(),
                 "stale and foreign frames were dropped"
             );
+        });
+    }
+
+    /// Early frames are bounded in count and bytes (the reader waits), and frames for an
+    /// epoch that never comes leave with the connection that brought them.
+    #[test]
+    fn early_frames_are_bounded_and_leave_with_their_connection() {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        rt.block_on(async {
+            let reg = Registry::with_frame_bound(0, 1 << 20, 3);
+            let payload = || BytesMut::from(&[0u8; 4][..]);
+            let (a, b) = (ConnId(1), ConnId(2));
+            for seq in 0..3 {
+                reg.deliver_on(a, header(99, seq), payload(), peer(1), true)
+                    .await;
+            }
+            assert_eq!(reg.buffered().0, 3);
+            let full = reg.deliver_on(b, header(99, 3), payload(), peer(1), true);
+            let waited = tokio::time::timeout(std::time::Duration::from_millis(300), full).await;
+            assert!(waited.is_err(), "a fourth frame waits for room");
+            assert_eq!(reg.buffered(), (3, 12), "bytes count what is held");
+            reg.drop_conn(b);
+            assert_eq!(reg.buffered().0, 3, "another connection's frames stay");
+            reg.drop_conn(a);
+            assert_eq!(
+                reg.buffered(),
+                (0, 0),
+                "a closed connection's frames are gone"
+            );
+
+            let big = Registry::with_frame_bound(0, 16, 100);
+            big.deliver_on(a, header(99, 0), BytesMut::with_capacity(12), peer(1), true)
+                .await;
+            let over = big.deliver_on(a, header(99, 1), BytesMut::with_capacity(8), peer(1), true);
+            let waited = tokio::time::timeout(std::time::Duration::from_millis(300), over).await;
+            assert!(
+                waited.is_err(),
+                "capacity, not length, counts against the bytes bound"
+            );
+            assert_eq!(big.buffered(), (1, 12));
         });
     }
 }

@@ -184,6 +184,7 @@ impl Control {
         match msg {
             FromMaster::HeartbeatAck => {}
             FromMaster::Propose { proposal, topology } => {
+                shared.gate.propose(Arc::new(topology.clone()));
                 let shared = shared.clone();
                 let ready_tx = self.ready_tx.clone();
                 tokio::spawn(async move {
@@ -193,6 +194,7 @@ impl Control {
             }
             FromMaster::Commit { topology } => {
                 shared.p2p.retain(|id| topology.contains(id));
+                shared.gate.commit(Arc::new(topology.clone()));
                 let me_in = topology.contains(shared.me);
                 tracing::debug!(world = topology.ring.len(), "topology committed");
                 shared.registry.set_topology(topology);
@@ -205,6 +207,7 @@ impl Control {
                 reply(&mut self.vote, Ok(VoteAnswer::TopologyUpdated))
             }
             FromMaster::TopologyUpdated(Err(why)) => {
+                shared.gate.abandon_proposal();
                 reply(&mut self.vote, Err(Error::UpdateTopologyFailed(why)))
             }
             FromMaster::VoteRejected(why) => reply(&mut self.vote, Err(Error::InvalidUsage(why))),

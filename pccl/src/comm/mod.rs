@@ -4,9 +4,11 @@
 //! layers below with them: `collectives::ring::RingHost` (p2p pools out, the registry fed
 //! by the p2p readers in, outcomes to the master) and `shared_state::SyncHost`. Files:
 //! `control.rs` is the task that talks to the master, `p2p.rs` the data connections,
-//! `multiple.rs` the batched all-reduce with retries.
+//! `gate.rs` who may use which link on our p2p listener, `multiple.rs` the batched
+//! all-reduce with retries.
 
 pub(crate) mod control;
+pub(crate) mod gate;
 mod multiple;
 pub(crate) mod p2p;
 
@@ -32,6 +34,7 @@ use crate::types::{
 };
 use crate::wire::{ConnectionKind, FailReason, Hello, ToMaster, VoteKind};
 use control::{Cmd, VoteAnswer};
+use gate::Gate;
 use p2p::P2p;
 
 /// What the tasks of a connected communicator share.
@@ -43,6 +46,8 @@ pub(crate) struct Shared {
     pub(crate) p2p: P2p,
     pub(crate) bufs: Arc<BufPool>,
     pub(crate) door: Arc<StateDoor>,
+    /// The topologies inbound connections are admitted against.
+    pub(crate) gate: Arc<Gate>,
     cmds: mpsc::UnboundedSender<Cmd>,
 }
 
@@ -171,10 +176,15 @@ impl Communicator {
         let bufs = Arc::new(BufPool::new(config.slice_bytes));
         let shared = Arc::new(Shared {
             me,
-            registry: Arc::new(Registry::new(config.peer_group, config.max_buffered_bytes)),
+            registry: Arc::new(Registry::with_frame_bound(
+                config.peer_group,
+                config.max_buffered_bytes,
+                config.max_buffered_frames,
+            )),
             p2p: P2p::new(me, config.pool_size, bufs.clone()),
             bufs,
             door: Arc::default(),
+            gate: Arc::new(Gate::new(me, config.peer_group)),
             config: config.clone(),
             cmds: cmd_tx,
         });
@@ -186,12 +196,19 @@ impl Communicator {
                 .local_addr()
                 .map_err(|e| Error::Internal(e.to_string()))?
                 .port();
+            let inbound = p2p::Inbound {
+                me,
+                gate: shared.gate.clone(),
+                registry: shared.registry.clone(),
+                bufs: shared.bufs.clone(),
+                door: shared.door.clone(),
+                handshake_timeout: config.handshake_timeout,
+                max_payload: config.slice_bytes + crate::quant::META_LEN,
+                pending: Arc::new(tokio::sync::Semaphore::new(config.max_pending_connections)),
+            };
             tokio::spawn(p2p::accept_loop(
                 listener,
-                me,
-                shared.registry.clone(),
-                shared.bufs.clone(),
-                shared.door.clone(),
+                Arc::new(inbound),
                 stop_rx.clone(),
             ));
             let mut stream = dial_master(&config, me).await?;
@@ -250,6 +267,15 @@ impl Communicator {
             return Err(e);
         }
         Ok(c)
+    }
+
+    /// Frames and bytes held for ops that have not started here yet (for tests of the
+    /// early-frame bounds; not a stable API).
+    #[doc(hidden)]
+    pub fn early_frames(&self) -> (usize, usize) {
+        self.connected
+            .get()
+            .map_or((0, 0), |c| c.shared.registry.buffered())
     }
 
     /// The topology this peer currently runs on.

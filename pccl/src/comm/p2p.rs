@@ -1,6 +1,7 @@
 //! Peer-to-peer data connections. Each peer dials `pool_size` connections to its ring
 //! successor and reads frames from the connections its predecessor dialled, so every
-//! connection carries data one way and nobody races to dial.
+//! connection carries data one way and nobody races to dial. Inbound connections of every
+//! kind pass the gate (`gate.rs`) before anything is answered or read past the hello.
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
@@ -9,12 +10,14 @@ use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, watch};
+use tokio::time::Instant;
 use tracing::Instrument;
 
+use super::gate::Gate;
 use crate::collectives::bufpool::BufPool;
 use crate::collectives::link::{OutFrame, Pool};
-use crate::collectives::registry::Registry;
+use crate::collectives::registry::{ConnId, Registry};
 use crate::error::Error;
 use crate::net::{self, ConnectionError};
 use crate::shared_state::StateDoor;
@@ -133,17 +136,30 @@ async fn dial_one(
 }
 
 async fn write_loop(
-    mut stream: TcpStream,
+    stream: TcpStream,
     mut rx: mpsc::Receiver<OutFrame>,
     closed: watch::Sender<bool>,
     bufs: Arc<BufPool>,
 ) {
+    let (mut rd, mut stream) = stream.into_split();
+    // The acceptor never writes after its hello: the read side ending means it closed the
+    // connection (it refused us, or we left its topology), so the pool is closed at once and
+    // the next op dials afresh instead of losing its first frames to a dead socket.
+    let hung_up = async move {
+        let mut byte = [0u8; 1];
+        let _ = rd.read(&mut byte).await;
+    };
+    tokio::pin!(hung_up);
     let mut closed_rx = closed.subscribe();
     let mut head = Vec::with_capacity(DATA_HEADER_LEN);
     loop {
         let frame = tokio::select! {
             f = rx.recv() => match f { Some(f) => f, None => break },
             _ = net::stopped(&mut closed_rx) => break,
+            _ = &mut hung_up => {
+                tracing::debug!("the successor closed a ring connection");
+                break;
+            }
         };
         head.clear();
         frame.header.encode(&mut head);
@@ -154,6 +170,7 @@ async fn write_loop(
         let res = tokio::select! {
             r = write => r,
             _ = net::stopped(&mut closed_rx) => break,
+            _ = &mut hung_up => break,
         };
         if let Err(e) = res {
             tracing::debug!(error = %e, "p2p write failed");
@@ -170,15 +187,30 @@ pub(crate) fn bind(ip: IpAddr, port: u16, scan: u16) -> Result<TcpListener, Erro
         .map_err(|e| Error::InvalidUsage(format!("cannot bind a p2p listener on {ip}: {e}")))
 }
 
-/// Accepts p2p connections until `stop`; each is handshaken, then read by its own task.
+/// What the listener's tasks share.
+#[derive(Debug)]
+pub(crate) struct Inbound {
+    pub(crate) me: PeerId,
+    pub(crate) gate: Arc<Gate>,
+    pub(crate) registry: Arc<Registry>,
+    pub(crate) bufs: Arc<BufPool>,
+    pub(crate) door: Arc<StateDoor>,
+    /// Bounds the hello and the identity wait of every inbound connection.
+    pub(crate) handshake_timeout: Duration,
+    /// Largest data frame payload a predecessor sends: our slice plus quantization metadata.
+    pub(crate) max_payload: usize,
+    /// One permit per connection that is not identified yet.
+    pub(crate) pending: Arc<Semaphore>,
+}
+
+/// Accepts p2p connections until `stop`; each is identified and admitted by the gate
+/// (docs/PROTOCOL.md §1.2), then served by its own task.
 pub(crate) async fn accept_loop(
     listener: TcpListener,
-    me: PeerId,
-    registry: Arc<Registry>,
-    bufs: Arc<BufPool>,
-    door: Arc<StateDoor>,
+    inbound: Arc<Inbound>,
     mut stop: watch::Receiver<bool>,
 ) {
+    let mut next_conn = 0u64;
     loop {
         let (stream, addr) = tokio::select! {
             a = listener.accept() => match a {
@@ -191,16 +223,21 @@ pub(crate) async fn accept_loop(
             },
             _ = net::stopped(&mut stop) => return,
         };
-        let registry = registry.clone();
-        let bufs = bufs.clone();
-        let door = door.clone();
+        let Ok(permit) = inbound.pending.clone().try_acquire_owned() else {
+            tracing::warn!(%addr, "too many unidentified p2p connections, closed at once");
+            continue;
+        };
+        next_conn += 1;
+        let conn = ConnId(next_conn);
+        let inbound = inbound.clone();
         let stop = stop.clone();
         let span = tracing::debug_span!("p2p-reader", %addr);
         tokio::spawn(
             async move {
-                if let Err(e) = serve_inbound(stream, me, registry, bufs, &door, stop).await {
+                if let Err(e) = serve_inbound(stream, addr, conn, permit, &inbound, stop).await {
                     tracing::warn!(error = %e, "p2p connection dropped");
                 }
+                inbound.registry.drop_conn(conn);
             }
             .instrument(span),
         );
@@ -209,46 +246,60 @@ pub(crate) async fn accept_loop(
 
 async fn serve_inbound(
     mut stream: TcpStream,
-    me: PeerId,
-    registry: Arc<Registry>,
-    bufs: Arc<BufPool>,
-    door: &StateDoor,
+    addr: SocketAddr,
+    conn: ConnId,
+    permit: OwnedSemaphorePermit,
+    inbound: &Inbound,
     mut stop: watch::Receiver<bool>,
 ) -> Result<(), ConnectionError> {
     net::socket::tune(&stream, net::USER_TIMEOUT)?;
-    let hello = net::accept_hello(&mut stream, DIAL_TIMEOUT).await?;
-    if hello.kind == ConnectionKind::Control {
-        return Err(ConnectionError::Handshake(format!(
-            "unexpected connection kind {:?}",
-            hello.kind
-        )));
-    }
-    let ours = Hello {
-        kind: hello.kind,
-        peer: me,
-    };
-    stream.write_all(&ours.encode()).await?;
-    if hello.kind == ConnectionKind::Benchmark {
-        return crate::topology::bandwidth::sink(stream).await;
-    }
-    if hello.kind == ConnectionKind::SharedState {
-        if !door.hand(stream) {
-            tracing::debug!(from = %hello.peer, "shared-state request outside a sync, closed");
-        }
+    let deadline = Instant::now() + inbound.handshake_timeout;
+    let hello = net::accept_hello(&mut stream, inbound.handshake_timeout).await?;
+    let from = hello.peer;
+    if let Err(why) = inbound
+        .gate
+        .admit(from, hello.kind, addr.ip(), deadline)
+        .await
+    {
+        // Nothing was answered or read beyond the hello: a refused dialler learns nothing.
+        tracing::warn!(claimed = %from, kind = ?hello.kind, %addr, why, "p2p connection refused");
         return Ok(());
     }
-    let from = hello.peer;
-    tokio::select! {
-        r = read_loop(&mut stream, from, &registry, &bufs) => r,
-        _ = net::stopped(&mut stop) => Ok(()),
+    drop(permit);
+    let ours = Hello {
+        kind: hello.kind,
+        peer: inbound.me,
+    };
+    stream.write_all(&ours.encode()).await?;
+    match hello.kind {
+        ConnectionKind::Benchmark => crate::topology::bandwidth::sink(stream).await,
+        ConnectionKind::SharedState => {
+            if !inbound.door.hand(stream) {
+                tracing::debug!(%from, "shared-state request outside a sync, closed");
+            }
+            Ok(())
+        }
+        _ => {
+            // An idle ring connection stays open while its peer is in the run; once the
+            // peer leaves the topology it is closed (its early frames go with it).
+            let mut known = inbound.gate.watch();
+            tokio::select! {
+                r = read_loop(&mut stream, from, conn, inbound) => r,
+                _ = net::stopped(&mut stop) => Ok(()),
+                _ = known.wait_for(|k| !k.contains(from)) => {
+                    tracing::debug!(%from, "ring connection of a peer that left, closed");
+                    Ok(())
+                }
+            }
+        }
     }
 }
 
 async fn read_loop(
     stream: &mut TcpStream,
     from: PeerId,
-    registry: &Registry,
-    bufs: &BufPool,
+    conn: ConnId,
+    inbound: &Inbound,
 ) -> Result<(), ConnectionError> {
     let mut head = [0u8; DATA_HEADER_LEN];
     loop {
@@ -259,7 +310,12 @@ async fn read_loop(
         }
         let header = DataHeader::decode(&head)?;
         let len = header.len as usize;
-        let mut payload = bufs.get(len);
+        if len > inbound.max_payload {
+            return Err(ConnectionError::Handshake(format!(
+                "a {len}-byte frame is larger than our slice size allows"
+            )));
+        }
+        let mut payload = inbound.bufs.get(len);
         while payload.len() < len {
             let n = (&mut *stream)
                 .take((len - payload.len()) as u64)
@@ -273,6 +329,9 @@ async fn read_loop(
         if !crc_ok {
             tracing::warn!(%from, tag = header.tag, "payload checksum mismatch");
         }
-        registry.deliver(header, payload, from, crc_ok).await;
+        inbound
+            .registry
+            .deliver_on(conn, header, payload, from, crc_ok)
+            .await;
     }
 }

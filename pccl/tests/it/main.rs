@@ -6,6 +6,7 @@ mod churn;
 mod common;
 mod grid;
 mod handshake;
+mod hostile;
 mod master_deadlines;
 mod quant;
 mod send_sync;

@@ -1,0 +1,374 @@
+//! Attacks on a peer's p2p listener from raw sockets (docs/PROTOCOL.md §1.2): idle and
+//! unidentified connections are closed in bounded time, strangers and peers on the wrong
+//! link are refused before their hello is answered or any payload read, early frames leave
+//! with their connection, and the run's all-reduces stay exact and bit-identical.
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::time::{Duration, Instant};
+
+use pccl::wire::{ConnectionKind, DATA_HEADER_LEN, DataHeader, HELLO_LEN, Hello, StateRequest};
+use pccl::{
+    Communicator, CommunicatorConfig, DataType, PeerId, ReduceOp, SharedState, SyncStrategy,
+    TensorInfo,
+};
+
+use crate::common::{cluster_with, config, master, on_all};
+
+const HANDSHAKE: Duration = Duration::from_secs(2);
+
+fn hardened(m: &pccl::MasterNode) -> CommunicatorConfig {
+    let mut c = config(m.local_addr());
+    c.handshake_timeout = HANDSHAKE;
+    c
+}
+
+fn hello(kind: ConnectionKind, peer: PeerId) -> [u8; HELLO_LEN] {
+    Hello { kind, peer }.encode()
+}
+
+/// Reads `s` until the listener closes it (failing after `limit`); returns the bytes it sent.
+fn drain_until_closed(s: &mut TcpStream, limit: Duration) -> usize {
+    s.set_read_timeout(Some(Duration::from_millis(100)))
+        .unwrap();
+    let end = Instant::now() + limit;
+    let mut got = 0;
+    let mut buf = [0u8; 4096];
+    loop {
+        match s.read(&mut buf) {
+            Ok(0) => return got,
+            Ok(n) => got += n,
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::ConnectionReset | std::io::ErrorKind::BrokenPipe
+                ) =>
+            {
+                return got;
+            }
+            Err(_) => {}
+        }
+        assert!(
+            Instant::now() < end,
+            "the listener kept the connection open"
+        );
+    }
+}
+
+/// Every peer all-reduces `tag` with seeded i64 data; results must be exact and identical.
+fn exact_everywhere(comms: &[Communicator], tag: u64, seed: u64) {
+    let n = 1000;
+    let data = |rank: usize| -> Vec<i64> {
+        (0..n)
+            .map(|i| ((seed ^ (rank as u64 * 7919)) as i64).wrapping_mul(i as i64 + 1) % 1_000_003)
+            .collect()
+    };
+    let expected: Vec<i64> = (0..n)
+        .map(|i| (0..comms.len()).map(|r| data(r)[i]).sum())
+        .collect();
+    let res = on_all(comms, |r, c| {
+        let mut out = vec![0i64; n];
+        c.all_reduce(&data(r), &mut out, ReduceOp::Sum, tag)
+            .map(|_| out)
+    });
+    for (r, out) in res.into_iter().enumerate() {
+        let out = out.unwrap_or_else(|e| panic!("rank {r}, tag {tag}: {e}"));
+        assert!(out == expected, "rank {r}, tag {tag}: poisoned result");
+    }
+}
+
+/// The peer at ring position 0, with its predecessor's and successor's ids.
+fn target(comms: &[Communicator]) -> (usize, SocketAddr, PeerId, PeerId) {
+    let ring = comms[0].topology().unwrap().ring.clone();
+    let who = comms.iter().position(|c| c.id() == ring[0].id).unwrap();
+    (who, ring[0].p2p_addr, ring[ring.len() - 1].id, ring[1].id)
+}
+
+/// (a) Connections that send a hello and then nothing are closed within the bound: a
+/// stranger's without an answer, a member's idle bandwidth test without a result.
+#[test]
+fn idle_connections_after_a_hello_are_closed_and_never_served() {
+    let seed = 0x1d1e;
+    println!("seed {seed}");
+    let m = master();
+    let comms = cluster_with(2, |_| hardened(&m));
+    let (_, addr, pred, _) = target(&comms);
+    let kinds = [
+        ConnectionKind::P2p,
+        ConnectionKind::Benchmark,
+        ConnectionKind::SharedState,
+    ];
+    let mut strangers: Vec<TcpStream> = (0..10u8)
+        .map(|i| {
+            let mut s = TcpStream::connect(addr).unwrap();
+            s.write_all(&hello(kinds[i as usize % 3], PeerId([0xA0 + i; 16])))
+                .unwrap();
+            s
+        })
+        .collect();
+    let mut members: Vec<TcpStream> = (0..10)
+        .map(|_| {
+            let mut s = TcpStream::connect(addr).unwrap();
+            s.write_all(&hello(ConnectionKind::Benchmark, pred))
+                .unwrap();
+            s
+        })
+        .collect();
+    exact_everywhere(&comms, 1, seed);
+    for s in &mut strangers {
+        assert_eq!(
+            drain_until_closed(s, HANDSHAKE * 3),
+            0,
+            "a stranger was answered"
+        );
+    }
+    for s in &mut members {
+        // The hello answer, then nothing: an idle bandwidth test ends without a result.
+        assert_eq!(drain_until_closed(s, Duration::from_secs(8)), HELLO_LEN);
+    }
+    exact_everywhere(&comms, 1, seed + 1);
+}
+
+/// (b) Beyond the bound on unidentified connections, new ones are closed at once.
+#[test]
+fn unidentified_connections_beyond_the_bound_are_closed_at_once() {
+    let m = master();
+    let comms = cluster_with(2, |_| {
+        let mut c = hardened(&m);
+        c.max_pending_connections = 4;
+        c
+    });
+    let (_, addr, pred, _) = target(&comms);
+    // The listener accepts in arrival order: these four hold every slot for the handshake
+    // timeout, so the fifth finds none.
+    let silent: Vec<TcpStream> = (0..4).map(|_| TcpStream::connect(addr).unwrap()).collect();
+    let start = Instant::now();
+    let mut fifth = TcpStream::connect(addr).unwrap();
+    fifth
+        .write_all(&hello(ConnectionKind::Benchmark, pred))
+        .ok();
+    assert_eq!(drain_until_closed(&mut fifth, HANDSHAKE / 2), 0);
+    assert!(start.elapsed() < HANDSHAKE / 2, "not closed at once");
+    exact_everywhere(&comms, 2, 7);
+    // Once the silent ones time out, a member is served again.
+    for mut s in silent {
+        assert_eq!(drain_until_closed(&mut s, HANDSHAKE * 3), 0);
+    }
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.write_all(&hello(ConnectionKind::Benchmark, pred))
+        .unwrap();
+    s.set_read_timeout(Some(HANDSHAKE * 2)).unwrap();
+    let mut theirs = [0u8; HELLO_LEN];
+    s.read_exact(&mut theirs).expect("a member is served again");
+}
+
+/// A data frame with a valid CRC: `len` bytes of `fill`.
+fn frame(tag: u64, epoch: u64, seq: u32, step: u16, offset: u64, len: usize, fill: u8) -> Vec<u8> {
+    let payload = vec![fill; len];
+    let header = DataHeader {
+        tag,
+        epoch,
+        seq,
+        count: 1000,
+        dtype: DataType::I64,
+        op: ReduceOp::Sum,
+        quant: None,
+        step,
+        slice: 0,
+        offset,
+        len: len as u32,
+        crc: crc32fast::hash(&payload),
+    };
+    let mut out = Vec::with_capacity(DATA_HEADER_LEN + len);
+    header.encode(&mut out);
+    out.extend_from_slice(&payload);
+    out
+}
+
+fn epoch(c: &Communicator) -> u64 {
+    c.topology().unwrap().group_epoch(0).unwrap()
+}
+
+fn wait_for(what: &str, limit: Duration, mut cond: impl FnMut() -> bool) {
+    let end = Instant::now() + limit;
+    while !cond() {
+        assert!(Instant::now() < end, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// (c) 4 × 8 MiB frames for a future epoch: a stranger's are never read; a member's are
+/// held within the bounds and dropped when its connection closes.
+#[test]
+fn future_epoch_frames_never_pin_memory() {
+    let m = master();
+    let comms = cluster_with(2, |_| {
+        let mut c = hardened(&m);
+        c.slice_bytes = 8 << 20;
+        c
+    });
+    let (who, addr, pred, _) = target(&comms);
+    let future = epoch(&comms[who]) + 1000;
+    let frames: Vec<u8> = (0..4)
+        .flat_map(|i| frame(9, future, i, 0, 0, 8 << 20, 0xEE))
+        .collect();
+
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.write_all(&hello(ConnectionKind::P2p, PeerId([0x55; 16])))
+        .unwrap();
+    let mut writer = s.try_clone().unwrap();
+    let bytes = frames.clone();
+    let push = std::thread::spawn(move || {
+        writer
+            .set_write_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
+        let _ = writer.write_all(&bytes);
+    });
+    let end = Instant::now() + HANDSHAKE;
+    while Instant::now() < end {
+        assert_eq!(
+            comms[who].early_frames(),
+            (0, 0),
+            "a stranger's frames were read"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(drain_until_closed(&mut s, HANDSHAKE * 2), 0);
+    push.join().unwrap();
+    assert_eq!(comms[who].early_frames(), (0, 0));
+
+    // On loopback a member's id from the member's address gets in (docs/PROTOCOL.md §1.2):
+    // its frames are held, bounded, and go when it hangs up.
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.write_all(&hello(ConnectionKind::P2p, pred)).unwrap();
+    let mut theirs = [0u8; HELLO_LEN];
+    s.read_exact(&mut theirs).unwrap();
+    s.write_all(&frames).unwrap();
+    wait_for("4 frames held", Duration::from_secs(10), || {
+        comms[who].early_frames().0 == 4
+    });
+    assert!(comms[who].early_frames().1 >= 32 << 20);
+    drop(s);
+    wait_for("the held frames to go", Duration::from_secs(5), || {
+        comms[who].early_frames() == (0, 0)
+    });
+    exact_everywhere(&comms, 3, 11);
+}
+
+/// A socket whose source address is `ip` (any 127/8 address is local on Linux).
+fn connect_from(ip: &str, to: SocketAddr) -> TcpStream {
+    let sock = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    let from: SocketAddr = format!("{ip}:0").parse().unwrap();
+    sock.bind(&from.into()).unwrap();
+    sock.connect(&to.into()).unwrap();
+    sock.into()
+}
+
+/// (d) A stranger, the successor's id, and the predecessor's id from another address
+/// cannot inject ring data: refused unanswered, and the ops they aim at stay exact.
+#[test]
+fn ring_data_only_from_the_predecessor() {
+    let seed = 0xd00d;
+    println!("seed {seed}");
+    let m = master();
+    let comms = cluster_with(3, |_| hardened(&m));
+    let (who, addr, pred, succ) = target(&comms);
+    let e = epoch(&comms[who]);
+    // Poison for every step and chunk of tags 10..13, seq 0 and 1 (chunks of 334/333/333).
+    let chunks = [(0u64, 334usize), (334, 333), (667, 333)];
+    let mut poison = Vec::new();
+    for tag in 10..13u64 {
+        for seq in 0..2u32 {
+            for step in 0..4u16 {
+                for (off, n) in chunks {
+                    poison.extend(frame(tag, e, seq, step, off * 8, n * 8, 0x7F));
+                }
+            }
+        }
+    }
+    let mut attackers = vec![
+        TcpStream::connect(addr).unwrap(),
+        TcpStream::connect(addr).unwrap(),
+        connect_from("127.0.0.2", addr),
+    ];
+    let claims = [PeerId([0x66; 16]), succ, pred];
+    for (s, claim) in attackers.iter_mut().zip(claims) {
+        s.write_all(&hello(ConnectionKind::P2p, claim)).unwrap();
+        s.set_write_timeout(Some(Duration::from_secs(5))).unwrap();
+        let _ = s.write_all(&poison);
+    }
+    for tag in 10..13 {
+        exact_everywhere(&comms, tag, seed + tag);
+    }
+    for s in &mut attackers {
+        assert_eq!(
+            drain_until_closed(s, HANDSHAKE * 3),
+            0,
+            "an injector was answered"
+        );
+    }
+    for tag in 10..13 {
+        exact_everywhere(&comms, tag, seed + tag);
+    }
+}
+
+/// (e) During a sync, a stranger asking a holder for a tensor by name reads nothing.
+#[test]
+fn a_stranger_reads_no_shared_state() {
+    let m = master();
+    let comms = cluster_with(2, |_| hardened(&m));
+    let (who, addr, _, _) = target(&comms);
+    let other = 1 - who;
+    let secret: Vec<u64> = (0..(1u64 << 20)).map(|i| i * 0x9E37_79B9).collect();
+    let mut mine = secret.clone();
+    let mut theirs = vec![0u64; secret.len()];
+    std::thread::scope(|sc| {
+        let holder = sc.spawn(|| {
+            let mut st = SharedState {
+                revision: 5,
+                tensors: vec![TensorInfo::new("w", &mut mine)],
+            };
+            comms[who].sync_shared_state(&mut st, SyncStrategy::SendOnly)
+        });
+        // Several tries spread out while the holder's sync waits for the other peer, so
+        // some land while its door is open.
+        let request = {
+            let mut b = Vec::new();
+            let mut body = Vec::new();
+            StateRequest {
+                name: "w".into(),
+                len: (secret.len() * 8) as u64,
+            }
+            .encode(&mut body);
+            b.extend_from_slice(&(body.len() as u32).to_le_bytes());
+            b.extend_from_slice(&body);
+            b
+        };
+        let mut tries: Vec<TcpStream> = (0..8u8)
+            .map(|i| {
+                let mut s = TcpStream::connect(addr).unwrap();
+                s.write_all(&hello(ConnectionKind::SharedState, PeerId([0x70 + i; 16])))
+                    .unwrap();
+                s.write_all(&request).unwrap();
+                std::thread::sleep(Duration::from_millis(50));
+                s
+            })
+            .collect();
+        let mut st = SharedState {
+            revision: 0,
+            tensors: vec![TensorInfo::new("w", &mut theirs)],
+        };
+        comms[other]
+            .sync_shared_state(&mut st, SyncStrategy::ReceiveOnly)
+            .unwrap();
+        holder.join().unwrap().unwrap();
+        for s in &mut tries {
+            assert_eq!(
+                drain_until_closed(s, HANDSHAKE * 3),
+                0,
+                "a stranger read state"
+            );
+        }
+    });
+    assert!(theirs == secret, "the member received the state");
+}
