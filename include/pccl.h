@@ -301,6 +301,26 @@ enum pcclResult_t pcclGetBuildInfo(struct pcclBuildInfo_t *out);
 enum pcclResult_t pcclCreateCommunicator(const struct pcclCommCreateParams_t *params,
                                          struct pcclComm_t **comm_out);
 
+// pccl extension (not in PCCL 1.0): sets the address this peer's p2p listener binds,
+// which serves ring data, shared-state transfers and bandwidth tests from the other peers.
+// `address->port` is the first port tried (if it is taken, the next ones are, up to 1000
+// further); port 0 takes any free port. Without this call the listener binds `0.0.0.0`
+// from port 48150 on, as in PCCL 1.0. Bind a loopback or private address when the run's
+// hosts can reach it (see SECURITY.md, "Deployment advice"); the master gives the other
+// peers the address it sees this peer connect from, so that address must reach the
+// listener.
+//
+// Call it after `pcclCreateCommunicator` and before `pcclConnect`; after `pcclConnect` it
+// is `pcclInvalidUsage`. NULL `comm` or `address` and an unknown address protocol are
+// `pcclInvalidArgument`. An address that cannot be bound fails `pcclConnect` with
+// `pcclInvalidUsage`.
+//
+// # Safety
+//
+// `comm` is NULL or a live handle; `address` is NULL or readable. Thread-safe.
+enum pcclResult_t pcclCommSetBindAddress(struct pcclComm_t *comm,
+                                         const struct ccoip_socket_address_t *address);
+
 // Leaves the run and frees the communicator: the master drops this peer, async
 // all-reduces still in flight fail and are awaited (their buffers are no longer touched
 // once this returns), and the communicator's threads are joined.
@@ -374,7 +394,8 @@ enum pcclResult_t pcclInit(void);
 // Allocates a master that will listen on `listen_address` (port 0: any free port). No
 // I/O happens until `pcclRunMaster`. On success `*out` owns the master: free it with
 // `pcclDestroyMaster`. An unknown address protocol is `pcclInvalidArgument`. Like every
-// master function, it works without `pcclInit`, as in PCCL 1.0.
+// master function, it works without `pcclInit`, as in PCCL 1.0, and installs the
+// `PCCL_LOG` logger as `pcclInit` does.
 //
 // # Safety
 //

@@ -46,6 +46,11 @@ int main(int argc, char **argv) {
     pcclTensorInfo_t tensor = {.name = "weights", .data = weights, .count = N,
                                .datatype = pcclFloat, .device_type = pcclDeviceCpu};
     pcclSharedState_t state = {.revision = 0, .count = 1, .infos = &tensor};
+    /* Where this peer's p2p listener binds: loopback, any free port. A run across hosts
+     * binds an address the other peers can reach (a private or VPN interface); without
+     * this call the listener binds 0.0.0.0 from port 48150 on, as in PCCL 1.0. */
+    ccoip_socket_address_t bind = {.inet = {.protocol = inetIPv4, .ipv4 = {{127, 0, 0, 1}}},
+                                   .port = 0};
     pcclComm_t *comm = NULL;
     int step, i;
 
@@ -53,6 +58,7 @@ int main(int argc, char **argv) {
     PCCL_CHECK(pcclInit());
     params.master_address.port = (uint16_t)port;
     PCCL_CHECK(pcclCreateCommunicator(&params, &comm));
+    PCCL_CHECK(pcclCommSetBindAddress(comm, &bind)); /* a pccl extension */
     PCCL_CHECK(pcclConnect(comm));
 
     /* Wait for company: accepted peers admit newcomers in pcclUpdateTopology. */

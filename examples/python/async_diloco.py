@@ -28,7 +28,7 @@ from common import Data, base_args, flat, inner_steps, log, model, nesterov_, wr
 class Peer:
     def __init__(self, args) -> None:
         self.args = args
-        self.comm = pccl.Communicator(args.master, peer_group=0)
+        self.comm = pccl.Communicator(args.master, peer_group=0, p2p_bind_address=args.bind)
         self.net = model()
         self.data = Data(args.data_seed)
         self.inner_opt = torch.optim.AdamW(self.net.parameters(), lr=args.inner_lr)

@@ -20,6 +20,10 @@ IN, HIDDEN = 16, 64
 def base_args(description: str) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=description)
     p.add_argument("--master", default="127.0.0.1:48148", help="master address ip:port")
+    p.add_argument("--bind", default="127.0.0.1:0",
+                   help="where this peer's p2p listener binds, ip:port (port 0: any free "
+                        "port); across hosts use an address the other peers can reach, "
+                        "e.g. a private or VPN interface")
     p.add_argument("--until-revision", type=int, default=50,
                    help="stop once the shared state reaches this revision")
     p.add_argument("--min-final-world", type=int, default=1,

@@ -36,7 +36,7 @@ def main() -> None:
     named.update({f"momentum.{i}": t for i, t in enumerate(momentum)})
     state = pccl.SharedState([pccl.TensorInfo.from_torch(t, k) for k, t in named.items()])
 
-    comm = pccl.Communicator(args.master, peer_group=0)
+    comm = pccl.Communicator(args.master, peer_group=0, p2p_bind_address=args.bind)
     comm.connect(n_attempts=15)
     log("connected")
 

@@ -100,7 +100,7 @@ def rank_main(rank: int, args, dist_port: int) -> None:
     with torch.no_grad():
         sm.load(sm.gather(outer))
     initial_loss = data.eval_loss(sm.net)
-    comm = pccl.Communicator(args.master, peer_group=rank)
+    comm = pccl.Communicator(args.master, peer_group=rank, p2p_bind_address=args.bind)
     comm.connect(n_attempts=15)
     log(f"rank {rank}: connected in peer group {rank}")
 

@@ -3,7 +3,7 @@
 
 use std::collections::HashMap;
 use std::ffi::c_int;
-use std::sync::{Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard};
 
 use pccl::{AsyncReduce, Attribute, Communicator, CommunicatorConfig};
 
@@ -11,17 +11,36 @@ use crate::handle::{BoxCastable, Out, handle_ref, into_handle, pcclComm_t, read_
 use crate::panic::ffi_boundary;
 use crate::reduce::RawBuffers;
 use crate::result::pcclResult_t;
-use crate::types::{RawAttribute, pcclAttribute_t, pcclCommCreateParams_t};
+use crate::types::{RawAttribute, ccoip_socket_address_t, pcclAttribute_t, pcclCommCreateParams_t};
 
 /// The state behind a `pcclComm_t *`.
 #[derive(Debug)]
 pub(crate) struct CommState {
-    pub(crate) comm: Communicator,
+    peer: Mutex<Peer>,
     /// Async all-reduces started and not yet awaited, by tag.
     async_ops: Mutex<HashMap<u64, AsyncReduce<RawBuffers>>>,
 }
 
+/// The communicator and the settings it was made with. Until `pcclConnect` a setter may
+/// replace the communicator by one with changed settings (it has no I/O yet, so nothing
+/// is lost); from `pcclConnect` on it stays.
+#[derive(Debug)]
+struct Peer {
+    comm: Arc<Communicator>,
+    config: CommunicatorConfig,
+    connect_called: bool,
+}
+
 impl CommState {
+    fn peer(&self) -> MutexGuard<'_, Peer> {
+        self.peer.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The communicator. Cheap: calls hold their own reference, not the lock.
+    pub(crate) fn comm(&self) -> Arc<Communicator> {
+        self.peer().comm.clone()
+    }
+
     pub(crate) fn async_ops(&self) -> MutexGuard<'_, HashMap<u64, AsyncReduce<RawBuffers>>> {
         self.async_ops.lock().unwrap_or_else(|e| e.into_inner())
     }
@@ -69,13 +88,58 @@ pub unsafe extern "C" fn pcclCreateCommunicator(
         let mut config = CommunicatorConfig::new(master);
         config.peer_group = params.peer_group;
         config.pool_size = (params.p2p_connection_pool_size as usize).max(1);
-        let comm = Communicator::new(config)?;
+        let comm = Arc::new(Communicator::new(config.clone())?);
         let state = CommState {
-            comm,
+            peer: Mutex::new(Peer {
+                comm,
+                config,
+                connect_called: false,
+            }),
             async_ops: Mutex::new(HashMap::new()),
         };
         // SAFETY: writable by the contract.
         unsafe { out.write(into_handle(state)) };
+        Ok(())
+    })
+}
+
+/// pccl extension (not in PCCL 1.0): sets the address this peer's p2p listener binds,
+/// which serves ring data, shared-state transfers and bandwidth tests from the other peers.
+/// `address->port` is the first port tried (if it is taken, the next ones are, up to 1000
+/// further); port 0 takes any free port. Without this call the listener binds `0.0.0.0`
+/// from port 48150 on, as in PCCL 1.0. Bind a loopback or private address when the run's
+/// hosts can reach it (see SECURITY.md, "Deployment advice"); the master gives the other
+/// peers the address it sees this peer connect from, so that address must reach the
+/// listener.
+///
+/// Call it after `pcclCreateCommunicator` and before `pcclConnect`; after `pcclConnect` it
+/// is `pcclInvalidUsage`. NULL `comm` or `address` and an unknown address protocol are
+/// `pcclInvalidArgument`. An address that cannot be bound fails `pcclConnect` with
+/// `pcclInvalidUsage`.
+///
+/// # Safety
+///
+/// `comm` is NULL or a live handle; `address` is NULL or readable. Thread-safe.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn pcclCommSetBindAddress(
+    comm: *mut pcclComm_t,
+    address: *const ccoip_socket_address_t,
+) -> pcclResult_t {
+    ffi_boundary!({
+        // SAFETY: forwarded contracts.
+        let (state, address) = unsafe { (comm_ref(comm)?, read_in(address)?) };
+        let address = address
+            .to_socket_addr()
+            .ok_or(pcclResult_t::pcclInvalidArgument)?;
+        let mut peer = state.peer();
+        if peer.connect_called {
+            return Err(pcclResult_t::pcclInvalidUsage);
+        }
+        let mut config = peer.config.clone();
+        config.bind_ip = address.ip();
+        config.p2p_port = address.port();
+        peer.comm = Arc::new(Communicator::new(config.clone())?);
+        peer.config = config;
         Ok(())
     })
 }
@@ -93,7 +157,7 @@ pub unsafe extern "C" fn pcclDestroyCommunicator(comm: *mut pcclComm_t) -> pcclR
     ffi_boundary!({
         // SAFETY: by the contract this is the last use of the handle.
         let state = unsafe { take_handle(comm)? };
-        state.comm.close();
+        state.comm().close();
         let ops: Vec<_> = state.async_ops().drain().map(|(_, op)| op).collect();
         for op in ops {
             // Failed by `close` above: returns promptly, after which the op's task no
@@ -119,7 +183,12 @@ pub unsafe extern "C" fn pcclConnect(comm: *mut pcclComm_t) -> pcclResult_t {
     ffi_boundary!({
         // SAFETY: forwarded contract.
         let state = unsafe { comm_ref(comm)? };
-        state.comm.connect()?;
+        let comm = {
+            let mut peer = state.peer();
+            peer.connect_called = true;
+            peer.comm.clone()
+        };
+        comm.connect()?;
         Ok(())
     })
 }
@@ -137,7 +206,7 @@ pub unsafe extern "C" fn pcclUpdateTopology(comm: *mut pcclComm_t) -> pcclResult
     ffi_boundary!({
         // SAFETY: forwarded contract.
         let state = unsafe { comm_ref(comm)? };
-        state.comm.update_topology()?;
+        state.comm().update_topology()?;
         Ok(())
     })
 }
@@ -159,7 +228,7 @@ pub unsafe extern "C" fn pcclArePeersPending(
         // SAFETY: forwarded contract.
         let state = unsafe { comm_ref(comm)? };
         let out = Out::new(pending_out)?;
-        let pending = state.comm.are_peers_pending()?;
+        let pending = state.comm().are_peers_pending()?;
         // SAFETY: writable by the contract.
         unsafe { out.write(pending) };
         Ok(())
@@ -179,7 +248,7 @@ pub unsafe extern "C" fn pcclOptimizeTopology(comm: *const pcclComm_t) -> pcclRe
     ffi_boundary!({
         // SAFETY: forwarded contract.
         let state = unsafe { comm_ref(comm)? };
-        state.comm.optimize_topology()?;
+        state.comm().optimize_topology()?;
         Ok(())
     })
 }
@@ -210,7 +279,7 @@ pub unsafe extern "C" fn pcclGetAttribute(
                 Attribute::LargestPeerGroupWorldSize
             }
         };
-        let value = state.comm.attribute(attr)?;
+        let value = state.comm().attribute(attr)?;
         // SAFETY: writable by the contract.
         unsafe { out.write(c_int::try_from(value).unwrap_or(c_int::MAX)) };
         Ok(())

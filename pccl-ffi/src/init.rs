@@ -1,5 +1,6 @@
-//! `pcclInit` and the flag every communicator function checks.
+//! `pcclInit`, the flag every communicator function checks, and the logger.
 
+use std::sync::Once;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use crate::panic::ffi_boundary;
@@ -16,6 +17,16 @@ pub(crate) fn require_init() -> FfiResult {
     }
 }
 
+/// Installs the stderr logger at the level in `PCCL_LOG` (default `warn`), once per
+/// process. Every function that a program may call first runs it (`pcclInit` and the
+/// functions that work without it: the master functions and `pcclGetBuildInfo`), so a
+/// master-only program logs like a Rust one. A logger the host program installed first
+/// wins.
+pub(crate) fn ensure_logging() {
+    static LOGGING: Once = Once::new();
+    LOGGING.call_once(pccl::init_logging);
+}
+
 /// Initialises the library. Must precede every communicator function, which otherwise
 /// returns `pcclNotInitialized`; the master functions and `pcclGetBuildInfo` do not need
 /// it (as in PCCL 1.0).
@@ -26,7 +37,7 @@ pub(crate) fn require_init() -> FfiResult {
 #[unsafe(no_mangle)]
 pub extern "C" fn pcclInit() -> pcclResult_t {
     ffi_boundary!(no_init, {
-        pccl::init_logging();
+        ensure_logging();
         INITIALIZED.store(true, Ordering::Release);
         Ok(())
     })

@@ -11,7 +11,10 @@
 //!   `pcclInternalError` and never unwinds into C.
 //! - Every communicator function answers `pcclNotInitialized` until `pcclInit` has run.
 //!   As in PCCL 1.0, `pcclInit` itself, the master functions (`master.rs`) and
-//!   `pcclGetBuildInfo` work without it.
+//!   `pcclGetBuildInfo` work without it; each of those installs the `PCCL_LOG` logger
+//!   (`init.rs`), so whichever a program calls first, it logs as a Rust program does.
+//! - Additions beyond PCCL 1.0 are marked "pccl extension" in their documentation
+//!   (`pcclCommSetBindAddress`).
 //! - It checks every pointer for NULL and alignment and every enum value it reads
 //!   (`types.rs` explains how enums cross safely), answering `pcclInvalidArgument`.
 //! - Outputs are written on success only.

@@ -49,7 +49,8 @@ impl MasterState {
 /// Allocates a master that will listen on `listen_address` (port 0: any free port). No
 /// I/O happens until `pcclRunMaster`. On success `*out` owns the master: free it with
 /// `pcclDestroyMaster`. An unknown address protocol is `pcclInvalidArgument`. Like every
-/// master function, it works without `pcclInit`, as in PCCL 1.0.
+/// master function, it works without `pcclInit`, as in PCCL 1.0, and installs the
+/// `PCCL_LOG` logger as `pcclInit` does.
 ///
 /// # Safety
 ///

@@ -211,7 +211,7 @@ pub unsafe extern "C" fn pcclAllReduce(
         let (state, desc) = unsafe { (comm_ref(comm)?, read_in(desc)?) };
         let info = Out::optional(info)?;
         let (bufs, desc) = prepare(sendbuf, recvbuf, &desc)?;
-        let result = state.comm.all_reduce_with(bufs, desc)?;
+        let result = state.comm().all_reduce_with(bufs, desc)?;
         if let Some(out) = info {
             // SAFETY: writable by the contract.
             unsafe { out.write(reduce_info(result)) };
@@ -248,7 +248,7 @@ pub unsafe extern "C" fn pcclAllReduceAsync(
         if ops.contains_key(&desc.tag) {
             return Err(pcclResult_t::pcclInvalidUsage);
         }
-        let op = state.comm.all_reduce_async(bufs, desc)?;
+        let op = state.comm().all_reduce_async(bufs, desc)?;
         ops.insert(desc.tag, op);
         drop(ops);
         let handle = pcclAsyncReduceOp_t {
@@ -340,7 +340,7 @@ pub unsafe extern "C" fn pcclAllReduceMultipleWithRetry(
             ReduceInfo::default()
         } else {
             state
-                .comm
+                .comm()
                 .all_reduce_multiple_with_retry(&mut ops, max_in_flight)?
         };
         if let Some(out) = info {

@@ -122,7 +122,7 @@ pub unsafe extern "C" fn pcclSynchronizeSharedState(
         };
         // SAFETY: forwarded contract.
         let tensors = unsafe { tensors(infos)? };
-        let (revision, moved) = sync(&comm.comm, c_state.revision, tensors, strategy)?;
+        let (revision, moved) = sync(&comm.comm(), c_state.revision, tensors, strategy)?;
         // SAFETY: writable by the contract; no reference into `*state` is alive.
         unsafe { (*state).revision = revision };
         if let Some(out) = info {

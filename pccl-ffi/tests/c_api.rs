@@ -148,11 +148,15 @@ struct Proc {
 }
 
 impl Proc {
-    fn spawn(name: &str, mut cmd: Command) -> Self {
+    fn spawn(name: &str, cmd: Command) -> Self {
+        Self::spawn_with_stderr(name, cmd, Stdio::inherit())
+    }
+
+    fn spawn_with_stderr(name: &str, mut cmd: Command, stderr: Stdio) -> Self {
         let mut child = cmd
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
+            .stderr(stderr)
             .spawn()
             .unwrap_or_else(|e| panic!("cannot start {name}: {e}"));
         let stdout = child.stdout.take().unwrap();
@@ -561,4 +565,103 @@ fn static_library_links() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(Command::new(&exe).status().unwrap().success());
+}
+
+/// The TCP addresses process `pid` listens on, from `/proc` (Linux): its socket inodes
+/// (`/proc/PID/fd`) matched against the LISTEN entries of `/proc/PID/net/tcp{,6}`.
+fn listening_addrs(pid: u32) -> Vec<std::net::SocketAddr> {
+    use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+    let mut inodes = Vec::new();
+    for e in std::fs::read_dir(format!("/proc/{pid}/fd")).expect("/proc/PID/fd") {
+        let Ok(link) = std::fs::read_link(e.unwrap().path()) else {
+            continue;
+        };
+        let link = link.to_string_lossy().into_owned();
+        if let Some(n) = link
+            .strip_prefix("socket:[")
+            .and_then(|r| r.strip_suffix(']'))
+        {
+            inodes.push(n.to_owned());
+        }
+    }
+    let mut out = Vec::new();
+    for table in ["tcp", "tcp6"] {
+        let text = std::fs::read_to_string(format!("/proc/{pid}/net/{table}")).unwrap_or_default();
+        for line in text.lines().skip(1) {
+            let f: Vec<&str> = line.split_whitespace().collect();
+            // sl local rem st tx:rx tr:when retrnsmt uid timeout inode
+            if f.len() < 10 || f[3] != "0A" || !inodes.iter().any(|i| i == f[9]) {
+                continue;
+            }
+            let (ip, port) = f[1].split_once(':').unwrap();
+            let port = u16::from_str_radix(port, 16).unwrap();
+            // The address is printed as native-endian 32-bit words.
+            let words: Vec<u32> = (0..ip.len() / 8)
+                .map(|i| u32::from_str_radix(&ip[i * 8..i * 8 + 8], 16).unwrap())
+                .collect();
+            let bytes: Vec<u8> = words.iter().flat_map(|w| w.to_ne_bytes()).collect();
+            let ip = match bytes.len() {
+                4 => IpAddr::V4(Ipv4Addr::new(bytes[0], bytes[1], bytes[2], bytes[3])),
+                _ => IpAddr::V6(Ipv6Addr::from(<[u8; 16]>::try_from(&bytes[..]).unwrap())),
+            };
+            out.push(SocketAddr::new(ip, port));
+        }
+    }
+    out
+}
+
+/// Runs `bind_log.c` (a master and a communicator in one process, no `pcclInit` before
+/// the master) with `PCCL_LOG` as given; returns the listening addresses seen while it
+/// was connected and its stderr.
+fn run_bind_log(pccl_log: Option<&str>) -> (Vec<std::net::SocketAddr>, String, u16) {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let (master_port, p2p_port) = (free_port(), free_port());
+    let mut cmd = Command::new(c_test("bind_log"));
+    cmd.args([master_port.to_string(), p2p_port.to_string()]);
+    cmd.env_remove("PCCL_LOG").env_remove("RUST_LOG");
+    if let Some(level) = pccl_log {
+        cmd.env("PCCL_LOG", level);
+    }
+    let log_dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("pccl-c");
+    std::fs::create_dir_all(&log_dir).unwrap();
+    let log_path = log_dir.join(format!("bind_log.{}.stderr", pccl_log.unwrap_or("default")));
+    let log = std::fs::File::create(&log_path).unwrap();
+    let mut p = Proc::spawn_with_stderr("bind_log", cmd, Stdio::from(log));
+    p.expect_line("CONNECTED", Duration::from_secs(60));
+    let listening = listening_addrs(p.child.id());
+    drop(p.stdin.take());
+    p.expect_success(deadline);
+    assert_eq!(p.lines().last().map(String::as_str), Some("DONE"));
+    let stderr = std::fs::read_to_string(&log_path).unwrap();
+    (listening, stderr, p2p_port)
+}
+
+/// `pcclCommSetBindAddress` decides where the p2p listener binds: the process listens on
+/// 127.0.0.1 only (master and peer), nothing on a wildcard address. With `PCCL_LOG`
+/// unset, no info line is logged.
+#[test]
+fn the_bind_address_is_honoured() {
+    let (listening, stderr, p2p_port) = run_bind_log(None);
+    let p2p: std::net::SocketAddr = ([127, 0, 0, 1], p2p_port).into();
+    assert!(listening.contains(&p2p), "{p2p} not among {listening:?}");
+    assert!(
+        listening.iter().all(|a| a.ip().is_loopback()),
+        "a listener binds a non-loopback address: {listening:?}"
+    );
+    for info in ["master listening", "accepted into the run"] {
+        assert!(
+            !stderr.contains(info),
+            "an info line at the default level:\n{stderr}"
+        );
+    }
+}
+
+/// `PCCL_LOG` works in a C program as in Rust: the master (created before `pcclInit`)
+/// and the communicator log their info lines to stderr.
+#[test]
+fn pccl_log_reaches_stderr_in_c() {
+    let (_, stderr, _) = run_bind_log(Some("info"));
+    for want in ["master listening", "accepted into the run"] {
+        assert!(stderr.contains(want), "no {want:?} in stderr:\n{stderr}");
+    }
 }

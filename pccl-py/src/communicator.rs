@@ -2,7 +2,7 @@
 //! from Python first, then runs the core call on a helper thread without the GIL
 //! (`runtime::blocking`).
 
-use std::net::{SocketAddr, ToSocketAddrs};
+use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
 use std::sync::{Arc, Mutex};
 
 use pccl::CommunicatorConfig;
@@ -31,6 +31,26 @@ pub(crate) fn parse_address(address: &str) -> PyResult<SocketAddr> {
         .ok_or_else(|| {
             invalid_argument(format!(
                 "invalid address '{address}', expected ip:port (e.g. 127.0.0.1:48148)"
+            ))
+        })
+}
+
+/// Parses a p2p bind address: "ip:port", "[ipv6]:port" or a bare ip (the default port).
+fn parse_bind_address(address: &str) -> PyResult<SocketAddr> {
+    if let Ok(a) = address.parse() {
+        return Ok(a);
+    }
+    let ip = parse_ip(address, "p2p_bind_address")?;
+    Ok(SocketAddr::new(ip, pccl::DEFAULT_P2P_PORT))
+}
+
+fn parse_ip(ip: &str, what: &str) -> PyResult<IpAddr> {
+    ip.trim_start_matches('[')
+        .trim_end_matches(']')
+        .parse()
+        .map_err(|_| {
+            invalid_argument(format!(
+                "invalid {what} '{ip}', expected an ip address (e.g. 127.0.0.1)"
             ))
         })
 }
@@ -82,12 +102,36 @@ fn all_reduce_plan(
 impl Communicator {
     /// A communicator for the master at `address` ("ip:port"); no I/O until `connect`.
     /// `p2p_connection_pool_size` 0 means 1.
+    ///
+    /// pccl extensions (keyword-only): `p2p_bind_address` is where this peer's p2p
+    /// listener binds ("ip:port" or "ip"; the port is the first tried, 0 takes any free
+    /// port); the default `0.0.0.0:48150` is PCCL 1.0's. `advertise_ip` is the address the
+    /// other peers should dial; `None` means the address the master sees this peer from.
     #[new]
-    #[pyo3(signature = (address, peer_group = 0, p2p_connection_pool_size = 0))]
-    fn new(address: &str, peer_group: u32, p2p_connection_pool_size: usize) -> PyResult<Self> {
+    #[pyo3(signature = (
+        address,
+        peer_group = 0,
+        p2p_connection_pool_size = 0,
+        *,
+        p2p_bind_address = "0.0.0.0:48150",
+        advertise_ip = None,
+    ))]
+    fn new(
+        address: &str,
+        peer_group: u32,
+        p2p_connection_pool_size: usize,
+        p2p_bind_address: &str,
+        advertise_ip: Option<&str>,
+    ) -> PyResult<Self> {
         let mut config = CommunicatorConfig::new(parse_address(address)?);
         config.peer_group = peer_group;
         config.pool_size = p2p_connection_pool_size.max(1);
+        let bind = parse_bind_address(p2p_bind_address)?;
+        config.bind_ip = bind.ip();
+        config.p2p_port = bind.port();
+        config.advertise_ip = advertise_ip
+            .map(|ip| parse_ip(ip, "advertise_ip"))
+            .transpose()?;
         let comm = check(pccl::Communicator::new(config.clone()))?;
         Ok(Self {
             config,

@@ -57,6 +57,8 @@ fn tensor_hash(py: Python<'_>, tensor: &Bound<'_, PyAny>) -> PyResult<u128> {
 
 #[pymodule]
 fn _pccl(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    // `PCCL_LOG` works as in Rust and C programs: read once, at import.
+    pccl::init_logging();
     errors::register(m)?;
     m.add_class::<master::MasterNode>()?;
     m.add_class::<communicator::Communicator>()?;

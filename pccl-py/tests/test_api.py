@@ -112,7 +112,7 @@ def test_bad_arguments():
 
 
 def test_connect_to_nothing_fails():
-    c = pccl.Communicator("127.0.0.1:1")
+    c = pccl.Communicator("127.0.0.1:1", p2p_bind_address="127.0.0.1:0")
     with pytest.raises(pccl.MasterConnectionError) as e:
         c.connect(n_attempts=1)
     assert e.value.result == pccl.Result.MASTER_CONNECTION_FAILED
@@ -120,7 +120,7 @@ def test_connect_to_nothing_fails():
 
 
 def test_connect_twice_is_invalid_usage(master):
-    c = pccl.Communicator(master.listen_address)
+    c = pccl.Communicator(master.listen_address, p2p_bind_address="127.0.0.1:0")
     c.connect()
     with pytest.raises(pccl.InvalidUsageError):
         c.connect()
@@ -150,7 +150,7 @@ def test_python_m_pccl_master(procs):
     line = p.stdout.readline()
     assert "listening on 127.0.0.1:" in line
     port = int(line.rsplit(":", 1)[1])
-    c = pccl.Communicator(f"127.0.0.1:{port}")
+    c = pccl.Communicator(f"127.0.0.1:{port}", p2p_bind_address="127.0.0.1:0")
     c.connect(n_attempts=3)
     assert c.get_attribute(pccl.Attribute.GLOBAL_WORLD_SIZE) == 1
     c.close()

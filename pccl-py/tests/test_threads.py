@@ -22,7 +22,7 @@ def _call_threads() -> set[int]:
         try:
             if (task / "comm").read_text().strip() == "pccl-py-call":
                 tids.add(int(task.name))
-        except FileNotFoundError:  # the thread ended meanwhile
+        except (FileNotFoundError, ProcessLookupError):  # the thread ended meanwhile
             pass
     return tids
 
@@ -73,7 +73,7 @@ INTERRUPT_SCRIPT = textwrap.dedent(
     """
     import sys, threading, time, numpy as np, pccl
     m = pccl.MasterNode("127.0.0.1:0"); m.run()
-    a = pccl.Communicator(m.listen_address); a.connect()
+    a = pccl.Communicator(m.listen_address, p2p_bind_address="127.0.0.1:0"); a.connect()
 
     def admit(b):
         # `a` votes until `b` is in (a vote with nobody pending just returns).
@@ -87,16 +87,16 @@ INTERRUPT_SCRIPT = textwrap.dedent(
     what = sys.argv[1]
     try:
         if what == "connect":
-            b = pccl.Communicator(m.listen_address)
+            b = pccl.Communicator(m.listen_address, p2p_bind_address="127.0.0.1:0")
             print("blocking", flush=True)
             b.connect()          # never admitted: `a` never updates the topology
         elif what == "all_reduce":
-            b = pccl.Communicator(m.listen_address); admit(b)
+            b = pccl.Communicator(m.listen_address, p2p_bind_address="127.0.0.1:0"); admit(b)
             x = np.ones(10)
             print("blocking", flush=True)
             a.all_reduce(x, x, op=pccl.ReduceOp.SUM)   # `b` never joins the op
         elif what == "wait":
-            b = pccl.Communicator(m.listen_address); admit(b)
+            b = pccl.Communicator(m.listen_address, p2p_bind_address="127.0.0.1:0"); admit(b)
             x = np.ones(10)
             h = a.all_reduce_async(x, x, op=pccl.ReduceOp.SUM)
             print("blocking", flush=True)
@@ -158,7 +158,8 @@ NO_TORCH_SCRIPT = textwrap.dedent(
     import numpy as np
     import pccl
     m = pccl.MasterNode("127.0.0.1:0"); m.run()
-    a, b = pccl.Communicator(m.listen_address), pccl.Communicator(m.listen_address)
+    a, b = (pccl.Communicator(m.listen_address, p2p_bind_address="127.0.0.1:0")
+            for _ in range(2))
     a.connect()
     t = threading.Thread(target=b.connect); t.start()
     while t.is_alive():

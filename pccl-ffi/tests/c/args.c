@@ -33,6 +33,7 @@ static void not_initialized(void) {
     EXPECT(pcclGetAttribute(NULL, PCCL_ATTRIBUTE_GLOBAL_WORLD_SIZE, &v), pcclNotInitialized);
     EXPECT(pcclDestroyCommunicator(NULL), pcclNotInitialized);
     EXPECT(pcclConnect(NULL), pcclNotInitialized);
+    EXPECT(pcclCommSetBindAddress(NULL, NULL), pcclNotInitialized);
     EXPECT(pcclUpdateTopology(NULL), pcclNotInitialized);
     EXPECT(pcclArePeersPending(NULL, &b), pcclNotInitialized);
     EXPECT(pcclOptimizeTopology(NULL), pcclNotInitialized);
@@ -59,10 +60,12 @@ static void not_initialized(void) {
 static pcclComm_t *create(unsigned port) {
     pcclCommCreateParams_t params;
     pcclComm_t *comm = NULL;
+    ccoip_socket_address_t bind = loopback(0);
     memset(&params, 0, sizeof params);
     params.master_address = loopback(port);
     CHECK(pcclCreateCommunicator(&params, &comm));
     FAIL_IF(comm == NULL, "no communicator");
+    CHECK(pcclCommSetBindAddress(comm, &bind));
     return comm;
 }
 

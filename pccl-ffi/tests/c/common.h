@@ -80,15 +80,18 @@ static inline int world_size(const pcclComm_t *comm) {
     return n;
 }
 
-/* Connects and waits until `world` peers are accepted, admitting newcomers meanwhile. */
+/* Connects and waits until `world` peers are accepted, admitting newcomers meanwhile.
+ * The p2p listener binds 127.0.0.1 (any free port), as every test's does. */
 static inline pcclComm_t *join(unsigned master_port, int world) {
     pcclCommCreateParams_t params;
     pcclComm_t *comm = NULL;
+    ccoip_socket_address_t bind = loopback(0);
     memset(&params, 0, sizeof params);
     params.master_address = loopback(master_port);
     params.peer_group = 0;
     params.p2p_connection_pool_size = 2;
     CHECK(pcclCreateCommunicator(&params, &comm));
+    CHECK(pcclCommSetBindAddress(comm, &bind));
     CHECK(pcclConnect(comm));
     while (world_size(comm) < world) {
         pcclResult_t r = pcclUpdateTopology(comm);

@@ -6,6 +6,11 @@ Source-compatible with PCCL 1.0's Python API (``MasterNode``, ``Communicator``,
 GIL is released during every blocking call (Ctrl-C interrupts it within a fraction of a
 second).
 
+``Communicator`` also takes the keyword-only ``p2p_bind_address`` ("ip:port", default
+PCCL's "0.0.0.0:48150") and ``advertise_ip``; see SECURITY.md for where to bind. The
+``PCCL_LOG`` environment variable (``warn`` by default; ``info``, ``debug``, ...) sets the
+level of pccl's log lines on stderr; it is read once, at import.
+
 Blocking calls run on helper threads; objects are tied to the process that created them,
 so create communicators and masters after ``fork()`` (in each worker), not before.
 """

@@ -194,7 +194,15 @@ class SharedState:
 
 @final
 class Communicator:
-    def __new__(cls, address: str, peer_group: int = 0, p2p_connection_pool_size: int = 0) -> Self: ...
+    def __new__(
+        cls,
+        address: str,
+        peer_group: int = 0,
+        p2p_connection_pool_size: int = 0,
+        *,
+        p2p_bind_address: str = "0.0.0.0:48150",
+        advertise_ip: Optional[str] = None,
+    ) -> Self: ...
     def connect(self, n_attempts: int = 5) -> None: ...
     def update_topology(self) -> None: ...
     def are_peers_pending(self) -> bool: ...
