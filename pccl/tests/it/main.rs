@@ -9,4 +9,5 @@ mod handshake;
 mod quant;
 mod send_sync;
 mod shared_state;
+mod shared_state_liar;
 mod topology;
