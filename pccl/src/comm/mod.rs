@@ -426,6 +426,14 @@ impl Communicator {
     ///
     /// The revision rule: a peer that took part in the group's last sync must present
     /// exactly that revision + 1; a newcomer may present anything.
+    ///
+    /// A failed sync loses nothing: a tensor is written only with a copy whose hash
+    /// matched the elected content, so one that no holder delivered verified keeps its
+    /// bytes from before the call. The failure is the same on every peer of the group:
+    /// each gets the same error and keeps `state.revision` as it passed it (a failed sync
+    /// does not count as the group's last sync, so retry with the same revision). Other
+    /// tensors of that sync that did verify hold the elected content; the next sync
+    /// repairs whatever still differs (docs/ARCHITECTURE.md §6).
     pub fn sync_shared_state(
         &self,
         state: &mut crate::shared_state::SharedState<'_>,

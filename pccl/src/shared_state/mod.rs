@@ -25,7 +25,8 @@ use crate::types::{DataType, Device, PeerId, SyncInfo, Topology};
 use crate::wire::Fetch;
 
 /// One named tensor of a shared state. The user owns the memory; a sync writes into it
-/// only while it runs, and only if this tensor differs from the elected content.
+/// only while it runs, only if this tensor differs from the elected content, and only a
+/// copy whose hash was verified (a failed fetch leaves it as it was).
 #[derive(Debug)]
 pub struct TensorInfo<'a> {
     pub name: String,
@@ -203,6 +204,8 @@ pub(crate) async fn sync(
         }
     };
     let mut info = SyncInfo::default();
+    // Tensors no holder delivered a verified copy of (they kept their old bytes).
+    let mut unverified: Vec<String> = Vec::new();
     let result = if plan.fetch.is_empty() {
         host.sync_done(true);
         let tensors = &state.tensors[..];
@@ -229,19 +232,24 @@ pub(crate) async fn sync(
         let topology = host.topology();
         let stall = host.stall();
         let me = host.me();
+        let staging = tokio::sync::Semaphore::new(transfer::STAGING_BUDGET_UNITS as usize);
         let mut fetches = futures::stream::iter(state.tensors.iter_mut().filter_map(|t| {
             let f = plan.fetch.iter().find(|f| f.name == t.name)?;
-            let topology = &topology;
-            Some(async move { transfer::fetch(me, topology, f, t.data, stall).await })
+            let (topology, staging) = (&topology, &staging);
+            Some(async move {
+                let r = transfer::fetch(me, topology, f, t.data, stall, staging).await;
+                (&f.name, r)
+            })
         }))
         .buffer_unordered(PARALLEL_FETCHES);
-        let mut ok = true;
         loop {
             tokio::select! {
                 next = fetches.next() => match next {
-                    Some((n, good)) => {
+                    Some((name, (n, good))) => {
                         info.rx_bytes += n;
-                        ok &= good;
+                        if !good {
+                            unverified.push(name.clone());
+                        }
                     }
                     None => break,
                 },
@@ -250,7 +258,7 @@ pub(crate) async fn sync(
             }
         }
         drop(fetches);
-        host.sync_done(ok);
+        host.sync_done(unverified.is_empty());
         loop {
             tokio::select! {
                 r = &mut result_rx => break r.map_err(|_| lost())?,
@@ -263,9 +271,19 @@ pub(crate) async fn sync(
             state.revision = plan.revision;
             Ok(info)
         }
-        Err(why) => Err(Error::RankConnectionLost {
-            tag: 0,
-            reason: format!("shared-state sync failed: {why}"),
-        }),
+        // Every participant gets this same error and keeps its revision. Our own tensors
+        // each hold either their bytes from before the sync (`unverified` ones, and any
+        // we did not fetch) or the elected content (fetched and verified).
+        Err(why) => {
+            let mut reason = format!("shared-state sync failed: {why}");
+            if !unverified.is_empty() {
+                unverified.sort();
+                reason.push_str(&format!(
+                    "; no holder delivered a verified copy of {unverified:?} here, so they keep \
+                     their bytes from before the sync"
+                ));
+            }
+            Err(Error::RankConnectionLost { tag: 0, reason })
+        }
     }
 }

@@ -11,4 +11,5 @@ mod master_deadlines;
 mod quant;
 mod send_sync;
 mod shared_state;
+mod shared_state_liar;
 mod topology;
