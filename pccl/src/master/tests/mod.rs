@@ -4,7 +4,7 @@
 //!
 //! Layout: `sim` (the simulated cluster), `peer_model` (its peers), `invariants` (its
 //! checks), `property` (the seeded random runs), `harness` (the scenario driver), `admission`, `ops`, `optimize`
-//! and `phases` (scenarios).
+//! and `phases` (scenarios), `node` (the running node: crash reporting).
 
 use std::time::Duration;
 
@@ -26,6 +26,7 @@ macro_rules! ensure {
 mod admission;
 mod harness;
 mod invariants;
+mod node;
 mod ops;
 mod optimize;
 mod peer_model;
