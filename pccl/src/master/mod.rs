@@ -1,6 +1,8 @@
 //! The master: a sans-IO state machine ([`state::MasterState`]), the pure shared-state
 //! election it runs, and the tokio server that drives it.
 
+#[doc(hidden)]
+pub mod drive;
 mod election;
 mod server;
 pub mod state;

@@ -24,6 +24,7 @@ macro_rules! ensure {
 }
 
 mod admission;
+mod drive;
 mod harness;
 mod invariants;
 mod node;
