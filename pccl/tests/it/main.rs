@@ -6,6 +6,7 @@ mod churn;
 mod common;
 mod grid;
 mod handshake;
+mod master_robust;
 mod quant;
 mod send_sync;
 mod shared_state;
