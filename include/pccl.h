@@ -422,7 +422,8 @@ enum pcclResult_t pcclRunMaster(pcclMasterInstance_t *master);
 enum pcclResult_t pcclInterruptMaster(pcclMasterInstance_t *master);
 
 // Blocks until the master has stopped (after `pcclInterruptMaster`, from this or another
-// thread). A master that was never run is `pcclInvalidUsage`.
+// thread). A master that was never run is `pcclInvalidUsage`; a master that crashed
+// (its thread panicked: a bug, logged when it happened) is `pcclInternalError`.
 //
 // # Safety
 //

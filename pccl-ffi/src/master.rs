@@ -116,7 +116,8 @@ pub unsafe extern "C" fn pcclInterruptMaster(master: *mut pcclMasterInstance_t) 
 }
 
 /// Blocks until the master has stopped (after `pcclInterruptMaster`, from this or another
-/// thread). A master that was never run is `pcclInvalidUsage`.
+/// thread). A master that was never run is `pcclInvalidUsage`; a master that crashed
+/// (its thread panicked: a bug, logged when it happened) is `pcclInternalError`.
 ///
 /// # Safety
 ///
@@ -128,7 +129,7 @@ pub unsafe extern "C" fn pcclMasterAwaitTermination(
     ffi_boundary!(no_init, {
         // SAFETY: forwarded contract.
         let state = unsafe { handle_ref(master)? };
-        state.node()?.await_termination();
+        state.node()?.await_termination()?;
         Ok(())
     })
 }

@@ -74,17 +74,26 @@ impl MasterNode {
         Ok(())
     }
 
-    /// Blocks (GIL released, Ctrl-C honoured) until the master has stopped.
+    /// Blocks (GIL released, Ctrl-C honoured) until the master has stopped. Raises
+    /// `InternalError` if the master crashed (its thread panicked).
     fn await_termination(&self, py: Python<'_>) -> PyResult<()> {
         self.owner.check("master")?;
         let Some(m) = self.running() else {
             return Ok(());
         };
-        blocking(py, KeepAlive::new(), move || {
-            m.await_termination();
-            Ok(())
-        })?;
+        // A crash keeps the node: every later call raises again.
+        blocking(py, KeepAlive::new(), move || m.await_termination())?;
         *self.lock() = State::Stopped;
+        Ok(())
+    }
+
+    /// Test hook: makes the running master's thread panic, so the tests can check that
+    /// the crash is reported. Private (not in the stubs); not reachable from the network.
+    fn _crash_for_tests(&self) -> PyResult<()> {
+        self.owner.check("master")?;
+        if let Some(m) = self.running() {
+            m.crash_for_tests();
+        }
         Ok(())
     }
 

@@ -138,6 +138,47 @@ def test_master_run_twice():
     m.await_termination()
 
 
+def test_master_crash_raises():
+    # A panic of the master's thread must surface as an error, never as a clean stop.
+    m = pccl.MasterNode("127.0.0.1:0")
+    m.run()
+    m._crash_for_tests()
+    with pytest.raises(pccl.InternalError) as e:
+        m.await_termination()
+    assert "the master crashed" in str(e.value)
+    assert e.value.result == pccl.Result.INTERNAL_ERROR
+    # Asked again, it says the same.
+    with pytest.raises(pccl.InternalError):
+        m.await_termination()
+
+
+# `python -m pccl.master` whose master crashes right after it starts listening.
+_CRASHING_MASTER = """
+import sys
+import pccl.master as pm
+from pccl import _pccl
+
+class Crashing:
+    def __init__(self, addr):
+        self.m = _pccl.MasterNode(addr)
+    def run(self):
+        self.m.run()
+        self.m._crash_for_tests()
+    def __getattr__(self, name):
+        return getattr(self.m, name)
+
+pm.MasterNode = Crashing
+sys.exit(pm.main(["--listen-address", "127.0.0.1:0"]))
+"""
+
+
+def test_python_m_pccl_master_crash_exits_nonzero(procs):
+    p = procs.start(["-c", _CRASHING_MASTER])
+    out, _ = p.communicate(timeout=30)
+    assert p.returncode == 1, out
+    assert "the master crashed" in out
+
+
 def test_exceptions_pickle():
     import pickle
 

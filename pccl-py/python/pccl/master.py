@@ -9,7 +9,7 @@ import signal
 import sys
 from typing import Optional, Sequence
 
-from pccl._pccl import MasterNode
+from pccl._pccl import MasterNode, PCCLError
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
@@ -30,10 +30,15 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
     signal.signal(signal.SIGTERM, stop)
     try:
-        master.await_termination()
-    except KeyboardInterrupt:
-        master.interrupt()
-        master.await_termination()
+        try:
+            master.await_termination()
+        except KeyboardInterrupt:
+            master.interrupt()
+            master.await_termination()
+    except PCCLError as e:
+        # The master crashed (a bug, already logged): fail the process so it is noticed.
+        print(f"pccl master: {e}", file=sys.stderr, flush=True)
+        return 1
     return 0
 
 

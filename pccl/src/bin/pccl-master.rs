@@ -73,6 +73,38 @@ fn main() -> ExitCode {
         }
     };
     eprintln!("pccl-master listening on {}", master.local_addr());
-    master.await_termination();
-    ExitCode::SUCCESS
+    exit_code(master.await_termination())
+}
+
+/// How the master's end becomes the process status: a crashed master (its thread
+/// panicked) must fail the process, so that a supervisor restarts it or a script notices.
+fn exit_code(end: pccl::Result<()>) -> ExitCode {
+    match end {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("pccl-master: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_crashed_master_fails_the_process() {
+        let master = pccl::MasterNode::start(pccl::MasterConfig::new(([127, 0, 0, 1], 0).into()))
+            .expect("master starts");
+        master.crash_for_tests();
+        assert_eq!(exit_code(master.await_termination()), ExitCode::FAILURE);
+    }
+
+    #[test]
+    fn an_interrupted_master_exits_cleanly() {
+        let master = pccl::MasterNode::start(pccl::MasterConfig::new(([127, 0, 0, 1], 0).into()))
+            .expect("master starts");
+        master.interrupt();
+        assert_eq!(exit_code(master.await_termination()), ExitCode::SUCCESS);
+    }
 }

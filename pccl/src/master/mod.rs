@@ -1,6 +1,8 @@
 //! The master: a sans-IO state machine ([`state::MasterState`]), the pure shared-state
 //! election it runs, and the tokio server that drives it.
 
+#[doc(hidden)]
+pub mod drive;
 mod election;
 mod server;
 pub mod state;
@@ -11,7 +13,8 @@ mod tests;
 pub use election::{designated_source, source_order};
 
 use std::net::SocketAddr;
-use std::sync::Mutex;
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
@@ -131,12 +134,23 @@ impl MasterConfig {
     }
 }
 
+/// What the owner of a [`MasterNode`] asks of its serving task.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Command {
+    Run,
+    Stop,
+    /// Panic in the serving task (tests only: see [`MasterNode::crash_for_tests`]).
+    Crash,
+}
+
 /// A running master. Dropping it stops it.
 #[derive(Debug)]
 pub struct MasterNode {
     addr: SocketAddr,
-    stop: watch::Sender<bool>,
+    command: watch::Sender<Command>,
     thread: Mutex<Option<JoinHandle<()>>>,
+    /// The panic message, once the serving thread has panicked.
+    crashed: Arc<Mutex<Option<String>>>,
 }
 
 impl MasterNode {
@@ -154,24 +168,36 @@ impl MasterNode {
             .enable_all()
             .build()
             .map_err(|e| Error::Internal(e.to_string()))?;
-        let (stop, stop_rx) = watch::channel(false);
+        let (command, command_rx) = watch::channel(Command::Run);
         let timeouts = config.timeouts();
+        let crashed = Arc::new(Mutex::new(None));
+        let crash_slot = crashed.clone();
         let thread = std::thread::Builder::new()
             .name("pccl-master".into())
             .spawn(move || {
-                rt.block_on(async move {
-                    match tokio::net::TcpListener::from_std(std) {
-                        Ok(listener) => server::serve(listener, timeouts, stop_rx).await,
-                        Err(e) => tracing::error!(error = %e, "cannot register listener"),
-                    }
-                });
+                // A panic here is a bug in the master; it must never pass unnoticed:
+                // it is logged now and `await_termination` reports it.
+                let run = catch_unwind(AssertUnwindSafe(|| {
+                    rt.block_on(async move {
+                        match tokio::net::TcpListener::from_std(std) {
+                            Ok(listener) => server::serve(listener, timeouts, command_rx).await,
+                            Err(e) => tracing::error!(error = %e, "cannot register listener"),
+                        }
+                    });
+                }));
+                if let Err(payload) = run {
+                    let what = panic_message(payload.as_ref());
+                    tracing::error!(panic = %what, "the master crashed: its thread panicked");
+                    *crash_slot.lock().unwrap_or_else(|e| e.into_inner()) = Some(what);
+                }
             })
             .map_err(|e| Error::Internal(e.to_string()))?;
         tracing::info!(%addr, "master listening");
         Ok(Self {
             addr,
-            stop,
+            command,
             thread: Mutex::new(Some(thread)),
+            crashed,
         })
     }
 
@@ -182,21 +208,66 @@ impl MasterNode {
 
     /// Asks the master to stop; returns at once.
     pub fn interrupt(&self) {
-        let _ = self.stop.send(true);
+        self.command.send_if_modified(|c| {
+            let stop = *c == Command::Run;
+            if stop {
+                *c = Command::Stop;
+            }
+            stop
+        });
     }
 
-    /// Blocks until the master has stopped (after [`interrupt`](Self::interrupt)).
-    pub fn await_termination(&self) {
+    /// Blocks until the master has stopped (after [`interrupt`](Self::interrupt), or
+    /// because it crashed). `Err(Error::Internal)` if its thread panicked: the master
+    /// stopped serving, and the message says why.
+    pub fn await_termination(&self) -> Result<()> {
         let handle = self.thread.lock().unwrap_or_else(|e| e.into_inner()).take();
         if let Some(h) = handle {
-            let _ = h.join();
+            // The thread catches its own panics, so `join` fails only if logging did.
+            if let Err(payload) = h.join() {
+                self.record_crash(panic_message(payload.as_ref()));
+            }
         }
+        match &*self.crashed.lock().unwrap_or_else(|e| e.into_inner()) {
+            Some(what) => Err(Error::Internal(format!("the master crashed: {what}"))),
+            None => Ok(()),
+        }
+    }
+
+    /// Whether the master's thread has panicked (it then serves no more).
+    pub fn has_crashed(&self) -> bool {
+        self.crashed
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .is_some()
+    }
+
+    /// Makes the serving task panic, so tests can check that a crash is reported.
+    /// Reachable only from code linked into the process, never from the network.
+    #[doc(hidden)]
+    pub fn crash_for_tests(&self) {
+        let _ = self.command.send(Command::Crash);
+    }
+
+    fn record_crash(&self, what: String) {
+        let mut slot = self.crashed.lock().unwrap_or_else(|e| e.into_inner());
+        slot.get_or_insert(what);
     }
 }
 
 impl Drop for MasterNode {
     fn drop(&mut self) {
         self.interrupt();
-        self.await_termination();
+        // Already logged when it happened; the owner chose not to ask.
+        let _ = self.await_termination();
     }
+}
+
+/// The message of a panic payload (`panic!` with a literal or with a format).
+fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
+    payload
+        .downcast_ref::<&str>()
+        .map(|s| (*s).to_string())
+        .or_else(|| payload.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "a panic without a message".to_string())
 }

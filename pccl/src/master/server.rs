@@ -12,6 +12,7 @@ use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tracing::Instrument;
 
+use super::Command;
 use super::state::{ConnId, MasterState, Output, Timeouts};
 use crate::net::{self, ConnectionError};
 use crate::types::PeerId;
@@ -31,11 +32,11 @@ enum Input {
     Disconnected(ConnId, String),
 }
 
-/// Runs the master until `shutdown` turns true.
+/// Runs the master until `command` says stop.
 pub(crate) async fn serve(
     listener: TcpListener,
     timeouts: Timeouts,
-    mut shutdown: watch::Receiver<bool>,
+    mut command: watch::Receiver<Command>,
 ) {
     let master_id = PeerId::random();
     let (inbox_tx, mut inbox) = mpsc::unbounded_channel::<Input>();
@@ -50,7 +51,13 @@ pub(crate) async fn serve(
             .map(Instant::from_std)
             .unwrap_or_else(|| Instant::now() + Duration::from_secs(3600));
         tokio::select! {
-            _ = shutdown.changed() => break,
+            changed = command.changed() => match *command.borrow_and_update() {
+                // A dropped sender (no owner left) stops the master too.
+                _ if changed.is_err() => break,
+                Command::Run => {}
+                Command::Stop => break,
+                Command::Crash => panic!("crash requested by a test"),
+            },
             accepted = listener.accept() => {
                 let (stream, addr) = match accepted {
                     Ok(a) => a,

@@ -5,7 +5,7 @@ use std::collections::BTreeSet;
 
 use super::Res;
 use super::sim::{Key, Life, Op, Sim};
-use crate::master::state::{Observed, SYNC_TRANSITIONS, TOPOLOGY_TRANSITIONS, allowed};
+use crate::master::state::{ConnId, Observed, SYNC_TRANSITIONS, TOPOLOGY_TRANSITIONS, allowed};
 use crate::types::PeerId;
 use crate::wire::{FromMaster, ToMaster};
 
@@ -79,7 +79,7 @@ impl Sim {
         // the master's topology, so all of them agree on the accepted set and ring order.
         for id in ring {
             let p = self.peer_by_id(*id);
-            if p.life != Life::Active || !p.to_peer.is_empty() {
+            if p.hostile || p.life != Life::Active || !p.to_peer.is_empty() {
                 continue;
             }
             ensure!(
@@ -101,6 +101,16 @@ impl Sim {
     /// Adversity stops and every peer does what it must for the open calls to finish;
     /// then every joint call, proposal and op vote must have completed.
     pub(super) fn quiesce(&mut self) -> Res {
+        // The adversaries leave first (their sockets reset): the honest peers must then
+        // settle as if they had never been there.
+        for i in 0..self.peers.len() {
+            if self.peers[i].hostile && !self.closed.contains(&(i as ConnId)) {
+                self.log(|| format!("hostile conn {i} leaves"));
+                self.mark_dead(i as ConnId);
+                self.master.handle_disconnect(i as ConnId, "reset");
+                self.drain()?;
+            }
+        }
         for _ in 0..200 {
             // Deliver everything; heartbeat acks alone are no progress.
             let mut progress = false;
@@ -138,7 +148,7 @@ impl Sim {
     /// its group mates have started. Returns whether it did anything.
     pub(super) fn finish_calls(&mut self, i: usize) -> bool {
         let p = &self.peers[i];
-        if p.life != Life::Active {
+        if p.life != Life::Active || p.hostile {
             return false;
         }
         if let Some(&proposal) = p.proposals.front() {

@@ -4,7 +4,8 @@
 //!
 //! Layout: `sim` (the simulated cluster), `peer_model` (its peers), `invariants` (its
 //! checks), `property` (the seeded random runs), `harness` (the scenario driver), `admission`, `ops`, `optimize`
-//! and `phases` (scenarios), `deadlines` (each bounded wait evicts a peer that misses it).
+//! and `phases` (scenarios), `deadlines` (each bounded wait evicts a peer that misses it),
+//! `node` (the running node: crash reporting).
 
 use std::time::Duration;
 
@@ -25,8 +26,10 @@ macro_rules! ensure {
 
 mod admission;
 mod deadlines;
+mod drive;
 mod harness;
 mod invariants;
+mod node;
 mod ops;
 mod optimize;
 mod peer_model;

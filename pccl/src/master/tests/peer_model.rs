@@ -6,6 +6,7 @@ use rand::Rng;
 
 use super::Res;
 use super::sim::{Key, Op, Sim, TAGS, short};
+use crate::master::drive::Bytes;
 use crate::types::Topology;
 use crate::wire::{FailReason, FromMaster, ToMaster, VoteKind};
 
@@ -17,6 +18,9 @@ impl Sim {
         };
         let conn = i;
         self.log(|| format!("conn {conn} receives {}", short(&msg)));
+        if self.peers[i].hostile {
+            return Ok(()); // it ignores the master
+        }
         match msg {
             FromMaster::HeartbeatAck => {}
             FromMaster::Propose { proposal, .. } => self.peers[i].proposals.push_back(proposal),
@@ -32,6 +36,13 @@ impl Sim {
                     self.stats.updates_failed += 1;
                 }
                 self.answer(i, VoteKind::UpdateTopology, res.is_ok())?;
+            }
+            // With adversaries in the run, votes may differ: the call fails and is retried.
+            FromMaster::VoteRejected(_) if self.adversarial => {
+                let kind = self.peers[i].vote.map(|(_, k)| k);
+                if let Some(kind) = kind {
+                    self.answer(i, kind, false)?;
+                }
             }
             FromMaster::VoteRejected(why) => {
                 // Every peer runs the same program, so the joint calls always match.
@@ -151,6 +162,14 @@ impl Sim {
 
     /// Peer `i` does one thing its user program or its protocol code would do.
     pub(super) fn peer_act(&mut self, i: usize) -> Res {
+        if self.peers[i].hostile {
+            // Any well-formed message, with values that often name real state.
+            let bytes: [u8; 32] = self.rng.r#gen();
+            let known: Vec<_> = self.peers.iter().map(|p| p.id).collect();
+            let msg = crate::master::drive::message(&mut Bytes::new(&bytes), &known);
+            self.send_to_master(i, msg);
+            return Ok(());
+        }
         let roll = self.rng.gen_range(0..10);
         let p = &mut self.peers[i];
         if !p.proposals.is_empty() && (roll < 3 || !p.accepted) {

@@ -17,12 +17,18 @@ const STEPS: usize = 300;
 
 /// One random run: 2..8 peers, up to `STEPS` steps with a check after each, then the
 /// cluster settles and must have nothing left open.
-fn run_once(seed: u64, trace: bool) -> (Res, Option<Vec<String>>, Stats) {
+fn run_once(seed: u64, trace: bool, adversarial: bool) -> (Res, Option<Vec<String>>, Stats) {
     let mut sim = Sim::new(seed, trace);
+    sim.adversarial = adversarial;
     let result = catch_unwind(AssertUnwindSafe(|| -> Res {
         let n = sim.rng.gen_range(2..=8);
         for _ in 0..n {
             sim.spawn()?;
+        }
+        if adversarial {
+            for _ in 0..sim.rng.gen_range(1..=2) {
+                sim.spawn_hostile()?;
+            }
         }
         let steps = sim.rng.gen_range(STEPS / 3..=STEPS);
         for _ in 0..steps {
@@ -64,13 +70,26 @@ fn env_u64(name: &str) -> Option<u64> {
 
 #[test]
 fn random_clusters_keep_invariants() {
+    run_many(false);
+}
+
+/// Honest peers mixed with adversaries that send any well-formed message in any order
+/// and state (see `master::drive::message`): the master must not panic, must queue a
+/// bounded number of outputs per message, and the honest peers' invariants must hold;
+/// once the adversaries have gone the honest cluster settles.
+#[test]
+fn adversarial_peers_cannot_break_the_master() {
+    run_many(true);
+}
+
+fn run_many(adversarial: bool) {
     let seed = env_u64("PCCL_SEED").unwrap_or_else(rand::random);
     let runs = env_u64("PCCL_SIM_RUNS").unwrap_or(RUNS);
-    eprintln!("master sim seed = {seed}");
+    eprintln!("master sim seed = {seed} (adversarial: {adversarial})");
     let mut total = Stats::default();
     for run in 0..runs {
         let run_seed = seed.wrapping_add(run);
-        let (res, _, s) = run_once(run_seed, false);
+        let (res, _, s) = run_once(run_seed, false, adversarial);
         total.steps += s.steps;
         total.admitted += s.admitted;
         total.updates_ok += s.updates_ok;
@@ -81,9 +100,11 @@ fn random_clusters_keep_invariants() {
         total.timeouts += s.timeouts;
         total.closes += s.closes;
         total.phase_changes += s.phase_changes;
+        total.hostile_messages += s.hostile_messages;
+        total.hostile_admitted += s.hostile_admitted;
         if let Err(why) = res {
             // Replay the failing run with tracing on: deterministic, so it fails again.
-            let (again, trace, _) = run_once(run_seed, true);
+            let (again, trace, _) = run_once(run_seed, true, adversarial);
             let trace = trace.unwrap_or_default();
             let tail = trace[trace.len().saturating_sub(100)..].join("\n");
             panic!(
@@ -111,6 +132,14 @@ fn random_clusters_keep_invariants() {
             ("failure verdicts", t.verdicts_failed),
             ("heartbeat timeouts", t.timeouts),
             ("phase changes", t.phase_changes),
+            (
+                "adversary messages",
+                if adversarial {
+                    t.hostile_messages
+                } else {
+                    runs
+                },
+            ),
         ] {
             assert!(
                 n >= runs / 20,

@@ -80,6 +80,8 @@ pub(super) struct SimPeer {
     pub(super) next_hb: Duration,
     /// Ops whose successful OpDone the master has received from this peer.
     pub(super) delivered_ok: BTreeSet<Key>,
+    /// An adversary: sends any well-formed message at any time and ignores the master.
+    pub(super) hostile: bool,
 }
 
 /// Every action a step can take.
@@ -92,6 +94,7 @@ pub(super) enum Action {
     Kill,
     Silence,
     Spawn,
+    SpawnHostile,
     IdleJump,
 }
 
@@ -109,6 +112,11 @@ pub(super) struct Stats {
     pub(super) timeouts: u64,
     pub(super) closes: u64,
     pub(super) phase_changes: u64,
+    pub(super) outputs: u64,
+    /// Messages the adversaries sent that the master handled.
+    pub(super) hostile_messages: u64,
+    /// Adversaries the master accepted into the ring (sent a Commit).
+    pub(super) hostile_admitted: u64,
 }
 
 pub(super) struct Sim {
@@ -128,6 +136,8 @@ pub(super) struct Sim {
     /// Ops for which the master received at least one failure report.
     pub(super) failed_reports: BTreeSet<(u32, Key)>,
     pub(super) trace: Option<Vec<String>>,
+    /// Whether adversaries may join this run (see `spawn_hostile`).
+    pub(super) adversarial: bool,
 }
 
 impl Sim {
@@ -144,6 +154,7 @@ impl Sim {
             verdicts: BTreeMap::new(),
             failed_reports: BTreeSet::new(),
             trace: trace.then(Vec::new),
+            adversarial: false,
         }
     }
 
@@ -181,6 +192,20 @@ impl Sim {
 
     // ---- driving the master -----------------------------------------------------------
 
+    /// Connects an adversary: a peer that sends random well-formed messages (see
+    /// `peer_act`), registered or not, with an id that may collide with a live peer's.
+    pub(super) fn spawn_hostile(&mut self) -> Res {
+        self.spawn()?;
+        let i = self.peers.len() - 1;
+        let p = &mut self.peers[i];
+        p.hostile = true;
+        if self.rng.gen_bool(0.5) {
+            p.to_master.clear();
+        }
+        self.log(|| format!("conn {i} is hostile"));
+        Ok(())
+    }
+
     /// Connects a new peer (handshake done) and queues its Register.
     pub(super) fn spawn(&mut self) -> Res {
         let conn = self.peers.len() as ConnId;
@@ -211,6 +236,7 @@ impl Sim {
             proposals: VecDeque::new(),
             next_hb: self.elapsed + HB_INTERVAL,
             delivered_ok: BTreeSet::new(),
+            hostile: false,
         });
         self.log(|| format!("spawn conn {conn} peer {id} group {group}"));
         let now = self.now();
@@ -221,14 +247,16 @@ impl Sim {
     /// Moves every output of the master into the connection queues, checking each.
     pub(super) fn drain(&mut self) -> Res {
         while let Some(out) = self.master.poll_output() {
+            self.stats.outputs += 1;
             match out {
                 Output::Send(conn, msg) => self.on_send(conn, msg)?,
                 Output::Close(conn, reason) => {
                     self.log(|| format!("master closes conn {conn}: {reason}"));
-                    // Our peers follow the protocol, so the master must never see a
-                    // violation from them.
+                    // Our honest peers follow the protocol, so the master must never
+                    // see a violation from them.
                     ensure!(
-                        !reason.starts_with("protocol violation"),
+                        self.peers[conn as usize].hostile
+                            || !reason.starts_with("protocol violation"),
                         "conn {conn} closed for a protocol violation by a correct peer: {reason}"
                     );
                     ensure!(
@@ -307,6 +335,9 @@ impl Sim {
                     topology.contains(p.id),
                     "Commit to conn {conn} that does not list it"
                 );
+                if p.hostile && !p.admitted {
+                    self.stats.hostile_admitted += 1;
+                }
                 if !p.admitted {
                     self.admit(conn);
                 }
@@ -374,6 +405,9 @@ impl Sim {
             }
             Some(msg) => {
                 self.log(|| format!("conn {conn} -> master: {msg:?}"));
+                if self.peers[i].hostile {
+                    self.stats.hostile_messages += 1;
+                }
                 if let ToMaster::OpDone {
                     tag,
                     epoch,
@@ -389,7 +423,16 @@ impl Sim {
                         p.delivered_ok.insert(key);
                     }
                 }
+                let bound = crate::master::drive::output_bound(&self.master, self.peers.len());
                 self.master.handle_message(now, conn, msg);
+                let before = self.stats.outputs;
+                self.drain()?;
+                let queued = self.stats.outputs - before;
+                ensure!(
+                    queued <= bound as u64,
+                    "one message from conn {conn} queued {queued} outputs (bound {bound})"
+                );
+                return Ok(());
             }
         }
         self.drain()
@@ -524,6 +567,9 @@ impl Sim {
         }
         if self.peers.len() < MAX_PEERS_PER_RUN {
             actions.push((3, Action::Spawn));
+            if self.adversarial {
+                actions.push((3, Action::SpawnHostile));
+            }
         }
         if !self.in_flight() {
             actions.push((6, Action::IdleJump));
@@ -567,6 +613,7 @@ impl Sim {
                 Ok(())
             }
             Action::Spawn => self.spawn(),
+            Action::SpawnHostile => self.spawn_hostile(),
             Action::IdleJump => self.idle_jump(),
         }
     }
