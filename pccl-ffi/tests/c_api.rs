@@ -323,9 +323,16 @@ fn steps_of(lines: &[String]) -> Vec<String> {
 /// Master and `world` hello-world peers, `steps` steps; digests must agree bit for bit.
 fn hello_world(world: usize, steps: usize, valgrind: bool) {
     let deadline = Instant::now() + Duration::from_secs(if valgrind { 480 } else { 180 });
-    let exe = c_test("hello_peer");
     let port = free_port();
     let master = start_master(port, valgrind);
+    hello_peers_agree(port, world, steps, valgrind, deadline);
+    stop_master(master, deadline);
+}
+
+/// Runs `world` hello-world peers against the master on `port` for `steps` steps; each
+/// must exit cleanly, and their per-step digests must agree bit for bit.
+fn hello_peers_agree(port: u16, world: usize, steps: usize, valgrind: bool, deadline: Instant) {
+    let exe = c_test("hello_peer");
     let mut peers: Vec<Proc> = (1..=world)
         .map(|seed| {
             let mut cmd = command(&exe, valgrind);
@@ -351,7 +358,6 @@ fn hello_world(world: usize, steps: usize, valgrind: bool) {
             p.name
         );
     }
-    stop_master(master, deadline);
 }
 
 #[test]
@@ -473,32 +479,7 @@ fn master_runs_without_pccl_init() {
     cmd.arg(port.to_string());
     let mut master = Proc::spawn("master_no_init", cmd);
     master.expect_line("READY", Duration::from_secs(60));
-    let exe = c_test("hello_peer");
-    let mut peers: Vec<Proc> = (1..=WORLD)
-        .map(|seed| {
-            let mut cmd = Command::new(&exe);
-            cmd.args([
-                port.to_string(),
-                seed.to_string(),
-                WORLD.to_string(),
-                STEPS.to_string(),
-            ]);
-            Proc::spawn(&format!("peer {seed}"), cmd)
-        })
-        .collect();
-    for p in &mut peers {
-        p.expect_success(deadline);
-    }
-    let first = steps_of(&peers[0].lines());
-    assert_eq!(first.len(), STEPS, "peer 1 ran {} steps", first.len());
-    for p in &peers[1..] {
-        assert_eq!(
-            steps_of(&p.lines()),
-            first,
-            "{} disagrees with peer 1",
-            p.name
-        );
-    }
+    hello_peers_agree(port, WORLD, STEPS, false, deadline);
     drop(master.stdin.take());
     master.expect_success(deadline);
     assert_eq!(master.lines().last().map(String::as_str), Some("DONE"));

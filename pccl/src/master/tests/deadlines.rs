@@ -28,18 +28,7 @@ const JUST: Duration = Duration::from_millis(1);
 
 /// `n` accepted peers of group 0 on connections `0..n`.
 fn cluster(n: u64) -> Harness {
-    let mut h = Harness::with_timeouts(T);
-    h.join(0, 0);
-    h.take(0);
-    for c in 1..n {
-        h.join(c, 0);
-    }
-    if n > 1 {
-        let new: Vec<u64> = (1..n).collect();
-        h.update(&[0], &new);
-    }
-    let _ = h.m.take_observed();
-    h
+    Harness::with_timeouts(T).accepted(n)
 }
 
 /// Every change of phase since the last call is a row of the tables.

@@ -42,6 +42,22 @@ impl Harness {
         }
     }
 
+    /// `n` peers of group 0 on connections `0..n`, all accepted into the ring, with the
+    /// phase changes of getting there already taken.
+    pub(super) fn accepted(mut self, n: u64) -> Self {
+        self.join(0, 0);
+        self.take(0);
+        for c in 1..n {
+            self.join(c, 0);
+        }
+        if n > 1 {
+            let new: Vec<u64> = (1..n).collect();
+            self.update(&[0], &new);
+        }
+        let _ = self.m.take_observed();
+        self
+    }
+
     pub(super) fn now(&self) -> Instant {
         self.base + self.elapsed
     }

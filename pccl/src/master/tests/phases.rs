@@ -25,17 +25,7 @@ struct Recorder {
 impl Recorder {
     /// `n` peers of group 0, all accepted, nothing recorded yet.
     fn cluster(n: u64) -> Self {
-        let mut h = Harness::new();
-        h.join(0, 0);
-        h.take(0);
-        for c in 1..n {
-            h.join(c, 0);
-        }
-        if n > 1 {
-            let new: Vec<u64> = (1..n).collect();
-            h.update(&[0], &new);
-        }
-        let _ = h.m.take_observed();
+        let h = Harness::new().accepted(n);
         Self {
             h,
             seen: Vec::new(),
