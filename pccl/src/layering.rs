@@ -17,6 +17,8 @@ const LAYERS: &[(&str, u32)] = &[
     // Pure codecs: quantization kernels, then the wire format that carries them.
     ("quant", 2),
     ("wire", 3),
+    // The run secret, handshake and frame keys (pure but for a stream shim); `net` uses it.
+    ("secure", 3),
     // Sockets and settings.
     ("net", 4),
     ("config", 4),

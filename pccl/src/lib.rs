@@ -41,6 +41,7 @@ mod layering;
 pub mod master;
 mod net;
 pub mod quant;
+pub mod secure;
 mod shared_state;
 mod topology;
 mod types;
