@@ -43,9 +43,10 @@ const PAYLOAD_VERSION: u8 = 1;
 const PROLOGUE_LABEL: &[u8; 14] = b"pccl-secure-v1";
 const PROLOGUE_LEN: usize = PROLOGUE_LABEL.len() + 1 + 16 + 16;
 
-/// HKDF info of the frame keys, one per direction.
-const INITIATOR_TO_RESPONDER: &[u8] = b"pccl frames v1 aes-256-gcm initiator to responder";
-const RESPONDER_TO_INITIATOR: &[u8] = b"pccl frames v1 aes-256-gcm responder to initiator";
+/// HKDF info of the frame keys: this, the AEAD's name, then the direction.
+const FRAME_KEY_LABEL: &[u8] = b"pccl frames v1 ";
+const INITIATOR_TO_RESPONDER: &[u8] = b" initiator to responder";
+const RESPONDER_TO_INITIATOR: &[u8] = b" responder to initiator";
 
 /// Why a handshake failed. Every variant means: close the connection, change nothing.
 #[derive(Debug, thiserror::Error)]
@@ -428,8 +429,9 @@ impl Handshake {
     ///
     /// Key schedule: Noise's `Split()` yields one raw key per direction (`k1`
     /// initiator→responder, `k2` the other way; they depend on every DH and the PSK).
-    /// Each frame key is `HKDF-SHA256(salt = handshake hash, ikm = k, info = direction
-    /// label)`: a new label keeps the AES-GCM frame keys apart from Noise's own use of `k`,
+    /// Each frame key is `HKDF-SHA256(salt = handshake hash, ikm = k, info = "pccl frames
+    /// v1 " ‖ AEAD name ‖ direction)`: the label keeps the frame keys apart from Noise's own
+    /// use of `k` (and the two modes' AEADs apart from each other),
     /// and the handshake hash (the whole transcript, prologue included) as salt binds them
     /// to this very handshake. We derive from `Split()`, not from the handshake hash
     /// alone, because the hash holds no DH secret: any member could compute it.
@@ -450,7 +452,12 @@ impl Handshake {
         let salt = ring::hkdf::Salt::new(ring::hkdf::HKDF_SHA256, self.noise.get_handshake_hash());
         let derive = |k: &[u8; 32], info: &[u8]| {
             let mut out = Zeroizing::new([0u8; 32]);
-            expand(&salt.extract(k), &[info], &mut out[..]);
+            let aead = self.mode.key_label().as_bytes();
+            expand(
+                &salt.extract(k),
+                &[FRAME_KEY_LABEL, aead, info],
+                &mut out[..],
+            );
             out
         };
         let i2r = derive(&k1, INITIATOR_TO_RESPONDER);

@@ -9,11 +9,13 @@
 //! 2. [`Handshake`]: after the plain hellos, a sans-IO Noise handshake (three messages)
 //!    bound to the connection kind and both ids ([`Binding`]); [`handshake`] drives one
 //!    over a stream under a deadline. It yields a [`Session`].
-//! 3. [`SendKey`] / [`RecvKey`]: AES-256-GCM frame protection, in place, per direction,
+//! 3. [`SendKey`] / [`RecvKey`]: AEAD frame protection (ChaCha20-Poly1305 to authenticate,
+//!    AES-256-GCM to encrypt), in place, per direction,
 //!    with a frame counter that refuses replayed, reordered and injected frames.
 //!
 //! Everything but `io.rs` is pure: no sockets, no clock. All primitives come from `snow`
-//! (Noise: X25519, ChaCha20-Poly1305, BLAKE2s) and `ring` (AES-256-GCM, HKDF-SHA256).
+//! (Noise: X25519, ChaCha20-Poly1305, BLAKE2s) and `ring` (AES-256-GCM,
+//! ChaCha20-Poly1305, HKDF-SHA256).
 
 mod frames;
 mod handshake;
