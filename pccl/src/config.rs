@@ -4,6 +4,7 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::time::Duration;
 
 use crate::error::{Error, Result};
+use crate::secure::RunSecret;
 use crate::wire::MAX_SLICE_BYTES;
 
 /// Default master port (PCCL's `CCOIP_PROTOCOL_PORT_MASTER`).
@@ -46,6 +47,11 @@ pub struct CommunicatorConfig {
     pub worker_threads: usize,
     /// How many times `connect` tries to reach the master.
     pub connect_attempts: u32,
+    /// The run secret (SECURITY.md §6): with one, every connection is authenticated and
+    /// only peers holding the same secret take part. `None`: PCCL-compatible plain mode.
+    pub secret: Option<RunSecret>,
+    /// With a secret, also encrypt every payload (SECURITY.md §6). Must match the master.
+    pub encrypt: bool,
 }
 
 impl CommunicatorConfig {
@@ -67,6 +73,8 @@ impl CommunicatorConfig {
             max_pending_connections: 64,
             worker_threads: 2,
             connect_attempts: 5,
+            secret: None,
+            encrypt: false,
         }
     }
 
@@ -104,6 +112,9 @@ impl CommunicatorConfig {
         }
         if self.master.port() == 0 {
             return Err(Error::InvalidArgument("the master address needs a port"));
+        }
+        if self.encrypt && self.secret.is_none() {
+            return Err(Error::InvalidArgument("encryption needs a run secret"));
         }
         Ok(())
     }

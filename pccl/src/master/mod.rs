@@ -59,6 +59,11 @@ pub struct MasterConfig {
     /// The slowest transfer rate, in bytes/s, `sync_transfer_timeout` allows for
     /// (default 1 MiB/s).
     pub sync_transfer_min_rate: u64,
+    /// The run secret (SECURITY.md §6): with one, only peers that prove they hold it can
+    /// register, and every connection is authenticated. `None`: PCCL-compatible plain mode.
+    pub secret: Option<crate::secure::RunSecret>,
+    /// With a secret, payloads are encrypted too; peers must ask for the same.
+    pub encrypt: bool,
 }
 
 impl MasterConfig {
@@ -75,6 +80,8 @@ impl MasterConfig {
             sync_report_timeout: t.sync_report,
             sync_transfer_timeout: t.sync_transfer,
             sync_transfer_min_rate: t.sync_transfer_min_rate,
+            secret: None,
+            encrypt: false,
         }
     }
 
@@ -115,6 +122,9 @@ impl MasterConfig {
             return Err(Error::InvalidArgument(
                 "sync transfer minimum rate must be at least 1 byte/s",
             ));
+        }
+        if self.encrypt && self.secret.is_none() {
+            return Err(Error::InvalidArgument("encryption needs a run secret"));
         }
         Ok(())
     }
