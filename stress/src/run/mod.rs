@@ -301,6 +301,9 @@ impl Harness {
     }
 
     fn line(&mut self, tag: u32, line: &str) {
+        if std::env::var_os("PCCL_STRESS_TRACE").is_some() {
+            self.trace(tag, line);
+        }
         if let Some(j) = line.strip_prefix("STEP ") {
             match serde_json::from_str::<worker::StepLine>(j) {
                 Ok(l) => {
@@ -342,6 +345,25 @@ impl Harness {
         } else if tag == MASTER_TAG || tag >= 1 << 30 {
             println!("[aux {tag}] {line}");
         }
+    }
+
+    /// `PCCL_STRESS_TRACE=1`: every child's output line (cut at 240 bytes) with the time,
+    /// in `trace.log` beside the report, to replay how a run went (rings, steps, joins).
+    fn trace(&self, tag: u32, line: &str) {
+        use std::io::Write as _;
+        let Ok(mut f) = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.join("trace.log"))
+        else {
+            return;
+        };
+        let t = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs_f64())
+            .unwrap_or(0.0);
+        let cut = line.char_indices().nth(240).map_or(line.len(), |(i, _)| i);
+        let _ = writeln!(f, "{t:.3} [{tag}] {}", &line[..cut]);
     }
 
     /// Kills every child, tears the network down, checks that nothing is left.
