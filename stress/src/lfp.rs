@@ -223,6 +223,7 @@ pub(crate) fn run(args: &[String]) -> Result<u8> {
         progress_deadline_s: 0.0,
         ops: Default::default(),
         churn: Default::default(),
+        strangers: None,
         wan: Some(WanSpec {
             regions: vec![Region {
                 name: "all".into(),

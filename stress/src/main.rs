@@ -22,6 +22,7 @@ mod pace;
 mod procs;
 mod run;
 mod scenario;
+mod stranger;
 mod wan;
 mod worker;
 

@@ -42,6 +42,8 @@ pub(crate) struct Scenario {
     pub(crate) churn: Churn,
     /// Namespaces, caps, delay, loss (root only).
     pub(crate) wan: Option<Wan>,
+    /// Attacks by hosts that are not members of the run (loopback mode only).
+    pub(crate) strangers: Option<Strangers>,
 }
 
 fn d_duration() -> f64 {
@@ -136,6 +138,70 @@ impl Default for Churn {
     }
 }
 
+/// Strangers: hosts outside the run (no secret, no membership) that attack a live peer's
+/// p2p listener or the master at seeded moments during the churn (`stress/src/stranger.rs`).
+/// Weights are relative; the gap between two attack starts is uniform in `interval_ms`.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub(crate) struct Strangers {
+    pub(crate) interval_ms: [u64; 2],
+    /// (a) connect to a peer and send nothing.
+    pub(crate) silent: u32,
+    /// (b) a hello (random id, random p2p kind), then nothing.
+    pub(crate) hello: u32,
+    /// (c) a hello claiming the target's ring predecessor, then ring data frames with a
+    /// valid CRC for the run's tags and epoch.
+    pub(crate) inject: u32,
+    /// (d) a shared-state hello claiming a member, then requests for the run's tensors.
+    pub(crate) state: u32,
+    /// (e) garbage: random bytes, a wrong version, a control hello, a huge length prefix.
+    pub(crate) garbage: u32,
+    /// (f) `burst_connections` connections to one peer at once, held open.
+    pub(crate) burst: u32,
+    /// (g) the master: heartbeats without a register, garbage, a malformed register.
+    pub(crate) master: u32,
+    /// Connections per burst (above the listener's 64 pending connections).
+    pub(crate) burst_connections: usize,
+    /// Attacks in flight at once at most (a launch beyond is skipped and counted).
+    pub(crate) max_in_flight: usize,
+    /// The strangers' source address: a loopback address the peers do not use, so that
+    /// the gate's recorded-address check is what refuses a claimed member id.
+    pub(crate) from_ip: std::net::Ipv4Addr,
+}
+
+impl Default for Strangers {
+    fn default() -> Self {
+        Self {
+            interval_ms: [1000, 4000],
+            silent: 1,
+            hello: 1,
+            inject: 2,
+            state: 2,
+            garbage: 1,
+            burst: 1,
+            master: 1,
+            burst_connections: 80,
+            max_in_flight: 6,
+            from_ip: std::net::Ipv4Addr::new(127, 0, 0, 77),
+        }
+    }
+}
+
+impl Strangers {
+    /// The weights in attack-kind order (`stranger::Kind::ALL`).
+    pub(crate) fn weights(&self) -> [u32; 7] {
+        [
+            self.silent,
+            self.hello,
+            self.inject,
+            self.state,
+            self.garbage,
+            self.burst,
+            self.master,
+        ]
+    }
+}
+
 /// Wide-area emulation: regions of peers and the links between them.
 #[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
@@ -221,6 +287,24 @@ impl Scenario {
         }
         if self.churn.interval_ms[0] > self.churn.interval_ms[1] {
             bail!("churn.interval_ms must be [min, max]");
+        }
+        if let Some(st) = &self.strangers {
+            if st.interval_ms[0] > st.interval_ms[1] || st.interval_ms[0] < 50 {
+                bail!("strangers.interval_ms must be [min, max] with min >= 50");
+            }
+            if st.weights().iter().all(|w| *w == 0) {
+                bail!("strangers: every attack weight is 0");
+            }
+            if !(1..=1000).contains(&st.burst_connections) {
+                bail!("strangers.burst_connections must be 1..=1000");
+            }
+            if !(1..=32).contains(&st.max_in_flight) {
+                bail!("strangers.max_in_flight must be 1..=32");
+            }
+            let ip = st.from_ip;
+            if !ip.is_loopback() || ip == std::net::Ipv4Addr::LOCALHOST {
+                bail!("strangers.from_ip must be a 127/8 address other than 127.0.0.1");
+            }
         }
         if let Some(w) = &self.wan {
             if w.regions.iter().map(|r| r.seats).sum::<usize>() != self.max_peers {
@@ -399,6 +483,36 @@ mod tests {
 
     fn scenario() -> Scenario {
         toml::from_str("name = \"t\"\npeers = 3\nduration_s = 300\n").unwrap()
+    }
+
+    #[test]
+    fn strangers_keys_are_checked() {
+        let ci = Scenario::load(Path::new(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/scenarios/ci-loopback.toml"
+        )))
+        .unwrap();
+        let st = ci.strangers.expect("CI runs strangers");
+        assert!(
+            st.burst_connections > 64,
+            "a burst must exceed the pending cap"
+        );
+        assert!(scenario().strangers.is_none());
+        let with = |extra: &str| -> Result<Scenario> {
+            let s: Scenario =
+                toml::from_str(&format!("name = \"t\"\npeers = 3\n[strangers]\n{extra}"))?;
+            s.validate()?;
+            Ok(s)
+        };
+        assert!(with("").is_ok());
+        assert!(with("from_ip = \"127.0.0.1\"").is_err());
+        assert!(with("from_ip = \"10.0.0.7\"").is_err());
+        assert!(with("interval_ms = [500, 100]").is_err());
+        assert!(with("burst_connections = 0").is_err());
+        assert!(with("bogus = 1").is_err());
+        let zero =
+            "silent = 0\nhello = 0\ninject = 0\nstate = 0\ngarbage = 0\nburst = 0\nmaster = 0";
+        assert!(with(zero).is_err());
     }
 
     #[test]

@@ -329,6 +329,58 @@ fn run_multiple(comm: &Communicator, inputs: &[Vec<f32>], q: bool) -> Result<Opt
     }
 }
 
+/// The ring this peer runs on, as the harness's strangers aim at it: printed as a `TOPO`
+/// line whenever the epoch or the ring changes (ids in full hex).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub(crate) struct TopoLine {
+    pub(crate) slot: u32,
+    pub(crate) id: String,
+    pub(crate) port: u16,
+    pub(crate) epoch: u64,
+    pub(crate) pred: Option<String>,
+    pub(crate) members: Vec<String>,
+    /// The step this peer was about to run when it saw this ring.
+    pub(crate) step: u64,
+}
+
+pub(crate) fn hex_id(id: pccl::PeerId) -> String {
+    id.0.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn print_topology(
+    comm: &Communicator,
+    slot: u32,
+    step: u64,
+    seen: &mut Option<(u64, Vec<pccl::PeerId>)>,
+    out: &mut impl Write,
+) -> Result<()> {
+    let t = comm.topology()?;
+    let me = comm.id();
+    let Some(mine) = t.ring.iter().find(|p| p.id == me) else {
+        return Ok(());
+    };
+    let ring: Vec<&pccl::PeerEntry> = t.group_ring(mine.group);
+    let epoch = t.group_epoch(mine.group).unwrap_or(0);
+    let ids: Vec<pccl::PeerId> = ring.iter().map(|p| p.id).collect();
+    if seen.as_ref() == Some(&(epoch, ids.clone())) {
+        return Ok(());
+    }
+    let pos = ids.iter().position(|i| *i == me).unwrap_or(0);
+    let line = TopoLine {
+        slot,
+        id: hex_id(me),
+        port: mine.p2p_addr.port(),
+        epoch,
+        pred: (ids.len() >= 2).then(|| hex_id(ids[(pos + ids.len() - 1) % ids.len()])),
+        members: ids.iter().map(|i| hex_id(*i)).collect(),
+        step,
+    };
+    writeln!(out, "TOPO {}", serde_json::to_string(&line)?)?;
+    out.flush()?;
+    *seen = Some((epoch, ids));
+    Ok(())
+}
+
 pub(crate) fn run(args: &[String]) -> Result<()> {
     let a = Args::parse(args)?;
     let leave = Arc::new(AtomicBool::new(false));
@@ -343,11 +395,23 @@ pub(crate) fn run(args: &[String]) -> Result<()> {
         cfg.slice_bytes = a.slice_bytes;
     }
     let comm = Communicator::new(cfg)?;
-    comm.connect().context("connect")?;
+    // A newcomer is turned away when its proposal aborts (docs/PROTOCOL.md §3.3): a member
+    // died meanwhile, or one of the new ring's links could not be dialled (a stranger
+    // holding a listener's pending slots). It asks again, as an application would.
+    let mut tries = 1u32;
+    let end = Instant::now() + Duration::from_secs(120);
+    while let Err(e) = comm.connect() {
+        if matches!(e, Error::InvalidUsage(_)) || Instant::now() >= end {
+            return Err(anyhow!("connect: {e}"));
+        }
+        eprintln!("connect failed, asking again: {e}");
+        tries += 1;
+        std::thread::sleep(Duration::from_millis(200));
+    }
     let mut out = std::io::stdout().lock();
     writeln!(
         out,
-        "JOINED {{\"slot\":{},\"id\":\"{}\"}}",
+        "JOINED {{\"slot\":{},\"id\":\"{}\",\"tries\":{tries}}}",
         a.slot,
         comm.id()
     )?;
@@ -359,7 +423,9 @@ pub(crate) fn run(args: &[String]) -> Result<()> {
     let mut stepv = [0u64];
     let mut revision = 0u64;
     let joint = Duration::from_secs(120);
+    let mut ring_seen = None;
     loop {
+        print_topology(&comm, a.slot, stepv[0], &mut ring_seen, &mut out)?;
         if leave.load(Ordering::SeqCst) {
             comm.close();
             writeln!(out, "LEFT {{\"slot\":{}}}", a.slot)?;

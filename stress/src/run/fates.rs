@@ -54,6 +54,24 @@ impl Harness {
             Action::Join(s) | Action::Kill(s) | Action::Leave(s) | Action::Reset(s) => *s,
             Action::Freeze { slot, .. } | Action::Partition { slot, .. } => *slot,
         };
+        // The schedule's model counts a newcomer as a member 2 s after its start; one that
+        // takes longer to be accepted (turned away while a stranger holds its successor's
+        // pending slots) is not one yet. So a disruption is also checked against the peers
+        // actually accepted, running and unfrozen: it must leave `min_peers` of them, or
+        // the run could lose every member and restart from step 0.
+        if !matches!(a, Action::Join(_)) {
+            let others = self
+                .peers
+                .iter()
+                .filter(|(s, p)| {
+                    **s != slot && p.fate == Fate::Running && p.joined && p.frozen_until.is_none()
+                })
+                .count();
+            if others < self.scenario.min_peers {
+                self.counts.events_skipped += 1;
+                return Ok(());
+            }
+        }
         let seat = self.peers.get(&slot).and_then(|p| p.seat);
         let Some(p) = self
             .peers

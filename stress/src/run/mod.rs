@@ -9,6 +9,7 @@
 mod fates;
 mod report;
 mod start;
+mod strangers;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::Write;
@@ -44,6 +45,7 @@ struct Harness {
     lines_tx: mpsc::Sender<(u32, String)>,
     counts: Counts,
     checker: Checker,
+    strangers: Option<strangers::Runner>,
 }
 
 const MASTER_TAG: u32 = u32::MAX;
@@ -93,8 +95,24 @@ pub(crate) fn harness(args: &[String]) -> Result<u8> {
     let report_path = opt(args, "--report")
         .map(PathBuf::from)
         .unwrap_or_else(|| dir.join("report.json"));
+    let strangers = match &s.strangers {
+        Some(_) if use_wan => {
+            println!("strangers: off in WAN mode (the peers live in namespaces)");
+            None
+        }
+        Some(st) => {
+            let r = strangers::Runner::new(st, s.duration_s, seed);
+            println!(
+                "strangers: {} attacks planned from {}",
+                r.tally.planned, st.from_ip
+            );
+            Some(r)
+        }
+        None => None,
+    };
     let (tx, rx) = mpsc::channel();
     let mut h = Harness {
+        strangers,
         checker: Checker::new(s.ops.count, s.ops.concurrent),
         scenario: s,
         use_wan,
@@ -143,6 +161,7 @@ pub(crate) fn harness(args: &[String]) -> Result<u8> {
         busbw_gbps_median: median(&t.busbw),
         busbw_gbps_max: t.busbw.iter().copied().fold(0.0, f64::max),
         quantized: h.scenario.ops.quantize,
+        strangers: h.strangers.as_ref().map(|r| &r.tally),
         violations: &t.violations,
         verdict,
     };
@@ -208,6 +227,7 @@ impl Harness {
                         deferred.push(slot);
                     }
                 } else {
+                    self.stranger_disruption(&a);
                     self.act(&a);
                 }
             }
@@ -221,6 +241,7 @@ impl Harness {
             }
             deferred = still_waiting;
             self.reap(now);
+            self.strangers_tick(start);
             if self.checker.last_progress.elapsed() > deadline {
                 self.counts.stalls += 1;
                 let m = format!(
@@ -262,6 +283,7 @@ impl Harness {
         while let Ok((tag, line)) = rx.try_recv() {
             self.line(tag, &line);
         }
+        self.strangers_finish();
         // Joins that never got a free seat did not happen: counted as such, not as joins.
         self.counts.joins_unstarted = deferred.len() as u64;
         self.never_accepted(deadline);
@@ -279,9 +301,13 @@ impl Harness {
     }
 
     fn line(&mut self, tag: u32, line: &str) {
+        if std::env::var_os("PCCL_STRESS_TRACE").is_some() {
+            self.trace(tag, line);
+        }
         if let Some(j) = line.strip_prefix("STEP ") {
             match serde_json::from_str::<worker::StepLine>(j) {
                 Ok(l) => {
+                    self.stranger_step(l.slot, l.step);
                     // Who could have taken part: live processes and those gone lately.
                     let alive: BTreeSet<u32> = self
                         .peers
@@ -298,9 +324,18 @@ impl Harness {
                     .checker
                     .violation(format!("slot {tag}: bad step line ({e}): {line}")),
             }
-        } else if line.starts_with("JOINED ") {
+        } else if let Some(j) = line.strip_prefix("TOPO ") {
+            self.stranger_topo(j);
+        } else if let Some(j) = line.strip_prefix("JOINED ") {
             if let Some(p) = self.peers.get_mut(&tag) {
                 p.joined = true;
+            }
+            let tries = serde_json::from_str::<serde_json::Value>(j)
+                .ok()
+                .and_then(|v| v.get("tries").and_then(serde_json::Value::as_u64))
+                .unwrap_or(1);
+            if tries > 1 {
+                self.counts.joins_turned_away += 1;
             }
             if tag >= self.scenario.peers as u32 {
                 self.counts.joins_accepted += 1;
@@ -310,6 +345,25 @@ impl Harness {
         } else if tag == MASTER_TAG || tag >= 1 << 30 {
             println!("[aux {tag}] {line}");
         }
+    }
+
+    /// `PCCL_STRESS_TRACE=1`: every child's output line (cut at 240 bytes) with the time,
+    /// in `trace.log` beside the report, to replay how a run went (rings, steps, joins).
+    fn trace(&self, tag: u32, line: &str) {
+        use std::io::Write as _;
+        let Ok(mut f) = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.join("trace.log"))
+        else {
+            return;
+        };
+        let t = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs_f64())
+            .unwrap_or(0.0);
+        let cut = line.char_indices().nth(240).map_or(line.len(), |(i, _)| i);
+        let _ = writeln!(f, "{t:.3} [{tag}] {}", &line[..cut]);
     }
 
     /// Kills every child, tears the network down, checks that nothing is left.

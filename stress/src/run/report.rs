@@ -3,6 +3,7 @@
 
 use serde::Serialize;
 
+use super::strangers::StrangerTally;
 use crate::scenario::Scenario;
 
 /// The counters of the summary and JSON report.
@@ -16,6 +17,8 @@ pub(super) struct Counts {
     pub(super) joins_unstarted: u64,
     /// Workers running at the end that were never accepted (violations).
     pub(super) joins_never_accepted: u64,
+    /// Joins whose first `connect` was turned away (a proposal aborted) and that asked again.
+    pub(super) joins_turned_away: u64,
     pub(super) kills: u64,
     pub(super) freezes_short: u64,
     pub(super) freezes_long: u64,
@@ -54,6 +57,7 @@ pub(super) struct Report<'a> {
     pub(super) busbw_gbps_median: f64,
     pub(super) busbw_gbps_max: f64,
     pub(super) quantized: bool,
+    pub(super) strangers: Option<&'a StrangerTally>,
     pub(super) violations: &'a [String],
     pub(super) verdict: &'a str,
 }
@@ -71,9 +75,10 @@ pub(super) fn print_summary(r: &Report<'_>) {
         r.steps, r.last_step, r.step_lines, r.max_world
     );
     println!(
-        "joins {} (accepted {}, deferred {}, never started {}, never accepted {})  kills {}  leaves {}",
+        "joins {} (accepted {}, turned away first {}, deferred {}, never started {}, never accepted {})  kills {}  leaves {}",
         c.joins,
         c.joins_accepted,
+        c.joins_turned_away,
         c.joins_deferred,
         c.joins_unstarted,
         c.joins_never_accepted,
@@ -104,6 +109,34 @@ pub(super) fn print_summary(r: &Report<'_>) {
         "unexpected exits {}  stalls {}  leaked processes {}  events skipped {}",
         c.unexpected_exits, c.stalls, c.leaks, c.events_skipped
     );
+    if let Some(s) = r.strangers {
+        println!(
+            "strangers from {}: planned {} launched {} (skipped: no target {}, busy {})  answered {}  not closed {}  held after {}",
+            s.from_ip,
+            s.planned,
+            s.launched,
+            s.skipped_no_target,
+            s.skipped_busy,
+            s.answered,
+            s.not_closed,
+            s.held_after
+        );
+        for (kind, k) in &s.kinds {
+            println!(
+                "  {:<8} attacks {:>3}  conns {:>4} (connect failed {})  closed {:>4} (at once {:>3})  open past deadline {} (excused {})  bytes sent {} read {}",
+                format!("{kind:?}").to_lowercase(),
+                k.attacks,
+                k.conns,
+                k.connect_failed,
+                k.closed,
+                k.closed_at_once,
+                k.still_open,
+                k.excused_open,
+                k.bytes_sent,
+                k.bytes_read
+            );
+        }
+    }
     for v in r.violations.iter().take(20) {
         println!("  violation: {v}");
     }

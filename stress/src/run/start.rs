@@ -97,6 +97,12 @@ impl Harness {
 
     /// Starts slot's worker; false when no network seat is free (WAN), so it waits.
     pub(super) fn try_join(&mut self, slot: u32) -> Result<bool> {
+        // Disruptions the run skipped (see `fates.rs`) leave processes the schedule's model
+        // counts as gone: a join waits for a free place then, as a WAN join waits for a seat.
+        let procs = self.peers.values().filter(|p| p.fate != Fate::Gone).count();
+        if procs >= self.scenario.max_peers {
+            return Ok(false);
+        }
         let free = match &self.wan {
             None => None,
             Some(w) => {
