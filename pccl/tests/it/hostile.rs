@@ -374,8 +374,9 @@ fn a_stranger_reads_no_shared_state() {
     assert!(theirs == secret, "the member received the state");
 }
 
-/// (f) A member's ring connection that falls silent is closed at the idle deadline, while
-/// one that sends keepalives, and the honest ring links idle all along, stay open.
+/// (f) A member's ring connection that falls silent is closed at the idle deadline, and the
+/// early frames it pinned go with it, while one that sends keepalives, and the honest ring
+/// links idle all along, stay open.
 #[test]
 fn silent_ring_connections_are_closed_and_keepalives_keep_them() {
     const IDLE: Duration = Duration::from_secs(3);
@@ -398,6 +399,14 @@ fn silent_ring_connections_are_closed_and_keepalives_keep_them() {
     let start = Instant::now();
     let mut silent = TcpStream::connect(addr).unwrap();
     open(&mut silent);
+    // Frames for an epoch that never comes are held while their connection lives.
+    let future = epoch(&comms[who]) + 1000;
+    for seq in 0..4 {
+        silent
+            .write_all(&frame(9, future, seq, 0, 0, 1024, 0xEE))
+            .unwrap();
+    }
+    wait_for("4 frames held", IDLE, || comms[who].early_frames().0 == 4);
     let mut alive = TcpStream::connect(addr).unwrap();
     open(&mut alive);
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
