@@ -250,6 +250,7 @@ pub(crate) async fn accept_loop(
     mut stop: watch::Receiver<bool>,
 ) {
     let mut next_conn = 0u64;
+    let mut refusals = net::Throttle::new(Duration::from_secs(1));
     loop {
         let (stream, addr) = tokio::select! {
             a = listener.accept() => match a {
@@ -263,7 +264,15 @@ pub(crate) async fn accept_loop(
             _ = net::stopped(&mut stop) => return,
         };
         let Ok(permit) = inbound.pending.clone().try_acquire_owned() else {
-            tracing::warn!(%addr, "too many unidentified p2p connections, closed at once");
+            drop(stream);
+            // Rate-limited: a stranger opening connections in a loop must not flood the log.
+            if let Some(n) = refusals.hit() {
+                tracing::warn!(
+                    %addr,
+                    refused = n,
+                    "too many unidentified p2p connections: new ones are closed at once"
+                );
+            }
             continue;
         };
         next_conn += 1;
