@@ -1,10 +1,13 @@
 //! Arbitrary bytes into every frame decoder: control messages in both directions, the
-//! data-frame header, and the control length prefix. Decoding must never panic, and what
+//! data-frame header and the ring-frame (data or keepalive) decoder, and the control
+//! length prefix. Decoding must never panic, and what
 //! decodes must re-encode to bytes that decode to the same encoding (docs/PROTOCOL.md).
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use pccl::wire::{DATA_HEADER_LEN, DataHeader, FromMaster, ToMaster, check_control_len};
+use pccl::wire::{
+    DATA_HEADER_LEN, DataHeader, FromMaster, KEEPALIVE, RingFrame, ToMaster, check_control_len,
+};
 
 fuzz_target!(|data: &[u8]| {
     if let Ok(msg) = ToMaster::decode(data) {
@@ -33,6 +36,11 @@ fuzz_target!(|data: &[u8]| {
                 Some(h),
                 "DataHeader round trip"
             );
+        }
+        match RingFrame::decode(head) {
+            Ok(RingFrame::Data(h)) => assert_eq!(DataHeader::decode(head).ok(), Some(h)),
+            Ok(RingFrame::Keepalive) => assert_eq!(head, &KEEPALIVE, "only one keepalive"),
+            Err(_) => {}
         }
     }
     if let Some(len) = data.first_chunk::<4>() {

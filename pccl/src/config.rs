@@ -12,6 +12,10 @@ pub const DEFAULT_MASTER_PORT: u16 = 48148;
 /// First port a peer tries for its p2p listener.
 pub const DEFAULT_P2P_PORT: u16 = 48150;
 
+/// The shortest `p2p_idle_timeout`: three keepalive intervals, so a late keepalive or
+/// two never closes an honest connection.
+const MIN_P2P_IDLE_TIMEOUT: Duration = Duration::from_secs(3);
+
 /// Settings of one communicator.
 #[derive(Clone, Debug)]
 pub struct CommunicatorConfig {
@@ -43,6 +47,11 @@ pub struct CommunicatorConfig {
     /// Inbound connections on the p2p listener that are not yet identified; beyond this,
     /// new ones are closed at once.
     pub max_pending_connections: usize,
+    /// A ring connection to our p2p listener on which nothing (no frame, no keepalive) has
+    /// arrived for this long is closed, as if its peer had gone; honest diallers send a
+    /// keepalive on every connection idle for a second (docs/PROTOCOL.md §4.1), so only a
+    /// stuck or dead one meets it. At least 3 s (default 30 s).
+    pub p2p_idle_timeout: Duration,
     /// Threads of the communicator's runtime.
     pub worker_threads: usize,
     /// How many times `connect` tries to reach the master.
@@ -71,6 +80,7 @@ impl CommunicatorConfig {
             max_buffered_frames: 4096,
             handshake_timeout: Duration::from_secs(5),
             max_pending_connections: 64,
+            p2p_idle_timeout: Duration::from_secs(30),
             worker_threads: 2,
             connect_attempts: 5,
             secret: None,
@@ -103,6 +113,11 @@ impl CommunicatorConfig {
         if self.handshake_timeout.is_zero() {
             return Err(Error::InvalidArgument(
                 "the handshake timeout must be positive",
+            ));
+        }
+        if self.p2p_idle_timeout < MIN_P2P_IDLE_TIMEOUT {
+            return Err(Error::InvalidArgument(
+                "the p2p idle timeout must be at least 3 s (three keepalive intervals)",
             ));
         }
         if self.worker_threads == 0 {

@@ -22,6 +22,9 @@ A peer that misses one of these bounds is evicted as if it had died; the others 
                                        (default 300000)
   --sync-transfer-timeout-ms MS        finish a shared-state sync (default 60000), plus
   --sync-transfer-min-rate BYTES_PER_S   the largest fetch at this rate (default 1048576)
+
+  --max-unregistered-connections N     connections not yet registered, at most; beyond
+                                       this new ones are closed at once (default 256)
   -h, --help                  this text
 
 Logs go to stderr; set PCCL_LOG (error, warn, info, debug, trace) to choose the level.";
@@ -58,6 +61,10 @@ fn main() -> ExitCode {
                 .next()
                 .and_then(|v| v.parse().ok())
                 .map(|v| c.sync_transfer_min_rate = v),
+            "--max-unregistered-connections" => args
+                .next()
+                .and_then(|v| v.parse().ok())
+                .map(|v| c.max_unregistered_connections = v),
             _ => None,
         };
         if parsed.is_none() {

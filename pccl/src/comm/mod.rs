@@ -12,7 +12,7 @@ pub(crate) mod gate;
 mod multiple;
 pub(crate) mod p2p;
 
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
@@ -48,6 +48,8 @@ pub(crate) struct Shared {
     pub(crate) door: Arc<StateDoor>,
     /// The topologies inbound connections are admitted against.
     pub(crate) gate: Arc<Gate>,
+    /// Inbound ring connections closed for silence so far.
+    idle_closed: Arc<AtomicU64>,
     cmds: mpsc::UnboundedSender<Cmd>,
 }
 
@@ -185,6 +187,7 @@ impl Communicator {
             bufs,
             door: Arc::default(),
             gate: Arc::new(Gate::new(me, config.peer_group)),
+            idle_closed: Arc::default(),
             config: config.clone(),
             cmds: cmd_tx,
         });
@@ -205,6 +208,8 @@ impl Communicator {
                 handshake_timeout: config.handshake_timeout,
                 max_payload: config.slice_bytes + crate::quant::META_LEN,
                 pending: Arc::new(tokio::sync::Semaphore::new(config.max_pending_connections)),
+                idle_timeout: config.p2p_idle_timeout,
+                idle_closed: shared.idle_closed.clone(),
             };
             tokio::spawn(p2p::accept_loop(
                 listener,
@@ -276,6 +281,15 @@ impl Communicator {
         self.connected
             .get()
             .map_or((0, 0), |c| c.shared.registry.buffered())
+    }
+
+    /// How many inbound ring connections were closed because nothing arrived on them for
+    /// `p2p_idle_timeout` (for tests of that bound; not a stable API).
+    #[doc(hidden)]
+    pub fn idle_ring_connections_closed(&self) -> u64 {
+        self.connected
+            .get()
+            .map_or(0, |c| c.shared.idle_closed.load(Ordering::Relaxed))
     }
 
     /// The topology this peer currently runs on.

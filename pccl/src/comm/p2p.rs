@@ -2,9 +2,17 @@
 //! successor and reads frames from the connections its predecessor dialled, so every
 //! connection carries data one way and nobody races to dial. Inbound connections of every
 //! kind pass the gate (`gate.rs`) before anything is answered or read past the hello.
+//!
+//! A ring connection may sit idle for minutes between training steps, but a silent one
+//! must not live forever: the dialler sends a keepalive frame on a connection that has
+//! carried nothing for `KEEPALIVE_INTERVAL`, and the acceptor closes a connection on which
+//! nothing has arrived for `p2p_idle_timeout` while it was waiting to read
+//! (docs/PROTOCOL.md §4.1). Keepalives go only on idle connections, so the data path is
+//! unchanged while frames flow.
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -22,12 +30,15 @@ use crate::error::Error;
 use crate::net::{self, ConnectionError};
 use crate::shared_state::StateDoor;
 use crate::types::{PeerEntry, PeerId};
-use crate::wire::{ConnectionKind, DATA_HEADER_LEN, DataHeader, Hello};
+use crate::wire::{ConnectionKind, DATA_HEADER_LEN, Hello, KEEPALIVE, RingFrame};
 
 /// How long a p2p dial or handshake may take.
 const DIAL_TIMEOUT: Duration = Duration::from_secs(5);
 /// Frames queued per connection before the op waits for the socket.
 const WRITE_QUEUE: usize = 16;
+/// A ring connection that has carried nothing for this long gets a keepalive. Part of the
+/// protocol: an acceptor's idle timeout must be well above it (docs/PROTOCOL.md §4.1).
+pub(crate) const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(1);
 
 /// The p2p side of a communicator.
 #[derive(Debug)]
@@ -152,14 +163,36 @@ async fn write_loop(
     tokio::pin!(hung_up);
     let mut closed_rx = closed.subscribe();
     let mut head = Vec::with_capacity(DATA_HEADER_LEN);
+    // The keepalive timer is reset only when it fires, so a busy connection pays one
+    // clock read per frame and no timer operation.
+    let mut last_sent = Instant::now();
+    let keepalive = tokio::time::sleep_until(last_sent + KEEPALIVE_INTERVAL);
+    tokio::pin!(keepalive);
     loop {
         let frame = tokio::select! {
-            f = rx.recv() => match f { Some(f) => f, None => break },
+            f = rx.recv() => match f { Some(f) => Some(f), None => break },
             _ = net::stopped(&mut closed_rx) => break,
             _ = &mut hung_up => {
                 tracing::debug!("the successor closed a ring connection");
                 break;
             }
+            _ = &mut keepalive => None,
+        };
+        let Some(frame) = frame else {
+            if last_sent.elapsed() >= KEEPALIVE_INTERVAL {
+                let res = tokio::select! {
+                    r = stream.write_all(&KEEPALIVE) => r,
+                    _ = net::stopped(&mut closed_rx) => break,
+                    _ = &mut hung_up => break,
+                };
+                if let Err(e) = res {
+                    tracing::debug!(error = %e, "p2p keepalive failed");
+                    break;
+                }
+                last_sent = Instant::now();
+            }
+            keepalive.as_mut().reset(last_sent + KEEPALIVE_INTERVAL);
+            continue;
         };
         head.clear();
         frame.header.encode(&mut head);
@@ -176,6 +209,7 @@ async fn write_loop(
             tracing::debug!(error = %e, "p2p write failed");
             break;
         }
+        last_sent = Instant::now();
         bufs.recycle(frame.payload);
     }
     let _ = closed.send(true);
@@ -201,6 +235,11 @@ pub(crate) struct Inbound {
     pub(crate) max_payload: usize,
     /// One permit per connection that is not identified yet.
     pub(crate) pending: Arc<Semaphore>,
+    /// A ring connection on which nothing arrives for this long, while we wait to read
+    /// it, is closed.
+    pub(crate) idle_timeout: Duration,
+    /// How many ring connections were closed for silence (for tests and operators).
+    pub(crate) idle_closed: Arc<AtomicU64>,
 }
 
 /// Accepts p2p connections until `stop`; each is identified and admitted by the gate
@@ -211,6 +250,7 @@ pub(crate) async fn accept_loop(
     mut stop: watch::Receiver<bool>,
 ) {
     let mut next_conn = 0u64;
+    let mut refusals = net::Throttle::new(Duration::from_secs(1));
     loop {
         let (stream, addr) = tokio::select! {
             a = listener.accept() => match a {
@@ -224,7 +264,15 @@ pub(crate) async fn accept_loop(
             _ = net::stopped(&mut stop) => return,
         };
         let Ok(permit) = inbound.pending.clone().try_acquire_owned() else {
-            tracing::warn!(%addr, "too many unidentified p2p connections, closed at once");
+            drop(stream);
+            // Rate-limited: a stranger opening connections in a loop must not flood the log.
+            if let Some(n) = refusals.hit() {
+                tracing::warn!(
+                    %addr,
+                    refused = n,
+                    "too many unidentified p2p connections: new ones are closed at once"
+                );
+            }
             continue;
         };
         next_conn += 1;
@@ -280,17 +328,76 @@ async fn serve_inbound(
             Ok(())
         }
         _ => {
-            // An idle ring connection stays open while its peer is in the run; once the
-            // peer leaves the topology it is closed (its early frames go with it).
+            // An idle ring connection stays open while its peer is in the run and keeps
+            // it alive; once the peer leaves the topology, or the connection falls
+            // silent, it is closed (its early frames go with it).
             let mut known = inbound.gate.watch();
+            let quiet = Quiet::new();
             tokio::select! {
-                r = read_loop(&mut stream, from, conn, inbound) => r,
+                r = read_loop(&mut stream, from, conn, inbound, &quiet) => r,
                 _ = net::stopped(&mut stop) => Ok(()),
                 _ = known.wait_for(|k| !k.contains(from)) => {
                     tracing::debug!(%from, "ring connection of a peer that left, closed");
                     Ok(())
                 }
+                _ = quiet.expired(inbound.idle_timeout) => {
+                    inbound.idle_closed.fetch_add(1, Ordering::Relaxed);
+                    tracing::warn!(
+                        %from,
+                        %addr,
+                        idle = ?inbound.idle_timeout,
+                        "ring connection silent for too long (no frame, no keepalive), closed"
+                    );
+                    Ok(())
+                }
             }
+        }
+    }
+}
+
+/// When a ring connection last gave us a byte, for its idle deadline. Shared by the read
+/// loop, which stamps it, and the watchdog racing it; while the loop hands a frame to the
+/// registry (which may hold it back for minutes when the early-frame buffer is full) we are
+/// not waiting on the peer, and the clock is paused.
+struct Quiet {
+    start: Instant,
+    /// Milliseconds from `start` to the last byte; `PAUSED` while not reading.
+    last_ms: AtomicU64,
+}
+
+impl Quiet {
+    const PAUSED: u64 = u64::MAX;
+
+    fn new() -> Self {
+        Self {
+            start: Instant::now(),
+            last_ms: AtomicU64::new(0),
+        }
+    }
+
+    /// Something arrived (or we start waiting again): the idle clock restarts.
+    fn heard(&self) {
+        let ms = u64::try_from(self.start.elapsed().as_millis()).unwrap_or(Self::PAUSED - 1);
+        self.last_ms.store(ms, Ordering::Relaxed);
+    }
+
+    fn pause(&self) {
+        self.last_ms.store(Self::PAUSED, Ordering::Relaxed);
+    }
+
+    /// Resolves once we have waited `limit` without a byte.
+    async fn expired(&self, limit: Duration) {
+        loop {
+            let last = self.last_ms.load(Ordering::Relaxed);
+            if last == Self::PAUSED {
+                tokio::time::sleep(limit).await;
+                continue;
+            }
+            let due = self.start + Duration::from_millis(last) + limit;
+            if Instant::now() >= due {
+                return;
+            }
+            tokio::time::sleep_until(due).await;
         }
     }
 }
@@ -300,6 +407,7 @@ async fn read_loop(
     from: PeerId,
     conn: ConnId,
     inbound: &Inbound,
+    quiet: &Quiet,
 ) -> Result<(), ConnectionError> {
     let mut head = [0u8; DATA_HEADER_LEN];
     loop {
@@ -308,7 +416,11 @@ async fn read_loop(
             Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(()),
             Err(e) => return Err(e.into()),
         }
-        let header = DataHeader::decode(&head)?;
+        quiet.heard();
+        let header = match RingFrame::decode(&head)? {
+            RingFrame::Data(h) => h,
+            RingFrame::Keepalive => continue,
+        };
         let len = header.len as usize;
         if len > inbound.max_payload {
             return Err(ConnectionError::Handshake(format!(
@@ -324,14 +436,17 @@ async fn read_loop(
             if n == 0 {
                 return Err(ConnectionError::Closed);
             }
+            quiet.heard();
         }
         let crc_ok = header.verify(&payload).is_ok();
         if !crc_ok {
             tracing::warn!(%from, tag = header.tag, "payload checksum mismatch");
         }
+        quiet.pause();
         inbound
             .registry
             .deliver_on(conn, header, payload, from, crc_ok)
             .await;
+        quiet.heard();
     }
 }

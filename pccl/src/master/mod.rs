@@ -14,6 +14,7 @@ pub use election::{designated_source, source_order};
 
 use std::net::SocketAddr;
 use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::Duration;
@@ -64,6 +65,12 @@ pub struct MasterConfig {
     pub secret: Option<crate::secure::RunSecret>,
     /// With a secret, payloads are encrypted too; peers must ask for the same.
     pub encrypt: bool,
+    /// Connections that are accepted but have not registered yet (still in their hello,
+    /// or between the hello and `Register`), at most; beyond this, new connections are
+    /// closed at once with a (rate-limited) warning. Registered peers do not count
+    /// (default 256: honest peers register within milliseconds of connecting, so only a
+    /// join burst of more than this many at once would meet the bound).
+    pub max_unregistered_connections: usize,
 }
 
 impl MasterConfig {
@@ -82,6 +89,7 @@ impl MasterConfig {
             sync_transfer_min_rate: t.sync_transfer_min_rate,
             secret: None,
             encrypt: false,
+            max_unregistered_connections: 256,
         }
     }
 
@@ -117,6 +125,11 @@ impl MasterConfig {
             if d < floor {
                 return Err(Error::InvalidArgument(what));
             }
+        }
+        if self.max_unregistered_connections == 0 {
+            return Err(Error::InvalidArgument(
+                "the bound on unregistered connections must be at least 1",
+            ));
         }
         if self.sync_transfer_min_rate == 0 {
             return Err(Error::InvalidArgument(
@@ -161,6 +174,8 @@ pub struct MasterNode {
     thread: Mutex<Option<JoinHandle<()>>>,
     /// The panic message, once the serving thread has panicked.
     crashed: Arc<Mutex<Option<String>>>,
+    /// Connections accepted and not registered yet, as the serving task last counted.
+    unregistered: Arc<AtomicUsize>,
 }
 
 impl MasterNode {
@@ -180,6 +195,11 @@ impl MasterNode {
             .map_err(|e| Error::Internal(e.to_string()))?;
         let (command, command_rx) = watch::channel(Command::Run);
         let timeouts = config.timeouts();
+        let unregistered = Arc::new(AtomicUsize::new(0));
+        let limits = server::Limits {
+            max_unregistered: config.max_unregistered_connections,
+            unregistered: unregistered.clone(),
+        };
         let crashed = Arc::new(Mutex::new(None));
         let crash_slot = crashed.clone();
         let thread = std::thread::Builder::new()
@@ -190,7 +210,9 @@ impl MasterNode {
                 let run = catch_unwind(AssertUnwindSafe(|| {
                     rt.block_on(async move {
                         match tokio::net::TcpListener::from_std(std) {
-                            Ok(listener) => server::serve(listener, timeouts, command_rx).await,
+                            Ok(listener) => {
+                                server::serve(listener, timeouts, limits, command_rx).await
+                            }
                             Err(e) => tracing::error!(error = %e, "cannot register listener"),
                         }
                     });
@@ -208,12 +230,20 @@ impl MasterNode {
             command,
             thread: Mutex::new(Some(thread)),
             crashed,
+            unregistered,
         })
     }
 
     /// The address the master listens on.
     pub fn local_addr(&self) -> SocketAddr {
         self.addr
+    }
+
+    /// How many connections are accepted and not yet registered (bounded by
+    /// `MasterConfig::max_unregistered_connections`). For tests of that bound.
+    #[doc(hidden)]
+    pub fn unregistered_connections(&self) -> usize {
+        self.unregistered.load(Ordering::Relaxed)
     }
 
     /// Asks the master to stop; returns at once.

@@ -1,9 +1,16 @@
 //! The tokio driver around [`MasterState`] (docs/ARCHITECTURE.md §3): per-connection reader tasks
 //! decode frames into one inbox; a single owner task feeds the state machine and writes
 //! its outputs to per-connection writer queues. It only moves bytes.
+//!
+//! It also bounds what a stranger can hold: at most `max_unregistered` connections may be
+//! accepted and not yet registered (in their hello, or between hello and `Register`);
+//! beyond that a new connection is closed at once (SECURITY.md §3). Registered peers do
+//! not count, so an attacker filling those slots delays newcomers but never the run.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::net::IpAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use tokio::net::{TcpListener, TcpStream};
@@ -32,13 +39,27 @@ enum Input {
     Disconnected(ConnId, String),
 }
 
+/// Bounds of the serving loop itself (the state machine's are in [`Timeouts`]).
+#[derive(Clone, Debug)]
+pub(crate) struct Limits {
+    /// Connections accepted but not yet registered, at most.
+    pub(crate) max_unregistered: usize,
+    /// Published count of those connections (for tests and operators).
+    pub(crate) unregistered: Arc<AtomicUsize>,
+}
+
 /// Runs the master until `command` says stop.
 pub(crate) async fn serve(
     listener: TcpListener,
     timeouts: Timeouts,
+    limits: Limits,
     mut command: watch::Receiver<Command>,
 ) {
     let master_id = PeerId::random();
+    // Accepted connections that have not registered yet: each holds a slot of
+    // `max_unregistered` until it registers or goes.
+    let mut unregistered: HashSet<ConnId> = HashSet::new();
+    let mut refusals = net::Throttle::new(Duration::from_secs(1));
     let (inbox_tx, mut inbox) = mpsc::unbounded_channel::<Input>();
     let mut state = MasterState::with_timeouts(timeouts);
     let mut writers: HashMap<ConnId, mpsc::UnboundedSender<FromMaster>> = HashMap::new();
@@ -67,8 +88,22 @@ pub(crate) async fn serve(
                         continue;
                     }
                 };
+                if unregistered.len() >= limits.max_unregistered {
+                    // Dropping the stream closes it before anything is read or written.
+                    drop(stream);
+                    if let Some(n) = refusals.hit() {
+                        tracing::warn!(
+                            %addr,
+                            refused = n,
+                            limit = limits.max_unregistered,
+                            "too many unregistered connections: new ones are closed at once"
+                        );
+                    }
+                    continue;
+                }
                 next_conn += 1;
                 let conn = next_conn;
+                unregistered.insert(conn);
                 let span = tracing::info_span!("conn", conn, %addr);
                 let task = tokio::spawn(
                     connection(conn, stream, addr.ip(), master_id, inbox_tx.clone()).instrument(span),
@@ -82,10 +117,17 @@ pub(crate) async fn serve(
                         writers.insert(conn, writer);
                         state.handle_connect(now, conn, peer, ip);
                     }
-                    Input::Message(conn, msg) => state.handle_message(now, conn, msg),
+                    Input::Message(conn, msg) => {
+                        let register = matches!(msg, ToMaster::Register { .. });
+                        state.handle_message(now, conn, msg);
+                        if register && state.is_registered(conn) {
+                            unregistered.remove(&conn);
+                        }
+                    }
                     Input::Disconnected(conn, why) => {
                         writers.remove(&conn);
                         readers.remove(&conn);
+                        unregistered.remove(&conn);
                         state.handle_disconnect(conn, &why);
                     }
                 }
@@ -105,12 +147,16 @@ pub(crate) async fn serve(
                 Output::Close(conn, why) => {
                     tracing::info!(conn, %why, "closing connection");
                     writers.remove(&conn);
+                    unregistered.remove(&conn);
                     if let Some(r) = readers.remove(&conn) {
                         r.abort();
                     }
                 }
             }
         }
+        limits
+            .unregistered
+            .store(unregistered.len(), Ordering::Relaxed);
     }
     for r in readers.values() {
         r.abort();
@@ -129,6 +175,8 @@ async fn connection(
         Ok(peer) => peer,
         Err(e) => {
             tracing::warn!(error = %e, "rejected connection");
+            // The owner forgets the connection (its task and its unregistered slot).
+            let _ = inbox.send(Input::Disconnected(conn, e.to_string()));
             return;
         }
     };

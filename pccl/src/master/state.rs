@@ -156,6 +156,11 @@ impl MasterState {
         &self.pending
     }
 
+    /// Whether connection `conn` has registered (it may be accepted or still waiting).
+    pub fn is_registered(&self, conn: ConnId) -> bool {
+        self.conns.get(&conn).is_some_and(|c| c.registered)
+    }
+
     /// The topology in force, as sent to peers.
     pub fn topology(&self) -> Topology {
         self.topology_of(&self.ring, &self.group_epochs)

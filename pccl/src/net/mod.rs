@@ -123,3 +123,38 @@ pub(crate) async fn accept_hello(
 pub(crate) async fn stopped(rx: &mut tokio::sync::watch::Receiver<bool>) {
     let _ = rx.wait_for(|s| *s).await;
 }
+
+/// Logs a recurring refusal at most once per `every`, with how many went unlogged in
+/// between: a stranger who opens connections in a loop must not flood the log, yet the
+/// operator still sees that it happens and how often.
+#[derive(Debug)]
+pub(crate) struct Throttle {
+    every: Duration,
+    last: Option<tokio::time::Instant>,
+    quiet: u64,
+}
+
+impl Throttle {
+    pub(crate) fn new(every: Duration) -> Self {
+        Self {
+            every,
+            last: None,
+            quiet: 0,
+        }
+    }
+
+    /// Counts one event; returns how many happened since the last one it let through
+    /// (this one included) when this one should be logged, else `None`.
+    pub(crate) fn hit(&mut self) -> Option<u64> {
+        let now = tokio::time::Instant::now();
+        self.quiet += 1;
+        if self
+            .last
+            .is_some_and(|t| now.duration_since(t) < self.every)
+        {
+            return None;
+        }
+        self.last = Some(now);
+        Some(std::mem::take(&mut self.quiet))
+    }
+}

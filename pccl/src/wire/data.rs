@@ -1,5 +1,8 @@
-//! The header of a collective data frame on a p2p connection. A fixed-size header is
-//! followed by `len` payload bytes whose CRC32 the header carries.
+//! The frames of a ring (`P2p`) connection. A data frame is a fixed-size header followed
+//! by `len` payload bytes whose CRC32 the header carries. A keepalive is a header-sized
+//! frame of its own type with no payload: a dialler sends it on a link that has carried
+//! nothing for a while, so the acceptor can tell an idle link from a dead one
+//! (docs/PROTOCOL.md §4.1).
 //!
 //! Unquantized, the payload is the slice's elements in the source type. Quantized (the
 //! header's `quant` is set), it is the slice's metadata (`quant::META_LEN` bytes) followed by
@@ -13,6 +16,37 @@ use crate::types::{DataType, Quantization, QuantizationAlgorithm, ReduceOp};
 
 /// Frame type byte of a data frame.
 const DATA_FRAME: u8 = 1;
+/// Frame type byte of a keepalive.
+const KEEPALIVE_FRAME: u8 = 2;
+/// A keepalive, as sent: its type byte, then zeros to the length of a data header.
+pub const KEEPALIVE: [u8; DATA_HEADER_LEN] = {
+    let mut b = [0u8; DATA_HEADER_LEN];
+    b[0] = KEEPALIVE_FRAME;
+    b
+};
+
+/// One frame of a ring connection, as its first `DATA_HEADER_LEN` bytes say.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RingFrame {
+    /// A data frame: `len` payload bytes follow.
+    Data(DataHeader),
+    /// A keepalive: nothing follows.
+    Keepalive,
+}
+
+impl RingFrame {
+    /// Decodes the fixed-size start of a ring frame: a data header (see
+    /// [`DataHeader::decode`]) or a keepalive, whose bytes after the type must all be zero.
+    pub fn decode(buf: &[u8; DATA_HEADER_LEN]) -> Result<Self, WireError> {
+        if buf[0] != KEEPALIVE_FRAME {
+            return DataHeader::decode(buf).map(Self::Data);
+        }
+        if buf[1..].iter().any(|b| *b != 0) {
+            return Err(WireError::InvalidValue("keepalive"));
+        }
+        Ok(Self::Keepalive)
+    }
+}
 /// Encoded header size.
 pub const DATA_HEADER_LEN: usize = 1 + 8 + 8 + 4 + 8 + 1 + 1 + 1 + 2 + 4 + 8 + 4 + 4;
 /// Largest slice of source data one frame may carry.
@@ -146,6 +180,34 @@ mod tests {
         #[test]
         fn garbage_never_panics(bytes: [u8; DATA_HEADER_LEN]) {
             let _ = DataHeader::decode(&bytes);
+            let _ = RingFrame::decode(&bytes);
+        }
+
+        /// A ring frame is a data header exactly when `DataHeader::decode` says so, and a
+        /// keepalive only as the one fixed byte string.
+        #[test]
+        fn ring_frames_decode_as_data_or_keepalive(mut bytes: [u8; DATA_HEADER_LEN], ty in 0u8..4) {
+            bytes[0] = ty;
+            match RingFrame::decode(&bytes) {
+                Ok(RingFrame::Data(h)) => prop_assert_eq!(DataHeader::decode(&bytes), Ok(h)),
+                Ok(RingFrame::Keepalive) => prop_assert_eq!(bytes, KEEPALIVE),
+                Err(_) => prop_assert!(bytes != KEEPALIVE && DataHeader::decode(&bytes).is_err()),
+            }
+        }
+    }
+
+    #[test]
+    fn keepalive_round_trip() {
+        assert_eq!(RingFrame::decode(&KEEPALIVE), Ok(RingFrame::Keepalive));
+        assert!(DataHeader::decode(&KEEPALIVE).is_err(), "not a data frame");
+        for i in 1..DATA_HEADER_LEN {
+            let mut b = KEEPALIVE;
+            b[i] = 1;
+            assert_eq!(
+                RingFrame::decode(&b),
+                Err(WireError::InvalidValue("keepalive")),
+                "byte {i}"
+            );
         }
     }
 

@@ -2,7 +2,7 @@
 //!
 //! Every connection opens with a [`Hello`] in each direction. Control connections then
 //! carry `u32 length | body` frames holding [`ToMaster`] / [`FromMaster`]; p2p connections
-//! carry [`DataHeader`] + payload frames. Every length is checked against a `MAX_*` bound
+//! carry [`DataHeader`] + payload frames and keepalives ([`RingFrame`]). Every length is checked against a `MAX_*` bound
 //! before anything is allocated.
 
 mod codec;
@@ -15,7 +15,7 @@ pub use codec::WireError;
 pub use control::{
     FailReason, Fetch, FromMaster, MAX_CONTROL_FRAME, SyncRefusal, TensorReport, ToMaster, VoteKind,
 };
-pub use data::{DATA_HEADER_LEN, DataHeader, MAX_SLICE_BYTES};
+pub use data::{DATA_HEADER_LEN, DataHeader, KEEPALIVE, MAX_SLICE_BYTES, RingFrame};
 pub use handshake::{ConnectionKind, HELLO_LEN, Hello};
 pub use state::{StateRequest, StateResponse};
 

@@ -1,7 +1,8 @@
 //! Attacks on a peer's p2p listener from raw sockets (docs/PROTOCOL.md §1.2): idle and
 //! unidentified connections are closed in bounded time, strangers and peers on the wrong
 //! link are refused before their hello is answered or any payload read, early frames leave
-//! with their connection, and the run's all-reduces stay exact and bit-identical.
+//! with their connection, silent ring connections are closed at the idle deadline, and
+//! the run's all-reduces stay exact and bit-identical.
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -371,4 +372,87 @@ fn a_stranger_reads_no_shared_state() {
         }
     });
     assert!(theirs == secret, "the member received the state");
+}
+
+/// (f) A member's ring connection that falls silent is closed at the idle deadline, and the
+/// early frames it pinned go with it, while one that sends keepalives, and the honest ring
+/// links idle all along, stay open.
+#[test]
+fn silent_ring_connections_are_closed_and_keepalives_keep_them() {
+    const IDLE: Duration = Duration::from_secs(3);
+    let seed = 0x51e7;
+    println!("seed {seed}");
+    let m = master();
+    let comms = cluster_with(2, |_| {
+        let mut c = hardened(&m);
+        c.p2p_idle_timeout = IDLE;
+        c
+    });
+    let (who, addr, pred, _) = target(&comms);
+    // On loopback the predecessor's id from its address is admitted (docs/PROTOCOL.md §1.2).
+    let open = |s: &mut TcpStream| {
+        s.write_all(&hello(ConnectionKind::P2p, pred)).unwrap();
+        s.set_read_timeout(Some(HANDSHAKE * 2)).unwrap();
+        let mut theirs = [0u8; HELLO_LEN];
+        s.read_exact(&mut theirs).expect("admitted");
+    };
+    let start = Instant::now();
+    let mut silent = TcpStream::connect(addr).unwrap();
+    open(&mut silent);
+    // Frames for an epoch that never comes are held while their connection lives.
+    let future = epoch(&comms[who]) + 1000;
+    for seq in 0..4 {
+        silent
+            .write_all(&frame(9, future, seq, 0, 0, 1024, 0xEE))
+            .unwrap();
+    }
+    wait_for("4 frames held", IDLE, || comms[who].early_frames().0 == 4);
+    let mut alive = TcpStream::connect(addr).unwrap();
+    open(&mut alive);
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let pinger = {
+        let mut w = alive.try_clone().unwrap();
+        let stop = stop.clone();
+        std::thread::spawn(move || {
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                if w.write_all(&pccl::wire::KEEPALIVE).is_err() {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(500)); // pacing
+            }
+        })
+    };
+
+    assert_eq!(drain_until_closed(&mut silent, IDLE * 3), 0);
+    let closed = start.elapsed();
+    assert!(
+        closed >= IDLE,
+        "closed after {closed:?}, before the idle deadline"
+    );
+    // Twice the deadline later, the keepalive sender and the honest (idle) links are open.
+    while start.elapsed() < IDLE * 2 + Duration::from_secs(1) {
+        std::thread::sleep(Duration::from_millis(100)); // letting the deadline pass
+    }
+    alive
+        .set_read_timeout(Some(Duration::from_millis(100)))
+        .unwrap();
+    match alive.read(&mut [0u8; 1]) {
+        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+        other => panic!("a connection sending keepalives was closed: {other:?}"),
+    }
+    let closed_idle: Vec<u64> = comms
+        .iter()
+        .map(|c| c.idle_ring_connections_closed())
+        .collect();
+    let mut want = vec![0; comms.len()];
+    want[who] = 1;
+    assert_eq!(closed_idle, want, "an honest idle ring link was closed");
+    exact_everywhere(&comms, 20, seed);
+
+    // Once the keepalives stop, that connection goes too.
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    pinger.join().unwrap();
+    assert_eq!(drain_until_closed(&mut alive, IDLE * 3), 0);
+    assert_eq!(comms[who].idle_ring_connections_closed(), 2);
+    exact_everywhere(&comms, 21, seed + 1);
 }

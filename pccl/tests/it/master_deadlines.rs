@@ -2,7 +2,8 @@
 //! protocol: a registered peer that keeps its connection alive with heartbeats but never
 //! answers the topology proposal is evicted at the proposal deadline and the honest peers
 //! go on; connections that heartbeat without ever registering are closed at the
-//! registration deadline.
+//! registration deadline; beyond the bound on unregistered connections, new ones are
+//! closed at once.
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -16,7 +17,7 @@ use pccl::{Communicator, MasterConfig, MasterNode, PeerId, ReduceOp};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
-use crate::common::cluster;
+use crate::common::{cluster, config, grow, on_all};
 
 const HEARTBEAT_EVERY: Duration = Duration::from_millis(200);
 /// Scheduling slack on a loaded machine, on top of a configured bound.
@@ -271,11 +272,110 @@ fn connections_that_only_heartbeat_are_closed_at_the_registration_deadline() {
         );
     }
     // The registered peers were not touched, and the run goes on.
-    let outs = crate::common::on_all(&comms, |_, c| {
+    let outs = on_all(&comms, |_, c| {
         let mut out = [0i64; 3];
         c.all_reduce(&[1i64, 2, 3], &mut out, ReduceOp::Sum, 0)
             .unwrap();
         out
     });
     assert!(outs.iter().all(|o| *o == [2, 4, 6]), "{outs:?}");
+}
+
+/// Polls `cond` every 20 ms until it holds, failing after `limit`.
+fn wait_for(what: &str, limit: Duration, mut cond: impl FnMut() -> bool) {
+    let end = Instant::now() + limit;
+    while !cond() {
+        assert!(Instant::now() < end, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Every peer all-reduces i64 data made from `seed`; the sums must be exact everywhere.
+fn exact_sums(comms: &[Communicator], tag: u64, seed: i64) {
+    let n = comms.len() as i64;
+    let outs = on_all(comms, |r, c| {
+        let mine: Vec<i64> = (0..1000).map(|i| seed * (r as i64 + 1) + i).collect();
+        let mut out = vec![0i64; 1000];
+        c.all_reduce(&mine, &mut out, ReduceOp::Sum, tag)
+            .map(|_| out)
+    });
+    let want: Vec<i64> = (0..1000).map(|i| seed * n * (n + 1) / 2 + n * i).collect();
+    for (r, out) in outs.into_iter().enumerate() {
+        assert_eq!(
+            out.unwrap_or_else(|e| panic!("rank {r}: {e}")),
+            want,
+            "rank {r}"
+        );
+    }
+}
+
+#[test]
+fn unregistered_connections_beyond_the_bound_are_closed_at_once() {
+    const CAP: usize = 8;
+    const REGISTRATION: Duration = Duration::from_millis(2000);
+    let m = master_with(|c| {
+        c.max_unregistered_connections = CAP;
+        c.registration_timeout = REGISTRATION;
+    });
+    let comms = cluster(&m, 2);
+    // Registered peers hold no slot, and neither does a connection whose hello failed.
+    for _ in 0..2 * CAP {
+        let mut s = TcpStream::connect(m.local_addr()).unwrap();
+        s.write_all(b"not a pccl hello, but as long as one..")
+            .unwrap();
+        s.set_read_timeout(Some(SLACK)).unwrap();
+        let _ = s.read(&mut [0u8; 1]);
+    }
+    wait_for("the count to settle", SLACK, || {
+        m.unregistered_connections() == 0
+    });
+
+    // The attack: CAP connections say hello and heartbeat without registering...
+    let holders: Vec<_> = (0..CAP as u8)
+        .map(|i| {
+            let s = control(m.local_addr(), PeerId([0xD0 + i; 16]));
+            heartbeat_until_closed(s, Duration::from_secs(30))
+        })
+        .collect();
+    wait_for("every slot to be held", SLACK, || {
+        m.unregistered_connections() == CAP
+    });
+    // ...so the next ones are closed at once, their hello unanswered.
+    for i in 0..4u8 {
+        let started = Instant::now();
+        let mut s = TcpStream::connect(m.local_addr()).unwrap();
+        let _ = s.write_all(
+            &Hello {
+                kind: ConnectionKind::Control,
+                peer: PeerId([0xE0 + i; 16]),
+            }
+            .encode(),
+        );
+        s.set_read_timeout(Some(SLACK)).unwrap();
+        let mut buf = [0u8; HELLO_LEN];
+        match s.read(&mut buf) {
+            Ok(0) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => {}
+            other => panic!("a connection beyond the bound was served: {other:?}"),
+        }
+        assert!(started.elapsed() < SLACK, "not closed at once");
+    }
+    assert_eq!(m.unregistered_connections(), CAP);
+
+    // The registered peers are not touched.
+    exact_sums(&comms, 1, 17);
+
+    // The registration deadline frees the slots; then a newcomer registers and joins.
+    for rx in holders {
+        let seen = rx
+            .recv_timeout(REGISTRATION + SLACK)
+            .expect("a slot holder is closed at the registration deadline");
+        assert!(seen.closed_at.is_some());
+    }
+    wait_for("the count to return to 0", SLACK, || {
+        m.unregistered_connections() == 0
+    });
+    let comms = grow(comms, config(m.local_addr()));
+    exact_sums(&comms, 2, 23);
+    assert_eq!(m.unregistered_connections(), 0);
 }
