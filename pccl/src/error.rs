@@ -135,6 +135,12 @@ pub enum Error {
     /// The master could not be reached, or the connection to it was lost.
     #[error("master connection failed: {0}")]
     MasterConnectionFailed(String),
+    /// The master or a peer could not prove the run secret, or we could not: no secret on
+    /// one side, a different secret, or a different encryption setting (SECURITY.md §6).
+    /// Its code is `MasterConnectionFailed`, the PCCL 1.0 code that fits; the Python API
+    /// raises `AuthenticationError`, a subclass of `MasterConnectionFailedError`.
+    #[error("authentication failed: {0}")]
+    AuthenticationFailed(String),
     /// A peer-to-peer connection could not be established.
     #[error("connection to peer {peer} failed: {reason}")]
     RankConnectionFailed { peer: PeerId, reason: String },
@@ -164,7 +170,9 @@ impl Error {
             Self::InvalidArgument(_) => ResultCode::InvalidArgument,
             Self::InvalidUsage(_) => ResultCode::InvalidUsage,
             Self::TooFewPeers => ResultCode::TooFewPeers,
-            Self::MasterConnectionFailed(_) => ResultCode::MasterConnectionFailed,
+            Self::MasterConnectionFailed(_) | Self::AuthenticationFailed(_) => {
+                ResultCode::MasterConnectionFailed
+            }
             Self::RankConnectionFailed { .. } => ResultCode::RankConnectionFailed,
             Self::RankConnectionLost { .. } => ResultCode::RankConnectionLost,
             Self::NoSharedStateAvailable(_) => ResultCode::NoSharedStateAvailable,
