@@ -134,13 +134,15 @@ impl Liar {
         }
     }
 
-    /// Leaves the run; returns the sync results the master sent it.
+    /// Waits (bounded) for the result of every sync it reported for, leaves the run, and
+    /// returns those results.
     fn finish(self) -> Vec<Result<(), String>> {
+        let results = self.control.join().unwrap();
         self.stop.store(true, Ordering::SeqCst);
         // Wakes the accept loop so it sees the stop flag.
         let _ = TcpStream::connect(self.listen);
         self.listener.join().unwrap();
-        self.control.join().unwrap()
+        results
     }
 }
 
@@ -161,7 +163,8 @@ fn send(s: &mut TcpStream, m: &ToMaster) {
 
 /// The fake peer's control connection: registers, acknowledges every proposal,
 /// heartbeats, and reports `offer` once accepted and after every sync result until
-/// `revisions` run out; runs `on_plan` when a plan arrives, then says it is done.
+/// `revisions` run out; runs `on_plan` when a plan arrives, then says it is done. Ends
+/// once every reported sync has its result.
 fn control(
     master: SocketAddr,
     me: PeerId,
@@ -204,6 +207,7 @@ fn control(
     // Short reads so heartbeats go out on time; frames are reassembled from `buf`.
     s.set_read_timeout(Some(Duration::from_millis(100)))
         .unwrap();
+    let total = revisions.len();
     let mut revisions = revisions.into_iter();
     let mut results = Vec::new();
     let mut reported = false;
@@ -211,7 +215,8 @@ fn control(
     let mut beat = Instant::now();
     let mut heard = Instant::now();
     let mut topology = Topology::default();
-    while !stop.load(Ordering::SeqCst) {
+    // Until every sync reported for has its result (each read is bounded by READ_LIMIT).
+    while !stop.load(Ordering::SeqCst) && results.len() < total {
         if beat.elapsed() > Duration::from_millis(300) {
             send(&mut s, &ToMaster::Heartbeat);
             beat = Instant::now();
