@@ -242,7 +242,9 @@ pub(crate) async fn sync(
         info.tx_bytes = sent.into_inner();
         r
     } else {
-        drop(early);
+        for (from, _) in early {
+            refuse_receiver_side(from);
+        }
         let topology = host.topology();
         let stall = host.stall();
         let me = host.me();
