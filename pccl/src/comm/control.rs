@@ -230,9 +230,17 @@ impl Control {
                     let _ = bw_tx.send(results);
                 });
             }
-            FromMaster::SyncPlan { revision, fetch } => {
+            FromMaster::SyncPlan {
+                revision,
+                fetch,
+                serve,
+            } => {
                 if let Some(p) = self.sync_plan.take() {
-                    let _ = p.send(Ok(Plan { revision, fetch }));
+                    let _ = p.send(Ok(Plan {
+                        revision,
+                        fetch,
+                        serve,
+                    }));
                 }
             }
             FromMaster::SyncRefused { kind, reason } => {

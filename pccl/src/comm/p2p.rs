@@ -322,7 +322,7 @@ async fn serve_inbound(
     match hello.kind {
         ConnectionKind::Benchmark => crate::topology::bandwidth::sink(stream).await,
         ConnectionKind::SharedState => {
-            if !inbound.door.hand(stream) {
+            if !inbound.door.hand(from, stream) {
                 tracing::debug!(%from, "shared-state request outside a sync, closed");
             }
             Ok(())

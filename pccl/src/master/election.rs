@@ -1,6 +1,13 @@
 //! Shared-state election (docs/ARCHITECTURE.md §6), as a pure function of the group's reports and its
-//! sync history, in four steps: the revision rule, the vote, each peer's decision, and
-//! the fetch list with the holder-designation rule.
+//! sync history, in six steps: the revision rule, the layout rule, the vote, each peer's
+//! decision, the fetch list with the holder-designation rule, and each holder's serve list
+//! (the exact inverse of the fetch lists: a holder serves only the receivers that fetch
+//! from it, and only what they fetch from it).
+//!
+//! The layout rule: every peer that passed the revision rule must present the same layout
+//! (tensor names, types, counts and inequality flags). If two differ, the whole group's
+//! sync is refused, every such peer with the same error, since no side of a layout conflict
+//! can be chosen except by an arbitrary order (docs/ARCHITECTURE.md §6, "Outcomes").
 //!
 //! The content a peer votes for is its revision plus the (name, type, count, hash) of
 //! every tensor that does not allow content inequality. Peers with a valid revision and a
@@ -12,7 +19,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use crate::types::{PeerId, SyncStrategy};
-use crate::wire::{Fetch, SyncRefusal, TensorReport};
+use crate::wire::{Fetch, Serve, SyncRefusal, TensorReport};
 
 /// One peer's report.
 #[derive(Clone, Debug)]
@@ -32,10 +39,12 @@ pub(crate) struct History {
 /// What the election tells one peer.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(crate) enum Decision {
-    /// Adopt `revision`; fetch these tensors (none for holders).
+    /// Adopt `revision`; fetch these tensors (none for holders); serve these receivers
+    /// (holders only).
     Plan {
         revision: u64,
         fetch: Vec<Fetch>,
+        serve: Vec<Serve>,
     },
     Refuse(SyncRefusal, String),
 }
@@ -91,6 +100,15 @@ pub(crate) fn elect(
     history: &History,
 ) -> BTreeMap<PeerId, Decision> {
     let (valid, mut out) = check_revisions(reports, history);
+    if let Some(reason) = check_layouts(reports, &valid) {
+        for p in valid {
+            out.insert(
+                p,
+                Decision::Refuse(SyncRefusal::InvalidUsage, reason.clone()),
+            );
+        }
+        return out;
+    }
     let Some((winner, holders)) = count_votes(reports, &valid) else {
         for p in valid {
             out.insert(
@@ -108,7 +126,70 @@ pub(crate) fn elect(
         let d = decide(*p, rank, reports, history, model, &winner, &holders);
         out.insert(*p, d);
     }
+    assign_serving(&mut out, reports);
     out
+}
+
+/// Step 2: the layout rule (see the module docs). `Some(reason)`, the same for every
+/// peer, if the valid peers present more than one layout.
+fn check_layouts(reports: &BTreeMap<PeerId, Report>, valid: &[PeerId]) -> Option<String> {
+    let layouts: BTreeSet<_> = valid.iter().map(|p| layout(&reports[p])).collect();
+    (layouts.len() > 1).then(|| {
+        format!(
+            "the group's peers presented {} different shared-state layouts (tensor names, \
+             types, counts or inequality flags); the whole sync is refused and no peer's \
+             state or revision changed",
+            layouts.len()
+        )
+    })
+}
+
+/// Step 6: each holder's serve list, the inverse of the receivers' fetch lists. A source
+/// that did not get a holder's plan itself (refused, or a receiver) is first removed from
+/// every fetch list, so a refused peer is never a source; the layout rule makes that
+/// impossible today, this keeps it so.
+fn assign_serving(out: &mut BTreeMap<PeerId, Decision>, reports: &BTreeMap<PeerId, Report>) {
+    let holders: BTreeSet<PeerId> = out
+        .iter()
+        .filter(|(_, d)| matches!(d, Decision::Plan { fetch, .. } if fetch.is_empty()))
+        .map(|(p, _)| *p)
+        .collect();
+    let mut lists: BTreeMap<PeerId, BTreeMap<PeerId, BTreeSet<u32>>> = BTreeMap::new();
+    for (receiver, d) in out.iter_mut() {
+        let Decision::Plan { fetch, .. } = d else {
+            continue;
+        };
+        for f in fetch.iter_mut() {
+            f.sources.retain(|(h, _)| {
+                let index = reports
+                    .get(h)
+                    .and_then(|r| r.tensors.iter().position(|t| t.name == f.name));
+                match (holders.contains(h), index) {
+                    (true, Some(i)) => {
+                        lists
+                            .entry(*h)
+                            .or_default()
+                            .entry(*receiver)
+                            .or_default()
+                            .insert(i as u32);
+                        true
+                    }
+                    _ => false,
+                }
+            });
+        }
+    }
+    for (holder, receivers) in lists {
+        if let Some(Decision::Plan { serve, .. }) = out.get_mut(&holder) {
+            *serve = receivers
+                .into_iter()
+                .map(|(peer, tensors)| Serve {
+                    peer,
+                    tensors: tensors.into_iter().collect(),
+                })
+                .collect();
+        }
+    }
 }
 
 /// Step 1: the revision rule. A peer that took part in the group's last sync must
@@ -142,7 +223,7 @@ fn check_revisions(
     (valid, refused)
 }
 
-/// Step 2: the vote. Every valid peer that is not receive-only votes for its content;
+/// Step 3: the vote. Every valid peer that is not receive-only votes for its content;
 /// most votes win, ties going to the higher revision, then to the smaller digest.
 /// Returns the winning content and its holders (in id order), or `None` if nobody voted.
 fn count_votes(
@@ -164,9 +245,9 @@ fn count_votes(
 const LAYOUT_DIFFERS: &str =
     "this peer's shared state has different tensor names, types or counts than the elected one";
 
-/// Step 3: what one valid peer (`rank`-th of the valid peers) does: refused if its
-/// layout differs from the winner's or it is send-only and lost; otherwise a plan to
-/// fetch what it lacks.
+/// Step 4: what one valid peer (`rank`-th of the valid peers) does: refused if it is
+/// send-only and lost (or, which the layout rule already excludes, its layout differs
+/// from the winner's); otherwise a plan to fetch what it lacks.
 fn decide(
     peer: PeerId,
     rank: usize,
@@ -198,10 +279,11 @@ fn decide(
     Decision::Plan {
         revision: winner.0,
         fetch,
+        serve: Vec::new(),
     }
 }
 
-/// Step 4: the tensors a non-holder fetches and, for each, the holders to fetch it from
+/// Step 5: the tensors a non-holder fetches and, for each, the holders to fetch it from
 /// in order (see [`source_order`]). Losers fetch the tensors whose hash differs from the
 /// model's; newcomers also fetch the tensors that allow inequality. `None` if the model
 /// lacks one of the peer's tensors (the layouts were checked equal, so it cannot be).
@@ -224,8 +306,8 @@ fn fetch_list(
         if !needed {
             continue;
         }
-        // A holder shares the winner's voting tensors but may lack a tensor that allows
-        // inequality (it is then refused itself): it cannot serve that one.
+        // Only holders that have the tensor are sources (the layout rule makes that every
+        // holder; a hostile report must still not make the master panic).
         let sources: Vec<(PeerId, u128)> = holders
             .iter()
             .filter_map(|h| {
@@ -314,13 +396,20 @@ mod tests {
             (p(3), rep(5, e, vec![t("a", 1, false), t("b", 9, false)])),
         ]);
         let d = elect(&reports, &History::default());
-        assert_eq!(
-            d[&p(1)],
-            Decision::Plan {
-                revision: 5,
-                fetch: vec![]
-            }
-        );
+        // Both holders serve p3 its "b" (index 1 of their reports), nothing else.
+        for h in [p(1), p(2)] {
+            assert_eq!(
+                d[&h],
+                Decision::Plan {
+                    revision: 5,
+                    fetch: vec![],
+                    serve: vec![Serve {
+                        peer: p(3),
+                        tensors: vec![1]
+                    }]
+                }
+            );
+        }
         let Decision::Plan { fetch, .. } = &d[&p(3)] else {
             panic!()
         };
@@ -345,7 +434,7 @@ mod tests {
             ),
             (
                 p(4),
-                rep(0, SyncStrategy::ReceiveOnly, vec![t("a", 6, true)]),
+                rep(0, SyncStrategy::ReceiveOnly, vec![t("a", 6, false)]),
             ),
         ]);
         let d = elect(&reports, &history);
@@ -355,22 +444,53 @@ mod tests {
         ));
         // p1 (8) and p3 (100) have one vote each: the higher revision wins the tie.
         assert!(!matches!(d[&p(1)], Decision::Refuse(..)));
+        let serve_p1_p4 = vec![
+            Serve {
+                peer: p(1),
+                tensors: vec![0],
+            },
+            Serve {
+                peer: p(4),
+                tensors: vec![0],
+            },
+        ];
         assert_eq!(
             d[&p(3)],
             Decision::Plan {
                 revision: 100,
-                fetch: vec![]
+                fetch: vec![],
+                serve: serve_p1_p4
             }
         );
-        let Decision::Plan { revision, fetch } = &d[&p(1)] else {
-            panic!()
-        };
-        assert_eq!((*revision, fetch.len()), (100, 1));
-        // The receive-only newcomer's layout differs (its tensor allows inequality).
-        assert!(matches!(
-            d[&p(4)],
-            Decision::Refuse(SyncRefusal::InvalidUsage, _)
-        ));
+        for r in [p(1), p(4)] {
+            let Decision::Plan {
+                revision, fetch, ..
+            } = &d[&r]
+            else {
+                panic!()
+            };
+            assert_eq!((*revision, fetch.len()), (100, 1));
+        }
+    }
+
+    #[test]
+    fn a_receive_only_peer_with_another_layout_refuses_the_whole_group_alike() {
+        let e = SyncStrategy::EnforcePopular;
+        let reports = BTreeMap::from([
+            (p(1), rep(3, e, vec![t("a", 1, false)])),
+            (p(2), rep(3, e, vec![t("a", 1, false)])),
+            (
+                p(3),
+                rep(0, SyncStrategy::ReceiveOnly, vec![t("a", 6, true)]),
+            ),
+        ]);
+        let d = elect(&reports, &History::default());
+        let first = &d[&p(1)];
+        assert!(
+            matches!(first, Decision::Refuse(SyncRefusal::InvalidUsage, why) if why.contains("layouts")),
+            "{first:?}"
+        );
+        assert!(d.values().all(|x| x == first), "{d:?}");
     }
 
     #[test]
@@ -418,10 +538,11 @@ mod tests {
     }
 
     #[test]
-    fn a_holder_lacking_an_inequality_tensor_is_no_source_for_it() {
+    fn holders_with_different_inequality_tensors_refuse_the_whole_group_alike() {
         // p1 and p2 hold the winning "w"; only p1 has "rng" (which allows inequality, so
-        // it is no part of the vote). Newcomer p3 fetches both: "rng" only from p1.
-        // This used to panic the master ("same layout").
+        // it is no part of the vote). This once panicked the master ("same layout"), then
+        // refused p2 while still listing it as a source of "w" for p3. Now nobody is
+        // served, everyone gets the same refusal, and nobody is anybody's source.
         let e = SyncStrategy::EnforcePopular;
         let reports = BTreeMap::from([
             (p(1), rep(1, e, vec![t("w", 1, false), t("rng", 10, true)])),
@@ -436,19 +557,13 @@ mod tests {
             ),
         ]);
         let d = elect(&reports, &History::default());
-        assert!(matches!(
-            d[&p(2)],
-            Decision::Refuse(SyncRefusal::InvalidUsage, _)
-        ));
-        let Decision::Plan { fetch, .. } = &d[&p(3)] else {
-            panic!("{:?}", d[&p(3)])
-        };
-        let sources = |name: &str| -> Vec<PeerId> {
-            let f = fetch.iter().find(|f| f.name == name).expect(name);
-            f.sources.iter().map(|(h, _)| *h).collect()
-        };
-        assert_eq!(sources("rng"), vec![p(1)]);
-        assert_eq!(sources("w").len(), 2);
+        assert_eq!(d.len(), 3);
+        let first = &d[&p(1)];
+        assert!(
+            matches!(first, Decision::Refuse(SyncRefusal::InvalidUsage, why) if why.contains("2 different")),
+            "{first:?}"
+        );
+        assert!(d.values().all(|x| x == first), "{d:?}");
     }
 
     #[test]

@@ -22,7 +22,7 @@ pub use hash::tensor_hash;
 use crate::collectives::Element;
 use crate::error::{Error, Result};
 use crate::types::{DataType, Device, PeerId, SyncInfo, Topology};
-use crate::wire::Fetch;
+use crate::wire::{Fetch, Serve};
 
 /// One named tensor of a shared state. The user owns the memory; a sync writes into it
 /// only while it runs, only if this tensor differs from the elected content, and only a
@@ -103,15 +103,18 @@ impl SharedState<'_> {
     }
 }
 
+/// A shared-state connection and the peer the p2p gate identified it as.
+type Incoming = (PeerId, TcpStream);
+
 /// The door through which the p2p listener hands shared-state connections to the sync
 /// that is running, if any; outside a sync they are closed.
 #[derive(Debug, Default)]
 pub(crate) struct StateDoor {
-    tx: Mutex<Option<mpsc::UnboundedSender<TcpStream>>>,
+    tx: Mutex<Option<mpsc::UnboundedSender<Incoming>>>,
 }
 
 impl StateDoor {
-    fn open(&self) -> Result<mpsc::UnboundedReceiver<TcpStream>> {
+    fn open(&self) -> Result<mpsc::UnboundedReceiver<Incoming>> {
         let mut tx = self.tx.lock().unwrap_or_else(|e| e.into_inner());
         if tx.is_some() {
             return Err(Error::InvalidUsage(
@@ -127,10 +130,11 @@ impl StateDoor {
         *self.tx.lock().unwrap_or_else(|e| e.into_inner()) = None;
     }
 
-    /// Hands `stream` to the running sync; false (and the stream is dropped) if none runs.
-    pub(crate) fn hand(&self, stream: TcpStream) -> bool {
+    /// Hands `stream`, from `from` (as the gate verified), to the running sync; false
+    /// (and the stream is dropped) if none runs.
+    pub(crate) fn hand(&self, from: PeerId, stream: TcpStream) -> bool {
         let tx = self.tx.lock().unwrap_or_else(|e| e.into_inner());
-        tx.as_ref().is_some_and(|t| t.send(stream).is_ok())
+        tx.as_ref().is_some_and(|t| t.send((from, stream)).is_ok())
     }
 }
 
@@ -153,6 +157,8 @@ pub(crate) trait SyncHost {
 pub(crate) struct Plan {
     pub(crate) revision: u64,
     pub(crate) fetch: Vec<Fetch>,
+    /// The receivers we serve in this sync and what each may fetch (holders only).
+    pub(crate) serve: Vec<Serve>,
 }
 
 /// Closes the door when the sync ends, however it ends.
@@ -169,6 +175,12 @@ pub(crate) type ResultRx = oneshot::Receiver<std::result::Result<(), String>>;
 
 /// Most tensors fetched at once.
 const PARALLEL_FETCHES: usize = 8;
+
+/// A shared-state connection reached a peer that fetches in this sync and serves nobody:
+/// it is closed (dropped by the caller) unanswered.
+fn refuse_receiver_side(from: PeerId) {
+    tracing::warn!(%from, "shared-state connection refused: we are no holder in this sync");
+}
 
 /// Runs one sync. `report` sends our report and returns the plan and result channels.
 pub(crate) async fn sync(
@@ -210,15 +222,17 @@ pub(crate) async fn sync(
         host.sync_done(true);
         let tensors = &state.tensors[..];
         let sent = std::sync::atomic::AtomicU64::new(0);
-        let mut serving: FuturesUnordered<_> = early
-            .into_iter()
-            .filter(|_| strategy_sends)
-            .map(|s| transfer::serve(s, tensors, &sent))
-            .collect();
+        // Only the receivers the master designated, and only for what it named; the
+        // permissions end with this sync (docs/PROTOCOL.md §5).
+        let serve = if strategy_sends { &plan.serve[..] } else { &[] };
+        let permits = transfer::Permits::new(serve, tensors.len());
+        let stall = host.stall();
+        let start = |(from, s)| transfer::serve(s, from, tensors, &permits, stall, &sent);
+        let mut serving: FuturesUnordered<_> = early.into_iter().map(start).collect();
         let r = loop {
             tokio::select! {
                 r = &mut result_rx => break r.map_err(|_| lost())?,
-                Some(s) = incoming.recv() => if strategy_sends { serving.push(transfer::serve(s, tensors, &sent)) },
+                Some(s) = incoming.recv() => serving.push(start(s)),
                 Some(r) = serving.next() => if let Err(e) = r {
                     tracing::debug!(error = %e, "shared-state request ended");
                 },
@@ -228,7 +242,9 @@ pub(crate) async fn sync(
         info.tx_bytes = sent.into_inner();
         r
     } else {
-        drop(early);
+        for (from, _) in early {
+            refuse_receiver_side(from);
+        }
         let topology = host.topology();
         let stall = host.stall();
         let me = host.me();
@@ -254,7 +270,7 @@ pub(crate) async fn sync(
                     None => break,
                 },
                 // Not a holder: refuse (close) requests at once.
-                Some(s) = incoming.recv() => drop(s),
+                Some((from, _)) = incoming.recv() => refuse_receiver_side(from),
             }
         }
         drop(fetches);
@@ -262,7 +278,7 @@ pub(crate) async fn sync(
         loop {
             tokio::select! {
                 r = &mut result_rx => break r.map_err(|_| lost())?,
-                Some(s) = incoming.recv() => drop(s),
+                Some((from, _)) = incoming.recv() => refuse_receiver_side(from),
             }
         }
     };

@@ -2,8 +2,11 @@
 //! (connection kind `SharedState`), asks for tensors by name and reads each into a staging
 //! buffer, checks its hash there, and only then copies it into the user's memory. A bad or
 //! truncated transfer falls back to the next holder; when none delivers, the user's tensor
-//! was never written (docs/ARCHITECTURE.md §6, "A failed sync loses nothing").
+//! was never written (docs/ARCHITECTURE.md §6, "A failed sync loses nothing"). A holder
+//! serves only the receivers and tensors the master's plan names ([`Permits`]).
 
+use std::collections::BTreeSet;
+use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
@@ -16,35 +19,108 @@ use super::hash::tensor_hash;
 use crate::net::{self, ConnectionError};
 use crate::types::{PeerId, Topology};
 use crate::wire::state::RESPONSE_LEN;
-use crate::wire::{ConnectionKind, Fetch, Hello, StateRequest, StateResponse};
+use crate::wire::{ConnectionKind, Fetch, Hello, Serve, StateRequest, StateResponse};
 
 /// Bytes read per step; each step must finish within the stall timeout.
 const PIECE: usize = 8 << 20;
 
-/// Serves tensor requests on one connection until the receiver closes it, adding the
-/// payload bytes to `sent` as they go (the sync may end before the receiver hangs up).
+/// Who may fetch what from this holder in the current sync: the (receiver, tensor index)
+/// pairs of the master's plan (`SyncPlan.serve`), each served at most once, since a
+/// receiver asks each of its sources for a tensor at most once. Dropped, with every
+/// permission in it, when the sync ends.
+#[derive(Debug, Default)]
+pub(crate) struct Permits {
+    designated: BTreeSet<PeerId>,
+    left: Mutex<BTreeSet<(PeerId, usize)>>,
+}
+
+impl Permits {
+    /// The permissions of `serve`; indices at or past `tensors` (no tensor of ours) are
+    /// dropped with a warning.
+    pub(crate) fn new(serve: &[Serve], tensors: usize) -> Self {
+        let mut left = BTreeSet::new();
+        for s in serve {
+            for &i in &s.tensors {
+                if (i as usize) < tensors {
+                    left.insert((s.peer, i as usize));
+                } else {
+                    tracing::warn!(peer = %s.peer, index = i, "the master's plan names a tensor we do not have; ignored");
+                }
+            }
+        }
+        Self {
+            designated: left.iter().map(|(p, _)| *p).collect(),
+            left: Mutex::new(left),
+        }
+    }
+
+    /// Whether the master designated `peer` as one of our receivers in this sync.
+    pub(crate) fn designated(&self, peer: PeerId) -> bool {
+        self.designated.contains(&peer)
+    }
+
+    /// Uses up `peer`'s permission to fetch our `index`-th tensor; false if it has none.
+    fn take(&self, peer: PeerId, index: usize) -> bool {
+        let mut left = self.left.lock().unwrap_or_else(|e| e.into_inner());
+        left.remove(&(peer, index))
+    }
+}
+
+/// Serves the tensor requests of `from` (its identity was checked by the p2p gate) on
+/// one connection until it closes it, adding the payload bytes to `sent` as they go (the
+/// sync may end before the receiver hangs up). A peer the master did not designate is
+/// closed at once and a request the plan does not permit is refused, each with a logged
+/// reason and before any payload byte. Every read of a request and every piece written
+/// has the transfer stall bound `stall`: a requester that goes silent is dropped.
 pub(crate) async fn serve(
     mut stream: TcpStream,
+    from: PeerId,
     tensors: &[TensorInfo<'_>],
+    permits: &Permits,
+    stall: Duration,
     sent: &AtomicU64,
 ) -> Result<(), ConnectionError> {
-    while let Some(body) = net::read_control(&mut stream).await? {
+    if !permits.designated(from) {
+        tracing::warn!(%from, "shared-state connection refused: the master did not designate this peer as our receiver in this sync");
+        return Ok(());
+    }
+    loop {
+        let body = match tokio::time::timeout(stall, net::read_control(&mut stream)).await {
+            Ok(Ok(Some(body))) => body,
+            Ok(Ok(None)) => return Ok(()),
+            Ok(Err(e)) => return Err(e),
+            Err(_) => {
+                tracing::warn!(%from, ?stall, "shared-state requester went silent, dropped");
+                return Err(ConnectionError::Timeout(stall));
+            }
+        };
         let req = StateRequest::decode(&body)?;
         let found = tensors
             .iter()
-            .find(|t| t.name == req.name && t.data.len() as u64 == req.len);
-        match found {
-            Some(t) => {
-                stream
-                    .write_all(&StateResponse::Ok(req.len).encode())
-                    .await?;
-                stream.write_all(t.data).await?;
-                sent.fetch_add(req.len, Ordering::Relaxed);
+            .position(|t| t.name == req.name && t.data.len() as u64 == req.len);
+        let t = match found {
+            Some(i) if permits.take(from, i) => &tensors[i],
+            other => {
+                let why = if other.is_some() {
+                    "the master did not designate this peer to fetch that tensor from us in this sync (or it was served already)"
+                } else {
+                    "no tensor of that name and length here"
+                };
+                tracing::warn!(%from, tensor = %req.name, why, "shared-state request refused");
+                timed(stall, stream.write_all(&StateResponse::Refused.encode())).await?;
+                return Ok(());
             }
-            None => stream.write_all(&StateResponse::Refused.encode()).await?,
+        };
+        timed(
+            stall,
+            stream.write_all(&StateResponse::Ok(req.len).encode()),
+        )
+        .await?;
+        for piece in t.data.chunks(PIECE) {
+            timed(stall, stream.write_all(piece)).await?;
+            sent.fetch_add(piece.len() as u64, Ordering::Relaxed);
         }
     }
-    Ok(())
 }
 
 /// Most staging bytes held at once by one sync's fetches, in [`STAGING_UNIT`]s. A tensor
@@ -174,29 +250,40 @@ mod tests {
     use crate::types::{DataType, Device, PeerEntry};
     use crate::wire::HELLO_LEN;
 
+    /// The receiver the test holders are told to serve.
+    const RECEIVER: PeerId = PeerId([0xab; 16]);
+
     /// A holder on loopback that answers the hello as `id` and serves `bytes` as tensor
-    /// "t", whatever hash was announced for it.
-    async fn holder(id: PeerId, bytes: Vec<u8>) -> PeerEntry {
+    /// "t" (and `u`, 16 bytes), whatever hash was announced for it, to the peers of
+    /// `serve` only, as one sync would.
+    async fn holder_serving(id: PeerId, bytes: Vec<u8>, plan: Vec<Serve>) -> PeerEntry {
         let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let p2p_addr = l.local_addr().unwrap();
         tokio::spawn(async move {
             let mut bytes = bytes;
-            while let Ok((mut s, _)) = l.accept().await {
-                let mut hello = [0u8; HELLO_LEN];
-                s.read_exact(&mut hello).await.unwrap();
-                let ours = Hello {
-                    kind: ConnectionKind::SharedState,
-                    peer: id,
-                };
-                s.write_all(&ours.encode()).await.unwrap();
-                let t = [TensorInfo {
+            let mut other = [7u8; 16];
+            let t = [
+                TensorInfo {
                     name: "t".into(),
                     data: &mut bytes,
                     dtype: DataType::U8,
                     device: Device::Cpu,
                     allow_content_inequality: false,
-                }];
-                let _ = serve(s, &t, &AtomicU64::new(0)).await;
+                },
+                TensorInfo::new("u", &mut other[..]),
+            ];
+            let permits = Permits::new(&plan, t.len());
+            while let Ok((mut s, _)) = l.accept().await {
+                let mut hello = [0u8; HELLO_LEN];
+                s.read_exact(&mut hello).await.unwrap();
+                let from = Hello::decode(&hello).unwrap().peer;
+                let ours = Hello {
+                    kind: ConnectionKind::SharedState,
+                    peer: id,
+                };
+                s.write_all(&ours.encode()).await.unwrap();
+                let stall = Duration::from_secs(10);
+                let _ = serve(s, from, &t, &permits, stall, &AtomicU64::new(0)).await;
             }
         });
         PeerEntry {
@@ -206,7 +293,21 @@ mod tests {
         }
     }
 
-    async fn run(holders: Vec<PeerEntry>, announced: u128, dest: &mut [u8]) -> (u64, bool) {
+    /// A holder told to serve "t" to [`RECEIVER`].
+    async fn holder(id: PeerId, bytes: Vec<u8>) -> PeerEntry {
+        let plan = vec![Serve {
+            peer: RECEIVER,
+            tensors: vec![0],
+        }];
+        holder_serving(id, bytes, plan).await
+    }
+
+    async fn run_as(
+        me: PeerId,
+        holders: Vec<PeerEntry>,
+        announced: u128,
+        dest: &mut [u8],
+    ) -> (u64, bool) {
         let f = Fetch {
             name: "t".into(),
             sources: holders.iter().map(|h| (h.id, announced)).collect(),
@@ -217,7 +318,11 @@ mod tests {
         };
         let staging = Semaphore::new(STAGING_BUDGET_UNITS as usize);
         let stall = Duration::from_secs(10);
-        fetch(PeerId::random(), &topology, &f, dest, stall, &staging).await
+        fetch(me, &topology, &f, dest, stall, &staging).await
+    }
+
+    async fn run(holders: Vec<PeerEntry>, announced: u128, dest: &mut [u8]) -> (u64, bool) {
+        run_as(RECEIVER, holders, announced, dest).await
     }
 
     /// 3 pieces and a bit, so the staging buffer is filled over several reads.
@@ -251,5 +356,99 @@ mod tests {
         assert!(ok);
         assert_eq!(rx, 2 * LEN as u64);
         assert!(dest == good());
+    }
+
+    /// The log lines written while a test runs.
+    #[derive(Clone, Default)]
+    struct Logs(std::sync::Arc<Mutex<Vec<u8>>>);
+
+    impl Logs {
+        fn text(&self) -> String {
+            String::from_utf8_lossy(&self.0.lock().unwrap()).into_owned()
+        }
+    }
+
+    impl std::io::Write for Logs {
+        fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(b);
+            Ok(b.len())
+        }
+
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    /// The attack: a member the master did not designate asks a holder for a tensor; it
+    /// gets no byte. The designated receiver gets the tensor once, and not a tensor it was
+    /// not designated for.
+    #[tokio::test]
+    async fn only_the_designated_receiver_gets_only_its_tensors() {
+        // The holder runs on this thread (a current-thread runtime): its log lands here.
+        let logs = Logs::default();
+        let sub = tracing_subscriber::fmt()
+            .with_writer({
+                let l = logs.clone();
+                move || l.clone()
+            })
+            .with_ansi(false)
+            .finish();
+        let _log = tracing::subscriber::set_default(sub);
+        let h = holder(PeerId::random(), good()).await;
+        let addr = h.p2p_addr;
+        let stall = Duration::from_secs(10);
+        let before = vec![9u8; LEN];
+        let mut dest = before.clone();
+        let intruder = PeerId::random();
+        let (rx, ok) = run_as(intruder, vec![h.clone()], tensor_hash(&good()), &mut dest).await;
+        assert!(!ok && rx == 0, "an undesignated peer received {rx} bytes");
+        assert!(dest == before);
+        assert!(
+            logs.text()
+                .contains("did not designate this peer as our receiver")
+        );
+        let mut rx = 0;
+        let mut small = [0u8; 16];
+        let r = fetch_from(RECEIVER, h.id, addr, "u", &mut small, stall, &mut rx).await;
+        assert!(
+            matches!(&r, Err(ConnectionError::Handshake(w)) if w.contains("refused")),
+            "an undesignated tensor: {r:?}"
+        );
+        assert_eq!(rx, 0);
+        assert!(logs.text().contains("shared-state request refused"));
+        let (rx, ok) = run(vec![h.clone()], tensor_hash(&good()), &mut dest).await;
+        assert!(ok && rx == LEN as u64 && dest == good());
+        // Served once: asking again is refused.
+        let (rx, ok) = run(vec![h], tensor_hash(&good()), &mut dest).await;
+        assert!(!ok && rx == 0, "served twice");
+    }
+
+    /// A designated requester that connects and then says nothing is dropped after the
+    /// stall bound, not waited on forever.
+    #[tokio::test]
+    async fn a_silent_requester_is_dropped_after_the_stall_bound() {
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap();
+        let _client = TcpStream::connect(addr).await.unwrap();
+        let (s, _) = l.accept().await.unwrap();
+        let mut bytes = good();
+        let t = [TensorInfo::new("t", &mut bytes[..])];
+        let permits = Permits::new(
+            &[Serve {
+                peer: RECEIVER,
+                tensors: vec![0],
+            }],
+            1,
+        );
+        let stall = Duration::from_millis(200);
+        let started = std::time::Instant::now();
+        let r = tokio::time::timeout(
+            Duration::from_secs(10),
+            serve(s, RECEIVER, &t, &permits, stall, &AtomicU64::new(0)),
+        )
+        .await
+        .expect("serve waited past its stall bound");
+        assert!(matches!(r, Err(ConnectionError::Timeout(_))), "{r:?}");
+        assert!(started.elapsed() >= stall);
     }
 }

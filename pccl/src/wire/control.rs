@@ -38,6 +38,14 @@ pub struct Fetch {
     pub sources: Vec<(PeerId, u128)>,
 }
 
+/// A receiver a holder must serve in the current sync, and the tensors it may ask for:
+/// indices into the holder's own `SyncReport` tensor list (docs/PROTOCOL.md §5).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Serve {
+    pub peer: PeerId,
+    pub tensors: Vec<u32>,
+}
+
 /// Why the master refused a peer's part in a sync.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[repr(u8)]
@@ -129,10 +137,12 @@ pub enum FromMaster {
     },
     /// A joint call could not be answered (peers asked for different things).
     VoteRejected(String),
-    /// The election's outcome for this peer: the revision to adopt and what to fetch.
+    /// The election's outcome for this peer: the revision to adopt, what to fetch, and
+    /// (for a holder) the receivers it must serve in this sync, and nobody else.
     SyncPlan {
         revision: u64,
         fetch: Vec<Fetch>,
+        serve: Vec<Serve>,
     },
     /// This peer cannot take part in the sync.
     SyncRefused {
@@ -329,7 +339,11 @@ impl FromMaster {
                 out.put_u8(7);
                 put_string(out, why);
             }
-            Self::SyncPlan { revision, fetch } => {
+            Self::SyncPlan {
+                revision,
+                fetch,
+                serve,
+            } => {
                 out.put_u8(8);
                 out.put_u64_le(*revision);
                 out.put_u32_le(fetch.len() as u32);
@@ -339,6 +353,14 @@ impl FromMaster {
                     for (peer, hash) in &f.sources {
                         out.put_slice(&peer.0);
                         out.put_u128_le(*hash);
+                    }
+                }
+                out.put_u32_le(serve.len() as u32);
+                for s in serve {
+                    out.put_slice(&s.peer.0);
+                    out.put_u32_le(s.tensors.len() as u32);
+                    for i in &s.tensors {
+                        out.put_u32_le(*i);
                     }
                 }
             }
@@ -407,7 +429,22 @@ impl FromMaster {
                     }
                     fetch.push(Fetch { name, sources });
                 }
-                Self::SyncPlan { revision, fetch }
+                let k = r.len(MAX_PEERS, 20)?;
+                let mut serve = Vec::with_capacity(k);
+                for _ in 0..k {
+                    let peer = PeerId(r.array()?);
+                    let m = r.len(MAX_TENSORS, 4)?;
+                    let mut tensors = Vec::with_capacity(m);
+                    for _ in 0..m {
+                        tensors.push(u32::from_le_bytes(r.array()?));
+                    }
+                    serve.push(Serve { peer, tensors });
+                }
+                Self::SyncPlan {
+                    revision,
+                    fetch,
+                    serve,
+                }
             }
             9 => {
                 let kind = match r.u8()? {
@@ -644,15 +681,26 @@ mod tests {
                         prop::collection::vec((any::<[u8; 16]>(), any::<u128>()), 0..3)
                     ),
                     0..3
+                ),
+                prop::collection::vec(
+                    (any::<[u8; 16]>(), prop::collection::vec(any::<u32>(), 0..4)),
+                    0..3
                 )
             )
-                .prop_map(|(revision, f)| FromMaster::SyncPlan {
+                .prop_map(|(revision, f, s)| FromMaster::SyncPlan {
                     revision,
                     fetch: f
                         .into_iter()
                         .map(|(name, s)| Fetch {
                             name,
                             sources: s.into_iter().map(|(p, h)| (PeerId(p), h)).collect()
+                        })
+                        .collect(),
+                    serve: s
+                        .into_iter()
+                        .map(|(p, tensors)| Serve {
+                            peer: PeerId(p),
+                            tensors
                         })
                         .collect()
                 }),

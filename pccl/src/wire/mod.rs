@@ -13,7 +13,8 @@ pub mod state;
 
 pub use codec::WireError;
 pub use control::{
-    FailReason, Fetch, FromMaster, MAX_CONTROL_FRAME, SyncRefusal, TensorReport, ToMaster, VoteKind,
+    FailReason, Fetch, FromMaster, MAX_CONTROL_FRAME, Serve, SyncRefusal, TensorReport, ToMaster,
+    VoteKind,
 };
 pub use data::{DATA_HEADER_LEN, DataHeader, KEEPALIVE, MAX_SLICE_BYTES, RingFrame};
 pub use handshake::{ConnectionKind, HELLO_LEN, Hello};

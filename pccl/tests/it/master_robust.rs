@@ -1,8 +1,10 @@
 //! The master on loopback against layouts that once crashed it: two holders whose
 //! `allow_content_inequality` tensors have different names, plus a RECEIVE_ONLY peer
 //! matching one of them (this panicked the master's election in about 2 runs of 3,
-//! depending on which holder sorts first). Every peer must get an answer, the master
-//! must stay up, and the run must go on: a later all-reduce agrees bit for bit.
+//! depending on which holder sorts first, and later refused one holder while still naming
+//! it as a source). Every peer must get the same answer, a refusal of the whole sync
+//! (docs/ARCHITECTURE.md §6, "Outcomes"), no peer's state may change, the master must stay
+//! up, and the run must go on: a later all-reduce agrees bit for bit.
 
 use pccl::{Communicator, Error, ReduceOp, SharedState, SyncStrategy, TensorInfo};
 
@@ -16,7 +18,8 @@ fn outcome(r: &Result<pccl::SyncInfo, Error>) -> Result<(), (pccl::ResultCode, S
     }
 }
 
-fn sync(rank: usize, c: &Communicator) -> Result<pccl::SyncInfo, Error> {
+/// One peer's sync: its outcome and its `w` afterwards.
+fn sync(rank: usize, c: &Communicator) -> (Result<pccl::SyncInfo, Error>, Vec<f32>) {
     let mut w = vec![1.5f32; 1000];
     let mut rng = vec![rank as u64 + 7; 4];
     // Ranks 0 and 1 hold the state with differently named inequality tensors; rank 2
@@ -36,7 +39,10 @@ fn sync(rank: usize, c: &Communicator) -> Result<pccl::SyncInfo, Error> {
             TensorInfo::new(name, &mut rng).allowing_inequality(),
         ],
     };
-    c.sync_shared_state(&mut state, strategy)
+    let r = c.sync_shared_state(&mut state, strategy);
+    assert_eq!(state.revision, 1, "rank {rank}'s revision moved");
+    drop(state);
+    (r, w)
 }
 
 #[test]
@@ -46,37 +52,27 @@ fn holders_with_different_inequality_tensors_do_not_crash_the_master() {
         let m = master();
         let comms = cluster(&m, 3);
         let results = on_all(&comms, sync);
-        let outcomes: Vec<_> = results.iter().map(outcome).collect();
+        let outcomes: Vec<_> = results.iter().map(|(r, _)| outcome(r)).collect();
         eprintln!("round {round}: {outcomes:?}");
-        // The election elects one layout (which one depends on how the fresh ids sort)
-        // and refuses, with a clear InvalidUsage, every peer whose layout differs from it;
-        // the peers with the elected layout are served.
-        let layout = |rank: usize| if rank == 1 { "rng_b" } else { "rng_a" };
-        let served: Vec<usize> = (0..3).filter(|r| outcomes[*r].is_ok()).collect();
-        assert!(
-            !served.is_empty(),
-            "round {round}: the sync served nobody: {outcomes:?}"
-        );
-        let elected = layout(served[0]);
+        // Whichever way the ids sort, every peer gets the same clear InvalidUsage naming
+        // the layout conflict, and nobody's tensor changed (rank 2 kept its zeros).
         for (rank, o) in outcomes.iter().enumerate() {
-            match o {
-                Ok(()) => assert_eq!(
-                    layout(rank),
-                    elected,
-                    "round {round}: peers with two layouts were served: {outcomes:?}"
-                ),
-                Err((code, msg)) => {
-                    assert!(
-                        *code == pccl::ResultCode::InvalidUsage && msg.contains("tensor names"),
-                        "round {round} rank {rank}: unclear failure {code:?} {msg}"
-                    );
-                    assert_ne!(
-                        layout(rank),
-                        elected,
-                        "round {round} rank {rank}: refused although its layout won"
-                    );
-                }
-            }
+            assert_eq!(
+                *o, outcomes[0],
+                "round {round}: rank {rank} and rank 0 saw different outcomes"
+            );
+            let expected = if rank == 2 { 0.0 } else { 1.5 };
+            assert!(
+                results[rank].1.iter().all(|x| *x == expected),
+                "round {round}: rank {rank}'s `w` changed"
+            );
+        }
+        match &outcomes[0] {
+            Err((code, msg)) => assert!(
+                *code == pccl::ResultCode::InvalidUsage && msg.contains("layouts"),
+                "round {round}: unclear failure {code:?} {msg}"
+            ),
+            Ok(()) => panic!("round {round}: a sync with two layouts succeeded"),
         }
         assert!(!m.has_crashed(), "round {round}: the master crashed");
 

@@ -437,8 +437,12 @@ fn the_only_holder_leaving_mid_transfer_fails_the_sync_without_advancing_the_rev
         let results: Vec<_> = out[1..].iter().map(|o| o.as_ref().unwrap()).collect();
         for (r, rev, h) in &results {
             match r {
+                // A receiver whose fetch was verified before the holder left holds the
+                // elected bytes even though the sync failed for the other one
+                // (docs/ARCHITECTURE.md §6: old bytes or a verified copy, nothing else).
                 Err(Error::RankConnectionLost { .. } | Error::NoSharedStateAvailable(_)) => {
-                    assert_eq!((*rev, *h), (1, old))
+                    assert_eq!(*rev, 1);
+                    assert!(*h == old || *h == want, "a failed sync left other bytes");
                 }
                 Ok(_) => assert_eq!(*h, want),
                 other => panic!("unexpected {other:?}"),

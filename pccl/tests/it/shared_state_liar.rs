@@ -1,8 +1,13 @@
-//! The attack of a lying holder: a fake peer, speaking the protocol itself over raw
-//! sockets, joins the run, announces the hashes of a good shared state and serves one of
-//! its tensors with a flipped bit. The receivers must detect it, fail the sync the same
-//! way everywhere, keep that tensor's bytes from before the sync and their revision, and
-//! be repaired by the next sync with an honest holder (docs/ARCHITECTURE.md §6).
+//! Attacks on the shared-state sync by a fake peer that speaks the protocol itself over
+//! raw sockets and joins the run as a member of the group (docs/ARCHITECTURE.md §6):
+//!
+//! - a lying holder announces the hashes of a good shared state and serves one of its
+//!   tensors with a flipped bit. The receivers must detect it, fail the sync the same way
+//!   everywhere, keep that tensor's bytes from before the sync and their revision, and be
+//!   repaired by the next sync with an honest holder;
+//! - an intruder that the master did not designate as anybody's receiver asks every
+//!   other peer for a tensor during the sync. It must get no byte, and the sync of the
+//!   others must succeed with bit-identical state.
 
 use std::io::{ErrorKind, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
@@ -17,7 +22,7 @@ use pccl::wire::{
 };
 use pccl::{
     Attribute, Communicator, DataType, Error, PeerId, SharedState, SyncStrategy, TensorInfo,
-    tensor_hash,
+    Topology, tensor_hash,
 };
 
 use crate::common::{cluster, master, on_all};
@@ -60,7 +65,13 @@ struct Offer {
     announced: Vec<(String, Vec<u8>)>,
     /// Served instead of the announced bytes.
     served: Vec<(String, Vec<u8>)>,
+    /// The strategy it reports with.
+    strategy: SyncStrategy,
 }
+
+/// Run by the fake peer when its plan arrives, before it tells the master it is done:
+/// its own id and the topology it last saw committed.
+type OnPlan = Box<dyn Fn(PeerId, &Topology) + Send + Sync>;
 
 /// A fake peer: a control connection to the master and a p2p listener.
 struct Liar {
@@ -77,9 +88,9 @@ struct Liar {
 const READ_LIMIT: Duration = Duration::from_secs(20);
 
 impl Liar {
-    /// Joins the run at `master` and takes part, as a send-only holder of `offer`, in
-    /// `revisions.len()` syncs, reporting those revisions.
-    fn start(master: SocketAddr, offer: Offer, revisions: Vec<u64>) -> Self {
+    /// Joins the run at `master` and takes part, reporting `offer`, in `revisions.len()`
+    /// syncs, reporting those revisions; `on_plan` runs whenever its plan arrives.
+    fn start(master: SocketAddr, offer: Offer, revisions: Vec<u64>, on_plan: OnPlan) -> Self {
         let id = PeerId::random();
         let stop = Arc::new(AtomicBool::new(false));
         let served = Arc::new(AtomicUsize::new(0));
@@ -101,7 +112,17 @@ impl Liar {
         };
         let control = {
             let stop = stop.clone();
-            std::thread::spawn(move || control(master, id, listen.port(), &offer, revisions, &stop))
+            std::thread::spawn(move || {
+                control(
+                    master,
+                    id,
+                    listen.port(),
+                    &offer,
+                    revisions,
+                    &stop,
+                    &on_plan,
+                )
+            })
         };
         Self {
             id,
@@ -113,13 +134,15 @@ impl Liar {
         }
     }
 
-    /// Leaves the run; returns the sync results the master sent it.
+    /// Waits (bounded) for the result of every sync it reported for, leaves the run, and
+    /// returns those results.
     fn finish(self) -> Vec<Result<(), String>> {
+        let results = self.control.join().unwrap();
         self.stop.store(true, Ordering::SeqCst);
         // Wakes the accept loop so it sees the stop flag.
         let _ = TcpStream::connect(self.listen);
         self.listener.join().unwrap();
-        self.control.join().unwrap()
+        results
     }
 }
 
@@ -138,9 +161,10 @@ fn send(s: &mut TcpStream, m: &ToMaster) {
     s.write_all(&frame).unwrap();
 }
 
-/// The liar's control connection: registers, acknowledges every proposal, heartbeats,
-/// and reports `offer` as a send-only holder once accepted and after every sync result
-/// until `revisions` run out.
+/// The fake peer's control connection: registers, acknowledges every proposal,
+/// heartbeats, and reports `offer` once accepted and after every sync result until
+/// `revisions` run out; runs `on_plan` when a plan arrives, then says it is done. Ends
+/// once every reported sync has its result.
 fn control(
     master: SocketAddr,
     me: PeerId,
@@ -148,6 +172,7 @@ fn control(
     offer: &Offer,
     revisions: Vec<u64>,
     stop: &AtomicBool,
+    on_plan: &OnPlan,
 ) -> Vec<Result<(), String>> {
     let mut s = TcpStream::connect(master).unwrap();
     s.set_nodelay(true).unwrap();
@@ -166,7 +191,7 @@ fn control(
     );
     let report = |revision| ToMaster::SyncReport {
         revision,
-        strategy: SyncStrategy::SendOnly,
+        strategy: offer.strategy,
         tensors: offer
             .announced
             .iter()
@@ -182,13 +207,16 @@ fn control(
     // Short reads so heartbeats go out on time; frames are reassembled from `buf`.
     s.set_read_timeout(Some(Duration::from_millis(100)))
         .unwrap();
+    let total = revisions.len();
     let mut revisions = revisions.into_iter();
     let mut results = Vec::new();
     let mut reported = false;
     let mut buf = Vec::new();
     let mut beat = Instant::now();
     let mut heard = Instant::now();
-    while !stop.load(Ordering::SeqCst) {
+    let mut topology = Topology::default();
+    // Until every sync reported for has its result (each read is bounded by READ_LIMIT).
+    while !stop.load(Ordering::SeqCst) && results.len() < total {
         if beat.elapsed() > Duration::from_millis(300) {
             send(&mut s, &ToMaster::Heartbeat);
             beat = Instant::now();
@@ -216,14 +244,21 @@ fn control(
                 FromMaster::Propose { proposal, .. } => {
                     send(&mut s, &ToMaster::P2pReady { proposal, ok: true })
                 }
-                FromMaster::Commit { topology } if topology.contains(me) && !reported => {
-                    reported = true;
-                    if let Some(r) = revisions.next() {
-                        send(&mut s, &report(r));
+                FromMaster::Commit { topology: t } => {
+                    topology = t;
+                    if topology.contains(me) && !reported {
+                        reported = true;
+                        if let Some(r) = revisions.next() {
+                            send(&mut s, &report(r));
+                        }
                     }
                 }
                 FromMaster::SyncPlan { fetch, .. } => {
-                    assert!(fetch.is_empty(), "the liar was told to fetch {fetch:?}");
+                    assert!(
+                        fetch.is_empty(),
+                        "the fake peer was told to fetch {fetch:?}"
+                    );
+                    on_plan(me, &topology);
                     send(&mut s, &ToMaster::SyncDone { ok: true });
                 }
                 FromMaster::SyncRefused { reason, .. } => panic!("liar refused: {reason}"),
@@ -306,6 +341,23 @@ fn bounded<T: Send + 'static>(limit: Duration, f: impl FnOnce() -> T + Send + 's
     }
 }
 
+/// The honest peers accept the fake peer into the run: a world of `n`.
+fn admit(comms: &[Communicator], n: usize) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    on_all(comms, |_, c| {
+        while c.attribute(Attribute::GlobalWorldSize).unwrap() < n {
+            assert!(
+                Instant::now() < deadline,
+                "the fake peer was not admitted in time"
+            );
+            match c.update_topology() {
+                Ok(()) | Err(Error::UpdateTopologyFailed(_)) => {}
+                Err(e) => panic!("update_topology: {e}"),
+            }
+        }
+    });
+}
+
 /// One honest peer's sync: its result, revision after, and state after.
 fn sync(
     c: &Communicator,
@@ -336,24 +388,13 @@ fn a_holder_serving_bytes_that_fail_their_hash_leaves_receivers_as_they_were() {
             Offer {
                 announced: good.bytes(),
                 served: bad,
+                strategy: SyncStrategy::SendOnly,
             },
             vec![9, 10],
+            Box::new(|_, _| {}),
         );
         let liar_id = liar.id;
-        // The honest peers accept the liar into the run.
-        let deadline = Instant::now() + Duration::from_secs(30);
-        on_all(&comms, |_, c| {
-            while c.attribute(Attribute::GlobalWorldSize).unwrap() < 3 {
-                assert!(
-                    Instant::now() < deadline,
-                    "the liar was not admitted in time"
-                );
-                match c.update_topology() {
-                    Ok(()) | Err(Error::UpdateTopologyFailed(_)) => {}
-                    Err(e) => panic!("update_topology: {e}"),
-                }
-            }
-        });
+        admit(&comms, 3);
         assert!(comms.iter().all(|c| c.id() != liar_id));
 
         // Sync 1: the liar is the only holder (both honest peers are receive-only), so its
@@ -411,6 +452,106 @@ fn a_holder_serving_bytes_that_fail_their_hash_leaves_receivers_as_they_were() {
         let seen = liar.finish();
         assert_eq!(seen.len(), 2, "the liar saw {seen:?}");
         assert!(seen[0].is_err() && seen[1].is_ok(), "the liar saw {seen:?}");
+        drop(comms);
+    });
+}
+
+/// Asks the peer listening at `addr`, as `me`, for tensor `name` of `len` bytes over a
+/// shared-state connection. Returns whether it answered our hello (the p2p gate admitted
+/// us) and how many bytes it sent after the hello.
+fn ask(addr: SocketAddr, me: PeerId, name: &str, len: u64) -> (bool, usize) {
+    let Ok(mut s) = TcpStream::connect_timeout(&addr, READ_LIMIT) else {
+        return (false, 0);
+    };
+    s.set_read_timeout(Some(READ_LIMIT)).unwrap();
+    let hello = Hello {
+        kind: ConnectionKind::SharedState,
+        peer: me,
+    };
+    let mut theirs = [0u8; HELLO_LEN];
+    if s.write_all(&hello.encode()).is_err() || s.read_exact(&mut theirs).is_err() {
+        return (false, 0);
+    }
+    let mut body = Vec::new();
+    StateRequest {
+        name: name.into(),
+        len,
+    }
+    .encode(&mut body);
+    let mut frame = (body.len() as u32).to_le_bytes().to_vec();
+    frame.extend_from_slice(&body);
+    let _ = s.write_all(&frame);
+    let want = pccl::wire::state::RESPONSE_LEN + len as usize;
+    let mut got = 0;
+    let mut buf = vec![0u8; 1 << 16];
+    while got < want {
+        match s.read(&mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => got += n,
+        }
+    }
+    (true, got)
+}
+
+#[test]
+fn a_member_not_designated_as_a_receiver_gets_no_shared_state() {
+    bounded(Duration::from_secs(180), || {
+        let m = master();
+        let comms = cluster(&m, 3);
+        let good = State::new(7);
+        let w_len = good.bytes()[0].1.len() as u64;
+        // The intruder reports the elected content, receive-only: it fetches nothing and
+        // serves nothing, so the master designates it nobody's receiver. Once its plan
+        // is in (and before it says it is done, so every honest peer is still in the
+        // sync), it asks every other peer for `w`.
+        let asked = Arc::new(AtomicUsize::new(0));
+        let stolen = Arc::new(AtomicUsize::new(0));
+        let (a, st) = (asked.clone(), stolen.clone());
+        let intruder = Liar::start(
+            m.local_addr(),
+            Offer {
+                announced: good.bytes(),
+                served: Vec::new(),
+                strategy: SyncStrategy::ReceiveOnly,
+            },
+            vec![1],
+            Box::new(move |me, topology| {
+                for p in topology.ring.iter().filter(|p| p.id != me) {
+                    let (admitted, bytes) = ask(p.p2p_addr, me, "w", w_len);
+                    a.fetch_add(admitted as usize, Ordering::SeqCst);
+                    st.fetch_add(bytes, Ordering::SeqCst);
+                }
+            }),
+        );
+        admit(&comms, 4);
+
+        // Peers 0 and 1 hold the good state; peer 2 receives it from them.
+        let out = on_all(&comms, |i, c| {
+            if i < 2 {
+                sync(c, good.clone(), 1, SyncStrategy::EnforcePopular)
+            } else {
+                sync(c, State::new(3), 0, SyncStrategy::ReceiveOnly)
+            }
+        });
+        assert_eq!(
+            asked.load(Ordering::SeqCst),
+            3,
+            "the intruder did not reach every peer past the gate"
+        );
+        assert_eq!(
+            stolen.load(Ordering::SeqCst),
+            0,
+            "an undesignated member received shared-state bytes"
+        );
+        for (i, (r, rev, st)) in out.iter().enumerate() {
+            assert!(r.is_ok(), "peer {i}: {r:?}");
+            assert_eq!(*rev, 1, "peer {i}");
+            assert!(
+                *st == good,
+                "peer {i} does not hold the elected state bit for bit"
+            );
+        }
+        assert_eq!(intruder.finish(), vec![Ok(())]);
         drop(comms);
     });
 }

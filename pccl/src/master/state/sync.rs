@@ -1,6 +1,6 @@
 //! Shared-state sync rounds, one per group: members report their state (`Reporting`);
 //! once every live member has, the election (`master::election`) tells each what to
-//! fetch (`Transferring`); once every live participant is done, all get one result and
+//! fetch and each holder whom to serve (`Transferring`); once every live participant is done, all get one result and
 //! a success becomes the group's sync history. Both waits have deadlines (`deadlines`):
 //! a member that has not reported some time after the first report, or a participant
 //! not done in time for its largest fetch, is evicted and the round goes on without it.
@@ -84,12 +84,23 @@ impl MasterState {
         let mut largest_fetch = 0;
         for (peer, d) in decisions {
             match d {
-                Decision::Plan { revision: r, fetch } => {
+                Decision::Plan {
+                    revision: r,
+                    fetch,
+                    serve,
+                } => {
                     let bytes = reports.get(&peer).map_or(0, |r| fetch_bytes(r, &fetch));
                     largest_fetch = largest_fetch.max(bytes);
                     participants.insert(peer);
                     revision = r;
-                    msgs.push((peer, FromMaster::SyncPlan { revision: r, fetch }));
+                    msgs.push((
+                        peer,
+                        FromMaster::SyncPlan {
+                            revision: r,
+                            fetch,
+                            serve,
+                        },
+                    ));
                 }
                 Decision::Refuse(kind, reason) => {
                     msgs.push((peer, FromMaster::SyncRefused { kind, reason }));

@@ -4,7 +4,8 @@
 //!
 //! Layout: `sim` (the simulated cluster), `peer_model` (its peers), `invariants` (its
 //! checks), `property` (the seeded random runs), `harness` (the scenario driver), `admission`, `ops`, `optimize`
-//! and `phases` (scenarios), `deadlines` (each bounded wait evicts a peer that misses it),
+//! and `phases` (scenarios), `deadlines` (each bounded wait evicts a peer that misses it), `sync_plans` (seeded
+//! shared-state syncs: fetch lists, serve lists and the layout rule agree),
 //! `node` (the running node: crash reporting).
 
 use std::time::Duration;
@@ -36,3 +37,4 @@ mod peer_model;
 mod phases;
 mod property;
 mod sim;
+mod sync_plans;
