@@ -218,6 +218,10 @@ pub(crate) async fn sync(
     let mut info = SyncInfo::default();
     // Tensors no holder delivered a verified copy of (they kept their old bytes).
     let mut unverified: Vec<String> = Vec::new();
+    // Verified copies waiting for the sync's success, and tensors already overwritten
+    // with a verified copy (fetches too large to hold back).
+    let mut held: Vec<(String, Vec<u8>)> = Vec::new();
+    let mut copied: Vec<String> = Vec::new();
     let result = if plan.fetch.is_empty() {
         host.sync_done(true);
         let tensors = &state.tensors[..];
@@ -249,11 +253,21 @@ pub(crate) async fn sync(
         let stall = host.stall();
         let me = host.me();
         let staging = tokio::sync::Semaphore::new(transfer::STAGING_BUDGET_UNITS as usize);
+        // Verified copies wait for the master's final word when they fit the hold budget,
+        // so a sync that fails anywhere leaves every receiver as it was (§6, "A failed
+        // sync loses nothing"); a larger fetch copies each one as it is verified.
+        let fetch_bytes: u64 = state
+            .tensors
+            .iter()
+            .filter(|t| plan.fetch.iter().any(|f| f.name == t.name))
+            .map(|t| t.data.len() as u64)
+            .sum();
+        let hold = fetch_bytes <= transfer::HOLD_BUDGET;
         let mut fetches = futures::stream::iter(state.tensors.iter_mut().filter_map(|t| {
             let f = plan.fetch.iter().find(|f| f.name == t.name)?;
             let (topology, staging) = (&topology, &staging);
             Some(async move {
-                let r = transfer::fetch(me, topology, f, t.data, stall, staging).await;
+                let r = transfer::fetch(me, topology, f, t.data, hold, stall, staging).await;
                 (&f.name, r)
             })
         }))
@@ -261,10 +275,12 @@ pub(crate) async fn sync(
         loop {
             tokio::select! {
                 next = fetches.next() => match next {
-                    Some((name, (n, good))) => {
+                    Some((name, (n, fetched))) => {
                         info.rx_bytes += n;
-                        if !good {
-                            unverified.push(name.clone());
+                        match fetched {
+                            transfer::Fetched::Held(copy) => held.push((name.clone(), copy)),
+                            transfer::Fetched::Copied => copied.push(name.clone()),
+                            transfer::Fetched::Failed => unverified.push(name.clone()),
                         }
                     }
                     None => break,
@@ -284,6 +300,11 @@ pub(crate) async fn sync(
     };
     match result {
         Ok(()) => {
+            for (name, copy) in held {
+                if let Some(t) = state.tensors.iter_mut().find(|t| t.name == name) {
+                    t.data.copy_from_slice(&copy);
+                }
+            }
             state.revision = plan.revision;
             Ok(info)
         }
@@ -297,6 +318,15 @@ pub(crate) async fn sync(
                 reason.push_str(&format!(
                     "; no holder delivered a verified copy of {unverified:?} here, so they keep \
                      their bytes from before the sync"
+                ));
+            }
+            if !copied.is_empty() {
+                copied.sort();
+                reason.push_str(&format!(
+                    "; {copied:?} were too large to hold back and already hold the content of \
+                     revision {} while the revision stays {}: they are invalid until the next \
+                     sync repairs them",
+                    plan.revision, state.revision
                 ));
             }
             Err(Error::RankConnectionLost { tag: 0, reason })

@@ -130,19 +130,41 @@ pub(crate) const STAGING_BUDGET_UNITS: u32 = 256;
 /// The unit the staging budget is counted in.
 const STAGING_UNIT: usize = 1 << 20;
 
-/// Fetches one tensor into `dest`, trying its holders in order. The bytes land in a
-/// staging buffer (bounded by `staging`, see [`STAGING_BUDGET_UNITS`]) and reach `dest`
-/// only once their hash matches the holder's announced one: `dest` holds either its
-/// old bytes or a verified copy, never anything else. Returns the payload bytes received
-/// (failed attempts included) and whether a verified copy arrived.
+/// A receiver holds its verified copies back until the master confirms the sync (see
+/// [`Fetched::Held`]) when all it fetches in the sync totals at most this: up to this
+/// much memory beyond the tensors themselves. A single tensor up to this size was staged
+/// whole already, so holding it costs time, not a larger peak; past it, holding every
+/// copy would double the memory of a large model, so copies go in as verified instead.
+pub(crate) const HOLD_BUDGET: u64 = 1 << 30;
+
+/// How a fetch ended.
+#[derive(Debug)]
+pub(crate) enum Fetched {
+    /// A verified copy, held back: it reaches the user's tensor only if the whole sync
+    /// succeeds, so a failed sync leaves every receiver exactly as it was.
+    Held(Vec<u8>),
+    /// A verified copy, already in the user's tensor (the sync fetches more than
+    /// [`HOLD_BUDGET`], so copies could not all be held back).
+    Copied,
+    /// No holder delivered a verified copy; the user's tensor is untouched.
+    Failed,
+}
+
+/// Fetches one tensor, trying its holders in order. The bytes land in a staging buffer
+/// (bounded by `staging`, see [`STAGING_BUDGET_UNITS`]) and count only once their hash
+/// matches the holder's announced one; then, if `hold`, the verified copy is returned to
+/// be applied when the sync succeeds, else it is copied into `dest` at once. `dest` holds
+/// either its old bytes or a verified copy, never anything else. Returns the payload
+/// bytes received (failed attempts included) and how the fetch ended.
 pub(crate) async fn fetch(
     me: PeerId,
     topology: &Topology,
     f: &Fetch,
     dest: &mut [u8],
+    hold: bool,
     stall: Duration,
     staging: &Semaphore,
-) -> (u64, bool) {
+) -> (u64, Fetched) {
     let units = dest
         .len()
         .div_ceil(STAGING_UNIT)
@@ -150,9 +172,10 @@ pub(crate) async fn fetch(
     // The semaphore is never closed, so acquiring cannot fail; if it ever did, fetching
     // unbounded would be the wrong fallback.
     let Ok(_permit) = staging.acquire_many(units).await else {
-        return (0, false);
+        return (0, Fetched::Failed);
     };
-    // Allocated per fetch and freed when it ends, so no staging memory outlives the sync.
+    // Allocated per fetch and freed when it ends (or, held, when the sync ends), so no
+    // staging memory outlives the sync.
     let mut stage = vec![0u8; dest.len()];
     let mut received = 0;
     for (holder, hash) in &f.sources {
@@ -167,8 +190,11 @@ pub(crate) async fn fetch(
         match fetch_from(me, *holder, addr, &f.name, &mut stage, stall, &mut received).await {
             Ok(()) => {
                 if tensor_hash(&stage) == *hash {
+                    if hold {
+                        return (received, Fetched::Held(stage));
+                    }
                     dest.copy_from_slice(&stage);
-                    return (received, true);
+                    return (received, Fetched::Copied);
                 }
                 tracing::warn!(tensor = %f.name, %holder, "received tensor failed its hash check, trying the next holder");
             }
@@ -178,7 +204,7 @@ pub(crate) async fn fetch(
         }
     }
     tracing::warn!(tensor = %f.name, "no holder delivered a verified copy; the tensor keeps its bytes from before the sync");
-    (received, false)
+    (received, Fetched::Failed)
 }
 
 async fn fetch_from(
@@ -318,7 +344,8 @@ mod tests {
         };
         let staging = Semaphore::new(STAGING_BUDGET_UNITS as usize);
         let stall = Duration::from_secs(10);
-        fetch(me, &topology, &f, dest, stall, &staging).await
+        let (n, fetched) = fetch(me, &topology, &f, dest, false, stall, &staging).await;
+        (n, matches!(fetched, Fetched::Copied))
     }
 
     async fn run(holders: Vec<PeerEntry>, announced: u128, dest: &mut [u8]) -> (u64, bool) {
@@ -343,6 +370,30 @@ mod tests {
         assert!(!ok);
         assert_eq!(rx, LEN as u64, "the whole lie was received");
         assert!(dest == before, "unverified bytes reached the destination");
+    }
+
+    #[tokio::test]
+    async fn a_held_copy_leaves_the_destination_untouched_until_applied() {
+        let honest = holder(PeerId::random(), good()).await;
+        let f = Fetch {
+            name: "t".into(),
+            sources: vec![(honest.id, tensor_hash(&good()))],
+        };
+        let topology = Topology {
+            ring: vec![honest],
+            group_epochs: vec![(0, 1)],
+        };
+        let staging = Semaphore::new(STAGING_BUDGET_UNITS as usize);
+        let before = vec![9u8; LEN];
+        let mut dest = before.clone();
+        let stall = Duration::from_secs(10);
+        let (_, fetched) = fetch(RECEIVER, &topology, &f, &mut dest, true, stall, &staging).await;
+        assert!(dest == before, "a held copy reached the destination early");
+        match fetched {
+            Fetched::Held(copy) => assert!(copy == good()),
+            other => panic!("expected a held copy, got {other:?}"),
+        }
+        assert_eq!(staging.available_permits(), STAGING_BUDGET_UNITS as usize);
     }
 
     #[tokio::test]
