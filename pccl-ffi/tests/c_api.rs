@@ -679,9 +679,13 @@ fn start_secret_master(port: u16, secret: &str, encrypt: bool, vars: &[(&str, &s
     master
 }
 
+/// One `hello_peer`'s security settings: its secret argument (`"-"`: none), whether it
+/// calls `pcclCommSetEncrypt`, and its environment variables.
+type PeerSecurity<'a> = (&'a str, bool, &'a [(&'a str, &'a str)]);
+
 /// `hello_peer`s, each with its own secret argument and environment; their per-step
 /// digests must agree bit for bit.
-fn secret_peers_agree(port: u16, peers: &[(&str, bool, &[(&str, &str)])], steps: usize) {
+fn secret_peers_agree(port: u16, peers: &[PeerSecurity<'_>], steps: usize) {
     let deadline = Instant::now() + Duration::from_secs(180);
     let exe = c_test("hello_peer");
     let world = peers.len();
