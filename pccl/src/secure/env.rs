@@ -82,12 +82,7 @@ impl EnvSecurity {
             )?),
             (None, None) => None,
         };
-        let encrypt = match lookup(ENCRYPT_VAR) {
-            None => false,
-            Some(v) => parse_flag(&v).ok_or_else(|| EnvError::BadEncrypt {
-                value: v.to_string_lossy().chars().take(32).collect(),
-            })?,
-        };
+        let encrypt = encrypt_from_lookup(&lookup)?;
         if encrypt && secret.is_none() {
             return Err(EnvError::EncryptWithoutSecret);
         }
@@ -113,6 +108,22 @@ impl RunSecret {
             }
         })
         .map(|s| s.secret)
+    }
+}
+
+/// `PCCL_ENCRYPT` alone (false when unset), for callers that take the secret from
+/// elsewhere (a keyword, a flag) and the switch from the environment; whether a secret
+/// goes with it is the configuration's check.
+pub fn encrypt_from_env() -> Result<bool, EnvError> {
+    encrypt_from_lookup(|name| std::env::var_os(name))
+}
+
+fn encrypt_from_lookup(lookup: impl Fn(&str) -> Option<OsString>) -> Result<bool, EnvError> {
+    match lookup(ENCRYPT_VAR) {
+        None => Ok(false),
+        Some(v) => parse_flag(&v).ok_or_else(|| EnvError::BadEncrypt {
+            value: v.to_string_lossy().chars().take(32).collect(),
+        }),
     }
 }
 
@@ -217,5 +228,11 @@ mod tests {
             EnvSecurity::from_lookup(vars(&[(ENCRYPT_VAR, "1")])).unwrap_err(),
             EnvError::EncryptWithoutSecret
         );
+        // Read alone, the switch does not ask for a secret.
+        assert_eq!(
+            encrypt_from_lookup(vars(&[(ENCRYPT_VAR, " Yes ")])),
+            Ok(true)
+        );
+        assert_eq!(encrypt_from_lookup(vars(&[])), Ok(false));
     }
 }

@@ -27,7 +27,7 @@ mod secret;
 #[cfg(test)]
 mod tests;
 
-pub use env::{ENCRYPT_VAR, EnvError, EnvSecurity, SECRET_FILE_VAR, SECRET_VAR};
+pub use env::{ENCRYPT_VAR, EnvError, EnvSecurity, SECRET_FILE_VAR, SECRET_VAR, encrypt_from_env};
 pub use frames::{
     AuthError, FRAME_OVERHEAD, FrameTags, Protection, RecvKey, SealError, SendKey, TAG_LEN, Tag,
 };
