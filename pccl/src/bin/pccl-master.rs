@@ -35,6 +35,7 @@ Without these flags the environment decides: PCCL_RUN_SECRET (the secret) or
 PCCL_RUN_SECRET_FILE (a file holding it; not both), and PCCL_ENCRYPT=1. With no
 secret at all the run is in PCCL-compatible plain mode: anyone reaching the master
 can join. A peer with another secret fails to connect (pcclMasterConnectionFailed).
+
   -h, --help                  this text
 
 Logs go to stderr; set PCCL_LOG (error, warn, info, debug, trace) to choose the level.";
