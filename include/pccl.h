@@ -290,7 +290,13 @@ enum pcclResult_t pcclGetBuildInfo(struct pcclBuildInfo_t *out);
 // Allocates a communicator; no I/O happens until `pcclConnect`.
 //
 // `params->p2p_connection_pool_size` 0 means 1; more than 1024 is `pcclInvalidArgument`,
-// as are an unknown address protocol and port 0. On success `*comm_out` owns the
+// as are an unknown address protocol and port 0.
+//
+// pccl extension: the run secret and the encryption switch are read from the
+// environment here (`PCCL_RUN_SECRET` or `PCCL_RUN_SECRET_FILE`, not both; `PCCL_ENCRYPT=1`;
+// SECURITY.md §6); a refused value (too short, unreadable file, both set, encryption
+// without a secret) is `pcclInvalidArgument` with the reason logged at error level.
+// `pcclCommSetRunSecret` and `pcclCommSetEncrypt` override them. On success `*comm_out` owns the
 // communicator: free it with `pcclDestroyCommunicator`. On failure `*comm_out` is
 // untouched.
 //
@@ -321,6 +327,40 @@ enum pcclResult_t pcclCreateCommunicator(const struct pcclCommCreateParams_t *pa
 enum pcclResult_t pcclCommSetBindAddress(struct pcclComm_t *comm,
                                          const struct ccoip_socket_address_t *address);
 
+// pccl extension (not in PCCL 1.0): sets the run secret (SECURITY.md §6), a
+// NUL-terminated string of at least 16 bytes after trimming surrounding whitespace (e.g.
+// 32 hex digits; at most 4096 bytes). It replaces a secret read from the environment by
+// `pcclCreateCommunicator`. With a secret every connection of this peer is authenticated;
+// the master and every other peer must hold the same one. The secret is never logged.
+//
+// A peer whose secret the master does not share (or that has one when the master has
+// none, or none when it has one) fails `pcclConnect` with `pcclMasterConnectionFailed`
+// (PCCL 1.0 has no code for an authentication failure); the reason is logged.
+//
+// Call it after `pcclCreateCommunicator` and before `pcclConnect`; after `pcclConnect` it
+// is `pcclInvalidUsage`. NULL `comm` or `secret` is `pcclInvalidArgument`, as is a secret
+// too short or too long (the reason is logged at error level).
+//
+// # Safety
+//
+// `comm` is NULL or a live handle; `secret` is NULL or a readable NUL-terminated string.
+// Thread-safe.
+enum pcclResult_t pcclCommSetRunSecret(struct pcclComm_t *comm, const char *secret);
+
+// pccl extension (not in PCCL 1.0): with `encrypt` true, payloads are encrypted as well
+// as authenticated (SECURITY.md §6); the master must be set the same way. It replaces
+// `PCCL_ENCRYPT` read by `pcclCreateCommunicator`. Encryption needs a run secret: set it
+// first (`pcclCommSetRunSecret` or the environment); `true` without one is
+// `pcclInvalidArgument`.
+//
+// Call it after `pcclCreateCommunicator` and before `pcclConnect`; after `pcclConnect` it
+// is `pcclInvalidUsage`. NULL `comm` is `pcclInvalidArgument`.
+//
+// # Safety
+//
+// `comm` is NULL or a live handle. Thread-safe.
+enum pcclResult_t pcclCommSetEncrypt(struct pcclComm_t *comm, bool encrypt);
+
 // Leaves the run and frees the communicator: the master drops this peer, async
 // all-reduces still in flight fail and are awaited (their buffers are no longer touched
 // once this returns), and the communicator's threads are joined.
@@ -335,7 +375,10 @@ enum pcclResult_t pcclDestroyCommunicator(struct pcclComm_t *comm);
 // accepted peers admit it at their next `pcclUpdateTopology`). Blocks.
 //
 // Returns `pcclMasterConnectionFailed` when the master cannot be reached, and
-// `pcclInvalidUsage` when called a second time.
+// `pcclInvalidUsage` when called a second time. An authentication failure (SECURITY.md
+// §6: a different run secret than the master's, a secret on one side only, or a
+// different encryption setting) is also `pcclMasterConnectionFailed`, within the
+// handshake timeout (5 s), with the reason logged at error level.
 //
 // # Safety
 //
@@ -397,6 +440,11 @@ enum pcclResult_t pcclInit(void);
 // master function, it works without `pcclInit`, as in PCCL 1.0, and installs the
 // `PCCL_LOG` logger as `pcclInit` does.
 //
+// pccl extension: the run secret and the encryption switch are read from the
+// environment here (`PCCL_RUN_SECRET` or `PCCL_RUN_SECRET_FILE`, not both; `PCCL_ENCRYPT=1`;
+// SECURITY.md §6); a refused value is `pcclInvalidArgument` with the reason logged at
+// error level. `pcclMasterSetRunSecret` and `pcclMasterSetEncrypt` override them.
+//
 // # Safety
 //
 // `out` is NULL (`pcclInvalidArgument`) or writable. Thread-safe.
@@ -411,6 +459,36 @@ enum pcclResult_t pcclCreateMaster(struct ccoip_socket_address_t listen_address,
 //
 // `master` is NULL or a live handle. Thread-safe.
 enum pcclResult_t pcclRunMaster(pcclMasterInstance_t *master);
+
+// pccl extension (not in PCCL 1.0): sets the run secret (SECURITY.md §6), a
+// NUL-terminated string of at least 16 bytes after trimming surrounding whitespace (at
+// most 4096). It replaces a secret read from the environment by `pcclCreateMaster`. With
+// a secret, only peers proving they hold the same one are admitted; a refused peer's
+// `pcclConnect` fails with `pcclMasterConnectionFailed`, and the master logs why. The
+// secret is never logged.
+//
+// Call it after `pcclCreateMaster` and before `pcclRunMaster`; after it, it is
+// `pcclInvalidUsage`. NULL `master` or `secret` is `pcclInvalidArgument`, as is a
+// secret too short or too long (the reason is logged at error level).
+//
+// # Safety
+//
+// `master` is NULL or a live handle; `secret` is NULL or a readable NUL-terminated
+// string. Thread-safe.
+enum pcclResult_t pcclMasterSetRunSecret(pcclMasterInstance_t *master, const char *secret);
+
+// pccl extension (not in PCCL 1.0): with `encrypt` true, payloads are encrypted as well
+// as authenticated (SECURITY.md §6); peers must be set the same way. It replaces
+// `PCCL_ENCRYPT` read by `pcclCreateMaster`. Encryption needs a run secret: set it first;
+// `true` without one is `pcclInvalidArgument`.
+//
+// Call it after `pcclCreateMaster` and before `pcclRunMaster`; after it, it is
+// `pcclInvalidUsage`. NULL `master` is `pcclInvalidArgument`.
+//
+// # Safety
+//
+// `master` is NULL or a live handle. Thread-safe.
+enum pcclResult_t pcclMasterSetEncrypt(pcclMasterInstance_t *master, bool encrypt);
 
 // Asks a running master to stop; returns at once. Idempotent. A master that was never
 // run is `pcclInvalidUsage`.

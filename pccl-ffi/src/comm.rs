@@ -2,7 +2,7 @@
 //! The collectives are in `reduce.rs` and the shared-state sync in `shared_state.rs`.
 
 use std::collections::HashMap;
-use std::ffi::c_int;
+use std::ffi::{CStr, c_char, c_int};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use pccl::{AsyncReduce, Attribute, Communicator, CommunicatorConfig};
@@ -10,7 +10,7 @@ use pccl::{AsyncReduce, Attribute, Communicator, CommunicatorConfig};
 use crate::handle::{BoxCastable, Out, handle_ref, into_handle, pcclComm_t, read_in, take_handle};
 use crate::panic::ffi_boundary;
 use crate::reduce::RawBuffers;
-use crate::result::pcclResult_t;
+use crate::result::{FfiResult, pcclResult_t};
 use crate::types::{RawAttribute, ccoip_socket_address_t, pcclAttribute_t, pcclCommCreateParams_t};
 
 /// The state behind a `pcclComm_t *`.
@@ -41,6 +41,26 @@ impl CommState {
         self.peer().comm.clone()
     }
 
+    /// Changes settings before `pcclConnect` (after it: `pcclInvalidUsage`) by replacing
+    /// the communicator, which has no I/O yet. Settings that do not validate are
+    /// `pcclInvalidArgument` (reason logged) and leave the old ones in place.
+    fn reconfigure(&self, change: impl FnOnce(&mut CommunicatorConfig)) -> FfiResult {
+        let mut peer = self.peer();
+        if peer.connect_called {
+            tracing::error!("pccl: settings must be changed before pcclConnect");
+            return Err(pcclResult_t::pcclInvalidUsage);
+        }
+        let mut config = peer.config.clone();
+        change(&mut config);
+        let comm = Communicator::new(config.clone()).map_err(|e| {
+            tracing::error!(error = %e, "pccl: communicator settings refused");
+            pcclResult_t::from(e)
+        })?;
+        peer.comm = Arc::new(comm);
+        peer.config = config;
+        Ok(())
+    }
+
     pub(crate) fn async_ops(&self) -> MutexGuard<'_, HashMap<u64, AsyncReduce<RawBuffers>>> {
         self.async_ops.lock().unwrap_or_else(|e| e.into_inner())
     }
@@ -64,7 +84,13 @@ pub(crate) unsafe fn comm_ref<'a>(comm: *const pcclComm_t) -> Result<&'a CommSta
 /// Allocates a communicator; no I/O happens until `pcclConnect`.
 ///
 /// `params->p2p_connection_pool_size` 0 means 1; more than 1024 is `pcclInvalidArgument`,
-/// as are an unknown address protocol and port 0. On success `*comm_out` owns the
+/// as are an unknown address protocol and port 0.
+///
+/// pccl extension: the run secret and the encryption switch are read from the
+/// environment here (`PCCL_RUN_SECRET` or `PCCL_RUN_SECRET_FILE`, not both; `PCCL_ENCRYPT=1`;
+/// SECURITY.md §6); a refused value (too short, unreadable file, both set, encryption
+/// without a secret) is `pcclInvalidArgument` with the reason logged at error level.
+/// `pcclCommSetRunSecret` and `pcclCommSetEncrypt` override them. On success `*comm_out` owns the
 /// communicator: free it with `pcclDestroyCommunicator`. On failure `*comm_out` is
 /// untouched.
 ///
@@ -88,6 +114,9 @@ pub unsafe extern "C" fn pcclCreateCommunicator(
         let mut config = CommunicatorConfig::new(master);
         config.peer_group = params.peer_group;
         config.pool_size = (params.p2p_connection_pool_size as usize).max(1);
+        let env = crate::secret::from_env()?;
+        config.secret = env.secret;
+        config.encrypt = env.encrypt;
         let comm = Arc::new(Communicator::new(config.clone())?);
         let state = CommState {
             peer: Mutex::new(Peer {
@@ -131,16 +160,65 @@ pub unsafe extern "C" fn pcclCommSetBindAddress(
         let address = address
             .to_socket_addr()
             .ok_or(pcclResult_t::pcclInvalidArgument)?;
-        let mut peer = state.peer();
-        if peer.connect_called {
-            return Err(pcclResult_t::pcclInvalidUsage);
-        }
-        let mut config = peer.config.clone();
-        config.bind_ip = address.ip();
-        config.p2p_port = address.port();
-        peer.comm = Arc::new(Communicator::new(config.clone())?);
-        peer.config = config;
-        Ok(())
+        state.reconfigure(|config| {
+            config.bind_ip = address.ip();
+            config.p2p_port = address.port();
+        })
+    })
+}
+
+/// pccl extension (not in PCCL 1.0): sets the run secret (SECURITY.md §6), a
+/// NUL-terminated string of at least 16 bytes after trimming surrounding whitespace (e.g.
+/// 32 hex digits; at most 4096 bytes). It replaces a secret read from the environment by
+/// `pcclCreateCommunicator`. With a secret every connection of this peer is authenticated;
+/// the master and every other peer must hold the same one. The secret is never logged.
+///
+/// A peer whose secret the master does not share (or that has one when the master has
+/// none, or none when it has one) fails `pcclConnect` with `pcclMasterConnectionFailed`
+/// (PCCL 1.0 has no code for an authentication failure); the reason is logged.
+///
+/// Call it after `pcclCreateCommunicator` and before `pcclConnect`; after `pcclConnect` it
+/// is `pcclInvalidUsage`. NULL `comm` or `secret` is `pcclInvalidArgument`, as is a secret
+/// too short or too long (the reason is logged at error level).
+///
+/// # Safety
+///
+/// `comm` is NULL or a live handle; `secret` is NULL or a readable NUL-terminated string.
+/// Thread-safe.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn pcclCommSetRunSecret(
+    comm: *mut pcclComm_t,
+    secret: *const c_char,
+) -> pcclResult_t {
+    ffi_boundary!({
+        // SAFETY: forwarded contract.
+        let state = unsafe { comm_ref(comm)? };
+        crate::handle::checked(secret)?;
+        // SAFETY: non-null (checked) and a readable NUL-terminated string by the contract.
+        let secret = unsafe { CStr::from_ptr(secret) };
+        let secret = crate::secret::parse(secret.to_bytes())?;
+        state.reconfigure(|config| config.secret = Some(secret))
+    })
+}
+
+/// pccl extension (not in PCCL 1.0): with `encrypt` true, payloads are encrypted as well
+/// as authenticated (SECURITY.md §6); the master must be set the same way. It replaces
+/// `PCCL_ENCRYPT` read by `pcclCreateCommunicator`. Encryption needs a run secret: set it
+/// first (`pcclCommSetRunSecret` or the environment); `true` without one is
+/// `pcclInvalidArgument`.
+///
+/// Call it after `pcclCreateCommunicator` and before `pcclConnect`; after `pcclConnect` it
+/// is `pcclInvalidUsage`. NULL `comm` is `pcclInvalidArgument`.
+///
+/// # Safety
+///
+/// `comm` is NULL or a live handle. Thread-safe.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn pcclCommSetEncrypt(comm: *mut pcclComm_t, encrypt: bool) -> pcclResult_t {
+    ffi_boundary!({
+        // SAFETY: forwarded contract.
+        let state = unsafe { comm_ref(comm)? };
+        state.reconfigure(|config| config.encrypt = encrypt)
     })
 }
 
@@ -173,7 +251,10 @@ pub unsafe extern "C" fn pcclDestroyCommunicator(comm: *mut pcclComm_t) -> pcclR
 /// accepted peers admit it at their next `pcclUpdateTopology`). Blocks.
 ///
 /// Returns `pcclMasterConnectionFailed` when the master cannot be reached, and
-/// `pcclInvalidUsage` when called a second time.
+/// `pcclInvalidUsage` when called a second time. An authentication failure (SECURITY.md
+/// §6: a different run secret than the master's, a secret on one side only, or a
+/// different encryption setting) is also `pcclMasterConnectionFailed`, within the
+/// handshake timeout (5 s), with the reason logged at error level.
 ///
 /// # Safety
 ///
@@ -188,7 +269,11 @@ pub unsafe extern "C" fn pcclConnect(comm: *mut pcclComm_t) -> pcclResult_t {
             peer.connect_called = true;
             peer.comm.clone()
         };
-        comm.connect()?;
+        comm.connect().inspect_err(|e| {
+            if let pccl::Error::AuthenticationFailed(_) = e {
+                tracing::error!(error = %e, "pccl: pcclConnect refused");
+            }
+        })?;
         Ok(())
     })
 }

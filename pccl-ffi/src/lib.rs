@@ -14,7 +14,10 @@
 //!   `pcclGetBuildInfo` work without it; each of those installs the `PCCL_LOG` logger
 //!   (`init.rs`), so whichever a program calls first, it logs as a Rust program does.
 //! - Additions beyond PCCL 1.0 are marked "pccl extension" in their documentation
-//!   (`pcclCommSetBindAddress`).
+//!   (`pcclCommSetBindAddress`, `pcclCommSetRunSecret`, `pcclCommSetEncrypt`,
+//!   `pcclMasterSetRunSecret`, `pcclMasterSetEncrypt`). The run secret is also read from
+//!   the environment (`secret.rs`) when a communicator or master is created; PCCL 1.0's
+//!   structs are unchanged.
 //! - It checks every pointer for NULL and alignment and every enum value it reads
 //!   (`types.rs` explains how enums cross safely), answering `pcclInvalidArgument`.
 //! - Outputs are written on success only.
@@ -37,6 +40,7 @@ pub mod init;
 pub mod master;
 pub mod reduce;
 pub mod result;
+mod secret;
 pub mod shared_state;
 pub mod types;
 

@@ -3,26 +3,27 @@
 //! As in PCCL 1.0 none of them needs `pcclInit`: PCCL's own master program and its
 //! Getting Started guide create and run a master without it.
 
+use std::ffi::{CStr, c_char};
 use std::sync::{Arc, Mutex};
 
 use pccl::{MasterConfig, MasterNode};
 
 use crate::handle::{BoxCastable, Out, handle_ref, into_handle, pcclMasterInstance_t, take_handle};
 use crate::panic::ffi_boundary;
-use crate::result::pcclResult_t;
+use crate::result::{FfiResult, pcclResult_t};
 use crate::types::ccoip_socket_address_t;
 
 /// The state behind a `pcclMasterInstance_t *`: the settings until `pcclRunMaster`, then
 /// the running node.
 #[derive(Debug)]
 pub(crate) struct MasterState {
-    config: MasterConfig,
     phase: Mutex<Phase>,
 }
 
 #[derive(Debug)]
 enum Phase {
-    Created,
+    /// Not run yet: the settings, which the setters may still change.
+    Created(Box<MasterConfig>),
     /// Shared so that awaiting termination need not hold the lock.
     Running(Arc<MasterNode>),
 }
@@ -41,8 +42,27 @@ impl MasterState {
     fn node(&self) -> Result<Arc<MasterNode>, pcclResult_t> {
         match &*self.phase() {
             Phase::Running(node) => Ok(node.clone()),
-            Phase::Created => Err(pcclResult_t::pcclInvalidUsage),
+            Phase::Created(_) => Err(pcclResult_t::pcclInvalidUsage),
         }
+    }
+
+    /// Changes the settings of a master not yet run (after `pcclRunMaster`:
+    /// `pcclInvalidUsage`); settings that do not validate are `pcclInvalidArgument`
+    /// (reason logged) and leave the old ones in place.
+    fn reconfigure(&self, change: impl FnOnce(&mut MasterConfig)) -> FfiResult {
+        let mut phase = self.phase();
+        let Phase::Created(config) = &mut *phase else {
+            tracing::error!("pccl: master settings must be changed before pcclRunMaster");
+            return Err(pcclResult_t::pcclInvalidUsage);
+        };
+        let mut changed = (**config).clone();
+        change(&mut changed);
+        changed.validate().map_err(|e| {
+            tracing::error!(error = %e, "pccl: master settings refused");
+            pcclResult_t::from(e)
+        })?;
+        **config = changed;
+        Ok(())
     }
 }
 
@@ -51,6 +71,11 @@ impl MasterState {
 /// `pcclDestroyMaster`. An unknown address protocol is `pcclInvalidArgument`. Like every
 /// master function, it works without `pcclInit`, as in PCCL 1.0, and installs the
 /// `PCCL_LOG` logger as `pcclInit` does.
+///
+/// pccl extension: the run secret and the encryption switch are read from the
+/// environment here (`PCCL_RUN_SECRET` or `PCCL_RUN_SECRET_FILE`, not both; `PCCL_ENCRYPT=1`;
+/// SECURITY.md §6); a refused value is `pcclInvalidArgument` with the reason logged at
+/// error level. `pcclMasterSetRunSecret` and `pcclMasterSetEncrypt` override them.
 ///
 /// # Safety
 ///
@@ -65,11 +90,13 @@ pub unsafe extern "C" fn pcclCreateMaster(
         let listen = listen_address
             .to_socket_addr()
             .ok_or(pcclResult_t::pcclInvalidArgument)?;
-        let config = MasterConfig::new(listen);
+        let mut config = MasterConfig::new(listen);
+        let env = crate::secret::from_env()?;
+        config.secret = env.secret;
+        config.encrypt = env.encrypt;
         config.validate()?;
         let state = MasterState {
-            config,
-            phase: Mutex::new(Phase::Created),
+            phase: Mutex::new(Phase::Created(Box::new(config))),
         };
         // SAFETY: writable by the contract.
         unsafe { out.write(into_handle(state)) };
@@ -90,11 +117,65 @@ pub unsafe extern "C" fn pcclRunMaster(master: *mut pcclMasterInstance_t) -> pcc
         // SAFETY: forwarded contract.
         let state = unsafe { handle_ref(master)? };
         let mut phase = state.phase();
-        if matches!(*phase, Phase::Running(_)) {
+        let Phase::Created(config) = &*phase else {
             return Err(pcclResult_t::pcclInvalidArgument);
-        }
-        *phase = Phase::Running(Arc::new(MasterNode::start(state.config.clone())?));
+        };
+        *phase = Phase::Running(Arc::new(MasterNode::start((**config).clone())?));
         Ok(())
+    })
+}
+
+/// pccl extension (not in PCCL 1.0): sets the run secret (SECURITY.md §6), a
+/// NUL-terminated string of at least 16 bytes after trimming surrounding whitespace (at
+/// most 4096). It replaces a secret read from the environment by `pcclCreateMaster`. With
+/// a secret, only peers proving they hold the same one are admitted; a refused peer's
+/// `pcclConnect` fails with `pcclMasterConnectionFailed`, and the master logs why. The
+/// secret is never logged.
+///
+/// Call it after `pcclCreateMaster` and before `pcclRunMaster`; after it, it is
+/// `pcclInvalidUsage`. NULL `master` or `secret` is `pcclInvalidArgument`, as is a
+/// secret too short or too long (the reason is logged at error level).
+///
+/// # Safety
+///
+/// `master` is NULL or a live handle; `secret` is NULL or a readable NUL-terminated
+/// string. Thread-safe.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn pcclMasterSetRunSecret(
+    master: *mut pcclMasterInstance_t,
+    secret: *const c_char,
+) -> pcclResult_t {
+    ffi_boundary!(no_init, {
+        // SAFETY: forwarded contract.
+        let state: &MasterState = unsafe { handle_ref(master)? };
+        crate::handle::checked(secret)?;
+        // SAFETY: non-null (checked) and a readable NUL-terminated string by the contract.
+        let secret = unsafe { CStr::from_ptr(secret) };
+        let secret = crate::secret::parse(secret.to_bytes())?;
+        state.reconfigure(|config| config.secret = Some(secret))
+    })
+}
+
+/// pccl extension (not in PCCL 1.0): with `encrypt` true, payloads are encrypted as well
+/// as authenticated (SECURITY.md §6); peers must be set the same way. It replaces
+/// `PCCL_ENCRYPT` read by `pcclCreateMaster`. Encryption needs a run secret: set it first;
+/// `true` without one is `pcclInvalidArgument`.
+///
+/// Call it after `pcclCreateMaster` and before `pcclRunMaster`; after it, it is
+/// `pcclInvalidUsage`. NULL `master` is `pcclInvalidArgument`.
+///
+/// # Safety
+///
+/// `master` is NULL or a live handle. Thread-safe.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn pcclMasterSetEncrypt(
+    master: *mut pcclMasterInstance_t,
+    encrypt: bool,
+) -> pcclResult_t {
+    ffi_boundary!(no_init, {
+        // SAFETY: forwarded contract.
+        let state: &MasterState = unsafe { handle_ref(master)? };
+        state.reconfigure(|config| config.encrypt = encrypt)
     })
 }
 

@@ -2,11 +2,19 @@
 # Python demo: a master and 3 DiLoCo peers (examples/python/diloco.py) on loopback; one
 # peer is killed with SIGKILL mid-run and a new one joins, and the survivors finish with
 # bit-identical shared state. Builds and installs what it needs into .venv first.
+# Usage: pccl-py/scripts/demo.sh [--secret]   (--secret: an authenticated run)
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/../.."
 bash pccl-py/scripts/setup.sh
 PY=.venv/bin/python
 OUT=$(mktemp -d)
+# --secret: an authenticated run (SECURITY.md §6). A fresh 256-bit secret in a private
+# file, read by the master and every peer through PCCL_RUN_SECRET_FILE; never printed.
+if [[ "${1:-}" == "--secret" ]]; then
+    head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n' >"$OUT/run-secret"
+    export PCCL_RUN_SECRET_FILE="$OUT/run-secret"
+    echo ">>> authenticated run: master and peers share a freshly generated run secret"
+fi
 PIDS=()
 cleanup() {
     for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done

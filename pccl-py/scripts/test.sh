@@ -2,10 +2,14 @@
 # The Python stage: builds and installs the wheel into .venv (setup.sh), checks the type
 # stubs against the native module and runs the pytest suite.
 # Usage: pccl-py/scripts/test.sh [pytest args...]   (from any directory)
+# PCCL_PY_NO_BUILD=1 skips the build and uses the wheel already installed in .venv
+# (scripts/test's second, authenticated pass).
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/../.."
 
-bash pccl-py/scripts/setup.sh
+if [[ "${PCCL_PY_NO_BUILD:-0}" != 1 ]]; then
+    bash pccl-py/scripts/setup.sh
+fi
 PY=.venv/bin/python
 
 echo "==> checking the type stubs (mypy.stubtest)"

@@ -107,6 +107,11 @@ impl Communicator {
     /// listener binds ("ip:port" or "ip"; the port is the first tried, 0 takes any free
     /// port); the default `0.0.0.0:48150` is PCCL 1.0's. `advertise_ip` is the address the
     /// other peers should dial; `None` means the address the master sees this peer from.
+    /// `secret` (a string of at least 16 bytes) or `secret_file` (a file holding it) is
+    /// the run secret (SECURITY.md §6), which the master and every peer must share; with
+    /// neither, `PCCL_RUN_SECRET` or `PCCL_RUN_SECRET_FILE` applies if set. `encrypt`
+    /// also encrypts payloads (needs a secret); `None` reads `PCCL_ENCRYPT`. A master
+    /// that refuses this peer's secret makes `connect` raise `AuthenticationError`.
     #[new]
     #[pyo3(signature = (
         address,
@@ -115,13 +120,20 @@ impl Communicator {
         *,
         p2p_bind_address = "0.0.0.0:48150",
         advertise_ip = None,
+        secret = None,
+        secret_file = None,
+        encrypt = None,
     ))]
+    #[allow(clippy::too_many_arguments)] // Python keywords
     fn new(
         address: &str,
         peer_group: u32,
         p2p_connection_pool_size: usize,
         p2p_bind_address: &str,
         advertise_ip: Option<&str>,
+        secret: Option<&str>,
+        secret_file: Option<&str>,
+        encrypt: Option<bool>,
     ) -> PyResult<Self> {
         let mut config = CommunicatorConfig::new(parse_address(address)?);
         config.peer_group = peer_group;
@@ -132,6 +144,7 @@ impl Communicator {
         config.advertise_ip = advertise_ip
             .map(|ip| parse_ip(ip, "advertise_ip"))
             .transpose()?;
+        (config.secret, config.encrypt) = crate::secret::security(secret, secret_file, encrypt)?;
         let comm = check(pccl::Communicator::new(config.clone()))?;
         Ok(Self {
             config,

@@ -6,7 +6,10 @@
 //! built-in base such as `ValueError`, docstring), so no number is written here. With the
 //! stable ABI (abi3) a Rust class cannot extend a built-in exception, so the hierarchy is
 //! built by a few lines of Python compiled into this module at import time; every
-//! `pccl::Error` becomes one of these classes through the single `From` below.
+//! `pccl::Error` becomes one of these classes through the single `From` below. A few
+//! causes that share a code get a subclass of that code's class ([`REFINED`]):
+//! `pccl::Error::AuthenticationFailed` raises `AuthenticationError`, a
+//! `MasterConnectionError`, whose `.result` stays `MASTER_CONNECTION_FAILED`.
 
 use std::ffi::CStr;
 
@@ -58,9 +61,32 @@ def build(rows):
             "__module__": "pccl",
             "_default_result": result(number),
         })
+
+def refine(class_name, base_name, doc):
+    """Defines ``class_name``, a subclass of the code class ``base_name`` for a more
+    specific cause that shares its code."""
+    base = globals()[base_name]
+    globals()[class_name] = type(class_name, (base,), {
+        "__doc__": doc,
+        "__module__": "pccl",
+        "_default_result": base._default_result,
+    })
 "#;
 
 static MODULE: PyOnceLock<Py<PyModule>> = PyOnceLock::new();
+
+/// Exception classes for causes that share a result code with others but deserve their
+/// own class: (class name, code whose class they subclass, docstring).
+const REFINED: &[(&str, ResultCode, &str)] = &[(
+    AUTHENTICATION_ERROR,
+    ResultCode::MasterConnectionFailed,
+    "The master or a peer refused this one's run secret, or this one refused theirs: a \
+     different secret, a secret on one side only, or a different encryption setting \
+     (SECURITY.md, authenticated mode).",
+)];
+
+/// The class `pccl::Error::AuthenticationFailed` becomes.
+const AUTHENTICATION_ERROR: &str = "AuthenticationError";
 
 /// The Python module holding `Result`, `PCCLError` and the subclasses, built once.
 fn module(py: Python<'_>) -> PyResult<&Bound<'_, PyModule>> {
@@ -80,6 +106,13 @@ fn module(py: Python<'_>) -> PyResult<&Bound<'_, PyModule>> {
                 })
                 .collect();
             m.getattr("build")?.call1((rows,))?;
+            for (name, code, doc) in REFINED {
+                let base = code
+                    .info()
+                    .python_class
+                    .expect("a refined code has a class");
+                m.getattr("refine")?.call1((name, base, doc))?;
+            }
             Ok(m.unbind())
         })
         .map(|m| m.bind(py))
@@ -91,11 +124,16 @@ fn class_name(code: ResultCode) -> &'static str {
 }
 
 /// Adds `Result`, `PCCLError` and every subclass to the native module, plus the private
-/// test hook `_raise_example_error`.
+/// test hooks `_raise_example_error` and `_raise_authentication_failed`.
 pub(crate) fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     let errors = module(m.py())?;
     let classes = ResultCode::ALL.iter().filter_map(|row| row.python_class);
-    for name in ["Result", "PCCLError"].into_iter().chain(classes) {
+    let refined = REFINED.iter().map(|(name, _, _)| *name);
+    for name in ["Result", "PCCLError"]
+        .into_iter()
+        .chain(classes)
+        .chain(refined)
+    {
         m.add(name, errors.getattr(name)?)?;
     }
     // `setattr`, not `add`: a private hook stays out of `__all__` and the stubs.
@@ -103,7 +141,19 @@ pub(crate) fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
         "_raise_example_error",
         wrap_pyfunction!(raise_example_error, m)?,
     )?;
+    m.setattr(
+        "_raise_authentication_failed",
+        wrap_pyfunction!(raise_authentication_failed, m)?,
+    )?;
     Ok(())
+}
+
+/// Raises what `pccl::Error::AuthenticationFailed(message)` becomes, so the tests can check
+/// that translation without a run.
+#[pyfunction]
+#[pyo3(name = "_raise_authentication_failed")]
+fn raise_authentication_failed(message: String) -> PyResult<()> {
+    Err(PcclErr(pccl::Error::AuthenticationFailed(message)).into())
 }
 
 /// Raises the exception that a `pccl::Error` with result code `code` becomes (the core's
@@ -122,8 +172,13 @@ fn raise_example_error(code: i32) -> PyResult<()> {
 
 /// An exception of the class for `code`, carrying `message`.
 pub(crate) fn new_error(py: Python<'_>, code: ResultCode, message: String) -> PyErr {
+    new_error_of(py, class_name(code), code, message)
+}
+
+/// An exception of class `class` (for `code`), carrying `message`.
+fn new_error_of(py: Python<'_>, class: &str, code: ResultCode, message: String) -> PyErr {
     let build = || -> PyResult<PyErr> {
-        let cls = module(py)?.getattr(class_name(code))?;
+        let cls = module(py)?.getattr(class)?;
         Ok(PyErr::from_value(
             cls.call1((message.clone(), code as i32))?,
         ))
@@ -158,7 +213,11 @@ impl From<pccl::Error> for PcclErr {
 impl From<PcclErr> for PyErr {
     fn from(e: PcclErr) -> Self {
         let code = e.0.code();
-        Python::attach(|py| new_error(py, code, e.0.to_string()))
+        let class = match e.0 {
+            pccl::Error::AuthenticationFailed(_) => AUTHENTICATION_ERROR,
+            _ => class_name(code),
+        };
+        Python::attach(|py| new_error_of(py, class, code, e.0.to_string()))
     }
 }
 

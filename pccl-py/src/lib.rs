@@ -19,6 +19,7 @@ mod errors;
 mod master;
 mod reduce;
 mod runtime;
+mod secret;
 mod shared_state;
 mod tensor;
 mod types;

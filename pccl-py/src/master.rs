@@ -40,10 +40,21 @@ impl MasterNode {
 
 #[pymethods]
 impl MasterNode {
+    /// pccl extensions (keyword-only): `secret` (a string of at least 16 bytes) or
+    /// `secret_file` (a file holding it) is the run secret (SECURITY.md §6): only peers
+    /// holding the same one are admitted. With neither, `PCCL_RUN_SECRET` or
+    /// `PCCL_RUN_SECRET_FILE` applies if set. `encrypt` also encrypts payloads (needs a
+    /// secret); `None` reads `PCCL_ENCRYPT`.
     #[new]
-    #[pyo3(signature = (listen_address))]
-    fn new(listen_address: &str) -> PyResult<Self> {
-        let config = MasterConfig::new(parse_address(listen_address)?);
+    #[pyo3(signature = (listen_address, *, secret = None, secret_file = None, encrypt = None))]
+    fn new(
+        listen_address: &str,
+        secret: Option<&str>,
+        secret_file: Option<&str>,
+        encrypt: Option<bool>,
+    ) -> PyResult<Self> {
+        let mut config = MasterConfig::new(parse_address(listen_address)?);
+        (config.secret, config.encrypt) = crate::secret::security(secret, secret_file, encrypt)?;
         check(config.validate())?;
         Ok(Self {
             config,
@@ -104,6 +115,18 @@ impl MasterNode {
             Some(m) => m.local_addr().to_string(),
             None => self.config.listen.to_string(),
         }
+    }
+
+    /// Whether a run secret is set (peers must prove it).
+    #[getter]
+    fn authenticated(&self) -> bool {
+        self.config.secret.is_some()
+    }
+
+    /// Whether payloads are encrypted too.
+    #[getter]
+    fn encrypted(&self) -> bool {
+        self.config.encrypt
     }
 
     /// The port the master listens on (useful after listening on port 0).

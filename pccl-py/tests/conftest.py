@@ -57,13 +57,18 @@ def wait_until(pred: Callable[[], bool], what: str, timeout: float = 30.0) -> No
 
 
 def form_group(address: str, n: int, peer_group: int | Sequence[int] = 0,
-               timeout: float = 30.0) -> list[pccl.Communicator]:
+               timeout: float = 30.0,
+               make: Callable[[int], pccl.Communicator] | None = None) -> list[pccl.Communicator]:
     """`n` connected communicators, all accepted into the run, their p2p listeners on
     loopback. `peer_group` is one group
-    for all or a list with each communicator's group."""
+    for all or a list with each communicator's group. `make(i)`, if given, creates the
+    i-th communicator instead (e.g. with its own run secret)."""
     groups = [peer_group] * n if isinstance(peer_group, int) else list(peer_group)
     assert len(groups) == n
-    comms = [pccl.Communicator(address, g, p2p_bind_address="127.0.0.1:0") for g in groups]
+    if make is None:
+        comms = [pccl.Communicator(address, g, p2p_bind_address="127.0.0.1:0") for g in groups]
+    else:
+        comms = [make(i) for i in range(n)]
     comms[0].connect()
     done = [threading.Event() for _ in comms]
     done[0].set()

@@ -36,6 +36,15 @@ def error_classes() -> dict[str, type]:
     }
 
 
+# Subclasses of a code's class for a more specific cause sharing its code.
+REFINED = {"AuthenticationError": "MasterConnectionError"}
+
+
+def code_classes() -> dict[str, type]:
+    """The one class of each failure code: ``error_classes`` without the refinements."""
+    return {name: cls for name, cls in error_classes().items() if name not in REFINED}
+
+
 def header_codes() -> list[tuple[str, int]]:
     """``pcclResult_t``'s enumerators in ``include/pccl.h``, as Python member names
     (``pcclRankConnectionLost`` -> ``RANK_CONNECTION_LOST``), in order."""
@@ -55,7 +64,7 @@ def test_result_matches_the_c_header():
 
 
 def test_every_failure_code_has_exactly_one_subclass():
-    classes = error_classes()
+    classes = code_classes()
     by_code: dict[pccl.Result, list[str]] = {}
     for name, cls in classes.items():
         by_code.setdefault(cls("x").result, []).append(name)
@@ -100,7 +109,7 @@ def test_subclasses_behave():
 
 
 def test_a_rust_error_of_each_code_raises_its_subclass():
-    by_code = {cls("x").result: cls for cls in error_classes().values()}
+    by_code = {cls("x").result: cls for cls in code_classes().values()}
     for member in pccl.Result:
         if member is pccl.Result.SUCCESS:
             assert _pccl._raise_example_error(int(member)) is None
@@ -130,9 +139,25 @@ def test_stubs_list_the_codes_and_classes():
     stubbed = {
         name: [ast.unparse(base) for base in node.bases]
         for name, node in classes.items()
-        if node.bases and ast.unparse(node.bases[0]) == "PCCLError"
+        if node.bases and ast.unparse(node.bases[0]) in ("PCCLError", *REFINED.values())
     }
     runtime = {
         name: [base.__name__ for base in cls.__bases__] for name, cls in error_classes().items()
     }
     assert stubbed == runtime
+
+
+def test_authentication_error_refines_master_connection_error():
+    cls = pccl.AuthenticationError
+    assert cls.__bases__ == (pccl.MasterConnectionError,)
+    assert issubclass(cls, ConnectionError) and issubclass(cls, pccl.PCCLError)
+    assert cls("x").result is pccl.Result.MASTER_CONNECTION_FAILED
+    # The Rust error raises it, with the code and message.
+    with pytest.raises(pccl.AuthenticationError) as info:
+        _pccl._raise_authentication_failed("the master has another run secret")
+    assert info.value.result is pccl.Result.MASTER_CONNECTION_FAILED
+    assert "another run secret" in str(info.value)
+    # A plain master-connection failure stays the parent class.
+    with pytest.raises(pccl.MasterConnectionError) as info:
+        _pccl._raise_example_error(int(pccl.Result.MASTER_CONNECTION_FAILED))
+    assert type(info.value) is pccl.MasterConnectionError

@@ -224,6 +224,8 @@ pub(crate) fn run(args: &[String]) -> Result<u8> {
         ops: Default::default(),
         churn: Default::default(),
         strangers: None,
+        secret: false,
+        encrypt: false,
         wan: Some(WanSpec {
             regions: vec![Region {
                 name: "all".into(),

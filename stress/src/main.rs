@@ -8,7 +8,7 @@
 //!
 //! ```text
 //! pccl-stress --scenario stress/scenarios/ci-loopback.toml [--seed N] [--duration S]
-//!             [--steps N] [--report FILE] [--loopback]
+//!             [--steps N] [--report FILE] [--loopback] [--secret] [--encrypt]
 //! pccl-stress --cleanup                # remove every namespace a crashed WAN run left
 //! pccl-stress --lfp [--peers 2] [--rtt-ms 80] [--pools 1,4,16,32] [--mib 128]
 //!             [--rate-mbit R] [--iters 3] [--warmup 2] [--tcp-secs 5] [--cc bbr] [--ssai]
@@ -32,6 +32,8 @@ use anyhow::{Result, anyhow};
 
 const USAGE: &str = "usage: pccl-stress --scenario FILE [--seed N] [--duration S] [--steps N]
                    [--report FILE] [--loopback] [--max-violations N]
+                   [--secret] [--encrypt]   (authenticated / encrypted run, a fresh
+                                             secret per run; also scenario keys)
        pccl-stress --cleanup
        pccl-stress --lfp [--peers N] [--rtt-ms MS] [--pools 1,4,16,32] [--mib M]
                    [--rate-mbit R] [--iters N] [--warmup N] [--tcp-secs S] [--cc CC]

@@ -44,6 +44,14 @@ pub(crate) struct Scenario {
     pub(crate) wan: Option<Wan>,
     /// Attacks by hosts that are not members of the run (loopback mode only).
     pub(crate) strangers: Option<Strangers>,
+    /// Authenticated run (SECURITY.md §6): the harness generates a fresh run secret and
+    /// gives it to the master and every worker through `PCCL_RUN_SECRET`; strangers do not
+    /// have it. The secret is never printed or written to the report.
+    #[serde(default)]
+    pub(crate) secret: bool,
+    /// Encrypted run: as `secret`, plus `PCCL_ENCRYPT=1` (implies `secret`).
+    #[serde(default)]
+    pub(crate) encrypt: bool,
 }
 
 fn d_duration() -> f64 {
@@ -498,6 +506,9 @@ mod tests {
             "a burst must exceed the pending cap"
         );
         assert!(scenario().strangers.is_none());
+        assert!(!ci.secret && !ci.encrypt && !scenario().secret);
+        let enc: Scenario = toml::from_str("name = \"t\"\npeers = 3\nencrypt = true\n").unwrap();
+        assert!(enc.encrypt);
         let with = |extra: &str| -> Result<Scenario> {
             let s: Scenario =
                 toml::from_str(&format!("name = \"t\"\npeers = 3\n[strangers]\n{extra}"))?;

@@ -394,6 +394,9 @@ pub(crate) fn run(args: &[String]) -> Result<()> {
     if a.slice_bytes > 0 {
         cfg.slice_bytes = a.slice_bytes;
     }
+    // Authenticated / encrypted runs: the harness passes the run secret in the environment.
+    let security = pccl::secure::EnvSecurity::from_env()?;
+    (cfg.secret, cfg.encrypt) = (security.secret, security.encrypt);
     let comm = Communicator::new(cfg)?;
     // A newcomer is turned away when its proposal aborts (docs/PROTOCOL.md §3.3): a member
     // died meanwhile, or one of the new ring's links could not be dialled (a stranger

@@ -81,8 +81,11 @@ static inline int world_size(const pcclComm_t *comm) {
 }
 
 /* Connects and waits until `world` peers are accepted, admitting newcomers meanwhile.
- * The p2p listener binds 127.0.0.1 (any free port), as every test's does. */
-static inline pcclComm_t *join(unsigned master_port, int world) {
+ * The p2p listener binds 127.0.0.1 (any free port), as every test's does. A non-NULL
+ * `secret` is set with pcclCommSetRunSecret (otherwise PCCL_RUN_SECRET{,_FILE} apply), and
+ * `encrypt` with pcclCommSetEncrypt. */
+static inline pcclComm_t *join_secret(unsigned master_port, int world, const char *secret,
+                                      bool encrypt) {
     pcclCommCreateParams_t params;
     pcclComm_t *comm = NULL;
     ccoip_socket_address_t bind = loopback(0);
@@ -92,12 +95,18 @@ static inline pcclComm_t *join(unsigned master_port, int world) {
     params.p2p_connection_pool_size = 2;
     CHECK(pcclCreateCommunicator(&params, &comm));
     CHECK(pcclCommSetBindAddress(comm, &bind));
+    if (secret != NULL) CHECK(pcclCommSetRunSecret(comm, secret));
+    if (encrypt) CHECK(pcclCommSetEncrypt(comm, true));
     CHECK(pcclConnect(comm));
     while (world_size(comm) < world) {
         pcclResult_t r = pcclUpdateTopology(comm);
         FAIL_IF(r != pcclSuccess && r != pcclUpdateTopologyFailed, "update topology: %d", (int)r);
     }
     return comm;
+}
+
+static inline pcclComm_t *join(unsigned master_port, int world) {
+    return join_secret(master_port, world, NULL, false);
 }
 
 #endif

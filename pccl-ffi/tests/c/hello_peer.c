@@ -3,7 +3,9 @@
  * state, all-reduce with retry, advance the revision) for STEPS steps. Checks every
  * result and prints a digest line per step, which the harness compares across peers.
  *
- * usage: hello_peer MASTER_PORT SEED WORLD STEPS   (peers take seeds 1..WORLD)
+ * usage: hello_peer MASTER_PORT SEED WORLD STEPS [SECRET [encrypt]]
+ *   (peers take seeds 1..WORLD; SECRET, unless "-", is set with pcclCommSetRunSecret, and
+ *   "encrypt" turns on pcclCommSetEncrypt; otherwise the environment decides)
  */
 #include "common.h"
 
@@ -21,7 +23,11 @@ int main(int argc, char **argv) {
     int step, j, s;
 
     CHECK(pcclInit());
-    comm = join(port, world);
+    {
+        const char *secret = argc > 5 && strcmp(argv[5], "-") != 0 ? argv[5] : NULL;
+        bool encrypt = argc > 6 && strcmp(argv[6], "encrypt") == 0;
+        comm = join_secret(port, world, secret, encrypt);
+    }
 
     /* Every peer starts from the same weights except the last, whose differ: the first
      * sync must replace them with the popular content. */

@@ -8,6 +8,10 @@ second).
 
 ``Communicator`` also takes the keyword-only ``p2p_bind_address`` ("ip:port", default
 PCCL's "0.0.0.0:48150") and ``advertise_ip``; see SECURITY.md for where to bind. The
+``secret``/``secret_file``/``encrypt`` keywords of ``Communicator`` and ``MasterNode``
+set the run secret (SECURITY.md §6; absent keywords fall back to ``PCCL_RUN_SECRET``,
+``PCCL_RUN_SECRET_FILE`` and ``PCCL_ENCRYPT``); a refused secret raises
+``AuthenticationError``, a ``MasterConnectionError``. The
 ``PCCL_LOG`` environment variable (``warn`` by default; ``info``, ``debug``, ...) sets the
 level of pccl's log lines on stderr; it is read once, at import.
 
@@ -29,6 +33,7 @@ from pccl._enums import (
 )
 from pccl._pccl import (
     AsyncReduceHandle,
+    AuthenticationError,
     Communicator,
     ConnectionLostError,
     InternalError,
@@ -60,6 +65,7 @@ from pccl._pccl import (
 
 __all__ = [
     "AsyncReduceHandle",
+    "AuthenticationError",
     "Attribute",
     "Communicator",
     "ConnectionLostError",

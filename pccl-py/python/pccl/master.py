@@ -1,13 +1,15 @@
 """Runs a pccl master: ``python -m pccl.master --listen-address 0.0.0.0:48148``.
 
-Stops on Ctrl-C or SIGTERM."""
+With ``--secret-file PATH`` (or ``PCCL_RUN_SECRET`` / ``PCCL_RUN_SECRET_FILE`` in the
+environment) only peers holding the same run secret are admitted; ``--encrypt`` (or
+``PCCL_ENCRYPT=1``) also encrypts payloads. Stops on Ctrl-C or SIGTERM."""
 
 from __future__ import annotations
 
 import argparse
 import signal
 import sys
-from typing import Optional, Sequence
+from typing import Any, Optional, Sequence
 
 from pccl._pccl import MasterNode, PCCLError
 
@@ -19,11 +21,36 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         default="0.0.0.0:48148",
         help="ip:port to listen on (default 0.0.0.0:48148; port 0 picks a free port)",
     )
+    parser.add_argument(
+        "--secret-file",
+        metavar="PATH",
+        help="file holding the run secret (default: PCCL_RUN_SECRET or PCCL_RUN_SECRET_FILE "
+        "if set; otherwise no secret, PCCL-compatible plain mode)",
+    )
+    parser.add_argument(
+        "--encrypt",
+        action="store_true",
+        default=None,
+        help="encrypt payloads too; needs a run secret (default: PCCL_ENCRYPT)",
+    )
     args = parser.parse_args(argv)
-    master = MasterNode(args.listen_address)
+    # Only the flags given: absent ones leave the environment to decide.
+    security: dict[str, Any] = {}
+    if args.secret_file is not None:
+        security["secret_file"] = args.secret_file
+    if args.encrypt is not None:
+        security["encrypt"] = args.encrypt
+    try:
+        master = MasterNode(args.listen_address, **security)
+    except PCCLError as e:
+        # A refused secret, file or setting: say why, as for any bad argument.
+        parser.error(str(e))
     master.run()
     # The actual address (port 0 resolved), for scripts that start a master on port 0.
     print(f"pccl master listening on {master.listen_address}", flush=True)
+    if master.authenticated:
+        what = "encrypted" if master.encrypted else "authenticated"
+        print(f"pccl master: {what} run (only holders of the run secret are admitted)", flush=True)
 
     def stop(_signum: int, _frame: object) -> None:
         master.interrupt()

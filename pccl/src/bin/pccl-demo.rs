@@ -87,6 +87,8 @@ struct PeerProc {
 /// Every peer process started; all are killed and reaped on drop.
 struct Peers {
     exe: PathBuf,
+    /// The run secret the peers get in `PCCL_RUN_SECRET` (`--secret`), or none.
+    secret: Option<String>,
     master: String,
     count: String,
     events: Sender<Event>,
@@ -97,7 +99,14 @@ impl Peers {
     /// Spawns one `pccl-peer` and threads that turn its stdout/stderr into events.
     fn spawn(&mut self) -> Result<(), String> {
         let k = self.list.len();
-        let mut child = Command::new(&self.exe)
+        let mut cmd = Command::new(&self.exe);
+        for v in ["PCCL_RUN_SECRET", "PCCL_RUN_SECRET_FILE", "PCCL_ENCRYPT"] {
+            cmd.env_remove(v);
+        }
+        if let Some(s) = &self.secret {
+            cmd.env("PCCL_RUN_SECRET", s);
+        }
+        let mut child = cmd
             .args(["--master", &self.master, "--count", &self.count])
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -289,11 +298,18 @@ enum KillAt {
 
 fn run() -> Result<(), String> {
     let (mut n, mut count, mut kill_at) = (4usize, 4usize << 20, KillAt::StepBoundary);
-    let usage = "usage: pccl-demo [--peers N (>= 3)] [--count ELEMENTS] [--kill-in-joint-call]";
+    let mut secret = None;
+    let usage = "usage: pccl-demo [--peers N (>= 3)] [--count ELEMENTS] [--kill-in-joint-call] \
+                 [--secret]";
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
         if a == "--kill-in-joint-call" {
             kill_at = KillAt::JointCall;
+            continue;
+        }
+        if a == "--secret" {
+            // An authenticated run (SECURITY.md §6): a fresh secret, never printed.
+            secret = Some(pccl::secure::RunSecret::generate());
             continue;
         }
         let v = args.next().and_then(|v| v.parse::<usize>().ok());
@@ -313,12 +329,20 @@ fn run() -> Result<(), String> {
 
     // Declared before `peers`, so it is dropped (stopped) after them.
     let listen: SocketAddr = ([127, 0, 0, 1], 0).into();
-    let master = pccl::MasterNode::start(pccl::MasterConfig::new(listen))
+    let mut master_config = pccl::MasterConfig::new(listen);
+    master_config.secret = secret
+        .as_deref()
+        .map(pccl::secure::RunSecret::new)
+        .transpose()
+        .map_err(|e| e.to_string())?;
+    let master = pccl::MasterNode::start(master_config)
         .map_err(|e| format!("cannot start the master: {e}"))?;
     let (events, rx) = mpsc::channel();
     let (master_addr, list) = (master.local_addr().to_string(), Vec::new());
+    let authenticated = secret.is_some();
     let mut peers = Peers {
         exe,
+        secret,
         master: master_addr,
         count: count.to_string(),
         events,
@@ -327,6 +351,12 @@ fn run() -> Result<(), String> {
     let bytes = count * 4;
     let mib = bytes as f64 / (1 << 20) as f64;
     println!("pccl demo: master on {}, {n} peers", master.local_addr());
+    if authenticated {
+        println!(
+            "authenticated run: a fresh 256-bit run secret given to the master and every peer \
+             (not shown); a process without it cannot join"
+        );
+    }
     println!(
         "each step all-reduces (sum) {count} f32 ({mib:.1} MiB); step ms is the slowest peer's\n\
          step: a tiny step-agreement all-reduce + the all-reduce + filling/checking the buffer"

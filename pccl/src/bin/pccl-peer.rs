@@ -22,7 +22,9 @@ use pccl::{
 };
 
 const USAGE: &str = "usage: pccl-peer --master ADDR [--count N] [--steps S] [--pool P] [--group G]
-                 [--bind IP] [--slice-bytes B] [--state-mb M]";
+                 [--bind IP] [--slice-bytes B] [--state-mb M]
+The run secret comes from PCCL_RUN_SECRET or PCCL_RUN_SECRET_FILE, and PCCL_ENCRYPT=1
+encrypts payloads (SECURITY.md section 6).";
 
 struct Args {
     config: CommunicatorConfig,
@@ -66,6 +68,10 @@ fn parse() -> Result<Args, String> {
     if let Some(s) = slice {
         config.slice_bytes = s;
     }
+    // The run secret and encryption, if any, come from PCCL_RUN_SECRET{,_FILE} and
+    // PCCL_ENCRYPT (SECURITY.md §6), as pccl-demo --secret passes them.
+    let security = pccl::secure::EnvSecurity::from_env().map_err(|e| e.to_string())?;
+    (config.secret, config.encrypt) = (security.secret, security.encrypt);
     Ok(Args {
         config,
         count,

@@ -13,10 +13,13 @@
 //!    AES-256-GCM to encrypt), in place, per direction,
 //!    with a frame counter that refuses replayed, reordered and injected frames.
 //!
-//! Everything but `io.rs` is pure: no sockets, no clock. All primitives come from `snow`
+//! Everything but `io.rs` is pure: no sockets, no clock. ([`EnvSecurity`] reads the
+//! `PCCL_RUN_SECRET*`/`PCCL_ENCRYPT` variables through a lookup function; only its
+//! `from_env` touches the process environment.) All primitives come from `snow`
 //! (Noise: X25519, ChaCha20-Poly1305, BLAKE2s) and `ring` (AES-256-GCM,
 //! ChaCha20-Poly1305, HKDF-SHA256).
 
+mod env;
 mod frames;
 mod handshake;
 mod io;
@@ -24,6 +27,7 @@ mod secret;
 #[cfg(test)]
 mod tests;
 
+pub use env::{ENCRYPT_VAR, EnvError, EnvSecurity, SECRET_FILE_VAR, SECRET_VAR, encrypt_from_env};
 pub use frames::{
     AuthError, FRAME_OVERHEAD, FrameTags, Protection, RecvKey, SealError, SendKey, TAG_LEN, Tag,
 };

@@ -46,6 +46,23 @@ struct Harness {
     counts: Counts,
     checker: Checker,
     strangers: Option<strangers::Runner>,
+    /// The run-secret variables every master and worker process gets (`security_env`).
+    security_env: Vec<(&'static str, String)>,
+}
+
+/// The environment that makes the master and the workers (which read it through
+/// `pccl::secure::EnvSecurity`) run authenticated or encrypted: a fresh 256-bit secret per
+/// run in `PCCL_RUN_SECRET`, and `PCCL_ENCRYPT`. Children never inherit the harness's own
+/// run-secret variables (`Harness::child_env`), so a plain run stays plain.
+fn security_env(s: &Scenario) -> Vec<(&'static str, String)> {
+    use pccl::secure::{ENCRYPT_VAR, RunSecret, SECRET_VAR};
+    if !s.secret {
+        return Vec::new();
+    }
+    vec![
+        (SECRET_VAR, RunSecret::generate()),
+        (ENCRYPT_VAR, if s.encrypt { "1" } else { "0" }.to_owned()),
+    ]
 }
 
 const MASTER_TAG: u32 = u32::MAX;
@@ -66,6 +83,10 @@ pub(crate) fn harness(args: &[String]) -> Result<u8> {
     if let Some(n) = opt_parse(args, "--steps")? {
         s.steps = n;
     }
+    // `--secret` / `--encrypt` run any scenario authenticated / encrypted.
+    s.encrypt |= args.iter().any(|a| a == "--encrypt");
+    s.secret |= s.encrypt || args.iter().any(|a| a == "--secret");
+    let security_env = security_env(&s);
     let force_loopback = args.iter().any(|a| a == "--loopback");
     procs::install_guards();
     // WAN needs root (namespaces); `--loopback` forces the fallback.
@@ -80,6 +101,14 @@ pub(crate) fn harness(args: &[String]) -> Result<u8> {
         "loopback (127.0.0.1, no caps, no delay)".to_string()
     };
     println!("scenario {} ({path}), mode: {mode}", s.name);
+    println!(
+        "security: {}",
+        match (s.secret, s.encrypt) {
+            (_, true) => "encrypted run (a fresh run secret, PCCL_ENCRYPT=1)",
+            (true, false) => "authenticated run (a fresh run secret)",
+            _ => "plain (no run secret)",
+        }
+    );
     let events = schedule(&s, &mut ChaCha8Rng::seed_from_u64(seed), use_wan);
     println!(
         "schedule: {} events over {:.0} s, digest {:08x}",
@@ -126,6 +155,7 @@ pub(crate) fn harness(args: &[String]) -> Result<u8> {
         peers: BTreeMap::new(),
         lines_tx: tx,
         counts: Counts::default(),
+        security_env,
     };
     let started = Instant::now();
     let outcome = h.run(&events, &rx);

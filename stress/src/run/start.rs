@@ -26,6 +26,7 @@ impl Harness {
             Some(w) => w.hub_cmd(&self.exe),
             None => Command::new(&self.exe),
         };
+        self.child_env(&mut cmd);
         cmd.args([
             "--master-proc",
             "--listen",
@@ -55,6 +56,16 @@ impl Harness {
             }
         }
         bail!("the master did not start in 20 s")
+    }
+
+    /// The run-secret environment of a master or worker process: this run's
+    /// (`security_env`), never the harness's own.
+    fn child_env(&self, cmd: &mut Command) {
+        use pccl::secure::{ENCRYPT_VAR, SECRET_FILE_VAR, SECRET_VAR};
+        for v in [SECRET_VAR, SECRET_FILE_VAR, ENCRYPT_VAR] {
+            cmd.env_remove(v);
+        }
+        cmd.envs(self.security_env.iter().map(|(k, v)| (k, v)));
     }
 
     fn worker_args(
@@ -143,6 +154,7 @@ impl Harness {
             (Some(_), None) => bail!("no free network seat for slot {slot}"),
             _ => (Command::new(&self.exe), self.master_addr, None),
         };
+        self.child_env(&mut cmd);
         cmd.args(self.worker_args(slot, master, bind));
         let err_path = self.dir.join(format!("slot-{slot}.err"));
         let proc = Proc::spawn(cmd, slot, self.lines_tx.clone(), &err_path)?;

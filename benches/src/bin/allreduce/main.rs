@@ -2,8 +2,14 @@
 //!
 //! ```text
 //! cargo run --release -p benches --bin allreduce [-- --worlds 2,3,4 --sizes 1M,16M,128M
-//!     --iters 10 --warmup 2 --pool 1 --no-ceiling --quick]
+//!     --iters 10 --warmup 2 --pool 1 --no-ceiling --quick
+//!     --modes plain,authenticated,encrypted | --secret | --encrypt]
 //! ```
+//!
+//! Modes (SECURITY.md §6): `plain` (no run secret), `authenticated` (a run secret: every
+//! connection authenticated, every frame MACed) and `encrypted` (payloads encrypted too).
+//! One secret is generated per run; each mode of a world gets a fresh master and workers,
+//! and the table's `mode` column and `x plain` ratio put the modes side by side.
 //!
 //! The parent starts a [`MasterNode`](pccl::MasterNode) in-process on `127.0.0.1:0` and re-executes this
 //! binary `n` times in the hidden `--worker` mode. Workers connect, grow the run until it
@@ -55,8 +61,38 @@ usage: allreduce [--worlds 2,3,4] [--sizes 1M,16M,128M] [--iters K] [--warmup W]
   --threads    worker_threads of each communicator's runtime     [pccl default: 2]
   --slice      slice_bytes, the pipeline slice size (K/M suffixes) [pccl default: 1M]
   --no-ceiling skip the raw TCP ring ceiling
+  --modes      comma-separated: plain, authenticated (auth), encrypted (encrypt) [plain]
+  --secret     same as --modes authenticated
+  --encrypt    same as --modes encrypted
   --quick      tiny run for CI: worlds 2,3, sizes 4K,256K, 3 iters, 1 warm-up
 ";
+
+/// How the run is protected (SECURITY.md §6).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Mode {
+    Plain,
+    Authenticated,
+    Encrypted,
+}
+
+impl Mode {
+    fn parse(s: &str) -> Option<Self> {
+        match s.trim() {
+            "plain" => Some(Self::Plain),
+            "auth" | "authenticated" => Some(Self::Authenticated),
+            "encrypt" | "encrypted" => Some(Self::Encrypted),
+            _ => None,
+        }
+    }
+
+    fn name(self) -> &'static str {
+        match self {
+            Self::Plain => "plain",
+            Self::Authenticated => "auth",
+            Self::Encrypted => "encrypt",
+        }
+    }
+}
 
 #[derive(Clone, Debug)]
 pub(crate) struct Opts {
@@ -68,6 +104,7 @@ pub(crate) struct Opts {
     pub(crate) threads: Option<usize>,
     pub(crate) slice: Option<usize>,
     pub(crate) ceiling: bool,
+    pub(crate) modes: Vec<Mode>,
 }
 
 impl Default for Opts {
@@ -81,6 +118,7 @@ impl Default for Opts {
             threads: None,
             slice: None,
             ceiling: true,
+            modes: vec![Mode::Plain],
         }
     }
 }
@@ -123,6 +161,9 @@ fn parse_opts(args: &[String]) -> Result<Opts> {
                 o.slice = Some(parse_size(val()?).ok_or_else(|| anyhow!("bad --slice"))?);
             }
             "--no-ceiling" => o.ceiling = false,
+            "--modes" => o.modes = parse_list(val()?, Mode::parse)?,
+            "--secret" => o.modes = vec![Mode::Authenticated],
+            "--encrypt" => o.modes = vec![Mode::Encrypted],
             "--quick" => quick = true,
             // `cargo bench` / libtest-style flags: ignore so the binary can be driven the same way.
             "--bench" | "--test" | "--nocapture" => {}
@@ -156,12 +197,16 @@ fn parse_opts(args: &[String]) -> Result<Opts> {
         "sizes must be positive multiples of 4 bytes (f32)"
     );
     ensure!(o.iters >= 1, "--iters must be at least 1");
+    ensure!(!o.modes.is_empty(), "--modes needs at least one mode");
     ensure!((1..=1024).contains(&o.pool), "--pool must be 1..=1024");
     Ok(o)
 }
 
 struct Row {
     world: usize,
+    mode: Mode,
+    /// This row's time over the plain mode's, same world and size (when measured).
+    vs_plain: Option<f64>,
     bytes: usize,
     time: Duration,
     ceiling: Option<Duration>,
@@ -171,6 +216,8 @@ struct Row {
 fn parent(args: &[String]) -> Result<()> {
     let o = parse_opts(args)?;
     pccl::init_logging();
+    // One fresh secret for the authenticated and encrypted modes; never printed.
+    let secret = pccl::secure::RunSecret::generate();
     println!(
         "pccl ring all-reduce, f32 sum, loopback, one process per rank; pool={}, threads={}, \
          slice={}, warmup={}, iters={}",
@@ -183,16 +230,24 @@ fn parent(args: &[String]) -> Result<()> {
     );
     println!(
         "time = median over iterations of the slowest rank's time; GB/s = 1e9 B/s; \
-         tcp ring = per-stream GB/s with all n streams at once"
+         tcp ring = per-stream GB/s with all n streams at once; x plain = busbw over the \
+         plain mode's (same world and size); modes: {}",
+        o.modes
+            .iter()
+            .map(|m| m.name())
+            .collect::<Vec<_>>()
+            .join(",")
     );
     println!();
     println!(
-        "{:>5} {:>9} {:>11} {:>11} {:>11} | {:>13} {:>9} | {:>8}",
+        "{:>5} {:>8} {:>9} {:>11} {:>11} {:>11} {:>8} | {:>13} {:>9} | {:>8}",
         "world",
+        "mode",
         "bytes",
         "median ms",
         "algbw GB/s",
         "busbw GB/s",
+        "x plain",
         "tcp ring GB/s",
         "busbw/tcp",
         "crc32"
@@ -204,17 +259,29 @@ fn parent(args: &[String]) -> Result<()> {
         } else {
             None
         };
-        let res = pccl_world(&o, n).with_context(|| format!("all-reduce, world {n}"))?;
-        for (bytes, (time, crc)) in res {
-            let row = Row {
-                world: n,
-                bytes,
-                time,
-                ceiling: ceiling.as_ref().and_then(|c| c.get(&bytes).copied()),
-                crc,
-            };
-            print_row(&row);
-            rows.push(row);
+        let mut plain = std::collections::BTreeMap::new();
+        for &mode in &o.modes {
+            let res = pccl_world(&o, n, mode, &secret)
+                .with_context(|| format!("all-reduce, world {n}, {}", mode.name()))?;
+            for (bytes, (time, crc)) in res {
+                if mode == Mode::Plain {
+                    plain.insert(bytes, time);
+                }
+                let row = Row {
+                    world: n,
+                    mode,
+                    // Bandwidth ratio: plain time over this time.
+                    vs_plain: plain
+                        .get(&bytes)
+                        .map(|p: &Duration| p.as_secs_f64() / time.as_secs_f64()),
+                    bytes,
+                    time,
+                    ceiling: ceiling.as_ref().and_then(|c| c.get(&bytes).copied()),
+                    crc,
+                };
+                print_row(&row);
+                rows.push(row);
+            }
         }
     }
     println!();
@@ -235,13 +302,16 @@ fn print_row(r: &Row) {
         }
         None => ("-".into(), "-".into()),
     };
+    let vs = r.vs_plain.map_or_else(|| "-".into(), |v| format!("{v:.2}"));
     println!(
-        "{:>5} {:>9} {:>11.3} {:>11.3} {:>11.3} | {:>13} {:>9} | {:08x}",
+        "{:>5} {:>8} {:>9} {:>11.3} {:>11.3} {:>11.3} {:>8} | {:>13} {:>9} | {:08x}",
         r.world,
+        r.mode.name(),
         fmt_size(r.bytes),
         r.time.as_secs_f64() * 1e3,
         alg,
         bus,
+        vs,
         tcp,
         ratio,
         r.crc

@@ -7,10 +7,11 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, anyhow, ensure};
 use benches::{fmt_size, median};
+use pccl::secure::{ENCRYPT_VAR, RunSecret, SECRET_VAR};
 use pccl::{MasterConfig, MasterNode};
 
-use crate::Opts;
 use crate::workers::Workers;
+use crate::{Mode, Opts};
 
 /// Common arguments of both worker kinds.
 pub(crate) fn worker_args(o: &Opts, n: usize, rank: usize, deadline: Duration) -> Vec<String> {
@@ -89,15 +90,29 @@ fn summarize(t: &Timings, o: &Opts) -> Result<BTreeMap<usize, Duration>> {
     Ok(out)
 }
 
-/// One world of the pccl all-reduce: master in-process, `n` worker processes.
-pub(crate) fn pccl_world(o: &Opts, n: usize) -> Result<BTreeMap<usize, (Duration, u32)>> {
+/// One world of the pccl all-reduce in `mode`: master in-process, `n` worker processes.
+/// Authenticated and encrypted modes use `secret` (the master directly, the workers
+/// through `PCCL_RUN_SECRET` and `PCCL_ENCRYPT`).
+pub(crate) fn pccl_world(
+    o: &Opts,
+    n: usize,
+    mode: Mode,
+    secret: &str,
+) -> Result<BTreeMap<usize, (Duration, u32)>> {
     let mut mcfg = MasterConfig::new("127.0.0.1:0".parse().expect("literal address"));
     mcfg.heartbeat_timeout = Duration::from_secs(10);
+    let mut env = Vec::new();
+    if mode != Mode::Plain {
+        mcfg.secret = Some(RunSecret::new(secret).context("run secret")?);
+        mcfg.encrypt = mode == Mode::Encrypted;
+        env.push((SECRET_VAR, secret.to_owned()));
+        env.push((ENCRYPT_VAR, u8::from(mcfg.encrypt).to_string()));
+    }
     let master = MasterNode::start(mcfg).context("start master")?;
     let addr = master.local_addr();
     let budget = world_budget(o, n);
     let deadline = Instant::now() + budget;
-    let mut workers = Workers::spawn(n, |rank| {
+    let mut workers = Workers::spawn(n, &env, |rank| {
         let mut a = vec!["--worker".into(), "--master".into(), addr.to_string()];
         a.extend(worker_args(o, n, rank, budget + Duration::from_secs(30)));
         a
@@ -143,7 +158,7 @@ pub(crate) fn pccl_world(o: &Opts, n: usize) -> Result<BTreeMap<usize, (Duration
 pub(crate) fn ceiling_world(o: &Opts, n: usize) -> Result<BTreeMap<usize, Duration>> {
     let budget = world_budget(o, n);
     let deadline = Instant::now() + budget;
-    let mut workers = Workers::spawn(n, |rank| {
+    let mut workers = Workers::spawn(n, &[], |rank| {
         let mut a = vec!["--tcp-worker".into()];
         a.extend(worker_args(o, n, rank, budget + Duration::from_secs(30)));
         a

@@ -40,6 +40,9 @@ pub(crate) fn run(args: &[String]) -> Result<()> {
     if let Some(s) = a.slice {
         cfg.slice_bytes = s;
     }
+    // Authenticated / encrypted modes: the parent passes the run secret in the environment.
+    let security = pccl::secure::EnvSecurity::from_env()?;
+    (cfg.secret, cfg.encrypt) = (security.secret, security.encrypt);
     let comm = Communicator::new(cfg)?;
     comm.connect()?;
     let form_deadline = Instant::now() + Duration::from_secs(60);

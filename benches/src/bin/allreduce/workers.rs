@@ -4,6 +4,8 @@
 
 use std::io::{BufRead, BufReader, Write};
 use std::process::{Child, ChildStdin, Command, ExitStatus, Stdio};
+
+use pccl::secure::{ENCRYPT_VAR, SECRET_FILE_VAR, SECRET_VAR};
 use std::sync::mpsc;
 use std::thread;
 use std::time::{Duration, Instant};
@@ -19,7 +21,14 @@ pub(crate) struct Workers {
 }
 
 impl Workers {
-    pub(crate) fn spawn(n: usize, args: impl Fn(usize) -> Vec<String>) -> Result<Self> {
+    /// Starts `n` workers with `args(rank)`; each gets `env` and none of the caller's
+    /// run-secret variables (`PCCL_RUN_SECRET*`, `PCCL_ENCRYPT`), so a mode is exactly what
+    /// the benchmark asked for.
+    pub(crate) fn spawn(
+        n: usize,
+        env: &[(&'static str, String)],
+        args: impl Fn(usize) -> Vec<String>,
+    ) -> Result<Self> {
         let exe = std::env::current_exe().context("locate own executable")?;
         let (tx, rx) = mpsc::channel();
         let mut w = Self {
@@ -30,6 +39,10 @@ impl Workers {
         };
         for i in 0..n {
             let mut cmd = Command::new(&exe);
+            for v in [SECRET_VAR, SECRET_FILE_VAR, ENCRYPT_VAR] {
+                cmd.env_remove(v);
+            }
+            cmd.envs(env.iter().map(|(k, v)| (k, v)));
             cmd.args(args(i))
                 .stdin(Stdio::piped())
                 .stdout(Stdio::piped())
