@@ -138,7 +138,7 @@ pub enum Error {
     /// The master or a peer could not prove the run secret, or we could not: no secret on
     /// one side, a different secret, or a different encryption setting (SECURITY.md §6).
     /// Its code is `MasterConnectionFailed`, the PCCL 1.0 code that fits; the Python API
-    /// raises `AuthenticationError`, a subclass of `MasterConnectionFailedError`.
+    /// raises `AuthenticationError`, a subclass of `MasterConnectionError`.
     #[error("authentication failed: {0}")]
     AuthenticationFailed(String),
     /// A peer-to-peer connection could not be established.
