@@ -418,6 +418,7 @@ mod tests {
                 id: peer(i),
                 group: 0,
                 p2p_addr: "127.0.0.1:9".parse().expect("address"),
+                    static_key: [0; 32],
             };
             reg.set_topology(Topology {
                 ring: vec![entry(1), entry(2), entry(3)],
