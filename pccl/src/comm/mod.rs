@@ -107,6 +107,10 @@ impl RingHost for Shared {
         &self.bufs
     }
 
+    fn checksums(&self) -> bool {
+        self.secure.is_none()
+    }
+
     async fn pool(&self, next: &PeerEntry) -> Result<Arc<Pool>> {
         self.p2p.pool(next).await
     }
@@ -684,8 +688,7 @@ fn auth_failure(e: &net::ConnectionError) -> Error {
     use crate::secure::HandshakeError as H;
     match e {
         net::ConnectionError::Secure(H::Closed | H::Rejected) => Error::AuthenticationFailed(
-            "the master refused this peer's proof of the run secret (different run secret?)"
-                .into(),
+            "the master refused this peer's proof of the run secret (different run secret?)".into(),
         ),
         net::ConnectionError::Secure(h @ H::ModeMismatch { .. }) => {
             Error::AuthenticationFailed(format!("{h} (encrypt must match the master's)"))

@@ -376,8 +376,16 @@ async fn serve_inbound(
             // The dialler must prove the static key the master listed for the id it
             // claims; until it has, nothing is read or served and the permit is held.
             let left = deadline.saturating_duration_since(Instant::now());
-            match sealed::respond(&mut stream, sec, hello.kind, from, inbound.me, Some(listed), left)
-                .await
+            match sealed::respond(
+                &mut stream,
+                sec,
+                hello.kind,
+                from,
+                inbound.me,
+                Some(listed),
+                left,
+            )
+            .await
             {
                 Ok(s) => Some(s),
                 Err(e) => {
@@ -404,7 +412,12 @@ async fn serve_inbound(
             let quiet = Quiet::new();
             let mut key = keys.map(|k| k.recv);
             tokio::select! {
-                r = read_loop(&mut stream, key.as_mut(), from, conn, inbound, &quiet) => r,
+                r = read_loop(&mut stream, key.as_mut(), from, conn, inbound, &quiet) => {
+                    if matches!(r, Err(ConnectionError::Auth(_))) {
+                        inbound.registry.link_failed(from);
+                    }
+                    r
+                }
                 _ = net::stopped(&mut stop) => Ok(()),
                 _ = known.wait_for(|k| !k.contains(from)) => {
                     tracing::debug!(%from, "ring connection of a peer that left, closed");
@@ -521,12 +534,16 @@ async fn read_loop(
             }
             quiet.heard();
         }
-        if let Some(k) = key.as_deref_mut() {
+        let crc_ok = match key.as_deref_mut() {
             // A failed tag: the frame was altered, replayed, reordered or injected. The
-            // link is closed (the caller logs why); the op fails as on a lost link.
-            sealed::read_tag_and_open(stream, k, &mut payload).await?;
-        }
-        let crc_ok = header.verify(&payload).is_ok();
+            // link is closed (the caller logs why); the op fails as on a lost link. The
+            // tag covers every byte, so a sealed frame carries no CRC (crc = 0).
+            Some(k) => {
+                sealed::read_tag_and_open(stream, k, &mut payload).await?;
+                true
+            }
+            None => header.verify(&payload).is_ok(),
+        };
         if !crc_ok {
             tracing::warn!(%from, tag = header.tag, "payload checksum mismatch");
         }

@@ -291,7 +291,9 @@ async fn handshake(
     )
     .await?;
     if session.remote_static.is_none_or(|k| k.0 == [0; 32]) {
-        return Err(ConnectionError::Handshake("the peer proved no static key".into()));
+        return Err(ConnectionError::Handshake(
+            "the peer proved no static key".into(),
+        ));
     }
     Ok((hello.peer, Some(session)))
 }

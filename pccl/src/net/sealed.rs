@@ -86,9 +86,7 @@ pub(crate) async fn initiate<S: AsyncRead + AsyncWrite + Unpin>(
     let kp = sec.keypair()?;
     let hs = match remote {
         None => Handshake::control_initiator(&sec.secret, kp, &binding, sec.mode)?,
-        Some(k) => {
-            Handshake::link_initiator(&sec.secret, kp, PublicKey(k), &binding, sec.mode)?
-        }
+        Some(k) => Handshake::link_initiator(&sec.secret, kp, PublicKey(k), &binding, sec.mode)?,
     };
     Ok(secure::handshake(stream, hs, deadline).await?)
 }
@@ -136,7 +134,8 @@ pub(crate) async fn dial_link(
     let expect = peer.id;
     let mut stream = super::connect(addr, deadline).await?;
     let hello = Hello { kind, peer: me };
-    let (theirs, secured) = super::handshake(&mut stream, hello, secure.is_some(), deadline).await?;
+    let (theirs, secured) =
+        super::handshake(&mut stream, hello, secure.is_some(), deadline).await?;
     if theirs.peer != expect || theirs.kind != kind {
         return Err(ConnectionError::Handshake(format!(
             "{addr} answered as {} instead of {expect}",
