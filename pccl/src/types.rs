@@ -225,12 +225,15 @@ pub struct Topology {
     pub group_epochs: Vec<(u32, u64)>,
 }
 
-/// One accepted peer: identity, group and the address its p2p listener is reachable at.
+/// One accepted peer: identity, group, the address its p2p listener is reachable at and,
+/// in an authenticated run, the static public key it proved to the master (SECURITY.md §6).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct PeerEntry {
     pub id: PeerId,
     pub group: u32,
     pub p2p_addr: std::net::SocketAddr,
+    /// The peer's X25519 static public key for this run; all zeros without a run secret.
+    pub static_key: [u8; 32],
 }
 
 impl Topology {

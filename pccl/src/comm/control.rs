@@ -42,13 +42,18 @@ pub(crate) enum Cmd {
 /// Runs the control connection until the master is lost or `stop` is set.
 pub(crate) async fn run(
     stream: TcpStream,
+    keys: net::sealed::Keys,
     shared: Arc<Shared>,
     mut cmds: mpsc::UnboundedReceiver<Cmd>,
     accepted: Option<oneshot::Sender<Result<(), Error>>>,
     mut stop: watch::Receiver<bool>,
 ) {
     let (rd, mut wr) = stream.into_split();
-    let (reader, mut msgs) = spawn_reader(rd);
+    let (mut send, recv) = match keys {
+        Some(k) => (Some(k.send), Some(k.recv)),
+        None => (None, None),
+    };
+    let (reader, mut msgs) = spawn_reader(rd, recv);
     let (ready_tx, mut ready) = mpsc::unbounded_channel();
     let (bw_tx, mut bw_reports) = mpsc::unbounded_channel();
     let mut heartbeat = tokio::time::interval(shared.config.heartbeat_interval);
@@ -92,7 +97,7 @@ pub(crate) async fn run(
                 ToMaster::Heartbeat
             }
         };
-        let write = net::write_control(&mut wr, |b| out.encode(b));
+        let write = net::write_control(&mut wr, send.as_mut(), |b| out.encode(b));
         match tokio::time::timeout(shared.config.master_timeout, write).await {
             Ok(Ok(())) => {}
             Ok(Err(e)) => break Error::MasterConnectionFailed(e.to_string()),
@@ -110,6 +115,7 @@ pub(crate) async fn run(
 /// the master closing) is the last item.
 fn spawn_reader(
     mut rd: OwnedReadHalf,
+    mut key: Option<crate::secure::RecvKey>,
 ) -> (
     tokio::task::JoinHandle<()>,
     mpsc::UnboundedReceiver<Result<FromMaster, String>>,
@@ -117,7 +123,7 @@ fn spawn_reader(
     let (msg_tx, msgs) = mpsc::unbounded_channel();
     let reader = tokio::spawn(async move {
         loop {
-            let res = match net::read_control(&mut rd).await {
+            let res = match net::read_control(&mut rd, key.as_mut()).await {
                 Ok(Some(body)) => FromMaster::decode(&body).map_err(|e| e.to_string()),
                 Ok(None) => Err("the master closed the connection".to_string()),
                 Err(e) => Err(e.to_string()),
@@ -221,7 +227,12 @@ impl Control {
                     for t in targets {
                         let bps = match topology.ring.iter().find(|p| p.id == t) {
                             Some(entry) => {
-                                crate::topology::bandwidth::measure(shared.me, entry).await
+                                crate::topology::bandwidth::measure(
+                                    shared.me,
+                                    shared.secure.as_ref(),
+                                    entry,
+                                )
+                                .await
                             }
                             None => 0,
                         };

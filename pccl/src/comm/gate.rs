@@ -79,20 +79,26 @@ impl Gate {
     }
 
     /// Waits until `claimed` may use a `kind` link from `ip`, at most until `deadline`.
-    /// `Err` says why not, for the log.
+    /// `Ok` holds the static key the topology lists for `claimed` (zeros without a run
+    /// secret), which the link handshake then makes it prove; `Err` says why not, for the
+    /// log.
     pub(crate) async fn admit(
         &self,
         claimed: PeerId,
         kind: ConnectionKind,
         ip: IpAddr,
         deadline: Instant,
-    ) -> Result<(), String> {
+    ) -> Result<[u8; 32], String> {
         let mut rx = self.known.subscribe();
         let mut why = String::new();
+        let mut key = [0u8; 32];
         let waited = tokio::time::timeout_at(
             deadline,
             rx.wait_for(|k| match check(k, self.me, self.group, claimed, kind, ip) {
-                Ok(()) => true,
+                Ok(k) => {
+                    key = k;
+                    true
+                }
                 Err(w) => {
                     why = w;
                     false
@@ -101,7 +107,7 @@ impl Gate {
         )
         .await;
         match waited {
-            Ok(Ok(_)) => Ok(()),
+            Ok(Ok(_)) => Ok(key),
             Ok(Err(_)) => Err("the communicator is closing".into()),
             Err(_) => Err(why),
         }
@@ -109,6 +115,7 @@ impl Gate {
 }
 
 /// The rule itself: may `claimed`, connecting from `ip`, open a `kind` link to `me`?
+/// `Ok` holds the static key listed for `claimed`.
 pub(crate) fn check(
     known: &Known,
     me: PeerId,
@@ -116,7 +123,7 @@ pub(crate) fn check(
     claimed: PeerId,
     kind: ConnectionKind,
     ip: IpAddr,
-) -> Result<(), String> {
+) -> Result<[u8; 32], String> {
     if claimed == me {
         return Err("it claims our own id".into());
     }
@@ -137,7 +144,7 @@ pub(crate) fn check(
             ConnectionKind::Control => false,
         };
         if ok {
-            return Ok(());
+            return Ok(entry.static_key);
         }
     }
     Err(if member {
@@ -168,6 +175,7 @@ mod tests {
             id: id(i),
             group,
             p2p_addr: format!("10.0.0.{i}:4000").parse().expect("address"),
+            static_key: [i; 32],
         }
     }
 
@@ -191,6 +199,7 @@ mod tests {
         };
         let c = |who: u8, kind, from: u8| check(&known, id(2), 0, id(who), kind, ip(from));
         assert!(c(1, ConnectionKind::P2p, 1).is_ok(), "the predecessor");
+        assert_eq!(c(1, ConnectionKind::P2p, 1), Ok([1; 32]), "its listed key");
         assert!(c(3, ConnectionKind::P2p, 3).is_err(), "the successor");
         assert!(
             c(1, ConnectionKind::P2p, 3).is_err(),

@@ -28,6 +28,7 @@ use crate::collectives::{Element, InPlaceBuffer, ReduceBuffers, SliceBuffers};
 use crate::config::CommunicatorConfig;
 use crate::error::{Error, Result};
 use crate::net;
+use crate::net::sealed::{self, Secure};
 use crate::shared_state::{StateDoor, SyncHost};
 use crate::types::{
     Attribute, PeerEntry, PeerId, ReduceDescriptor, ReduceInfo, ReduceOp, Topology,
@@ -50,6 +51,8 @@ pub(crate) struct Shared {
     pub(crate) gate: Arc<Gate>,
     /// Inbound ring connections closed for silence so far.
     idle_closed: Arc<AtomicU64>,
+    /// The run secret and our static key pair, in an authenticated run (SECURITY.md §6).
+    pub(crate) secure: Option<Secure>,
     cmds: mpsc::UnboundedSender<Cmd>,
 }
 
@@ -75,6 +78,10 @@ impl SyncHost for Shared {
     fn sync_done(&self, ok: bool) {
         let _ = self.cmds.send(Cmd::SyncDone(ok));
     }
+
+    fn secure(&self) -> Option<&Secure> {
+        self.secure.as_ref()
+    }
 }
 
 /// The ring runs over sockets: frames come from the p2p readers through the registry,
@@ -98,6 +105,10 @@ impl RingHost for Shared {
 
     fn bufs(&self) -> &BufPool {
         &self.bufs
+    }
+
+    fn checksums(&self) -> bool {
+        self.secure.is_none()
     }
 
     async fn pool(&self, next: &PeerEntry) -> Result<Arc<Pool>> {
@@ -176,14 +187,22 @@ impl Communicator {
         let me = self.me;
         let (cmd_tx, cmd_rx) = mpsc::unbounded_channel();
         let bufs = Arc::new(BufPool::new(config.slice_bytes));
+        let secure = match &config.secret {
+            Some(s) => Some(
+                Secure::peer(s.clone(), config.encrypt)
+                    .map_err(|e| Error::Internal(format!("cannot make a static key: {e}")))?,
+            ),
+            None => None,
+        };
         let shared = Arc::new(Shared {
+            secure: secure.clone(),
             me,
             registry: Arc::new(Registry::with_frame_bound(
                 config.peer_group,
                 config.max_buffered_bytes,
                 config.max_buffered_frames,
             )),
-            p2p: P2p::new(me, config.pool_size, bufs.clone()),
+            p2p: P2p::new(me, config.pool_size, bufs.clone(), secure.clone()),
             bufs,
             door: Arc::default(),
             gate: Arc::new(Gate::new(me, config.peer_group)),
@@ -199,7 +218,11 @@ impl Communicator {
                 .local_addr()
                 .map_err(|e| Error::Internal(e.to_string()))?
                 .port();
+            if let Ok(a) = listener.local_addr() {
+                sealed::warn_if_exposed("peer's p2p listener", a, secure.is_some());
+            }
             let inbound = p2p::Inbound {
+                secure: secure.clone(),
                 me,
                 gate: shared.gate.clone(),
                 registry: shared.registry.clone(),
@@ -216,18 +239,21 @@ impl Communicator {
                 Arc::new(inbound),
                 stop_rx.clone(),
             ));
-            let mut stream = dial_master(&config, me).await?;
+            let (mut stream, mut keys) = dial_master(&config, me, secure.as_ref()).await?;
             let register = ToMaster::Register {
                 group: config.peer_group,
                 p2p_port: port,
                 advertise_ip: config.advertise_ip,
             };
-            net::write_control(&mut stream, |b| register.encode(b))
-                .await
-                .map_err(|e| Error::MasterConnectionFailed(e.to_string()))?;
+            net::write_control(&mut stream, keys.as_mut().map(|k| &mut k.send), |b| {
+                register.encode(b)
+            })
+            .await
+            .map_err(|e| Error::MasterConnectionFailed(e.to_string()))?;
             let (acc_tx, acc_rx) = oneshot::channel();
             tokio::spawn(control::run(
                 stream,
+                keys,
                 shared.clone(),
                 cmd_rx,
                 Some(acc_tx),
@@ -591,7 +617,11 @@ fn no_runtime_here() -> Result<()> {
     Ok(())
 }
 
-async fn dial_master(config: &CommunicatorConfig, me: PeerId) -> Result<tokio::net::TcpStream> {
+async fn dial_master(
+    config: &CommunicatorConfig,
+    me: PeerId,
+    secure: Option<&Secure>,
+) -> Result<(tokio::net::TcpStream, sealed::Keys)> {
     let mut last = String::new();
     for attempt in 0..config.connect_attempts.max(1) {
         if attempt > 0 {
@@ -608,8 +638,40 @@ async fn dial_master(config: &CommunicatorConfig, me: PeerId) -> Result<tokio::n
             kind: ConnectionKind::Control,
             peer: me,
         };
-        match net::handshake(&mut stream, hello, Duration::from_secs(5)).await {
-            Ok(h) if h.kind == ConnectionKind::Control => return Ok(stream),
+        let deadline = Duration::from_secs(5);
+        match net::handshake(&mut stream, hello, secure.is_some(), deadline).await {
+            Ok((h, theirs)) if h.kind == ConnectionKind::Control => {
+                // Settings that differ do not heal with retries: fail at once.
+                match (secure, theirs) {
+                    (None, false) => return Ok((stream, None)),
+                    (None, true) => {
+                        return Err(Error::AuthenticationFailed(
+                            "the master requires a run secret and this peer has none \
+                             (set CommunicatorConfig::secret / PCCL_RUN_SECRET)"
+                                .into(),
+                        ));
+                    }
+                    (Some(_), false) => {
+                        return Err(Error::AuthenticationFailed(
+                            "this peer has a run secret but the master has none".into(),
+                        ));
+                    }
+                    (Some(sec), true) => {
+                        return sealed::initiate(
+                            &mut stream,
+                            sec,
+                            ConnectionKind::Control,
+                            me,
+                            h.peer,
+                            None,
+                            deadline,
+                        )
+                        .await
+                        .map(|s| (stream, Some(s)))
+                        .map_err(|e| auth_failure(&e));
+                    }
+                }
+            }
             Ok(_) => last = "the master answered with the wrong connection kind".into(),
             Err(e) => last = e.to_string(),
         }
@@ -619,4 +681,18 @@ async fn dial_master(config: &CommunicatorConfig, me: PeerId) -> Result<tokio::n
         "cannot reach the master at {}: {last}",
         config.master
     )))
+}
+
+/// `connect`'s error for a failed control handshake.
+fn auth_failure(e: &net::ConnectionError) -> Error {
+    use crate::secure::HandshakeError as H;
+    match e {
+        net::ConnectionError::Secure(H::Closed | H::Rejected) => Error::AuthenticationFailed(
+            "the master refused this peer's proof of the run secret (different run secret?)".into(),
+        ),
+        net::ConnectionError::Secure(h @ H::ModeMismatch { .. }) => {
+            Error::AuthenticationFailed(format!("{h} (encrypt must match the master's)"))
+        }
+        other => Error::AuthenticationFailed(format!("handshake with the master failed: {other}")),
+    }
 }

@@ -27,7 +27,9 @@ use crate::collectives::bufpool::BufPool;
 use crate::collectives::link::{OutFrame, Pool};
 use crate::collectives::registry::{ConnId, Registry};
 use crate::error::Error;
+use crate::net::sealed::{self, Secure};
 use crate::net::{self, ConnectionError};
+use crate::secure::{Protection, RecvKey, SendKey};
 use crate::shared_state::StateDoor;
 use crate::types::{PeerEntry, PeerId};
 use crate::wire::{ConnectionKind, DATA_HEADER_LEN, Hello, KEEPALIVE, RingFrame};
@@ -49,13 +51,21 @@ pub(crate) struct P2p {
     bufs: Arc<BufPool>,
     /// Serialises dials so two ops never open two pools to one peer.
     dialing: tokio::sync::Mutex<()>,
+    /// The run secret and our key pair, in an authenticated run.
+    secure: Option<Secure>,
 }
 
 impl P2p {
-    pub(crate) fn new(me: PeerId, pool_size: usize, bufs: Arc<BufPool>) -> Self {
+    pub(crate) fn new(
+        me: PeerId,
+        pool_size: usize,
+        bufs: Arc<BufPool>,
+        secure: Option<Secure>,
+    ) -> Self {
         Self {
             me,
             bufs,
+            secure,
             pool_size: pool_size.max(1),
             pools: Mutex::new(HashMap::new()),
             dialing: tokio::sync::Mutex::new(()),
@@ -107,17 +117,26 @@ impl P2p {
 
     async fn dial(&self, peer: &PeerEntry) -> Result<Pool, ConnectionError> {
         let mut streams = Vec::with_capacity(self.pool_size);
-        let dials = (0..self.pool_size).map(|_| dial_one(peer.p2p_addr, self.me, peer.id));
+        let dials = (0..self.pool_size).map(|_| {
+            sealed::dial_link(
+                peer,
+                self.me,
+                ConnectionKind::P2p,
+                self.secure.as_ref(),
+                DIAL_TIMEOUT,
+            )
+        });
         for s in futures::future::join_all(dials).await {
             streams.push(s?);
         }
         let (closed, _) = watch::channel(false);
         let mut writers = Vec::with_capacity(streams.len());
-        for stream in streams {
+        for (stream, keys) in streams {
             let (tx, rx) = mpsc::channel(WRITE_QUEUE);
             let span = tracing::debug_span!("p2p-writer", to = %peer.id);
+            let key = keys.map(|k| k.send);
             tokio::spawn(
-                write_loop(stream, rx, closed.clone(), self.bufs.clone()).instrument(span),
+                write_loop(stream, key, rx, closed.clone(), self.bufs.clone()).instrument(span),
             );
             writers.push(tx);
         }
@@ -126,28 +145,9 @@ impl P2p {
     }
 }
 
-async fn dial_one(
-    addr: SocketAddr,
-    me: PeerId,
-    expect: PeerId,
-) -> Result<TcpStream, ConnectionError> {
-    let mut stream = net::connect(addr, DIAL_TIMEOUT).await?;
-    let hello = Hello {
-        kind: ConnectionKind::P2p,
-        peer: me,
-    };
-    let theirs = net::handshake(&mut stream, hello, DIAL_TIMEOUT).await?;
-    if theirs.peer != expect || theirs.kind != ConnectionKind::P2p {
-        return Err(ConnectionError::Handshake(format!(
-            "{addr} answered as {} instead of {expect}",
-            theirs.peer
-        )));
-    }
-    Ok(stream)
-}
-
 async fn write_loop(
     stream: TcpStream,
+    mut key: Option<SendKey>,
     mut rx: mpsc::Receiver<OutFrame>,
     closed: watch::Sender<bool>,
     bufs: Arc<BufPool>,
@@ -180,8 +180,14 @@ async fn write_loop(
         };
         let Some(frame) = frame else {
             if last_sent.elapsed() >= KEEPALIVE_INTERVAL {
+                let write = async {
+                    match key.as_mut() {
+                        Some(k) => sealed::write_frame(&mut stream, k, &KEEPALIVE, &mut []).await,
+                        None => Ok(stream.write_all(&KEEPALIVE).await?),
+                    }
+                };
                 let res = tokio::select! {
-                    r = stream.write_all(&KEEPALIVE) => r,
+                    r = write => r,
                     _ = net::stopped(&mut closed_rx) => break,
                     _ = &mut hung_up => break,
                 };
@@ -196,9 +202,38 @@ async fn write_loop(
         };
         head.clear();
         frame.header.encode(&mut head);
+        let mut payload = frame.payload;
         let write = async {
-            stream.write_all(&head).await?;
-            stream.write_all(&frame.payload).await
+            match key.as_mut() {
+                None => {
+                    stream.write_all(&head).await?;
+                    stream.write_all(&payload).await?;
+                }
+                // Authenticate-only: the shared payload is sealed as it is, no copy.
+                Some(k) if k.protection() == Protection::Authenticate => {
+                    let tags = k
+                        .seal_shared(&head, &payload)
+                        .map_err(|e| ConnectionError::Handshake(e.to_string()))?;
+                    let parts: [&[u8]; 4] = [&head, &tags.header, &payload, &tags.body];
+                    sealed::write_parts(&mut stream, &parts).await?;
+                }
+                // Encrypting: in place when the payload is ours alone, else in a copy
+                // from the pool.
+                Some(k) => {
+                    let mut body = match std::mem::take(&mut payload).try_into_mut() {
+                        Ok(m) => m,
+                        Err(shared) => {
+                            let mut m = bufs.get(shared.len());
+                            m.extend_from_slice(&shared);
+                            m
+                        }
+                    };
+                    let r = sealed::write_frame(&mut stream, k, &head, &mut body).await;
+                    payload = body.freeze();
+                    r?;
+                }
+            }
+            Ok::<_, ConnectionError>(())
         };
         let res = tokio::select! {
             r = write => r,
@@ -210,7 +245,7 @@ async fn write_loop(
             break;
         }
         last_sent = Instant::now();
-        bufs.recycle(frame.payload);
+        bufs.recycle(payload);
     }
     let _ = closed.send(true);
 }
@@ -225,6 +260,9 @@ pub(crate) fn bind(ip: IpAddr, port: u16, scan: u16) -> Result<TcpListener, Erro
 #[derive(Debug)]
 pub(crate) struct Inbound {
     pub(crate) me: PeerId,
+    /// The run secret and our key pair, in an authenticated run: every inbound link must
+    /// prove the static key listed for the id it claims.
+    pub(crate) secure: Option<Secure>,
     pub(crate) gate: Arc<Gate>,
     pub(crate) registry: Arc<Registry>,
     pub(crate) bufs: Arc<BufPool>,
@@ -302,27 +340,66 @@ async fn serve_inbound(
 ) -> Result<(), ConnectionError> {
     net::socket::tune(&stream, net::USER_TIMEOUT)?;
     let deadline = Instant::now() + inbound.handshake_timeout;
-    let hello = net::accept_hello(&mut stream, inbound.handshake_timeout).await?;
+    let (hello, secured) = net::accept_hello(&mut stream, inbound.handshake_timeout).await?;
     let from = hello.peer;
-    if let Err(why) = inbound
+    if secured != inbound.secure.is_some() {
+        // Every member of a run agrees on holding the secret: this is no member.
+        let why = if secured {
+            "it offers a run secret and this peer has none"
+        } else {
+            "it has no run secret and this run requires one"
+        };
+        tracing::warn!(claimed = %from, kind = ?hello.kind, %addr, why, "p2p connection refused");
+        return Ok(());
+    }
+    let listed = match inbound
         .gate
         .admit(from, hello.kind, addr.ip(), deadline)
         .await
     {
-        // Nothing was answered or read beyond the hello: a refused dialler learns nothing.
-        tracing::warn!(claimed = %from, kind = ?hello.kind, %addr, why, "p2p connection refused");
-        return Ok(());
-    }
-    drop(permit);
+        Ok(key) => key,
+        Err(why) => {
+            // Nothing was answered or read beyond the hello: a refused dialler learns
+            // nothing.
+            tracing::warn!(claimed = %from, kind = ?hello.kind, %addr, why, "p2p connection refused");
+            return Ok(());
+        }
+    };
     let ours = Hello {
         kind: hello.kind,
         peer: inbound.me,
     };
-    stream.write_all(&ours.encode()).await?;
+    stream.write_all(&ours.encode_flagged(secured)).await?;
+    let keys = match &inbound.secure {
+        None => None,
+        Some(sec) => {
+            // The dialler must prove the static key the master listed for the id it
+            // claims; until it has, nothing is read or served and the permit is held.
+            let left = deadline.saturating_duration_since(Instant::now());
+            match sealed::respond(
+                &mut stream,
+                sec,
+                hello.kind,
+                from,
+                inbound.me,
+                Some(listed),
+                left,
+            )
+            .await
+            {
+                Ok(s) => Some(s),
+                Err(e) => {
+                    tracing::warn!(claimed = %from, kind = ?hello.kind, %addr, error = %e, "p2p connection refused: link handshake failed");
+                    return Ok(());
+                }
+            }
+        }
+    };
+    drop(permit);
     match hello.kind {
-        ConnectionKind::Benchmark => crate::topology::bandwidth::sink(stream).await,
+        ConnectionKind::Benchmark => crate::topology::bandwidth::sink(stream, keys).await,
         ConnectionKind::SharedState => {
-            if !inbound.door.hand(from, stream) {
+            if !inbound.door.hand(from, stream, keys) {
                 tracing::debug!(%from, "shared-state request outside a sync, closed");
             }
             Ok(())
@@ -333,8 +410,14 @@ async fn serve_inbound(
             // silent, it is closed (its early frames go with it).
             let mut known = inbound.gate.watch();
             let quiet = Quiet::new();
+            let mut key = keys.map(|k| k.recv);
             tokio::select! {
-                r = read_loop(&mut stream, from, conn, inbound, &quiet) => r,
+                r = read_loop(&mut stream, key.as_mut(), from, conn, inbound, &quiet) => {
+                    if matches!(r, Err(ConnectionError::Auth(_))) {
+                        inbound.registry.link_failed(from);
+                    }
+                    r
+                }
                 _ = net::stopped(&mut stop) => Ok(()),
                 _ = known.wait_for(|k| !k.contains(from)) => {
                     tracing::debug!(%from, "ring connection of a peer that left, closed");
@@ -404,6 +487,7 @@ impl Quiet {
 
 async fn read_loop(
     stream: &mut TcpStream,
+    mut key: Option<&mut RecvKey>,
     from: PeerId,
     conn: ConnId,
     inbound: &Inbound,
@@ -411,15 +495,27 @@ async fn read_loop(
 ) -> Result<(), ConnectionError> {
     let mut head = [0u8; DATA_HEADER_LEN];
     loop {
-        match stream.read_exact(&mut head).await {
-            Ok(_) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(()),
-            Err(e) => return Err(e.into()),
+        if let Some(k) = key.as_deref_mut() {
+            // Sealed: the header's tag is checked before anything in it is trusted.
+            if !sealed::read_header(stream, k, &mut head).await? {
+                return Ok(());
+            }
+        } else {
+            match stream.read_exact(&mut head).await {
+                Ok(_) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(()),
+                Err(e) => return Err(e.into()),
+            }
         }
         quiet.heard();
         let header = match RingFrame::decode(&head)? {
             RingFrame::Data(h) => h,
-            RingFrame::Keepalive => continue,
+            RingFrame::Keepalive => {
+                if let Some(k) = key.as_deref_mut() {
+                    sealed::read_body(stream, k, &mut []).await?;
+                }
+                continue;
+            }
         };
         let len = header.len as usize;
         if len > inbound.max_payload {
@@ -438,7 +534,16 @@ async fn read_loop(
             }
             quiet.heard();
         }
-        let crc_ok = header.verify(&payload).is_ok();
+        let crc_ok = match key.as_deref_mut() {
+            // A failed tag: the frame was altered, replayed, reordered or injected. The
+            // link is closed (the caller logs why); the op fails as on a lost link. The
+            // tag covers every byte, so a sealed frame carries no CRC (crc = 0).
+            Some(k) => {
+                sealed::read_tag_and_open(stream, k, &mut payload).await?;
+                true
+            }
+            None => header.verify(&payload).is_ok(),
+        };
         if !crc_ok {
             tracing::warn!(%from, tag = header.tag, "payload checksum mismatch");
         }

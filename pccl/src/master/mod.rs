@@ -199,7 +199,12 @@ impl MasterNode {
         let limits = server::Limits {
             max_unregistered: config.max_unregistered_connections,
             unregistered: unregistered.clone(),
+            secure: config
+                .secret
+                .clone()
+                .map(|s| crate::net::sealed::Secure::master(s, config.encrypt)),
         };
+        crate::net::sealed::warn_if_exposed("master", addr, config.secret.is_some());
         let crashed = Arc::new(Mutex::new(None));
         let crash_slot = crashed.clone();
         let thread = std::thread::Builder::new()

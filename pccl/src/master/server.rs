@@ -21,7 +21,9 @@ use tracing::Instrument;
 
 use super::Command;
 use super::state::{ConnId, MasterState, Output, Timeouts};
+use crate::net::sealed::{self, Secure};
 use crate::net::{self, ConnectionError};
+use crate::secure::{RecvKey, SendKey};
 use crate::types::PeerId;
 use crate::wire::{ConnectionKind, FromMaster, Hello, ToMaster};
 
@@ -33,6 +35,8 @@ enum Input {
         conn: ConnId,
         peer: PeerId,
         ip: IpAddr,
+        /// The static key the peer proved (zeros in plain mode).
+        static_key: [u8; 32],
         writer: mpsc::UnboundedSender<FromMaster>,
     },
     Message(ConnId, ToMaster),
@@ -46,6 +50,8 @@ pub(crate) struct Limits {
     pub(crate) max_unregistered: usize,
     /// Published count of those connections (for tests and operators).
     pub(crate) unregistered: Arc<AtomicUsize>,
+    /// The run secret, if the run has one: every connection must prove it (SECURITY.md §6).
+    pub(crate) secure: Option<Secure>,
 }
 
 /// Runs the master until `command` says stop.
@@ -106,16 +112,17 @@ pub(crate) async fn serve(
                 unregistered.insert(conn);
                 let span = tracing::info_span!("conn", conn, %addr);
                 let task = tokio::spawn(
-                    connection(conn, stream, addr.ip(), master_id, inbox_tx.clone()).instrument(span),
+                    connection(conn, stream, addr.ip(), master_id, limits.secure.clone(), inbox_tx.clone())
+                        .instrument(span),
                 );
                 readers.insert(conn, task);
             }
             Some(input) = inbox.recv() => {
                 let now = Instant::now().into_std();
                 match input {
-                    Input::Connected { conn, peer, ip, writer } => {
+                    Input::Connected { conn, peer, ip, static_key, writer } => {
                         writers.insert(conn, writer);
-                        state.handle_connect(now, conn, peer, ip);
+                        state.handle_connect_keyed(now, conn, peer, ip, static_key);
                     }
                     Input::Message(conn, msg) => {
                         let register = matches!(msg, ToMaster::Register { .. });
@@ -169,10 +176,11 @@ async fn connection(
     mut stream: TcpStream,
     ip: IpAddr,
     master_id: PeerId,
+    secure: Option<Secure>,
     inbox: mpsc::UnboundedSender<Input>,
 ) {
-    let peer = match handshake(&mut stream, master_id).await {
-        Ok(peer) => peer,
+    let (peer, keys) = match handshake(&mut stream, master_id, secure.as_ref()).await {
+        Ok(p) => p,
         Err(e) => {
             tracing::warn!(error = %e, "rejected connection");
             // The owner forgets the connection (its task and its unregistered slot).
@@ -181,12 +189,21 @@ async fn connection(
         }
     };
     let (mut rd, mut wr) = stream.into_split();
+    let static_key = keys
+        .as_ref()
+        .and_then(|k| k.remote_static)
+        .map_or([0; 32], |k| k.0);
+    let (mut send, mut recv): (Option<SendKey>, Option<RecvKey>) = match keys {
+        Some(k) => (Some(k.send), Some(k.recv)),
+        None => (None, None),
+    };
     let (wtx, mut wrx) = mpsc::unbounded_channel::<FromMaster>();
     if inbox
         .send(Input::Connected {
             conn,
             peer,
             ip,
+            static_key,
             writer: wtx,
         })
         .is_err()
@@ -196,7 +213,7 @@ async fn connection(
     // The writer ends when the owner drops our queue (close) or the socket fails.
     let writer = tokio::spawn(async move {
         while let Some(msg) = wrx.recv().await {
-            if net::write_control(&mut wr, |b| msg.encode(b))
+            if net::write_control(&mut wr, send.as_mut(), |b| msg.encode(b))
                 .await
                 .is_err()
             {
@@ -205,7 +222,7 @@ async fn connection(
         }
     });
     let why = loop {
-        match net::read_control(&mut rd).await {
+        match net::read_control(&mut rd, recv.as_mut()).await {
             Ok(Some(body)) => match ToMaster::decode(&body) {
                 Ok(msg) => {
                     if inbox.send(Input::Message(conn, msg)).is_err() {
@@ -219,7 +236,7 @@ async fn connection(
             },
             Ok(None) => break "connection closed".to_string(),
             Err(e) => {
-                if matches!(e, ConnectionError::Wire(_)) {
+                if matches!(e, ConnectionError::Wire(_) | ConnectionError::Auth(_)) {
                     tracing::warn!(error = %e, "bad control frame");
                 }
                 break e.to_string();
@@ -230,9 +247,16 @@ async fn connection(
     let _ = inbox.send(Input::Disconnected(conn, why));
 }
 
-async fn handshake(stream: &mut TcpStream, master_id: PeerId) -> Result<PeerId, ConnectionError> {
+/// The hellos, then (with a run secret) the control handshake. A peer whose hello says
+/// otherwise about holding a secret gets our hello, so it can tell its user which side
+/// lacks one, and is closed.
+async fn handshake(
+    stream: &mut TcpStream,
+    master_id: PeerId,
+    secure: Option<&Secure>,
+) -> Result<(PeerId, sealed::Keys), ConnectionError> {
     net::socket::tune(stream, net::USER_TIMEOUT)?;
-    let hello = net::accept_hello(stream, HANDSHAKE_TIMEOUT).await?;
+    let (hello, theirs) = net::accept_hello(stream, HANDSHAKE_TIMEOUT).await?;
     if hello.kind != ConnectionKind::Control {
         return Err(ConnectionError::Handshake(format!(
             "expected a control connection, got {:?}",
@@ -244,6 +268,32 @@ async fn handshake(stream: &mut TcpStream, master_id: PeerId) -> Result<PeerId, 
         kind: ConnectionKind::Control,
         peer: master_id,
     };
-    stream.write_all(&ours.encode()).await?;
-    Ok(hello.peer)
+    let mine = secure.is_some();
+    stream.write_all(&ours.encode_flagged(mine)).await?;
+    if theirs != mine {
+        return Err(ConnectionError::Handshake(if mine {
+            "the peer has no run secret, and this master requires one".into()
+        } else {
+            "the peer has a run secret, and this master has none".into()
+        }));
+    }
+    let Some(sec) = secure else {
+        return Ok((hello.peer, None));
+    };
+    let session = sealed::respond(
+        stream,
+        sec,
+        ConnectionKind::Control,
+        hello.peer,
+        master_id,
+        None,
+        HANDSHAKE_TIMEOUT,
+    )
+    .await?;
+    if session.remote_static.is_none_or(|k| k.0 == [0; 32]) {
+        return Err(ConnectionError::Handshake(
+            "the peer proved no static key".into(),
+        ));
+    }
+    Ok((hello.peer, Some(session)))
 }

@@ -63,6 +63,8 @@ pub enum Output {
 struct Conn {
     peer: PeerId,
     ip: IpAddr,
+    /// The static key the peer proved in the control handshake (zeros in plain mode).
+    static_key: [u8; 32],
     connected_at: Instant,
     last_seen: Instant,
     registered: bool,
@@ -73,6 +75,7 @@ struct Peer {
     conn: ConnId,
     group: u32,
     p2p_addr: SocketAddr,
+    static_key: [u8; 32],
 }
 
 /// The master's whole state. See the module docs for the calling contract.
@@ -205,6 +208,19 @@ impl MasterState {
 
     /// A connection completed its handshake as `peer`.
     pub fn handle_connect(&mut self, now: Instant, conn: ConnId, peer: PeerId, ip: IpAddr) {
+        self.handle_connect_keyed(now, conn, peer, ip, [0; 32]);
+    }
+
+    /// [`handle_connect`](Self::handle_connect) in an authenticated run: `static_key` is
+    /// the key the peer proved in the control handshake, listed for it in the topology.
+    pub fn handle_connect_keyed(
+        &mut self,
+        now: Instant,
+        conn: ConnId,
+        peer: PeerId,
+        ip: IpAddr,
+        static_key: [u8; 32],
+    ) {
         self.tick(now);
         if self.by_peer.contains_key(&peer) {
             self.outputs.push_back(Output::Close(
@@ -219,6 +235,7 @@ impl MasterState {
             Conn {
                 peer,
                 ip,
+                static_key,
                 connected_at: now,
                 last_seen: now,
                 registered: false,
@@ -346,6 +363,7 @@ impl MasterState {
                     id: *id,
                     group: self.peers[id].group,
                     p2p_addr: self.peers[id].p2p_addr,
+                    static_key: self.peers[id].static_key,
                 })
                 .collect(),
             group_epochs: epochs.iter().map(|(g, e)| (*g, *e)).collect(),

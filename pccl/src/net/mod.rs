@@ -4,6 +4,7 @@
 //! lengths bounded before allocation.
 
 mod framed;
+pub(crate) mod sealed;
 pub(crate) mod socket;
 
 use std::io;
@@ -29,6 +30,12 @@ pub enum ConnectionError {
     /// The handshake failed or named someone else.
     #[error("handshake failed: {0}")]
     Handshake(String),
+    /// The run-secret handshake failed (SECURITY.md §6).
+    #[error("{0}")]
+    Secure(#[from] crate::secure::HandshakeError),
+    /// A sealed frame failed its authentication: the connection is closed.
+    #[error("{0}")]
+    Auth(#[from] crate::secure::AuthError),
     /// The other side sent bytes we could not decode.
     #[error("protocol violation: {0}")]
     Wire(#[from] WireError),
@@ -74,14 +81,16 @@ pub(crate) fn listen(ip: IpAddr, port: u16, scan: u16) -> io::Result<TcpListener
     Err(last.unwrap_or_else(|| io::Error::new(io::ErrorKind::AddrInUse, "no free port")))
 }
 
-/// Sends our hello and reads theirs, within `timeout`.
+/// Sends our hello (flagged when we hold a run secret) and reads theirs, within
+/// `timeout`: their hello and whether they hold one.
 pub(crate) async fn handshake(
     stream: &mut TcpStream,
     ours: Hello,
+    secured: bool,
     timeout: Duration,
-) -> Result<Hello, ConnectionError> {
+) -> Result<(Hello, bool), ConnectionError> {
     let fut = async {
-        stream.write_all(&ours.encode()).await?;
+        stream.write_all(&ours.encode_flagged(secured)).await?;
         let mut buf = [0u8; HELLO_LEN];
         match stream.read_exact(&mut buf).await {
             Ok(_) => {}
@@ -90,7 +99,7 @@ pub(crate) async fn handshake(
             }
             Err(e) => return Err(e.into()),
         }
-        Hello::decode(&buf).map_err(|e| ConnectionError::Handshake(e.to_string()))
+        Hello::decode_flagged(&buf).map_err(|e| ConnectionError::Handshake(e.to_string()))
     };
     tokio::time::timeout(timeout, fut)
         .await
@@ -98,11 +107,12 @@ pub(crate) async fn handshake(
 }
 
 /// Reads the dialler's hello on an accepted connection, within `timeout`, before we say
-/// anything: a stranger learns nothing and changes nothing.
+/// anything: a stranger learns nothing and changes nothing. Returns whether the dialler
+/// holds a run secret too.
 pub(crate) async fn accept_hello(
     stream: &mut TcpStream,
     timeout: Duration,
-) -> Result<Hello, ConnectionError> {
+) -> Result<(Hello, bool), ConnectionError> {
     let fut = async {
         let mut buf = [0u8; HELLO_LEN];
         stream.read_exact(&mut buf).await.map_err(|e| {
@@ -112,7 +122,7 @@ pub(crate) async fn accept_hello(
                 e.into()
             }
         })?;
-        Hello::decode(&buf).map_err(|e| ConnectionError::Handshake(e.to_string()))
+        Hello::decode_flagged(&buf).map_err(|e| ConnectionError::Handshake(e.to_string()))
     };
     tokio::time::timeout(timeout, fut)
         .await

@@ -103,8 +103,9 @@ impl SharedState<'_> {
     }
 }
 
-/// A shared-state connection and the peer the p2p gate identified it as.
-type Incoming = (PeerId, TcpStream);
+/// A shared-state connection, the peer the p2p gate identified it as, and its sealing
+/// keys in an authenticated run.
+type Incoming = (PeerId, TcpStream, crate::net::sealed::Keys);
 
 /// The door through which the p2p listener hands shared-state connections to the sync
 /// that is running, if any; outside a sync they are closed.
@@ -132,9 +133,15 @@ impl StateDoor {
 
     /// Hands `stream`, from `from` (as the gate verified), to the running sync; false
     /// (and the stream is dropped) if none runs.
-    pub(crate) fn hand(&self, from: PeerId, stream: TcpStream) -> bool {
+    pub(crate) fn hand(
+        &self,
+        from: PeerId,
+        stream: TcpStream,
+        keys: crate::net::sealed::Keys,
+    ) -> bool {
         let tx = self.tx.lock().unwrap_or_else(|e| e.into_inner());
-        tx.as_ref().is_some_and(|t| t.send((from, stream)).is_ok())
+        tx.as_ref()
+            .is_some_and(|t| t.send((from, stream, keys)).is_ok())
     }
 }
 
@@ -150,6 +157,8 @@ pub(crate) trait SyncHost {
     fn stall(&self) -> Duration;
     /// Tells the master this peer's part of the sync is done (`ok`: every fetch verified).
     fn sync_done(&self, ok: bool);
+    /// The run secret and our key pair, in an authenticated run.
+    fn secure(&self) -> Option<&crate::net::sealed::Secure>;
 }
 
 /// The master's answer to our report.
@@ -231,7 +240,8 @@ pub(crate) async fn sync(
         let serve = if strategy_sends { &plan.serve[..] } else { &[] };
         let permits = transfer::Permits::new(serve, tensors.len());
         let stall = host.stall();
-        let start = |(from, s)| transfer::serve(s, from, tensors, &permits, stall, &sent);
+        let start =
+            |(from, s, keys)| transfer::serve(s, keys, from, tensors, &permits, stall, &sent);
         let mut serving: FuturesUnordered<_> = early.into_iter().map(start).collect();
         let r = loop {
             tokio::select! {
@@ -246,12 +256,13 @@ pub(crate) async fn sync(
         info.tx_bytes = sent.into_inner();
         r
     } else {
-        for (from, _) in early {
+        for (from, _, _) in early {
             refuse_receiver_side(from);
         }
         let topology = host.topology();
         let stall = host.stall();
         let me = host.me();
+        let secure = host.secure();
         let staging = tokio::sync::Semaphore::new(transfer::STAGING_BUDGET_UNITS as usize);
         // Verified copies wait for the master's final word when they fit the hold budget,
         // so a sync that fails anywhere leaves every receiver as it was (§6, "A failed
@@ -267,7 +278,8 @@ pub(crate) async fn sync(
             let f = plan.fetch.iter().find(|f| f.name == t.name)?;
             let (topology, staging) = (&topology, &staging);
             Some(async move {
-                let r = transfer::fetch(me, topology, f, t.data, hold, stall, staging).await;
+                let r =
+                    transfer::fetch(me, secure, topology, f, t.data, hold, stall, staging).await;
                 (&f.name, r)
             })
         }))
@@ -286,7 +298,7 @@ pub(crate) async fn sync(
                     None => break,
                 },
                 // Not a holder: refuse (close) requests at once.
-                Some((from, _)) = incoming.recv() => refuse_receiver_side(from),
+                Some((from, _, _)) = incoming.recv() => refuse_receiver_side(from),
             }
         }
         drop(fetches);
@@ -294,7 +306,7 @@ pub(crate) async fn sync(
         loop {
             tokio::select! {
                 r = &mut result_rx => break r.map_err(|_| lost())?,
-                Some((from, _)) = incoming.recv() => refuse_receiver_side(from),
+                Some((from, _, _)) = incoming.recv() => refuse_receiver_side(from),
             }
         }
     };

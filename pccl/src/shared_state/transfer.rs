@@ -16,10 +16,11 @@ use tokio::sync::Semaphore;
 
 use super::TensorInfo;
 use super::hash::tensor_hash;
+use crate::net::sealed::{self, Keys, Secure};
 use crate::net::{self, ConnectionError};
 use crate::types::{PeerId, Topology};
 use crate::wire::state::RESPONSE_LEN;
-use crate::wire::{ConnectionKind, Fetch, Hello, Serve, StateRequest, StateResponse};
+use crate::wire::{ConnectionKind, Fetch, Serve, StateRequest, StateResponse};
 
 /// Bytes read per step; each step must finish within the stall timeout.
 const PIECE: usize = 8 << 20;
@@ -74,6 +75,7 @@ impl Permits {
 /// has the transfer stall bound `stall`: a requester that goes silent is dropped.
 pub(crate) async fn serve(
     mut stream: TcpStream,
+    keys: Keys,
     from: PeerId,
     tensors: &[TensorInfo<'_>],
     permits: &Permits,
@@ -84,8 +86,15 @@ pub(crate) async fn serve(
         tracing::warn!(%from, "shared-state connection refused: the master did not designate this peer as our receiver in this sync");
         return Ok(());
     }
+    let (mut send, mut recv) = match keys {
+        Some(k) => (Some(k.send), Some(k.recv)),
+        None => (None, None),
+    };
+    // Encrypting needs a writable copy of each piece of the user's tensor.
+    let mut scratch = Vec::new();
     loop {
-        let body = match tokio::time::timeout(stall, net::read_control(&mut stream)).await {
+        let read = net::read_control(&mut stream, recv.as_mut());
+        let body = match tokio::time::timeout(stall, read).await {
             Ok(Ok(Some(body))) => body,
             Ok(Ok(None)) => return Ok(()),
             Ok(Err(e)) => return Err(e),
@@ -107,17 +116,22 @@ pub(crate) async fn serve(
                     "no tensor of that name and length here"
                 };
                 tracing::warn!(%from, tensor = %req.name, why, "shared-state request refused");
-                timed(stall, stream.write_all(&StateResponse::Refused.encode())).await?;
+                let refused = StateResponse::Refused.encode();
+                stalled(stall, respond(&mut stream, send.as_mut(), &refused)).await?;
                 return Ok(());
             }
         };
-        timed(
-            stall,
-            stream.write_all(&StateResponse::Ok(req.len).encode()),
-        )
-        .await?;
+        let ok = StateResponse::Ok(req.len).encode();
+        stalled(stall, respond(&mut stream, send.as_mut(), &ok)).await?;
         for piece in t.data.chunks(PIECE) {
-            timed(stall, stream.write_all(piece)).await?;
+            match send.as_mut() {
+                // Sealed, each piece is a frame with an empty header (docs/PROTOCOL.md §5).
+                Some(k) => {
+                    let w = sealed::write_frame_shared(&mut stream, k, &[], piece, &mut scratch);
+                    stalled(stall, w).await?;
+                }
+                None => timed(stall, stream.write_all(piece)).await?,
+            }
             sent.fetch_add(piece.len() as u64, Ordering::Relaxed);
         }
     }
@@ -156,8 +170,10 @@ pub(crate) enum Fetched {
 /// be applied when the sync succeeds, else it is copied into `dest` at once. `dest` holds
 /// either its old bytes or a verified copy, never anything else. Returns the payload
 /// bytes received (failed attempts included) and how the fetch ended.
+#[allow(clippy::too_many_arguments)]
 pub(crate) async fn fetch(
     me: PeerId,
+    secure: Option<&Secure>,
     topology: &Topology,
     f: &Fetch,
     dest: &mut [u8],
@@ -179,15 +195,11 @@ pub(crate) async fn fetch(
     let mut stage = vec![0u8; dest.len()];
     let mut received = 0;
     for (holder, hash) in &f.sources {
-        let Some(addr) = topology
-            .ring
-            .iter()
-            .find(|p| p.id == *holder)
-            .map(|p| p.p2p_addr)
-        else {
+        let Some(entry) = topology.ring.iter().find(|p| p.id == *holder) else {
             continue;
         };
-        match fetch_from(me, *holder, addr, &f.name, &mut stage, stall, &mut received).await {
+        let got = fetch_from(me, secure, entry, &f.name, &mut stage, stall, &mut received);
+        match got.await {
             Ok(()) => {
                 if tensor_hash(&stage) == *hash {
                     if hold {
@@ -209,31 +221,39 @@ pub(crate) async fn fetch(
 
 async fn fetch_from(
     me: PeerId,
-    holder: PeerId,
-    addr: std::net::SocketAddr,
+    secure: Option<&Secure>,
+    holder: &crate::types::PeerEntry,
     name: &str,
     dest: &mut [u8],
     stall: Duration,
     received: &mut u64,
 ) -> Result<(), ConnectionError> {
-    let mut stream = net::connect(addr, stall).await?;
-    let hello = Hello {
-        kind: ConnectionKind::SharedState,
-        peer: me,
+    let kind = ConnectionKind::SharedState;
+    let (mut stream, keys) = sealed::dial_link(holder, me, kind, secure, stall).await?;
+    let (mut send, mut recv) = match keys {
+        Some(k) => (Some(k.send), Some(k.recv)),
+        None => (None, None),
     };
-    let theirs = net::handshake(&mut stream, hello, stall).await?;
-    if theirs.peer != holder {
-        return Err(ConnectionError::Handshake(format!(
-            "{addr} is not peer {holder}"
-        )));
-    }
     let req = StateRequest {
         name: name.to_string(),
         len: dest.len() as u64,
     };
-    net::write_control(&mut stream, |b| req.encode(b)).await?;
+    net::write_control(&mut stream, send.as_mut(), |b| req.encode(b)).await?;
     let mut head = [0u8; RESPONSE_LEN];
-    timed(stall, stream.read_exact(&mut head)).await?;
+    match recv.as_mut() {
+        Some(k) => {
+            let r = async {
+                if !sealed::read_header(&mut stream, k, &mut head).await? {
+                    return Err(ConnectionError::Closed);
+                }
+                sealed::read_body(&mut stream, k, &mut []).await
+            };
+            stalled(stall, r).await?;
+        }
+        None => {
+            timed(stall, stream.read_exact(&mut head)).await?;
+        }
+    };
     match StateResponse::decode(&head)? {
         StateResponse::Ok(len) if len == dest.len() as u64 => {}
         StateResponse::Ok(len) => {
@@ -250,10 +270,46 @@ async fn fetch_from(
     }
     // A frozen holder must not stall us forever: every piece has a deadline.
     for piece in dest.chunks_mut(PIECE) {
-        timed(stall, stream.read_exact(piece)).await?;
+        match recv.as_mut() {
+            Some(k) => {
+                let r = async {
+                    if !sealed::read_header(&mut stream, k, &mut []).await? {
+                        return Err(ConnectionError::Closed);
+                    }
+                    sealed::read_body(&mut stream, k, piece).await
+                };
+                stalled(stall, r).await?;
+            }
+            None => {
+                timed(stall, stream.read_exact(piece)).await?;
+            }
+        }
         *received += piece.len() as u64;
     }
     Ok(())
+}
+
+/// Writes a response: the fixed-size bytes as they are, or sealed as a frame's header
+/// with an empty body.
+async fn respond(
+    stream: &mut TcpStream,
+    key: Option<&mut crate::secure::SendKey>,
+    response: &[u8],
+) -> Result<(), ConnectionError> {
+    match key {
+        Some(k) => sealed::write_frame(stream, k, response, &mut []).await,
+        None => Ok(stream.write_all(response).await?),
+    }
+}
+
+/// Bounds a step that can fail with a [`ConnectionError`] by `limit`.
+async fn stalled<T>(
+    limit: Duration,
+    fut: impl Future<Output = Result<T, ConnectionError>>,
+) -> Result<T, ConnectionError> {
+    tokio::time::timeout(limit, fut)
+        .await
+        .unwrap_or(Err(ConnectionError::Timeout(limit)))
 }
 
 async fn timed<T>(
@@ -302,20 +358,21 @@ mod tests {
             while let Ok((mut s, _)) = l.accept().await {
                 let mut hello = [0u8; HELLO_LEN];
                 s.read_exact(&mut hello).await.unwrap();
-                let from = Hello::decode(&hello).unwrap().peer;
-                let ours = Hello {
+                let from = crate::wire::Hello::decode(&hello).unwrap().peer;
+                let ours = crate::wire::Hello {
                     kind: ConnectionKind::SharedState,
                     peer: id,
                 };
                 s.write_all(&ours.encode()).await.unwrap();
                 let stall = Duration::from_secs(10);
-                let _ = serve(s, from, &t, &permits, stall, &AtomicU64::new(0)).await;
+                let _ = serve(s, None, from, &t, &permits, stall, &AtomicU64::new(0)).await;
             }
         });
         PeerEntry {
             id,
             group: 0,
             p2p_addr,
+            static_key: [0; 32],
         }
     }
 
@@ -344,7 +401,7 @@ mod tests {
         };
         let staging = Semaphore::new(STAGING_BUDGET_UNITS as usize);
         let stall = Duration::from_secs(10);
-        let (n, fetched) = fetch(me, &topology, &f, dest, false, stall, &staging).await;
+        let (n, fetched) = fetch(me, None, &topology, &f, dest, false, stall, &staging).await;
         (n, matches!(fetched, Fetched::Copied))
     }
 
@@ -387,7 +444,10 @@ mod tests {
         let before = vec![9u8; LEN];
         let mut dest = before.clone();
         let stall = Duration::from_secs(10);
-        let (_, fetched) = fetch(RECEIVER, &topology, &f, &mut dest, true, stall, &staging).await;
+        let (_, fetched) = fetch(
+            RECEIVER, None, &topology, &f, &mut dest, true, stall, &staging,
+        )
+        .await;
         assert!(dest == before, "a held copy reached the destination early");
         match fetched {
             Fetched::Held(copy) => assert!(copy == good()),
@@ -446,7 +506,6 @@ mod tests {
             .finish();
         let _log = tracing::subscriber::set_default(sub);
         let h = holder(PeerId::random(), good()).await;
-        let addr = h.p2p_addr;
         let stall = Duration::from_secs(10);
         let before = vec![9u8; LEN];
         let mut dest = before.clone();
@@ -460,7 +519,7 @@ mod tests {
         );
         let mut rx = 0;
         let mut small = [0u8; 16];
-        let r = fetch_from(RECEIVER, h.id, addr, "u", &mut small, stall, &mut rx).await;
+        let r = fetch_from(RECEIVER, None, &h, "u", &mut small, stall, &mut rx).await;
         assert!(
             matches!(&r, Err(ConnectionError::Handshake(w)) if w.contains("refused")),
             "an undesignated tensor: {r:?}"
@@ -495,7 +554,7 @@ mod tests {
         let started = std::time::Instant::now();
         let r = tokio::time::timeout(
             Duration::from_secs(10),
-            serve(s, RECEIVER, &t, &permits, stall, &AtomicU64::new(0)),
+            serve(s, None, RECEIVER, &t, &permits, stall, &AtomicU64::new(0)),
         )
         .await
         .expect("serve waited past its stall bound");

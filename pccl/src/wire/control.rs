@@ -500,14 +500,21 @@ fn get_op(r: &mut Reader<'_>) -> Result<OpKey, WireError> {
     Ok((tag, epoch, seq, failure))
 }
 
+/// Set in a topology entry's address tag when the peer's static key follows its port.
+const KEY_FLAG: u8 = 0x80;
+
 fn put_ip(out: &mut impl BufMut, ip: IpAddr) {
+    put_ip_tagged(out, ip, 0);
+}
+
+fn put_ip_tagged(out: &mut impl BufMut, ip: IpAddr, flags: u8) {
     match ip {
         IpAddr::V4(v4) => {
-            out.put_u8(4);
+            out.put_u8(4 | flags);
             out.put_slice(&v4.octets());
         }
         IpAddr::V6(v6) => {
-            out.put_u8(6);
+            out.put_u8(6 | flags);
             out.put_slice(&v6.octets());
         }
     }
@@ -526,8 +533,14 @@ fn put_topology(out: &mut impl BufMut, t: &Topology) {
     for p in &t.ring {
         out.put_slice(&p.id.0);
         out.put_u32_le(p.group);
-        put_ip(out, p.p2p_addr.ip());
+        // A listed static key (authenticated runs) sets the address tag's high bit and
+        // follows the port; without one the entry is byte-for-byte the plain one.
+        let keyed = p.static_key != [0; 32];
+        put_ip_tagged(out, p.p2p_addr.ip(), if keyed { KEY_FLAG } else { 0 });
         out.put_u16_le(p.p2p_addr.port());
+        if keyed {
+            out.put_slice(&p.static_key);
+        }
     }
     out.put_u32_le(t.group_epochs.len() as u32);
     for (g, e) in &t.group_epochs {
@@ -544,12 +557,22 @@ fn get_topology(r: &mut Reader<'_>) -> Result<Topology, WireError> {
         let id = PeerId(r.array()?);
         let group = r.u32()?;
         let tag = r.u8()?;
-        let ip = get_ip(r, tag)?;
+        let ip = get_ip(r, tag & !KEY_FLAG)?;
         let port = r.u16()?;
+        let static_key = if tag & KEY_FLAG != 0 {
+            let k: [u8; 32] = r.array()?;
+            if k == [0; 32] {
+                return Err(WireError::InvalidValue("static key"));
+            }
+            k
+        } else {
+            [0; 32]
+        };
         ring.push(PeerEntry {
             id,
             group,
             p2p_addr: SocketAddr::new(ip, port),
+            static_key,
         });
     }
     let n = r.len(MAX_PEERS, 12)?;
@@ -567,17 +590,24 @@ mod tests {
     use super::*;
 
     fn topology() -> impl Strategy<Value = Topology> {
-        let entry = (any::<[u8; 16]>(), any::<u32>(), any::<bool>(), any::<u16>()).prop_map(
-            |(id, group, v6, port)| PeerEntry {
+        let key = prop_oneof![Just([0u8; 32]), any::<[u8; 32]>()];
+        let entry = (
+            any::<[u8; 16]>(),
+            any::<u32>(),
+            any::<bool>(),
+            any::<u16>(),
+            key,
+        )
+            .prop_map(|(id, group, v6, port, static_key)| PeerEntry {
                 id: PeerId(id),
                 group,
+                static_key,
                 p2p_addr: if v6 {
                     SocketAddr::new(IpAddr::V6(Ipv6Addr::LOCALHOST), port)
                 } else {
                     SocketAddr::new(IpAddr::V4(Ipv4Addr::new(10, 0, 0, 1)), port)
                 },
-            },
-        );
+            });
         (
             prop::collection::vec(entry, 0..6),
             prop::collection::vec((any::<u32>(), any::<u64>()), 0..4),

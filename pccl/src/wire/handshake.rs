@@ -12,6 +12,9 @@ pub const MAGIC: [u8; 4] = *b"PCCL";
 pub const VERSION: u16 = 3;
 /// Bytes in an encoded hello.
 pub const HELLO_LEN: usize = 4 + 2 + 1 + 16;
+/// Set in the kind byte by a side that holds a run secret (SECURITY.md §6): the Noise
+/// handshake follows the hellos. Never set in plain mode, so that wire is unchanged.
+pub const SECURED_FLAG: u8 = 0x80;
 
 /// What a connection will carry.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -47,16 +50,32 @@ pub struct Hello {
 }
 
 impl Hello {
+    /// The plain-mode hello (no run secret).
     pub fn encode(&self) -> [u8; HELLO_LEN] {
+        self.encode_flagged(false)
+    }
+
+    /// The hello, saying whether this side holds a run secret ([`SECURED_FLAG`]).
+    pub fn encode_flagged(&self, secured: bool) -> [u8; HELLO_LEN] {
         let mut out = Vec::with_capacity(HELLO_LEN);
         out.put_slice(&MAGIC);
         out.put_u16_le(VERSION);
-        out.put_u8(self.kind as u8);
+        let flag = if secured { SECURED_FLAG } else { 0 };
+        out.put_u8(self.kind as u8 | flag);
         out.put_slice(&self.peer.0);
         out.try_into().expect("hello has a fixed length")
     }
 
+    /// Decodes a plain-mode hello; one with [`SECURED_FLAG`] set is refused.
     pub fn decode(buf: &[u8; HELLO_LEN]) -> Result<Self, WireError> {
+        match Self::decode_flagged(buf)? {
+            (h, false) => Ok(h),
+            (_, true) => Err(WireError::InvalidValue("connection kind")),
+        }
+    }
+
+    /// Decodes a hello and whether its sender holds a run secret.
+    pub fn decode_flagged(buf: &[u8; HELLO_LEN]) -> Result<(Self, bool), WireError> {
         let mut r = Reader::new(buf);
         if r.array::<4>()? != MAGIC {
             return Err(WireError::BadMagic);
@@ -65,11 +84,13 @@ impl Hello {
         if version != VERSION {
             return Err(WireError::BadVersion(version));
         }
-        let kind =
-            ConnectionKind::from_u8(r.u8()?).ok_or(WireError::InvalidValue("connection kind"))?;
+        let byte = r.u8()?;
+        let secured = byte & SECURED_FLAG != 0;
+        let kind = ConnectionKind::from_u8(byte & !SECURED_FLAG)
+            .ok_or(WireError::InvalidValue("connection kind"))?;
         let peer = PeerId(r.array()?);
         r.finish()?;
-        Ok(Self { kind, peer })
+        Ok((Self { kind, peer }, secured))
     }
 }
 
@@ -94,5 +115,16 @@ mod tests {
         let mut bad = bytes;
         bad[6] = 0;
         assert!(Hello::decode(&bad).is_err());
+        // The secured flag: byte 6's high bit, refused by the plain decoder.
+        let flagged = h.encode_flagged(true);
+        assert_eq!(flagged[6], ConnectionKind::P2p as u8 | SECURED_FLAG);
+        assert_eq!(flagged[..6], bytes[..6]);
+        assert_eq!(flagged[7..], bytes[7..]);
+        assert_eq!(Hello::decode_flagged(&flagged), Ok((h, true)));
+        assert_eq!(Hello::decode_flagged(&bytes), Ok((h, false)));
+        assert!(Hello::decode(&flagged).is_err());
+        let mut bad = flagged;
+        bad[6] = SECURED_FLAG;
+        assert!(Hello::decode_flagged(&bad).is_err());
     }
 }

@@ -10,6 +10,7 @@ mod hostile;
 mod master_deadlines;
 mod master_robust;
 mod quant;
+mod secure;
 mod send_sync;
 mod shared_state;
 mod shared_state_liar;

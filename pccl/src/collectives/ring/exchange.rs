@@ -30,7 +30,7 @@ pub(super) async fn exchange<H: RingHost, B: ReduceBuffers>(
     info: &mut ReduceInfo,
 ) -> Result<(), Local> {
     let host = st.host.clone();
-    let op = OpFrames::new(st.key, desc, sched);
+    let op = OpFrames::new(st.key, desc, sched, host.checksums());
     let mut scratch = Scratch::default();
     let expected = sched.expected_frames();
     let first = sched.send_chunk(0);
@@ -110,6 +110,7 @@ fn frame_of(event: Option<OpEvent>, tag: u64) -> Result<(DataHeader, BytesMut), 
             "success verdict before completion".into(),
         ))),
         Some(OpEvent::Abort(e)) => Err(Local::Abort(e)),
+        Some(OpEvent::LinkLost) => Err(Local::Fail(FailReason::PeerLost)),
         None => Err(Local::Abort(Error::Internal(
             "op registry dropped the op".into(),
         ))),

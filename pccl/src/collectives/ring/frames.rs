@@ -35,16 +35,34 @@ pub(super) struct OpFrames<'a> {
     pub(super) codec: Option<Codec>,
     /// Bytes per element of the source type.
     size: usize,
+    /// Whether frames carry a CRC32 of their payload: not on sealed links, where the
+    /// AEAD tag covers every byte (docs/PROTOCOL.md §4; SECURITY.md §6).
+    checksums: bool,
 }
 
 impl<'a> OpFrames<'a> {
-    pub(super) fn new(key: OpKey, desc: &'a ReduceDescriptor, sched: &'a Schedule) -> Self {
+    pub(super) fn new(
+        key: OpKey,
+        desc: &'a ReduceDescriptor,
+        sched: &'a Schedule,
+        checksums: bool,
+    ) -> Self {
         Self {
             key,
             desc,
             sched,
             codec: Codec::new(desc),
             size: desc.dtype.size(),
+            checksums,
+        }
+    }
+
+    /// The CRC32 a frame with this payload carries (0 when frames carry none).
+    fn crc(&self, payload: &[u8]) -> u32 {
+        if self.checksums {
+            crc32fast::hash(payload)
+        } else {
+            0
         }
     }
 
@@ -92,7 +110,7 @@ impl<'a> OpFrames<'a> {
             None => payload.extend_from_slice(src),
         }
         let payload = payload.freeze();
-        let crc = crc32fast::hash(&payload);
+        let crc = self.crc(&payload);
         OutFrame {
             header: self.header(0, k, &range, crc),
             payload,
@@ -176,7 +194,7 @@ impl<'a> OpFrames<'a> {
         let crc = if action == Action::StoreForward {
             h.crc
         } else {
-            crc32fast::hash(&payload)
+            self.crc(&payload)
         };
         Some(OutFrame {
             header: self.header(step + 1, h.slice as usize, range, crc),
@@ -215,7 +233,7 @@ impl<'a> OpFrames<'a> {
                     // The owner's result is the dequantization of the bytes it sends.
                     bufs.write(bytes.start, c.decode(&out, range.len(), scratch));
                 }
-                let crc = crc32fast::hash(&out);
+                let crc = self.crc(&out);
                 (out, crc)
             }
             Action::StoreForward | Action::Store => {

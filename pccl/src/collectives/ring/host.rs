@@ -33,6 +33,11 @@ pub(crate) trait RingHost: Send + Sync + 'static {
     fn registry(&self) -> &Registry;
     /// Reusable frame buffers.
     fn bufs(&self) -> &BufPool;
+    /// Whether frames carry a CRC32 of their payload (not on links sealed with the run
+    /// secret, whose tags cover every byte).
+    fn checksums(&self) -> bool {
+        true
+    }
     /// The open connections to the ring successor `next`, opened first if needed.
     fn pool(&self, next: &PeerEntry) -> impl Future<Output = Result<Arc<Pool>, Error>> + Send;
     /// This rank's part of op `key` ended (`None`: it has every frame); the verdict comes

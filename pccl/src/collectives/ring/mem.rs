@@ -195,6 +195,7 @@ impl MemRing {
                     id: peer(r),
                     group: 0,
                     p2p_addr: "127.0.0.1:9".parse().expect("address"),
+                    static_key: [0; 32],
                 })
                 .collect(),
             group_epochs: vec![(0, 1)],

@@ -143,7 +143,7 @@ pub(crate) async fn run<H: RingHost, B: ReduceBuffers>(
                 return Err(verdict_error(desc.tag, f));
             }
             Some(OpEvent::Abort(e)) => return Err(e),
-            Some(OpEvent::Frame { .. }) => {}
+            Some(OpEvent::Frame { .. } | OpEvent::LinkLost) => {}
             None => return Err(Error::Internal("op registry dropped the op".into())),
         }
     }

@@ -32,6 +32,7 @@ impl MasterState {
                 conn,
                 group,
                 p2p_addr: SocketAddr::new(ip, p2p_port),
+                static_key: c.static_key,
             },
         );
         self.pending.push(peer);
