@@ -94,6 +94,9 @@ pub(crate) struct Registry {
     inner: Mutex<Inner>,
     /// Signalled when buffered bytes drop, so blocked readers retry.
     space: Notify,
+    /// Signalled when the epoch moves or every op fails, so an op that waits outside its
+    /// event stream (dialling its successor) learns it is over.
+    changed: Notify,
     max_buffered: usize,
     max_frames: usize,
 }
@@ -119,6 +122,7 @@ impl Registry {
                 broken: HashSet::new(),
             }),
             space: Notify::new(),
+            changed: Notify::new(),
             max_buffered,
             max_frames: max_frames.max(1),
         }
@@ -152,6 +156,7 @@ impl Registry {
         g.purge(|h| h.epoch >= epoch);
         drop(g);
         self.space.notify_waiters();
+        self.changed.notify_waiters();
     }
 
     /// Fails every op now and later with `err` (master lost, communicator closing).
@@ -164,6 +169,33 @@ impl Registry {
         g.purge(|_| false);
         drop(g);
         self.space.notify_waiters();
+        self.changed.notify_waiters();
+    }
+
+    /// Resolves, with the error op `key` is aborted with, once that op can no longer
+    /// finish: the group's membership moved past its epoch, or every op failed. For the
+    /// waits an op makes outside its event stream, which would otherwise outlast the
+    /// abort (dialling a successor that was removed while it does not answer).
+    pub(crate) async fn superseded(&self, key: OpKey) -> Error {
+        loop {
+            let changed = self.changed.notified();
+            tokio::pin!(changed);
+            // Registered before the check, so a change between the two is not missed.
+            changed.as_mut().enable();
+            {
+                let g = self.lock();
+                if let Some(e) = &g.failed {
+                    return e.clone();
+                }
+                if g.epoch != key.epoch {
+                    return Error::RankConnectionLost {
+                        tag: key.tag,
+                        reason: "the group's membership changed".into(),
+                    };
+                }
+            }
+            changed.await;
+        }
     }
 
     /// A ring connection from `from` was closed because a frame on it failed its

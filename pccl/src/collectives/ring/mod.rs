@@ -115,7 +115,14 @@ pub(crate) async fn run<H: RingHost, B: ReduceBuffers>(
         ..ReduceInfo::default()
     };
 
-    let local = match host.pool(&next).await {
+    // Opening the link to a new successor is the one wait outside the op's event stream:
+    // a successor that stopped answering (frozen, not dead) would hold it for the whole
+    // dial timeout after the master removed it. The removal ends it at once instead.
+    let pool = tokio::select! {
+        p = host.pool(&next) => p,
+        e = host.registry().superseded(st.key) => return Err(e),
+    };
+    let local = match pool {
         Ok(pool) => exchange::exchange(&mut st, &pool, &sched, bufs, &desc, &mut info).await,
         Err(e) => {
             tracing::debug!(error = %e, "cannot reach the ring successor");

@@ -430,3 +430,84 @@ fn a_neighbour_vanishing_mid_op_ends_the_op_on_every_survivor() {
         }
     });
 }
+
+/// A host whose successor never answers the dial: a peer that is frozen (SIGSTOP), not
+/// dead, so its kernel accepts the connection and nothing more comes back.
+struct SilentSuccessor {
+    registry: crate::collectives::registry::Registry,
+    bufs: crate::collectives::bufpool::BufPool,
+}
+
+impl super::RingHost for SilentSuccessor {
+    fn me(&self) -> crate::types::PeerId {
+        crate::types::PeerId([1; 16])
+    }
+
+    fn group(&self) -> u32 {
+        0
+    }
+
+    fn slice_bytes(&self) -> usize {
+        4096
+    }
+
+    fn registry(&self) -> &crate::collectives::registry::Registry {
+        &self.registry
+    }
+
+    fn bufs(&self) -> &crate::collectives::bufpool::BufPool {
+        &self.bufs
+    }
+
+    async fn pool(
+        &self,
+        _next: &crate::types::PeerEntry,
+    ) -> crate::error::Result<Arc<crate::collectives::link::Pool>> {
+        std::future::pending().await
+    }
+
+    fn report(&self, _key: crate::collectives::registry::OpKey, _failure: Option<FailReason>) {}
+}
+
+/// The master removed the successor this op is still dialling (it froze): the op ends at
+/// once with `RankConnectionLost`, as every other op of the old membership does, instead
+/// of waiting out the dial timeout (or the frozen peer's thaw) and holding the retry on the
+/// new ring back that long.
+#[test]
+fn an_op_dialling_a_removed_successor_ends_at_the_removal() {
+    use crate::types::{PeerEntry, PeerId, Topology};
+    let entry = |b: u8| PeerEntry {
+        id: PeerId([b; 16]),
+        group: 0,
+        p2p_addr: "127.0.0.1:9".parse().expect("address"),
+    };
+    let ring = |members: &[u8], epoch: u64| Topology {
+        ring: members.iter().map(|b| entry(*b)).collect(),
+        group_epochs: vec![(0, epoch)],
+    };
+    rt().block_on(async {
+        let host = Arc::new(SilentSuccessor {
+            registry: crate::collectives::registry::Registry::new(0, 1 << 20),
+            bufs: crate::collectives::bufpool::BufPool::new(4096),
+        });
+        host.registry.set_topology(ring(&[1, 2, 3], 1));
+        let desc = ReduceDescriptor::new(1000, DataType::F32, ReduceOp::Sum).with_tag(TAG);
+        let started = super::start(&host, &desc).expect("start");
+        let op = tokio::spawn(async move {
+            let mut bufs = super::mem::Staged::new(bytes(&input_f32(0, 0, 1000)));
+            super::run(started, &mut bufs, desc).await
+        });
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        assert!(!op.is_finished(), "the op waits for its successor");
+        // Peer 2 (our successor) is removed; peer 3 becomes the successor.
+        host.registry.set_topology(ring(&[1, 3], 2));
+        let r = tokio::time::timeout(std::time::Duration::from_secs(2), op)
+            .await
+            .expect("the op ended at the removal, not at the dial timeout")
+            .expect("op task");
+        assert!(
+            matches!(r, Err(Error::RankConnectionLost { tag: TAG, .. })),
+            "{r:?}"
+        );
+    });
+}
