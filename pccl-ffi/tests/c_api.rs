@@ -829,7 +829,10 @@ fn a_wrong_or_missing_secret_fails_connect() {
     refused(port, OTHER_SECRET, &[]);
     refused(port, "-", &[]);
     refused(port, SECRET, &[]); // right secret, but the master encrypts and it does not
-    secret_peers_agree(port, &[(SECRET, true, &[]), (SECRET, true, &[])], 2);
+    // Three peers: hello_peer's last peer holds other weights, and the popular content
+    // must win the first sync (with two, the vote would tie).
+    let right: PeerSecurity<'_> = (SECRET, true, &[]);
+    secret_peers_agree(port, &[right, right, right], 2);
     stop_master(master, deadline);
 
     let port = free_port();
