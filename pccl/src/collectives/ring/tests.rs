@@ -480,6 +480,7 @@ fn an_op_dialling_a_removed_successor_ends_at_the_removal() {
         id: PeerId([b; 16]),
         group: 0,
         p2p_addr: "127.0.0.1:9".parse().expect("address"),
+        static_key: [0; 32],
     };
     let ring = |members: &[u8], epoch: u64| Topology {
         ring: members.iter().map(|b| entry(*b)).collect(),
