@@ -52,4 +52,10 @@ impl Pool {
     pub(crate) fn close(&self) {
         let _ = self.closed.send(true);
     }
+
+    /// Resolves once the pool is closed.
+    pub(crate) async fn closed(&self) {
+        let mut rx = self.closed.subscribe();
+        let _ = rx.wait_for(|c| *c).await;
+    }
 }

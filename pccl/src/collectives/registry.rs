@@ -13,7 +13,7 @@
 //! computed from, and how many verdicts this tag has had in that epoch. All members of a
 //! group see the same verdicts in the same order, so they agree on seq without talking.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use bytes::BytesMut;
@@ -83,9 +83,6 @@ struct Inner {
     buffered_bytes: usize,
     /// Set once the master is lost or the communicator closes; every op fails with it.
     failed: Option<Error>,
-    /// Predecessors whose ring connection failed authentication since our last op from
-    /// them started: the next op to start from one fails at once (see [`Registry::link_failed`]).
-    broken: HashSet<PeerId>,
 }
 
 /// Shared between the control task, the p2p readers and the op tasks.
@@ -119,7 +116,6 @@ impl Registry {
                 buffered: Vec::new(),
                 buffered_bytes: 0,
                 failed: None,
-                broken: HashSet::new(),
             }),
             space: Notify::new(),
             changed: Notify::new(),
@@ -199,20 +195,17 @@ impl Registry {
     }
 
     /// A ring connection from `from` was closed because a frame on it failed its
-    /// authentication: frames after it are lost, and we cannot tell which ops they
-    /// belonged to. Every op running here that takes frames from `from` fails as on a
-    /// lost link, and so does the next one to start from it (its frames may have been
-    /// among the lost ones, and the dialler may already count them as sent); each failure
-    /// reaches every peer through the master's verdict, and the retry runs on a fresh,
-    /// authenticated connection.
+    /// authentication: frames after it are lost. Every op running here that still takes
+    /// frames from `from` fails as on a lost link at once. Ops not started here whose
+    /// frames were lost are failed by their sender, which sees its connection close before
+    /// the verdict (docs/ARCHITECTURE.md §5, "Lost frames").
     pub(crate) fn link_failed(&self, from: PeerId) {
-        let mut g = self.lock();
+        let g = self.lock();
         for slot in g.slots.values() {
             if slot.prev == from && slot.frames_open {
                 let _ = slot.tx.send(OpEvent::LinkLost);
             }
         }
-        g.broken.insert(from);
     }
 
     pub(crate) fn failure(&self) -> Option<Error> {
@@ -259,9 +252,6 @@ impl Registry {
         }
         g.buffered = kept;
         g.buffered_bytes -= freed;
-        if g.broken.remove(&prev) {
-            let _ = tx.send(OpEvent::LinkLost);
-        }
         g.slots.insert(
             tag,
             Slot {
@@ -510,22 +500,25 @@ mod tests {
     }
 
     /// A ring link that failed authentication fails the ops running from that
-    /// predecessor and the next one to start from it, and no op of another predecessor.
+    /// predecessor, and nothing else: not another predecessor's op, not an op that
+    /// already has every frame, not the next op (its sender fails it if its frames were
+    /// lost).
     #[test]
-    fn a_failed_link_fails_running_and_next_ops_from_its_peer() {
+    fn a_failed_link_fails_the_running_ops_from_its_peer() {
         let reg = Registry::new(0, 1 << 20);
         let (_, _, mut a) = reg.start(1, |_| Some(peer(3))).expect("started");
         let (_, _, mut b) = reg.start(2, |_| Some(peer(4))).expect("started");
+        let (full, _, mut e) = reg.start(5, |_| Some(peer(3))).expect("started");
+        reg.close_frames(full);
         reg.link_failed(peer(3));
         assert!(matches!(a.try_recv(), Ok(OpEvent::LinkLost)));
         assert!(
             b.try_recv().is_err(),
             "another predecessor's op is untouched"
         );
+        assert!(e.try_recv().is_err(), "an op with every frame is untouched");
         let (_, _, mut c) = reg.start(3, |_| Some(peer(3))).expect("started");
-        assert!(matches!(c.try_recv(), Ok(OpEvent::LinkLost)));
-        let (_, _, mut d) = reg.start(4, |_| Some(peer(3))).expect("started");
-        assert!(d.try_recv().is_err(), "only the next op");
+        assert!(c.try_recv().is_err(), "the next op starts clean");
     }
 
     /// Early frames are bounded in count and bytes (the reader waits), and frames for an

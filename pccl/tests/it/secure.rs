@@ -474,8 +474,6 @@ fn forward(mut from: TcpStream, mut to: TcpStream, tamper: &AtomicU8, done: &Mut
 }
 
 #[test]
-#[ignore = "hangs in about 1 run of 5 (an op after a detected tamper never completes); \
-            run with --ignored while the cause is investigated"]
 fn tampered_replayed_or_dropped_ring_frames_fail_the_op_everywhere_then_the_retry_works() {
     for encrypt in [false, true] {
         let m = master(Some(SECRET), encrypt);

@@ -51,9 +51,9 @@ pub(super) async fn exchange<H: RingHost, B: ReduceBuffers>(
         if received == expected && outgoing.is_empty() {
             return Ok(());
         }
-        if pool.is_closed() {
-            return Err(Local::Fail(FailReason::PeerLost));
-        }
+        // A closed pool may have lost frames we counted as sent, and the frames we wait
+        // for may depend on them: the op cannot finish (docs/ARCHITECTURE.md §5, "Lost
+        // frames"), so it fails now rather than waiting for what will not come.
         let event = if let Some(front) = outgoing.front() {
             // Slices of one step are striped over the connections; the next step of a slice
             // goes to the next connection.
@@ -61,6 +61,7 @@ pub(super) async fn exchange<H: RingHost, B: ReduceBuffers>(
             tokio::select! {
                 biased;
                 ev = st.events.recv() => ev,
+                () = pool.closed() => return Err(Local::Fail(FailReason::PeerLost)),
                 permit = pool.reserve(idx) => {
                     let Ok(permit) = permit else {
                         return Err(Local::Fail(FailReason::PeerLost));
@@ -72,7 +73,11 @@ pub(super) async fn exchange<H: RingHost, B: ReduceBuffers>(
                 }
             }
         } else {
-            st.events.recv().await
+            tokio::select! {
+                biased;
+                ev = st.events.recv() => ev,
+                () = pool.closed() => return Err(Local::Fail(FailReason::PeerLost)),
+            }
         };
         let (h, payload) = frame_of(event, op.key.tag)?;
         let frame = op.check(h, &mut seen)?;

@@ -1,7 +1,7 @@
 //! An in-memory ring for tests: n ranks in one process, each with its own registry and
 //! buffer pool, linked by the same bounded connection queues the sockets use, with no
 //! socket in between. A per-frame fault hook on every link can duplicate, corrupt,
-//! re-head, re-order or replay frames, or make a rank vanish; a task plays the master,
+//! re-head, re-order or replay frames, lose them with their connection, or make a rank vanish; a task plays the master,
 //! deciding each op by the real rule (the first failure reported decides it; success
 //! once every live rank reports success) and sending the same verdict to every live rank.
 
@@ -43,6 +43,10 @@ pub(super) enum Fault {
     Also(DataHeader),
     /// The sending rank vanishes instead: its op task, its links in both directions.
     Vanish,
+    /// The connection fails with this frame on it: the frame is lost, and the connection
+    /// ends as a socket the receiver closed does (the pool closes; later frames on it are
+    /// lost too).
+    Lose,
 }
 
 /// Where a frame is: sent by `from` (a rank), the `index`-th frame on that rank's link.
@@ -382,6 +386,7 @@ impl Wire {
                     vanish(&self.world, self.from);
                     return; // this task may be aborted by now already
                 }
+                Fault::Lose => break,
             }
         }
         // Like the socket writer: a connection that ends closes the pool.

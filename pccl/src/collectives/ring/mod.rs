@@ -122,11 +122,14 @@ pub(crate) async fn run<H: RingHost, B: ReduceBuffers>(
         p = host.pool(&next) => p,
         e = host.registry().superseded(st.key) => return Err(e),
     };
-    let local = match pool {
-        Ok(pool) => exchange::exchange(&mut st, &pool, &sched, bufs, &desc, &mut info).await,
+    let (local, pool) = match pool {
+        Ok(pool) => (
+            exchange::exchange(&mut st, &pool, &sched, bufs, &desc, &mut info).await,
+            Some(pool),
+        ),
         Err(e) => {
             tracing::debug!(error = %e, "cannot reach the ring successor");
-            Err(Local::Fail(FailReason::PeerLost))
+            (Err(Local::Fail(FailReason::PeerLost)), None)
         }
     };
     let failure = match local {
@@ -135,8 +138,28 @@ pub(crate) async fn run<H: RingHost, B: ReduceBuffers>(
         Err(Local::Abort(e)) => return Err(e),
     };
     host.report(st.key, failure);
+    // A frame counts as sent once it is queued on a connection; if the connection then
+    // fails, the frames still queued or in flight on it are lost and the successor may
+    // wait for them forever (it cannot tell which ops they belonged to). So until the
+    // verdict, a closed pool turns our "done" into a failure: the master fails the op
+    // everywhere unless it has already decided it, in which case every frame arrived and
+    // the late report is ignored as stale (docs/ARCHITECTURE.md §5, "Lost frames").
+    let mut watch_pool = pool.filter(|_| failure.is_none());
     loop {
-        match st.events.recv().await {
+        let event = match &watch_pool {
+            Some(pool) => tokio::select! {
+                biased;
+                ev = st.events.recv() => ev,
+                () = pool.closed() => {
+                    tracing::debug!(tag = desc.tag, "ring connection closed before the verdict");
+                    host.report(st.key, Some(FailReason::PeerLost));
+                    watch_pool = None;
+                    continue;
+                }
+            },
+            None => st.events.recv().await,
+        };
+        match event {
             Some(OpEvent::Verdict(None)) => {
                 bufs.commit();
                 return Ok(info);

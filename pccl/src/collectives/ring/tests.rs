@@ -431,6 +431,48 @@ fn a_neighbour_vanishing_mid_op_ends_the_op_on_every_survivor() {
     });
 }
 
+/// A connection that fails with frames on it loses them, and the receiver cannot tell
+/// which ops they belonged to. The sender can: even when the lost frame is its last one,
+/// so it has already reported the op done, the op fails on every rank instead of leaving
+/// the successor waiting for the frame forever.
+#[test]
+fn frames_lost_with_a_failed_connection_fail_the_op_everywhere() {
+    rt().block_on(async {
+        // 600 f32 in n chunks, slices of 16 f32: `slices` per chunk, and each rank sends
+        // that many in each of its 2(n-1) steps. At n = 2 the last frame is a store that
+        // nothing waits on, so the sender has reported the op done when it is lost.
+        for (n, slices) in [(2, 19), (3, 13)] {
+            let last = 2 * (n - 1) * slices - 1;
+            for lost_at in [0, 20, last] {
+                let ring = MemRing::new(Options {
+                    conns: 1,
+                    fault: Arc::new(move |from, index, _| {
+                        if from == 0 && index == lost_at {
+                            Fault::Lose
+                        } else {
+                            Fault::Pass
+                        }
+                    }),
+                    ..Options::new(n)
+                });
+                let desc = ReduceDescriptor::new(600, DataType::F32, ReduceOp::Sum).with_tag(TAG);
+                let inputs = (0..n).map(|r| bytes(&input_f32(r, 0, 600))).collect();
+                let out = ring.all_reduce(&vec![desc; n], inputs).await;
+                assert_failed(
+                    &out,
+                    lost,
+                    &format!("n={n}: frame {lost_at} of rank 0 lost"),
+                );
+                let failures = ring.world.failures.lock().unwrap().clone();
+                assert!(
+                    failures.contains(&(0, FailReason::PeerLost)),
+                    "n={n} lost at {lost_at}: the sender reports its closed link: {failures:?}"
+                );
+            }
+        }
+    });
+}
+
 /// A host whose successor never answers the dial: a peer that is frozen (SIGSTOP), not
 /// dead, so its kernel accepts the connection and nothing more comes back.
 struct SilentSuccessor {
