@@ -11,6 +11,7 @@
 #include <pccl.h>
 
 #include <arpa/inet.h>
+#include <sys/socket.h>
 
 #include <cstdint>
 #include <cstring>

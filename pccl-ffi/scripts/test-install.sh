@@ -236,7 +236,7 @@ echo "    the newcomer received $nrx bytes of shared state at revision $nrev"
 echo "==> 4a. reinstalling over an older install"
 # An older install, as its manifest and links would be: version X.Y.Z-1 on an older line.
 O="$T/old"
-./scripts/install --prefix "$O" >"$T/old.log" 2>&1 || { cat "$T/old.log"; fail "install (old)"; }
+./scripts/install --prefix "$O" --no-build >"$T/old.log" 2>&1 || { cat "$T/old.log"; fail "install (old)"; }
 OLD_VERSION="0.0.9"
 mv "$O/lib/libpccl.so.$VERSION" "$O/lib/libpccl.so.$OLD_VERSION"
 rm "$O/lib/libpccl.so.$SOVER"
@@ -244,7 +244,7 @@ ln -s "libpccl.so.$OLD_VERSION" "$O/lib/libpccl.so.0.0"
 ln -sfn libpccl.so.0.0 "$O/lib/libpccl.so"
 sed -i -e "s|libpccl.so.$VERSION\$|libpccl.so.$OLD_VERSION|" -e "s|libpccl.so.$SOVER\$|libpccl.so.0.0|" \
     "$O/share/pccl/install_manifest.txt"
-./scripts/install --prefix "$O" >"$T/reinstall.log" 2>&1 || { cat "$T/reinstall.log"; fail "reinstall"; }
+./scripts/install --prefix "$O" --no-build >"$T/reinstall.log" 2>&1 || { cat "$T/reinstall.log"; fail "reinstall"; }
 [[ ! -e "$O/lib/libpccl.so.$OLD_VERSION" && ! -L "$O/lib/libpccl.so.0.0" ]] ||
     fail "the older version's files were left behind"
 [[ $(readlink "$O/lib/libpccl.so") == "libpccl.so.$SOVER" ]] || fail "libpccl.so after reinstall"
@@ -257,7 +257,7 @@ PKG_CONFIG_PATH="$O/lib/pkgconfig" gcc -std=c99 -DPCCL_EXPECTED_VERSION="\"$VERS
 echo "ok: the older version's files removed, links and manifest current"
 
 echo "==> 4b. DESTDIR staging and uninstall"
-DESTDIR="$T/stage" ./scripts/install --prefix /opt/pccl >"$T/stage.log" 2>&1 || { cat "$T/stage.log"; fail "DESTDIR install"; }
+DESTDIR="$T/stage" ./scripts/install --prefix /opt/pccl --no-build >"$T/stage.log" 2>&1 || { cat "$T/stage.log"; fail "DESTDIR install"; }
 [[ -f "$T/stage/opt/pccl/lib/libpccl.a" ]] || fail "DESTDIR: nothing under $T/stage/opt/pccl"
 grep -qx "prefix=/opt/pccl" "$T/stage/opt/pccl/lib/pkgconfig/pccl.pc" || fail "DESTDIR: pccl.pc names another prefix"
 grep -qx "/opt/pccl/lib/libpccl.a" "$T/stage/opt/pccl/share/pccl/install_manifest.txt" || fail "DESTDIR: manifest"
