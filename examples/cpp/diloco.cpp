@@ -14,8 +14,10 @@
 //   cmake -S examples/cpp -B build/cpp -DCMAKE_PREFIX_PATH=/usr/local && cmake --build build/cpp
 //
 // Output, one line each: "step revision=R world=W loss=L" per outer step, and at the end
-// "final revision=R world=W loss=L initial_loss=L0 hash=H", H being a 64-bit FNV-1a hash
-// of the shared state's bytes; --out FILE also writes those bytes.
+// "final revision=R world=W loss=L initial_loss=L0 hash=H resync_rx=B", H being a 64-bit
+// FNV-1a hash of the shared state's bytes (--out FILE also writes those bytes) and B the
+// bytes received by syncs after the first: 0 when every peer computed the same outer
+// step, bit for bit, so that no sync had anything to repair.
 #include "mlp.hpp"
 #include "pccl.hpp"
 
@@ -195,6 +197,7 @@ int run_peer(const Options &o) {
     float loss = initial_loss;
     int world = 0;
     bool first = true, synced = false;
+    uint64_t resync_rx = 0;
     for (long steps = 0; steps < o.max_steps;) {
         check_deadline();
         try {
@@ -212,6 +215,8 @@ int run_peer(const Options &o) {
                 synced = true;
                 log_line("first sync: revision " + std::to_string(state.revision) + ", received " +
                          std::to_string(info.rx_bytes) + " bytes");
+            } else {
+                resync_rx += info.rx_bytes;
             }
         } catch (const pccl::Error &e) {
             if (!e.retryable()) throw;
@@ -262,11 +267,13 @@ int run_peer(const Options &o) {
     }
 
     loss = mlp::loss(outer, task.eval_x(), task.eval_y(), nullptr);
-    char line[192];
+    char line[224];
     std::snprintf(line, sizeof line,
-                  "final revision=%llu world=%d loss=%.6f initial_loss=%.6f hash=%016llx",
+                  "final revision=%llu world=%d loss=%.6f initial_loss=%.6f hash=%016llx "
+                  "resync_rx=%llu",
                   static_cast<unsigned long long>(state.revision), world, loss, initial_loss,
-                  static_cast<unsigned long long>(fnv1a({&outer, &momentum})));
+                  static_cast<unsigned long long>(fnv1a({&outer, &momentum})),
+                  static_cast<unsigned long long>(resync_rx));
     log_line(line);
     if (!o.out.empty()) {
         std::ofstream f(o.out, std::ios::binary);
