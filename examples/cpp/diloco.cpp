@@ -11,7 +11,7 @@
 //   diloco peer [--master IP:PORT] [...]  a peer; `diloco --help` lists the options
 //
 // Build against an installed pccl (./scripts/install, README "Installing the C library"):
-//   cmake -S examples/cpp -B build/cpp -DCMAKE_PREFIX_PATH=/usr/local && cmake --build build/cpp
+//   cmake -S examples/cpp -B target/cpp -DCMAKE_PREFIX_PATH=/usr/local && cmake --build target/cpp
 //
 // Output, one line each: "step revision=R world=W loss=L" per outer step, and at the end
 // "final revision=R world=W loss=L initial_loss=L0 hash=H resync_rx=B", H being a 64-bit
