@@ -7,7 +7,7 @@
 #      checking the header's version macros against the version found, then run against
 #      the installed bin/pccl-master
 #   3. examples/cpp built with CMake against the prefix: a master and 3 DiLoCo peers, one
-#      killed with SIGKILL, a newcomer joining; every survivor must end with the same
+#      killed with SIGKILL, a newcomer (linked statically) joining; every survivor must end with the same
 #      bytes of shared state, no sync after the first having had to repair any, and a
 #      loss below half the initial one
 #   4. reinstalling over an older install, DESTDIR staging, uninstalling
@@ -180,6 +180,11 @@ echo "==> 3. examples/cpp: master + 3 DiLoCo peers, kill -9, a newcomer"
 cmake -S examples/cpp -B "$T/cpp" -DCMAKE_PREFIX_PATH="$P" -DCMAKE_BUILD_TYPE=Release \
     -DCMAKE_CXX_FLAGS="${WARN[*]}" >"$T/cpp.log" 2>&1 || { cat "$T/cpp.log"; fail "cmake configure (examples/cpp)"; }
 cmake --build "$T/cpp" >>"$T/cpp.log" 2>&1 || { cat "$T/cpp.log"; fail "cmake build (examples/cpp)"; }
+# The newcomer is the statically linked build (PCCL_EXAMPLE_STATIC, pccl::pccl_static).
+cmake -S examples/cpp -B "$T/cpp-static" -DCMAKE_PREFIX_PATH="$P" -DCMAKE_BUILD_TYPE=Release \
+    -DPCCL_EXAMPLE_STATIC=ON -DCMAKE_CXX_FLAGS="${WARN[*]}" >>"$T/cpp.log" 2>&1 &&
+    cmake --build "$T/cpp-static" >>"$T/cpp.log" 2>&1 || { cat "$T/cpp.log"; fail "examples/cpp, static"; }
+readelf -d "$T/cpp-static/diloco" | grep -q libpccl && fail "the static example needs libpccl.so"
 DILOCO="$T/cpp/diloco"
 port=$(free_port)
 start ex_master "$DILOCO" master --listen "127.0.0.1:$port"
@@ -196,8 +201,8 @@ at_least() { # at_least REVISION NAME...: every NAME alive and at REVISION or be
         [[ $(revision "$name") -ge $want ]] || return 1
     done
 }
-peer() { # peer NAME SEED
-    start "$1" "$DILOCO" peer --master "127.0.0.1:$port" --until-revision 30 --min-final-world 3 \
+peer() { # peer NAME SEED [EXECUTABLE]
+    start "$1" "${3:-$DILOCO}" peer --master "127.0.0.1:$port" --until-revision 30 --min-final-world 3 \
         --step-delay-ms 50 --time-limit-s 150 --data-seed "$2" --out "$T/$1.bin"
 }
 peer p1 1
@@ -211,7 +216,7 @@ wait "$PID_p2" || rc=$?
 [[ $rc -eq 137 ]] || fail "the victim exited with $rc, not by SIGKILL"
 at_kill=$(( $(revision p1) > $(revision p3) ? $(revision p1) : $(revision p3) ))
 wait_for 60 "progress after the kill" at_least $(( at_kill + 3 )) p1 p3
-peer p4 4
+peer p4 4 "$T/cpp-static/diloco"
 for p in p1 p3 p4; do finish "$p" 120; done
 kill -TERM "$PID_ex_master"
 finish ex_master 30
