@@ -1,11 +1,12 @@
 /*
  * hello.c: a complete pccl peer, in the shape of every PCCL training loop.
  *
- * Build (from the repository root, after `cargo build -p pccl-ffi`):
- *   gcc -std=c99 -Iinclude examples/c/hello.c -Ltarget/debug -lpccl \
- *       -Wl,-rpath,$PWD/target/debug -o hello
+ * Build against an installed pccl (`./scripts/install --prefix DIR`, see the README):
+ *   export PKG_CONFIG_PATH=DIR/lib/pkgconfig     # not needed for /usr/local
+ *   gcc -std=c99 examples/c/hello.c $(pkg-config --cflags --libs pccl) \
+ *       -Wl,-rpath,DIR/lib -o hello
  * Run a master, then two or more peers in other terminals:
- *   cargo run -p pccl --bin pccl-master
+ *   DIR/bin/pccl-master --listen 127.0.0.1:48148
  *   ./hello            # usage: hello [MASTER_PORT [PEERS_TO_WAIT_FOR]]
  */
 #include <stdio.h>

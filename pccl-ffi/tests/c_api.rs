@@ -69,9 +69,25 @@ fn lib_dir() -> PathBuf {
         assert!(status.success(), "cargo build -p pccl-ffi failed");
         let dir = profile_dir.to_path_buf();
         assert!(dir.join("libpccl.so").is_file() && dir.join("libpccl.a").is_file());
+        // The programs record libpccl.so's SONAME (build.rs), the name the loader then
+        // looks for: give the library that name here too, as scripts/install does.
+        match std::os::unix::fs::symlink("libpccl.so", dir.join(soname())) {
+            Err(e) if e.kind() != std::io::ErrorKind::AlreadyExists => {
+                panic!("cannot link {}: {e}", soname())
+            }
+            _ => {}
+        }
         dir
     })
     .clone()
+}
+
+/// `libpccl.so.<compatible line>`: `0.MINOR` before 1.0, `MAJOR` after (see build.rs).
+fn soname() -> String {
+    match env!("CARGO_PKG_VERSION_MAJOR") {
+        "0" => format!("libpccl.so.0.{}", env!("CARGO_PKG_VERSION_MINOR")),
+        major => format!("libpccl.so.{major}"),
+    }
 }
 
 /// Compiles `sources` into an executable named `name` with the C99 (or C++) flags, once

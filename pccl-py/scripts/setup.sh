@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
-# Builds the pccl wheel with maturin into a virtual environment at .venv (kept between
-# runs, so torch is downloaded once per machine) and installs it. Used by test.sh and
-# demo.sh. Usage: pccl-py/scripts/setup.sh   (from any directory)
+# Builds the pccl wheel with pip (maturin as the build backend) and installs it into a
+# virtual environment at .venv (kept between runs, so torch is downloaded once per
+# machine). Used by test.sh and demo.sh. Usage: pccl-py/scripts/setup.sh   (from any directory)
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/../.."
 
@@ -18,10 +18,13 @@ if ! "$PY" -c "import maturin, pytest, pytest_timeout, numpy, torch, mypy" 2>/de
     "$PY" -m pip install --quiet maturin pytest pytest-timeout numpy torch mypy
 fi
 
-echo "==> building the wheel (maturin, release)"
+# As a user's `pip install ./pccl-py` builds it (README "Installing pccl"): pip runs the
+# build backend pyproject.toml names (maturin, release profile) in an isolated
+# environment. test_packaging.py then checks the installed wheel.
+echo "==> building the wheel (pip wheel ./pccl-py: maturin, release)"
 WHEELS=target/pccl-py-wheels
 rm -rf "$WHEELS"
-"$VENV/bin/maturin" build --release --manifest-path pccl-py/Cargo.toml --out "$WHEELS"
+"$PY" -m pip wheel --quiet --no-deps --wheel-dir "$WHEELS" ./pccl-py
 "$PY" -m pip install --quiet --force-reinstall --no-deps "$WHEELS"/pccl-*.whl
 # A `maturin develop` build leaves a copy of the module in the source tree; make sure the
 # tests import the installed wheel.

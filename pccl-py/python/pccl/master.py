@@ -1,4 +1,6 @@
-"""Runs a pccl master: ``python -m pccl.master --listen-address 0.0.0.0:48148``.
+"""Runs a pccl master: ``python -m pccl.master --listen-address 0.0.0.0:48148``, or
+``pccl-master`` (the console script ``pip install`` puts beside python), which also
+takes ``--listen`` as the Rust ``pccl-master`` does.
 
 With ``--secret-file PATH`` (or ``PCCL_RUN_SECRET`` / ``PCCL_RUN_SECRET_FILE`` in the
 environment) only peers holding the same run secret are admitted; ``--encrypt`` (or
@@ -7,6 +9,7 @@ environment) only peers holding the same run secret are admitted; ``--encrypt`` 
 from __future__ import annotations
 
 import argparse
+import os
 import signal
 import sys
 from typing import Any, Optional, Sequence
@@ -15,9 +18,13 @@ from pccl._pccl import MasterNode, PCCLError
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m pccl.master", description=__doc__)
+    # Named as invoked: the console script, or the module.
+    invoked = os.path.basename(sys.argv[0]) if sys.argv else ""
+    prog = "pccl-master" if invoked == "pccl-master" else "python -m pccl.master"
+    parser = argparse.ArgumentParser(prog=prog, description=__doc__)
     parser.add_argument(
         "--listen-address",
+        "--listen",
         default="0.0.0.0:48148",
         help="ip:port to listen on (default 0.0.0.0:48148; port 0 picks a free port)",
     )
