@@ -252,7 +252,10 @@ impl MasterState {
         c.last_seen = now;
         let peer = c.peer;
         match msg {
-            ToMaster::Heartbeat => self.send(conn, FromMaster::HeartbeatAck),
+            // The summary is for observers (the driver's `observe`), not for decisions.
+            ToMaster::Heartbeat | ToMaster::HeartbeatStats(_) => {
+                self.send(conn, FromMaster::HeartbeatAck)
+            }
             ToMaster::Register {
                 group,
                 p2p_port,
