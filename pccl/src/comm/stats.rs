@@ -208,7 +208,7 @@ impl Stats {
                 .neighbours
                 .iter()
                 .map(|(p, (tx, rx, _))| NeighbourBytes {
-                    peer: p.to_string(),
+                    peer: p.hex(),
                     tx_bytes: *tx,
                     rx_bytes: *rx,
                 })
@@ -217,7 +217,7 @@ impl Stats {
                 .links
                 .iter()
                 .map(|(p, (bps, _))| LinkBandwidth {
-                    peer: p.to_string(),
+                    peer: p.hex(),
                     bytes_per_s: *bps,
                 })
                 .collect();
@@ -323,8 +323,8 @@ mod tests {
         assert_eq!(snap.failures.get("RankConnectionLost"), Some(&1));
         assert_eq!(snap.retries, 1);
         assert_eq!((snap.tx_bytes, snap.rx_bytes), (4000, 3000));
-        let next = snap.neighbours.iter().find(|n| n.peer == ids[1].to_string());
-        let prev = snap.neighbours.iter().find(|n| n.peer == ids[2].to_string());
+        let next = snap.neighbours.iter().find(|n| n.peer == ids[1].hex());
+        let prev = snap.neighbours.iter().find(|n| n.peer == ids[2].hex());
         assert_eq!(next.map(|n| (n.tx_bytes, n.rx_bytes)), Some((4000, 0)));
         assert_eq!(prev.map(|n| (n.tx_bytes, n.rx_bytes)), Some((0, 3000)));
         assert_eq!(snap.recovery_seconds.len(), 1);

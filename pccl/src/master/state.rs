@@ -47,6 +47,9 @@ use super::election::History;
 use crate::types::{PeerEntry, PeerId, Topology};
 use crate::wire::{FromMaster, ToMaster, VoteKind};
 
+/// How the reason of a close for silence begins (observers tell deaths from evictions by it).
+pub const HEARTBEAT_DEATH: &str = "no heartbeat";
+
 /// A connection, numbered by the driver.
 pub type ConnId = u64;
 
