@@ -102,6 +102,11 @@ struct Inner {
     snap: CommStats,
     /// Durations (µs) of all-reduces not yet sent to the master, newest last.
     unsent: VecDeque<u32>,
+    /// Bus bytes and seconds of the all-reduces since the last summary, and the bus
+    /// bandwidth the last summary reported (kept while no op runs).
+    window_bus_bytes: f64,
+    window_secs: f64,
+    busbw: f64,
     /// When an op first failed for a lost peer, until an all-reduce succeeds again.
     lost_at: Option<Instant>,
     /// Per neighbour (tx, rx) and the order they were last used, for the bound.
@@ -139,6 +144,8 @@ impl Stats {
                 let bytes = desc.count as u64 * desc.dtype.size() as u64;
                 let secs = took.as_secs_f64().max(1e-9);
                 let n = f64::from(info.local_world_size.max(1));
+                s.window_bus_bytes += bytes as f64 * 2.0 * (n - 1.0) / n;
+                s.window_secs += secs;
                 push_bounded(
                     &mut s.snap.recent_all_reduces,
                     RECENT_REDUCES,
@@ -227,7 +234,23 @@ impl Stats {
 
     /// The summary for the next heartbeat; takes the op durations not sent yet.
     pub(crate) fn take_summary(&self) -> PeerSummary {
-        self.with(|s| PeerSummary {
+        self.with(|s| {
+            // Bytes over time, not a mean of rates: a burst of tiny ops (a step counter,
+            // say) does not hide the throughput of the large ones.
+            if s.window_secs > 0.0 {
+                s.busbw = s.window_bus_bytes / s.window_secs;
+            }
+            s.window_bus_bytes = 0.0;
+            s.window_secs = 0.0;
+            s.summary()
+        })
+    }
+}
+
+impl Inner {
+    fn summary(&mut self) -> PeerSummary {
+        let s = self;
+        PeerSummary {
             reduces_ok: s.snap.all_reduce.completed,
             reduces_failed: s.snap.all_reduce.failed,
             retries: s.snap.retries,
@@ -237,13 +260,11 @@ impl Stats {
             syncs_failed: s.snap.shared_state_sync.failed,
             sync_rx_bytes: s.snap.shared_state_rx_bytes,
             sync_tx_bytes: s.snap.shared_state_tx_bytes,
-            busbw: s.snap.recent_all_reduces.last().map_or(0, |r| r.busbw as u64),
+            busbw: s.busbw as u64,
             recent_op_micros: s.unsent.drain(..).collect(),
-        })
+        }
     }
-}
 
-impl Inner {
     fn failure(&mut self, e: &Error) {
         *self
             .snap

@@ -28,7 +28,8 @@ pub struct PeerSummary {
     pub syncs_failed: u64,
     pub sync_rx_bytes: u64,
     pub sync_tx_bytes: u64,
-    /// Bus bandwidth of the last successful all-reduce, bytes/s (0: none yet).
+    /// Bus bandwidth of the all-reduces since the previous summary (their bus bytes over
+    /// their time), bytes/s; the previous figure when none ran, 0 before the first.
     pub busbw: u64,
     /// Durations, in microseconds, of the all-reduces finished since the last summary.
     pub recent_op_micros: Vec<u32>,
@@ -77,5 +78,47 @@ impl PeerSummary {
             s.recent_op_micros.push(r.u32()?);
         }
         Ok(s)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::wire::{ToMaster, WireError};
+
+    fn frame(count: u32, items: usize) -> Vec<u8> {
+        let mut b = vec![9u8];
+        b.extend_from_slice(&[0u8; 80]);
+        b.extend_from_slice(&count.to_le_bytes());
+        b.extend(std::iter::repeat_n(0u8, items * 4));
+        b
+    }
+
+    #[test]
+    fn a_summary_claiming_too_many_durations_is_refused_before_allocating() {
+        assert!(matches!(
+            ToMaster::decode(&frame(u32::MAX, 0)),
+            Err(WireError::LengthTooLarge { .. })
+        ));
+        assert!(matches!(
+            ToMaster::decode(&frame(MAX_RECENT_OPS as u32 + 1, MAX_RECENT_OPS + 1)),
+            Err(WireError::LengthTooLarge { .. })
+        ));
+        // A count within the bound but beyond the bytes sent.
+        assert!(ToMaster::decode(&frame(MAX_RECENT_OPS as u32, 3)).is_err());
+        let ok = ToMaster::decode(&frame(MAX_RECENT_OPS as u32, MAX_RECENT_OPS)).unwrap();
+        assert!(matches!(ok, ToMaster::HeartbeatStats(s) if s.recent_op_micros.len() == MAX_RECENT_OPS));
+    }
+
+    #[test]
+    fn an_encoder_never_sends_more_than_the_bound() {
+        let s = PeerSummary {
+            recent_op_micros: vec![7; MAX_RECENT_OPS * 3],
+            ..PeerSummary::default()
+        };
+        let mut b = Vec::new();
+        ToMaster::HeartbeatStats(s).encode(&mut b);
+        let back = ToMaster::decode(&b).unwrap();
+        assert!(matches!(back, ToMaster::HeartbeatStats(s) if s.recent_op_micros.len() == MAX_RECENT_OPS));
     }
 }

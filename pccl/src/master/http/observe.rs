@@ -583,3 +583,87 @@ impl Observer {
 fn short(p: PeerId) -> String {
     p.to_string()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::master::state::MasterState;
+    use std::time::Duration;
+
+    fn value(text: &str, line_start: &str) -> Option<f64> {
+        text.lines()
+            .find(|l| l.starts_with(line_start))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse().ok())
+    }
+
+    #[test]
+    fn a_lying_peer_cannot_overflow_totals_or_grow_the_observer() {
+        let t0 = Instant::now();
+        let mut o = Observer::new(t0);
+        let state = MasterState::new(Duration::from_secs(5));
+        o.on_connect(t0, 1, PeerId([1; 16]), [127, 0, 0, 1].into());
+        let reg = ToMaster::Register {
+            group: 0,
+            p2p_port: 1,
+            advertise_ip: None,
+        };
+        o.on_message(t0, 1, &reg);
+        // Counters that jump to the maximum, fall back to zero and jump again.
+        for i in 0..1000u64 {
+            let big = if i % 2 == 0 { u64::MAX } else { 0 };
+            let s = PeerSummary {
+                reduces_ok: big,
+                retries: big,
+                tx_bytes: big,
+                busbw: big,
+                recent_op_micros: vec![u32::MAX; crate::wire::MAX_RECENT_OPS],
+                ..PeerSummary::default()
+            };
+            let now = t0 + Duration::from_millis(i);
+            o.on_message(now, 1, &ToMaster::HeartbeatStats(s));
+            o.after_step(now, &state);
+        }
+        let text = o.metrics_text();
+        // One capped step counted, every later claim ignored (the baseline only grows).
+        assert_eq!(value(&text, "pccl_retries_total"), Some(MAX_OPS_STEP as f64));
+        assert_eq!(
+            value(&text, "pccl_ring_bytes_total{direction=\"tx\"}"),
+            Some(MAX_BYTES_STEP as f64)
+        );
+        assert!(o.conns[&1].busbw <= MAX_BUSBW as f64);
+        // Durations: bounded per message by the protocol, each a finite observation.
+        let count = value(&text, "pccl_op_duration_seconds_count").unwrap();
+        assert_eq!(count, 1000.0 * crate::wire::MAX_RECENT_OPS as f64);
+        assert!(o.history.len() <= MAX_SAMPLES);
+    }
+
+    #[test]
+    fn events_and_links_stay_bounded_under_churn() {
+        let t0 = Instant::now();
+        let mut o = Observer::new(t0);
+        for i in 0..2000u64 {
+            let peer = PeerId(rand::random());
+            o.on_connect(t0, i, peer, [127, 0, 0, 1].into());
+            o.on_message(
+                t0,
+                i,
+                &ToMaster::Register {
+                    group: 0,
+                    p2p_port: 1,
+                    advertise_ip: None,
+                },
+            );
+            let results = (0..100).map(|_| (PeerId(rand::random()), 5)).collect();
+            o.on_message(t0, i, &ToMaster::BandwidthReport { results });
+            if i % 2 == 0 {
+                o.on_disconnect(t0, i, "gone");
+            }
+        }
+        assert_eq!(o.events.len(), MAX_EVENTS);
+        assert!(o.links.len() <= MAX_LINKS);
+        assert_eq!(o.conns.len(), 1000, "one entry per open connection");
+        let run = o.run_json(t0);
+        assert_eq!(run["events"].as_array().unwrap().len(), MAX_EVENTS);
+    }
+}

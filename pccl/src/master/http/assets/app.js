@@ -90,7 +90,10 @@ function drawRing(run) {
     const [x, y] = pos[id];
     root.append(svg("circle", { class: "node", cx: x, cy: y, r: 18, fill: "#1f6feb",
       stroke: "#dde3ea", "data-peer": id }));
-    const label = svg("text", { x: x, y: y + 34, "text-anchor": "middle" });
+    // The label sits outside the ring, away from the links.
+    const dx = x - cx, dy = y - cy, d = Math.hypot(dx, dy) || 1;
+    const lx = n > 1 ? x + (dx / d) * 34 : x, ly = n > 1 ? y + (dy / d) * 34 + 4 : y + 34;
+    const label = svg("text", { x: lx, y: ly, "text-anchor": "middle" });
     label.textContent = short(id);
     root.append(label);
   }
