@@ -43,8 +43,11 @@ pub(crate) type Shared = Arc<Mutex<Observer>>;
 const INDEX: &str = include_str!("assets/index.html");
 const APP_JS: &str = include_str!("assets/app.js");
 const STYLE: &str = include_str!("assets/style.css");
-const UPLOT_JS: &str = include_str!("assets/uPlot.iife.min.js");
-const UPLOT_CSS: &str = include_str!("assets/uPlot.min.css");
+/// uPlot 1.6.32 (MIT, `assets/uPlot.LICENSE`), the charting library of the dashboard;
+/// public so that other reports (`pccl-stress`'s HTML) embed the same file.
+pub const UPLOT_JS: &str = include_str!("assets/uPlot.iife.min.js");
+/// uPlot's stylesheet.
+pub const UPLOT_CSS: &str = include_str!("assets/uPlot.min.css");
 
 fn lock(shared: &Shared) -> std::sync::MutexGuard<'_, Observer> {
     shared.lock().unwrap_or_else(|e| e.into_inner())
