@@ -5,7 +5,8 @@ use std::net::SocketAddr;
 use std::process::ExitCode;
 use std::time::Duration;
 
-const USAGE: &str = "usage: pccl-master [--listen ADDR] [--secret-file PATH [--encrypt]] [--http ADDR] [OPTIONS]
+const USAGE: &str =
+    "usage: pccl-master [--listen ADDR] [--secret-file PATH [--encrypt]] [--http ADDR] [OPTIONS]
 
 Runs the master of a pccl run. Peers connect to it, are accepted into the ring,
 and learn of each other's deaths through it. It carries no tensor data.

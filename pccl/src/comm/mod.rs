@@ -528,7 +528,8 @@ impl Communicator {
             Ok((plan_rx, result_rx))
         };
         let sends = strategy != crate::types::SyncStrategy::ReceiveOnly;
-        let r = c.rt.block_on(crate::shared_state::sync(&**shared, state, report, sends));
+        let r =
+            c.rt.block_on(crate::shared_state::sync(&**shared, state, report, sends));
         self.stats.record_sync(&r);
         r
     }

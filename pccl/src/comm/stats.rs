@@ -340,7 +340,13 @@ mod tests {
         s.record_retry();
         s.record_reduce(&desc, Duration::from_millis(20), &ok, &t, ids[0], 0);
         let snap = s.snapshot();
-        assert_eq!(snap.all_reduce, OpCounts { completed: 2, failed: 1 });
+        assert_eq!(
+            snap.all_reduce,
+            OpCounts {
+                completed: 2,
+                failed: 1
+            }
+        );
         assert_eq!(snap.failures.get("RankConnectionLost"), Some(&1));
         assert_eq!(snap.retries, 1);
         assert_eq!((snap.tx_bytes, snap.rx_bytes), (4000, 3000));
@@ -351,11 +357,17 @@ mod tests {
         assert_eq!(snap.recovery_seconds.len(), 1);
         let first = &snap.recent_all_reduces[0];
         // 4000 bytes in 10 ms, times 2(n-1)/n = 4/3.
-        assert!((first.busbw - 4000.0 / 0.01 * 4.0 / 3.0).abs() < 1.0, "{first:?}");
+        assert!(
+            (first.busbw - 4000.0 / 0.01 * 4.0 / 3.0).abs() < 1.0,
+            "{first:?}"
+        );
         let sum = s.take_summary();
         assert_eq!(sum.recent_op_micros, vec![10_000, 20_000]);
         assert_eq!((sum.reduces_ok, sum.reduces_failed, sum.retries), (2, 1, 1));
-        assert!(s.take_summary().recent_op_micros.is_empty(), "durations are sent once");
+        assert!(
+            s.take_summary().recent_op_micros.is_empty(),
+            "durations are sent once"
+        );
     }
 
     #[test]

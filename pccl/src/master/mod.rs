@@ -214,9 +214,9 @@ impl MasterNode {
             }
         };
         let http_addr = http.as_ref().map(|(_, a)| *a);
-        let observer = http.as_ref().map(|_| {
-            Arc::new(Mutex::new(http::Observer::new(std::time::Instant::now())))
-        });
+        let observer = http
+            .as_ref()
+            .map(|_| Arc::new(Mutex::new(http::Observer::new(std::time::Instant::now()))));
         let (command, command_rx) = watch::channel(Command::Run);
         let timeouts = config.timeouts();
         let unregistered = Arc::new(AtomicUsize::new(0));
@@ -242,7 +242,9 @@ impl MasterNode {
                         if let (Some((l, _)), Some(o)) = (http, observer) {
                             match tokio::net::TcpListener::from_std(l) {
                                 Ok(l) => drop(tokio::spawn(http::serve(l, o))),
-                                Err(e) => tracing::error!(error = %e, "cannot register the http listener"),
+                                Err(e) => {
+                                    tracing::error!(error = %e, "cannot register the http listener")
+                                }
                             }
                         }
                         match tokio::net::TcpListener::from_std(std) {

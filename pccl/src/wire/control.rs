@@ -666,19 +666,21 @@ mod tests {
                 any::<[u64; 10]>(),
                 proptest::collection::vec(any::<u32>(), 0..=super::super::stats::MAX_RECENT_OPS)
             )
-                .prop_map(|(c, recent_op_micros)| ToMaster::HeartbeatStats(PeerSummary {
-                    reduces_ok: c[0],
-                    reduces_failed: c[1],
-                    retries: c[2],
-                    tx_bytes: c[3],
-                    rx_bytes: c[4],
-                    syncs_ok: c[5],
-                    syncs_failed: c[6],
-                    sync_rx_bytes: c[7],
-                    sync_tx_bytes: c[8],
-                    busbw: c[9],
-                    recent_op_micros,
-                })),
+                .prop_map(|(c, recent_op_micros)| ToMaster::HeartbeatStats(
+                    PeerSummary {
+                        reduces_ok: c[0],
+                        reduces_failed: c[1],
+                        retries: c[2],
+                        tx_bytes: c[3],
+                        rx_bytes: c[4],
+                        syncs_ok: c[5],
+                        syncs_failed: c[6],
+                        sync_rx_bytes: c[7],
+                        sync_tx_bytes: c[8],
+                        busbw: c[9],
+                        recent_op_micros,
+                    }
+                )),
             Just(ToMaster::Vote(VoteKind::ArePeersPending)),
             Just(ToMaster::Vote(VoteKind::UpdateTopology)),
             Just(ToMaster::Vote(VoteKind::OptimizeTopology)),

@@ -107,7 +107,9 @@ mod tests {
         // A count within the bound but beyond the bytes sent.
         assert!(ToMaster::decode(&frame(MAX_RECENT_OPS as u32, 3)).is_err());
         let ok = ToMaster::decode(&frame(MAX_RECENT_OPS as u32, MAX_RECENT_OPS)).unwrap();
-        assert!(matches!(ok, ToMaster::HeartbeatStats(s) if s.recent_op_micros.len() == MAX_RECENT_OPS));
+        assert!(
+            matches!(ok, ToMaster::HeartbeatStats(s) if s.recent_op_micros.len() == MAX_RECENT_OPS)
+        );
     }
 
     #[test]
@@ -119,6 +121,8 @@ mod tests {
         let mut b = Vec::new();
         ToMaster::HeartbeatStats(s).encode(&mut b);
         let back = ToMaster::decode(&b).unwrap();
-        assert!(matches!(back, ToMaster::HeartbeatStats(s) if s.recent_op_micros.len() == MAX_RECENT_OPS));
+        assert!(
+            matches!(back, ToMaster::HeartbeatStats(s) if s.recent_op_micros.len() == MAX_RECENT_OPS)
+        );
     }
 }

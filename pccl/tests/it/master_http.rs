@@ -27,7 +27,10 @@ pub(crate) fn request(at: SocketAddr, method: &str, path: &str) -> (String, Stri
     s.read_to_end(&mut raw).expect("read the answer");
     let text = String::from_utf8_lossy(&raw).into_owned();
     let (head, body) = text.split_once("\r\n\r\n").expect("a head and a body");
-    (head.lines().next().unwrap_or("").to_string(), body.to_string())
+    (
+        head.lines().next().unwrap_or("").to_string(),
+        body.to_string(),
+    )
 }
 
 fn scrape(at: SocketAddr) -> prometheus_parse::Scrape {
@@ -59,7 +62,11 @@ fn scrape_until(at: SocketAddr, what: &str, cond: impl Fn(&prometheus_parse::Scr
         if cond(&s) {
             return;
         }
-        assert!(Instant::now() < end, "timed out waiting for {what}: {:#?}", s.samples);
+        assert!(
+            Instant::now() < end,
+            "timed out waiting for {what}: {:#?}",
+            s.samples
+        );
         std::thread::sleep(Duration::from_millis(100));
     }
 }
@@ -83,7 +90,10 @@ fn metrics_match_what_the_peers_did() {
     for tag in 0..OPS {
         let out = reduce_all(&comms, tag);
         for (recv, _) in &out[1..] {
-            assert_eq!(bytemuck::cast_slice::<f32, u8>(recv), bytemuck::cast_slice::<f32, u8>(&out[0].0));
+            assert_eq!(
+                bytemuck::cast_slice::<f32, u8>(recv),
+                bytemuck::cast_slice::<f32, u8>(&out[0].0)
+            );
         }
         tx += out.iter().map(|(_, i)| i.tx_bytes).sum::<u64>();
     }
@@ -93,7 +103,11 @@ fn metrics_match_what_the_peers_did() {
         assert_eq!(st.all_reduce.completed, OPS);
         assert_eq!(st.all_reduce.failed, 0);
         assert_eq!(st.recent_all_reduces.len(), OPS as usize);
-        assert!(st.recent_all_reduces.iter().all(|r| r.busbw > 0.0 && r.world == 3));
+        assert!(
+            st.recent_all_reduces
+                .iter()
+                .all(|r| r.busbw > 0.0 && r.world == 3)
+        );
         assert_eq!(st.neighbours.len(), 2, "a successor and a predecessor");
     }
     let ops = OPS as f64;
@@ -102,7 +116,10 @@ fn metrics_match_what_the_peers_did() {
             && value(s, "pccl_ring_bytes_total", &[("direction", "tx")]) == Some(tx as f64)
     });
     let s = scrape(http);
-    assert_eq!(value(&s, "pccl_ops_total", &[("group", "0"), ("outcome", "ok")]), Some(ops));
+    assert_eq!(
+        value(&s, "pccl_ops_total", &[("group", "0"), ("outcome", "ok")]),
+        Some(ops)
+    );
     assert_eq!(value(&s, "pccl_world_size", &[("group", "0")]), Some(3.0));
     assert_eq!(value(&s, "pccl_peers", &[("state", "accepted")]), Some(3.0));
     assert_eq!(value(&s, "pccl_peers", &[("state", "waiting")]), Some(0.0));
@@ -126,11 +143,20 @@ fn metrics_match_what_the_peers_did() {
         bytemuck::cast_slice::<f32, u8>(&out[1].0)
     );
     let s = scrape(http);
-    assert_eq!(value(&s, "pccl_peer_losses_total", &[("cause", "disconnected")]), Some(1.0));
-    assert_eq!(value(&s, "pccl_recovery_seconds_count", &[]), Some(1.0));
-    assert_eq!(value(&s, "pccl_ops_total", &[("group", "0"), ("outcome", "ok")]), Some(ops + 1.0));
     assert_eq!(
-        s.samples.iter().filter(|x| x.metric == "pccl_peer_busbw_bytes_per_second").count(),
+        value(&s, "pccl_peer_losses_total", &[("cause", "disconnected")]),
+        Some(1.0)
+    );
+    assert_eq!(value(&s, "pccl_recovery_seconds_count", &[]), Some(1.0));
+    assert_eq!(
+        value(&s, "pccl_ops_total", &[("group", "0"), ("outcome", "ok")]),
+        Some(ops + 1.0)
+    );
+    assert_eq!(
+        s.samples
+            .iter()
+            .filter(|x| x.metric == "pccl_peer_busbw_bytes_per_second")
+            .count(),
         2,
         "the departed peer's gauge is gone"
     );
@@ -148,9 +174,20 @@ fn metrics_match_what_the_peers_did() {
         .iter()
         .map(|e| e["kind"].as_str().unwrap())
         .collect();
-    assert_eq!(kinds.iter().filter(|k| **k == "join").count(), 3, "{kinds:?}");
-    assert_eq!(kinds.iter().filter(|k| **k == "death").count(), 1, "{kinds:?}");
-    assert!(kinds.contains(&"accept") && kinds.contains(&"topology"), "{kinds:?}");
+    assert_eq!(
+        kinds.iter().filter(|k| **k == "join").count(),
+        3,
+        "{kinds:?}"
+    );
+    assert_eq!(
+        kinds.iter().filter(|k| **k == "death").count(),
+        1,
+        "{kinds:?}"
+    );
+    assert!(
+        kinds.contains(&"accept") && kinds.contains(&"topology"),
+        "{kinds:?}"
+    );
 }
 
 #[test]
@@ -162,7 +199,10 @@ fn the_dashboard_is_compiled_in_and_the_server_is_read_only() {
     assert!(page.contains("<script src=\"app.js\">"), "{page}");
     for path in ["/app.js", "/style.css", "/uPlot.js", "/uPlot.css"] {
         let (status, body) = request(http, "GET", path);
-        assert!(status.contains(" 200 ") && !body.is_empty(), "{path}: {status}");
+        assert!(
+            status.contains(" 200 ") && !body.is_empty(),
+            "{path}: {status}"
+        );
     }
     for method in ["POST", "PUT", "DELETE"] {
         let (status, _) = request(http, method, "/metrics");
@@ -207,7 +247,9 @@ fn idle_connections_are_bounded_and_time_out() {
     std::thread::sleep(Duration::from_millis(300));
     // One more is closed at once, before anything is read.
     let mut extra = TcpStream::connect(http).unwrap();
-    extra.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+    extra
+        .set_read_timeout(Some(Duration::from_secs(2)))
+        .unwrap();
     let _ = extra.write_all(b"GET / HTTP/1.0\r\n\r\n");
     let mut buf = [0u8; 64];
     let t0 = Instant::now();
@@ -218,7 +260,9 @@ fn idle_connections_are_bounded_and_time_out() {
     // the slots for honest clients.
     let t0 = Instant::now();
     let mut first = held.into_iter().next().unwrap();
-    first.set_read_timeout(Some(Duration::from_secs(15))).unwrap();
+    first
+        .set_read_timeout(Some(Duration::from_secs(15)))
+        .unwrap();
     let mut rest = Vec::new();
     let _ = first.read_to_end(&mut rest);
     let waited = t0.elapsed();

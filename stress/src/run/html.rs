@@ -116,7 +116,9 @@ pub(crate) fn render(title: &str, verdict: &str, timeline: &Timeline, events: &[
 }
 
 fn escape(s: &str) -> String {
-    s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;")
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
 }
 
 const STYLE: &str = "body{font:14px system-ui,sans-serif;margin:20px}h1{font-size:20px}\
@@ -183,7 +185,10 @@ mod tests {
         let html = render("churn</script>", "PASS", &t, &events);
         assert!(html.contains("uPlot"), "the library is inline");
         assert!(!html.contains("src=\"http"), "nothing is fetched");
-        assert!(html.contains("[1.5,\"kill\",1]"), "events are on the time axis");
+        assert!(
+            html.contains("[1.5,\"kill\",1]"),
+            "events are on the time axis"
+        );
         assert!(!html.contains("churn</script>"), "the title is escaped");
         assert_eq!(t.steps.len(), 3);
         assert_eq!(t.recoveries.len(), 3);

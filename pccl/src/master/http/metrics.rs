@@ -69,7 +69,11 @@ impl Metrics {
             "Registered peers by state (waiting, accepted)",
             m.peers.clone(),
         );
-        r.register("world_size", "Accepted peers per peer group", m.world_size.clone());
+        r.register(
+            "world_size",
+            "Accepted peers per peer group",
+            m.world_size.clone(),
+        );
         r.register(
             "group_epoch",
             "Membership epoch of each peer group",

@@ -61,7 +61,10 @@ fn router(shared: Shared) -> Router {
         .route("/", file(INDEX, "text/html; charset=utf-8"))
         .route("/app.js", file(APP_JS, "text/javascript; charset=utf-8"))
         .route("/style.css", file(STYLE, "text/css; charset=utf-8"))
-        .route("/uPlot.js", file(UPLOT_JS, "text/javascript; charset=utf-8"))
+        .route(
+            "/uPlot.js",
+            file(UPLOT_JS, "text/javascript; charset=utf-8"),
+        )
         .route("/uPlot.css", file(UPLOT_CSS, "text/css; charset=utf-8"))
         .route("/metrics", get(metrics))
         .route("/api/run", get(run))

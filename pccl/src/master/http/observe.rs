@@ -211,7 +211,12 @@ impl Observer {
                 let Some(group) = c.group else { return };
                 let sizes = tensors
                     .iter()
-                    .map(|t| (t.name.clone(), t.count.saturating_mul(t.dtype.size() as u64)))
+                    .map(|t| {
+                        (
+                            t.name.clone(),
+                            t.count.saturating_mul(t.dtype.size() as u64),
+                        )
+                    })
                     .collect();
                 self.syncs.entry(group).or_default().sizes = sizes;
             }
@@ -247,8 +252,12 @@ impl Observer {
         }
         let m = &self.metrics;
         m.retries.inc_by(retries);
-        m.ring_bytes.get_or_create(&l1("direction", "tx")).inc_by(tx);
-        m.ring_bytes.get_or_create(&l1("direction", "rx")).inc_by(rx);
+        m.ring_bytes
+            .get_or_create(&l1("direction", "tx"))
+            .inc_by(tx);
+        m.ring_bytes
+            .get_or_create(&l1("direction", "rx"))
+            .inc_by(rx);
         for micros in &s.recent_op_micros {
             m.op_duration.observe(f64::from(*micros) / 1e6);
         }
@@ -318,7 +327,10 @@ impl Observer {
                             FailReason::Mismatch => "mismatch",
                             FailReason::Corrupt => "corrupt",
                         };
-                        self.metrics.op_failures.get_or_create(&l1("reason", why)).inc();
+                        self.metrics
+                            .op_failures
+                            .get_or_create(&l1("reason", why))
+                            .inc();
                         let detail = format!("group {group}, tag {tag}, epoch {epoch}: {why}");
                         self.event(now, "op_failed", None, detail);
                     }
@@ -347,7 +359,10 @@ impl Observer {
                 }
                 let run = self.syncs.remove(&group).unwrap_or_default();
                 let outcome = if result.is_ok() { "ok" } else { "failed" };
-                self.metrics.syncs.get_or_create(&l1("outcome", outcome)).inc();
+                self.metrics
+                    .syncs
+                    .get_or_create(&l1("outcome", outcome))
+                    .inc();
                 if result.is_ok() {
                     self.metrics.sync_bytes.inc_by(run.bytes);
                     self.metrics
@@ -393,7 +408,11 @@ impl Observer {
         if c.accepted {
             self.recovering.entry(group).or_insert(now);
         }
-        let kind = if cause == "evicted" { "eviction" } else { "death" };
+        let kind = if cause == "evicted" {
+            "eviction"
+        } else {
+            "death"
+        };
         self.event(now, kind, Some(c.peer), format!("{cause}: {why}"));
     }
 
@@ -477,14 +496,20 @@ impl Observer {
         let registered = self.conns.values().filter(|c| c.group.is_some());
         let accepted = registered.clone().filter(|c| c.accepted).count();
         let waiting = registered.clone().count() - accepted;
-        m.peers.get_or_create(&l1("state", "accepted")).set(accepted as i64);
-        m.peers.get_or_create(&l1("state", "waiting")).set(waiting as i64);
+        m.peers
+            .get_or_create(&l1("state", "accepted"))
+            .set(accepted as i64);
+        m.peers
+            .get_or_create(&l1("state", "waiting"))
+            .set(waiting as i64);
         let mut worlds: BTreeMap<u32, i64> = BTreeMap::new();
         for c in registered.filter(|c| c.accepted) {
             if let Some(g) = c.group {
                 *worlds.entry(g).or_default() += 1;
             }
-            m.peer_busbw.get_or_create(&l1("peer", c.peer.hex())).set(c.busbw);
+            m.peer_busbw
+                .get_or_create(&l1("peer", c.peer.hex()))
+                .set(c.busbw);
         }
         for (g, n) in worlds {
             m.world_size.get_or_create(&l1("group", g)).set(n);
@@ -506,7 +531,13 @@ impl Observer {
         let by_peer: HashMap<PeerId, &ConnInfo> =
             self.conns.values().map(|c| (c.peer, c)).collect();
         let mut peers: Vec<&ConnInfo> = self.conns.values().filter(|c| c.group.is_some()).collect();
-        peers.sort_by_key(|c| (!c.accepted, self.ring.iter().position(|p| *p == c.peer), c.peer));
+        peers.sort_by_key(|c| {
+            (
+                !c.accepted,
+                self.ring.iter().position(|p| *p == c.peer),
+                c.peer,
+            )
+        });
         let peers: Vec<serde_json::Value> = peers
             .into_iter()
             .map(|c| {
@@ -626,7 +657,10 @@ mod tests {
         }
         let text = o.metrics_text();
         // One capped step counted, every later claim ignored (the baseline only grows).
-        assert_eq!(value(&text, "pccl_retries_total"), Some(MAX_OPS_STEP as f64));
+        assert_eq!(
+            value(&text, "pccl_retries_total"),
+            Some(MAX_OPS_STEP as f64)
+        );
         assert_eq!(
             value(&text, "pccl_ring_bytes_total{direction=\"tx\"}"),
             Some(MAX_BYTES_STEP as f64)
