@@ -102,11 +102,6 @@ struct Inner {
     snap: CommStats,
     /// Durations (µs) of all-reduces not yet sent to the master, newest last.
     unsent: VecDeque<u32>,
-    /// Bus bytes and seconds of the all-reduces since the last summary, and the bus
-    /// bandwidth the last summary reported (kept while no op runs).
-    window_bus_bytes: f64,
-    window_secs: f64,
-    busbw: f64,
     /// When an op first failed for a lost peer, until an all-reduce succeeds again.
     lost_at: Option<Instant>,
     /// Per neighbour (tx, rx) and the order they were last used, for the bound.
@@ -144,8 +139,6 @@ impl Stats {
                 let bytes = desc.count as u64 * desc.dtype.size() as u64;
                 let secs = took.as_secs_f64().max(1e-9);
                 let n = f64::from(info.local_world_size.max(1));
-                s.window_bus_bytes += bytes as f64 * 2.0 * (n - 1.0) / n;
-                s.window_secs += secs;
                 push_bounded(
                     &mut s.snap.recent_all_reduces,
                     RECENT_REDUCES,
@@ -234,20 +227,25 @@ impl Stats {
 
     /// The summary for the next heartbeat; takes the op durations not sent yet.
     pub(crate) fn take_summary(&self) -> PeerSummary {
-        self.with(|s| {
-            // Bytes over time, not a mean of rates: a burst of tiny ops (a step counter,
-            // say) does not hide the throughput of the large ones.
-            if s.window_secs > 0.0 {
-                s.busbw = s.window_bus_bytes / s.window_secs;
-            }
-            s.window_bus_bytes = 0.0;
-            s.window_secs = 0.0;
-            s.summary()
-        })
+        self.with(Inner::summary)
     }
 }
 
+/// The all-reduces `recent_busbw` looks back over.
+const BUSBW_WINDOW: usize = 16;
+
 impl Inner {
+    /// Bus bandwidth of the last [`BUSBW_WINDOW`] all-reduces: their bus bytes over their
+    /// time, not a mean of rates, so tiny ops between large ones (a step counter, say) do
+    /// not hide the throughput of the large ones.
+    fn recent_busbw(&self) -> f64 {
+        let r = &self.snap.recent_all_reduces;
+        let last = &r[r.len().saturating_sub(BUSBW_WINDOW)..];
+        let secs: f64 = last.iter().map(|x| x.seconds).sum();
+        let bus: f64 = last.iter().map(|x| x.busbw * x.seconds).sum();
+        if secs > 0.0 { bus / secs } else { 0.0 }
+    }
+
     fn summary(&mut self) -> PeerSummary {
         let s = self;
         PeerSummary {
@@ -260,7 +258,7 @@ impl Inner {
             syncs_failed: s.snap.shared_state_sync.failed,
             sync_rx_bytes: s.snap.shared_state_rx_bytes,
             sync_tx_bytes: s.snap.shared_state_tx_bytes,
-            busbw: s.busbw as u64,
+            busbw: s.recent_busbw() as u64,
             recent_op_micros: s.unsent.drain(..).collect(),
         }
     }
@@ -364,6 +362,13 @@ mod tests {
         let sum = s.take_summary();
         assert_eq!(sum.recent_op_micros, vec![10_000, 20_000]);
         assert_eq!((sum.reduces_ok, sum.reduces_failed, sum.retries), (2, 1, 1));
+        // Bus bytes over time across both ops: 2 × 4000 × 4/3 bytes in 30 ms.
+        let want = 2.0 * 4000.0 * 4.0 / 3.0 / 0.03;
+        assert!(
+            (sum.busbw as f64 - want).abs() < 2.0,
+            "{} vs {want}",
+            sum.busbw
+        );
         assert!(
             s.take_summary().recent_op_micros.is_empty(),
             "durations are sent once"

@@ -28,8 +28,8 @@ pub struct PeerSummary {
     pub syncs_failed: u64,
     pub sync_rx_bytes: u64,
     pub sync_tx_bytes: u64,
-    /// Bus bandwidth of the all-reduces since the previous summary (their bus bytes over
-    /// their time), bytes/s; the previous figure when none ran, 0 before the first.
+    /// Bus bandwidth of the peer's last 16 all-reduces (their bus bytes over their time),
+    /// bytes/s; 0 before the first.
     pub busbw: u64,
     /// Durations, in microseconds, of the all-reduces finished since the last summary.
     pub recent_op_micros: Vec<u32>,

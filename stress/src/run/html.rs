@@ -46,16 +46,16 @@ impl Timeline {
             }
         }
         self.seen += 1;
-        if self.seen % self.stride != 0 {
+        if !self.seen.is_multiple_of(self.stride) {
             return;
         }
         self.steps.push((t, l.world, l.step_ms));
         if self.steps.len() >= MAX_POINTS {
             self.stride *= 2;
-            let mut i = 0;
+            let mut i = 0u32;
             self.steps.retain(|_| {
                 i += 1;
-                i % 2 == 0
+                i.is_multiple_of(2)
             });
         }
     }

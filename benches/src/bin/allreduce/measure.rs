@@ -184,7 +184,7 @@ impl Scraper {
                     let mut body = Vec::new();
                     if write!(s, "GET {path} HTTP/1.0\r\nHost: bench\r\n\r\n").is_ok()
                         && s.read_to_end(&mut body).is_ok()
-                        && body.starts_with(b"HTTP/1.1 200")
+                        && body.windows(5).take(16).any(|w| w == b" 200 ")
                     {
                         answered += 1;
                     }
