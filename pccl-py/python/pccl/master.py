@@ -41,14 +41,16 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         "read-only and unauthenticated: bind loopback or a private network",
     )
     args = parser.parse_args(argv)
-    # Only the flags given: absent ones leave the environment to decide.
+    # Only the flags given: absent ones leave the environment (or the default) to decide.
     security: dict[str, Any] = {}
     if args.secret_file is not None:
         security["secret_file"] = args.secret_file
     if args.encrypt is not None:
         security["encrypt"] = args.encrypt
+    if args.http_address is not None:
+        security["http_address"] = args.http_address
     try:
-        master = MasterNode(args.listen_address, http_address=args.http_address, **security)
+        master = MasterNode(args.listen_address, **security)
     except PCCLError as e:
         # A refused secret, file or setting: say why, as for any bad argument.
         parser.error(str(e))
