@@ -139,8 +139,12 @@ chart("world", "world size (per step line)", [{ label: "world", stroke: "#1f6feb
 chart("step", "step time (ms)", [{ label: "step ms", stroke: "#2da44e" }],
   [st.map((p) => p[0]), st.map((p) => p[2])], true);
 const rec = DATA.recoveries;
-chart("recovery", "recovery time of retried ops (ms)", [{ label: "recovery ms", stroke: "#cf222e" }],
-  [rec.map((p) => p[0]), rec.map((p) => p[1])], true);
+if (rec.length) {
+  chart("recovery", "recovery time of retried ops (ms)", [{ label: "recovery ms", stroke: "#cf222e" }],
+    [rec.map((p) => p[0]), rec.map((p) => p[1])], true);
+} else {
+  document.getElementById("recovery").textContent = "recovery times: no op needed a retry";
+}
 const kinds = ["join", "kill", "freeze", "leave", "reset", "partition"];
 const colours = ["#2da44e", "#cf222e", "#0969da", "#8250df", "#bf8700", "#57606a"];
 const ev = DATA.events.slice().sort((a, b) => a[0] - b[0]);

@@ -187,7 +187,7 @@ function drawCharts(run) {
       charts[s.id] = new uPlot({
         width, height: 200,
         series: [{}, { label: s.label, stroke: s.colour, width: 2, value: (u, v) => v == null ? "–" : s.fmt(v) }],
-        axes: [{ stroke: "#8a97a6" }, { stroke: "#8a97a6", size: 70, values: (u, vals) => vals.map(s.fmt) }],
+        axes: [{ stroke: "#8a97a6" }, { stroke: "#8a97a6", size: 90, values: (u, vals) => vals.map(s.fmt) }],
         scales: { y: { range: (u, min, max) => [0, Math.max(1, max * 1.1)] } },
       }, data, box);
     } else {
