@@ -97,6 +97,8 @@ fn metrics_match_what_the_peers_did() {
         }
         tx += out.iter().map(|(_, i)| i.tx_bytes).sum::<u64>();
     }
+    // The bandwidth matrix: every peer measures the other two.
+    on_all(&comms, |_, c| c.optimize_topology().unwrap());
     // Each communicator counted its own work.
     for c in &comms {
         let st = c.stats();
@@ -131,6 +133,16 @@ fn metrics_match_what_the_peers_did() {
         .filter(|x| x.metric == "pccl_peer_busbw_bytes_per_second")
         .count();
     assert_eq!(busbw, 3, "one bus bandwidth per peer");
+    let links = |s: &prometheus_parse::Scrape| {
+        s.samples
+            .iter()
+            .filter(|x| x.metric == "pccl_link_bandwidth_bytes_per_second")
+            .count()
+    };
+    assert_eq!(links(&s), 6, "3 peers × 2 measured links");
+    for c in &comms {
+        assert_eq!(c.stats().link_bandwidth.len(), 2);
+    }
 
     // A peer leaves; the next op of the survivors ends the recovery.
     drop(comms.pop());
@@ -160,6 +172,7 @@ fn metrics_match_what_the_peers_did() {
         2,
         "the departed peer's gauge is gone"
     );
+    assert_eq!(links(&s), 2, "the departed peer's links are gone");
 
     // /api/run says the same, plus the ring and the events.
     let (status, body) = request(http, "GET", "/api/run");
@@ -168,6 +181,7 @@ fn metrics_match_what_the_peers_did() {
     assert_eq!(run["world_size"], 2);
     assert_eq!(run["ring"].as_array().unwrap().len(), 2);
     assert_eq!(run["totals"]["ops_ok"], OPS + 1);
+    assert_eq!(run["bandwidth"].as_array().unwrap().len(), 2);
     let kinds: Vec<&str> = run["events"]
         .as_array()
         .unwrap()
