@@ -673,6 +673,39 @@ mod tests {
     }
 
     #[test]
+    fn closes_are_told_apart_by_their_reason() {
+        let t0 = Instant::now();
+        let mut o = Observer::new(t0);
+        for conn in 1..=3 {
+            o.on_connect(t0, conn, PeerId([conn as u8; 16]), [127, 0, 0, 1].into());
+            let reg = ToMaster::Register {
+                group: 0,
+                p2p_port: 1,
+                advertise_ip: None,
+            };
+            o.on_message(t0, conn, &reg);
+        }
+        let silent = format!("{} for 5s", crate::master::state::HEARTBEAT_DEATH);
+        o.on_output(t0, &Output::Close(1, silent));
+        o.on_output(t0, &Output::Close(2, "missed the proposal deadline".into()));
+        o.on_disconnect(t0, 3, "connection closed");
+        // A second close of a connection already gone counts nothing.
+        o.on_disconnect(t0, 3, "connection closed");
+        let text = o.metrics_text();
+        assert_eq!(value(&text, "pccl_heartbeats_missed_total"), Some(1.0));
+        assert_eq!(value(&text, "pccl_evictions_total"), Some(1.0));
+        for cause in ["heartbeat_timeout", "evicted", "disconnected"] {
+            let line = format!("pccl_peer_losses_total{{cause=\"{cause}\"}}");
+            assert_eq!(value(&text, &line), Some(1.0), "{cause}: {text}");
+        }
+        let kinds: Vec<&str> = o.events.iter().map(|e| e.kind).collect();
+        assert_eq!(
+            kinds,
+            ["join", "join", "join", "death", "eviction", "death"]
+        );
+    }
+
+    #[test]
     fn events_and_links_stay_bounded_under_churn() {
         let t0 = Instant::now();
         let mut o = Observer::new(t0);
