@@ -2,7 +2,8 @@
 //! README, "Watching a run"): `/metrics` (Prometheus), `/api/run` (JSON) and `/`, a
 //! dashboard whose files are compiled in. Nothing here runs unless the option is given.
 //!
-//! Built on hyper and axum. The listener faces whoever can reach it, so it is read-only
+//! Built on hyper (the connection, with its head-size and head-time bounds) and axum
+//! (routing). The listener faces whoever can reach it, so it is read-only
 //! (GET; anything else is 405) and bounded (SECURITY.md §3): at most
 //! [`MAX_CONNECTIONS`] connections at once (beyond that a new one is closed at once),
 //! request heads of at most [`MAX_HEAD_BYTES`] that must arrive within
