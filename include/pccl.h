@@ -270,6 +270,34 @@ typedef struct pcclSharedStateSyncInfo_t {
     uint64_t rx_bytes;
 } pcclSharedStateSyncInfo_t;
 
+// pccl extension (not in PCCL 1.0): what a communicator has done since it was created,
+// as returned by `pcclGetCommStats`.
+typedef struct pcclCommStats_t {
+    // All-reduces (blocking, async, batched) that succeeded here.
+    uint64_t all_reduce_completed;
+    // All-reduces that failed here.
+    uint64_t all_reduce_failed;
+    // Shared-state syncs that succeeded / failed here.
+    uint64_t shared_state_syncs_completed;
+    uint64_t shared_state_syncs_failed;
+    // Ops `pcclAllReduceMultipleWithRetry` ran again after a failure.
+    uint64_t retries;
+    // Ring payload bytes sent / received, all neighbours together.
+    uint64_t tx_bytes;
+    uint64_t rx_bytes;
+    // Tensor bytes shared-state syncs received / sent.
+    uint64_t shared_state_rx_bytes;
+    uint64_t shared_state_tx_bytes;
+    // Bus bandwidth (bytes/s) and duration (s) of the last successful all-reduce; 0
+    // before the first.
+    double last_busbw;
+    double last_all_reduce_seconds;
+    // Recoveries recorded (an all-reduce succeeding after one failed for a lost peer),
+    // at most the 32 latest, and the latest one's duration in seconds (0: none).
+    uint64_t recoveries;
+    double last_recovery_seconds;
+} pcclCommStats_t;
+
 // A peer's 128-bit identity.
 typedef struct pcclRankUuid_t {
     uint8_t data[16];
@@ -490,6 +518,22 @@ enum pcclResult_t pcclMasterSetRunSecret(pcclMasterInstance_t *master, const cha
 // `master` is NULL or a live handle. Thread-safe.
 enum pcclResult_t pcclMasterSetEncrypt(pcclMasterInstance_t *master, bool encrypt);
 
+// pccl extension (not in PCCL 1.0): serves the dashboard (`/`), `/metrics` (Prometheus)
+// and `/api/run` on `address` (README, "Watching a run"); port 0 picks a free port. Off
+// unless called. The endpoints are read-only and unauthenticated: bind loopback or a
+// private network. An address that cannot be bound makes `pcclRunMaster` fail with
+// `pcclInvalidUsage`.
+//
+// Call it after `pcclCreateMaster` and before `pcclRunMaster`; after it, it is
+// `pcclInvalidUsage`. NULL `master` or `address`, or an unknown address protocol, is
+// `pcclInvalidArgument`.
+//
+// # Safety
+//
+// `master` is NULL or a live handle; `address` is NULL or readable. Thread-safe.
+enum pcclResult_t pcclMasterSetHttpAddress(pcclMasterInstance_t *master,
+                                           const struct ccoip_socket_address_t *address);
+
 // Asks a running master to stop; returns at once. Idempotent. A master that was never
 // run is `pcclInvalidUsage`.
 //
@@ -607,6 +651,14 @@ enum pcclResult_t pcclSynchronizeSharedState(const struct pcclComm_t *comm,
                                              struct pcclSharedState_t *state,
                                              pcclSharedStateSyncStrategy_t strategy,
                                              struct pcclSharedStateSyncInfo_t *info);
+
+// pccl extension (not in PCCL 1.0): writes the communicator's counters to `*out`. Works
+// before `pcclConnect` too (all zeros). NULL `comm` or `out` is `pcclInvalidArgument`.
+//
+// # Safety
+//
+// `comm` is NULL or a live handle; `out` is NULL or writable. Thread-safe.
+enum pcclResult_t pcclGetCommStats(const struct pcclComm_t *comm, struct pcclCommStats_t *out);
 
 #ifdef __cplusplus
 }  // extern "C"

@@ -15,7 +15,8 @@
 //!   (`init.rs`), so whichever a program calls first, it logs as a Rust program does.
 //! - Additions beyond PCCL 1.0 are marked "pccl extension" in their documentation
 //!   (`pcclCommSetBindAddress`, `pcclCommSetRunSecret`, `pcclCommSetEncrypt`,
-//!   `pcclMasterSetRunSecret`, `pcclMasterSetEncrypt`). The run secret is also read from
+//!   `pcclMasterSetRunSecret`, `pcclMasterSetEncrypt`, `pcclMasterSetHttpAddress`,
+//!   `pcclGetCommStats`). The run secret is also read from
 //!   the environment (`secret.rs`) when a communicator or master is created; PCCL 1.0's
 //!   structs are unchanged.
 //! - It checks every pointer for NULL and alignment and every enum value it reads
@@ -42,6 +43,7 @@ pub mod reduce;
 pub mod result;
 mod secret;
 pub mod shared_state;
+pub mod stats;
 pub mod types;
 
 #[cfg(test)]

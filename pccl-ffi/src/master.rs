@@ -179,6 +179,35 @@ pub unsafe extern "C" fn pcclMasterSetEncrypt(
     })
 }
 
+/// pccl extension (not in PCCL 1.0): serves the dashboard (`/`), `/metrics` (Prometheus)
+/// and `/api/run` on `address` (README, "Watching a run"); port 0 picks a free port. Off
+/// unless called. The endpoints are read-only and unauthenticated: bind loopback or a
+/// private network. An address that cannot be bound makes `pcclRunMaster` fail with
+/// `pcclInvalidUsage`.
+///
+/// Call it after `pcclCreateMaster` and before `pcclRunMaster`; after it, it is
+/// `pcclInvalidUsage`. NULL `master` or `address`, or an unknown address protocol, is
+/// `pcclInvalidArgument`.
+///
+/// # Safety
+///
+/// `master` is NULL or a live handle; `address` is NULL or readable. Thread-safe.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn pcclMasterSetHttpAddress(
+    master: *mut pcclMasterInstance_t,
+    address: *const ccoip_socket_address_t,
+) -> pcclResult_t {
+    ffi_boundary!(no_init, {
+        // SAFETY: forwarded contracts.
+        let (state, address): (&MasterState, _) =
+            unsafe { (handle_ref(master)?, crate::handle::read_in(address)?) };
+        let address = address
+            .to_socket_addr()
+            .ok_or(pcclResult_t::pcclInvalidArgument)?;
+        state.reconfigure(|config| config.http = Some(address))
+    })
+}
+
 /// Asks a running master to stop; returns at once. Idempotent. A master that was never
 /// run is `pcclInvalidUsage`.
 ///

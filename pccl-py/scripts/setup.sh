@@ -12,10 +12,10 @@ if [[ ! -x "$PY" ]]; then
     python3 -m venv "$VENV"
 fi
 # torch from PyPI is the CUDA build (~3 GB); install only what is missing.
-if ! "$PY" -c "import maturin, pytest, pytest_timeout, numpy, torch, mypy" 2>/dev/null; then
-    echo "==> installing maturin, pytest, numpy, torch, mypy into $VENV"
+if ! "$PY" -c "import maturin, pytest, pytest_timeout, numpy, torch, mypy, prometheus_client" 2>/dev/null; then
+    echo "==> installing maturin, pytest, numpy, torch, mypy, prometheus-client into $VENV"
     "$PY" -m pip install --quiet --upgrade pip
-    "$PY" -m pip install --quiet maturin pytest pytest-timeout numpy torch mypy
+    "$PY" -m pip install --quiet maturin pytest pytest-timeout numpy torch mypy prometheus-client
 fi
 
 # As a user's `pip install ./pccl-py` builds it (README "Installing pccl"): pip runs the

@@ -192,6 +192,16 @@ impl Communicator {
         blocking(py, KeepAlive::new(), move || comm.optimize_topology())
     }
 
+    /// pccl extension: what this communicator has done, as a plain dict (ops per kind,
+    /// failures, retries, bytes per neighbour, recent all-reduces, recovery times, syncs,
+    /// measured links; docs/ARCHITECTURE.md §13).
+    fn stats<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
+        let comm = self.comm()?;
+        let text = serde_json::to_string(&comm.stats())
+            .map_err(|e| crate::errors::internal(e.to_string()))?;
+        py.import("json")?.call_method1("loads", (text,))
+    }
+
     /// Reads a world-size attribute.
     fn get_attribute(&self, attribute: &Bound<'_, PyAny>) -> PyResult<usize> {
         let attr = self::attribute(attribute)?;

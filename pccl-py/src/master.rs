@@ -44,16 +44,20 @@ impl MasterNode {
     /// `secret_file` (a file holding it) is the run secret (SECURITY.md §6): only peers
     /// holding the same one are admitted. With neither, `PCCL_RUN_SECRET` or
     /// `PCCL_RUN_SECRET_FILE` applies if set. `encrypt` also encrypts payloads (needs a
-    /// secret); `None` reads `PCCL_ENCRYPT`.
+    /// secret); `None` reads `PCCL_ENCRYPT`. `http_address` ("ip:port") serves the
+    /// dashboard, `/metrics` and `/api/run` there (off by default; README, "Watching a
+    /// run"); bind loopback or a private network.
     #[new]
-    #[pyo3(signature = (listen_address, *, secret = None, secret_file = None, encrypt = None))]
+    #[pyo3(signature = (listen_address, *, secret = None, secret_file = None, encrypt = None, http_address = None))]
     fn new(
         listen_address: &str,
         secret: Option<&str>,
         secret_file: Option<&str>,
         encrypt: Option<bool>,
+        http_address: Option<&str>,
     ) -> PyResult<Self> {
         let mut config = MasterConfig::new(parse_address(listen_address)?);
+        config.http = http_address.map(parse_address).transpose()?;
         (config.secret, config.encrypt) = crate::secret::security(secret, secret_file, encrypt)?;
         check(config.validate())?;
         Ok(Self {
@@ -114,6 +118,16 @@ impl MasterNode {
         match self.running() {
             Some(m) => m.local_addr().to_string(),
             None => self.config.listen.to_string(),
+        }
+    }
+
+    /// Where the HTTP endpoints listen ("ip:port", the real port once running), or
+    /// `None` when they are off.
+    #[getter]
+    fn http_address(&self) -> Option<String> {
+        match self.running() {
+            Some(m) => m.http_addr().map(|a| a.to_string()),
+            None => self.config.http.map(|a| a.to_string()),
         }
     }
 

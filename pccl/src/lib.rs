@@ -48,6 +48,7 @@ mod types;
 pub mod wire;
 
 pub use collectives::{Element, InPlaceBuffer, OwnedBuffers, ReduceBuffers, SliceBuffers};
+pub use comm::stats::{CommStats, LinkBandwidth, NeighbourBytes, OpCounts, ReduceSample};
 pub use comm::{AsyncReduce, Communicator};
 pub use config::{CommunicatorConfig, DEFAULT_MASTER_PORT, DEFAULT_P2P_PORT};
 pub use error::{Error, Result, ResultCode, ResultCodeInfo};

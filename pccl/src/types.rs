@@ -12,6 +12,11 @@ impl PeerId {
     pub fn random() -> Self {
         Self(rand::random())
     }
+
+    /// All 16 bytes in hex (32 digits), for tables and metric labels.
+    pub fn hex(&self) -> String {
+        self.0.iter().map(|b| format!("{b:02x}")).collect()
+    }
 }
 
 impl fmt::Debug for PeerId {

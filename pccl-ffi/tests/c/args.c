@@ -116,6 +116,12 @@ static void comm_args(pcclComm_t *comm) {
     EXPECT(pcclArePeersPending(NULL, &pending), IA);
     EXPECT(pcclArePeersPending(comm, NULL), IA);
     EXPECT(pcclOptimizeTopology(NULL), IA);
+    {
+        pcclCommStats_t stats;
+        EXPECT(pcclGetCommStats(NULL, &stats), IA);
+        EXPECT(pcclGetCommStats(comm, NULL), IA);
+        CHECK(pcclGetCommStats(comm, &stats));
+    }
 
     /* pcclAllReduce */
     EXPECT(pcclAllReduce(NULL, b, &desc, comm, &info), IA);
@@ -341,6 +347,13 @@ int main(int argc, char **argv) {
     EXPECT(pcclMasterAwaitTermination(NULL), IA);
     EXPECT(pcclDestroyMaster(NULL), IA);
     CHECK(pcclCreateMaster(loopback(port), &unused));
+    EXPECT(pcclMasterSetHttpAddress(NULL, &addr), IA);
+    EXPECT(pcclMasterSetHttpAddress(unused, NULL), IA);
+    EXPECT(pcclMasterSetHttpAddress(unused, &addr), IA); /* unknown protocol */
+    {
+        ccoip_socket_address_t http = loopback(0);
+        CHECK(pcclMasterSetHttpAddress(unused, &http));
+    }
     EXPECT(pcclInterruptMaster(unused), pcclInvalidUsage); /* never run */
     EXPECT(pcclMasterAwaitTermination(unused), pcclInvalidUsage);
     CHECK(pcclDestroyMaster(unused));

@@ -98,6 +98,16 @@ int main(int argc, char **argv) {
                (unsigned long)crc32_of(counters, sizeof(uint64_t)));
         fflush(stdout);
     }
+    {
+        /* pccl extension: the communicator counted what it did. */
+        pcclCommStats_t stats;
+        CHECK(pcclGetCommStats(comm, &stats));
+        FAIL_IF(stats.all_reduce_completed != 2 * (uint64_t)steps, "%lu all-reduces counted",
+                (unsigned long)stats.all_reduce_completed);
+        FAIL_IF(stats.shared_state_syncs_completed != (uint64_t)steps, "%lu syncs counted",
+                (unsigned long)stats.shared_state_syncs_completed);
+        FAIL_IF(world > 1 && (stats.tx_bytes == 0 || stats.last_busbw <= 0.0), "no bytes counted");
+    }
     CHECK(pcclDestroyCommunicator(comm));
     return 0;
 }

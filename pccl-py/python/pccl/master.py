@@ -4,7 +4,8 @@ takes ``--listen`` as the Rust ``pccl-master`` does.
 
 With ``--secret-file PATH`` (or ``PCCL_RUN_SECRET`` / ``PCCL_RUN_SECRET_FILE`` in the
 environment) only peers holding the same run secret are admitted; ``--encrypt`` (or
-``PCCL_ENCRYPT=1``) also encrypts payloads. Stops on Ctrl-C or SIGTERM."""
+``PCCL_ENCRYPT=1``) also encrypts payloads. ``--http-address 127.0.0.1:9148`` serves the
+dashboard, ``/metrics`` and ``/api/run``. Stops on Ctrl-C or SIGTERM."""
 
 from __future__ import annotations
 
@@ -40,13 +41,21 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         default=None,
         help="encrypt payloads too; needs a run secret (default: PCCL_ENCRYPT)",
     )
+    parser.add_argument(
+        "--http-address",
+        metavar="IP:PORT",
+        help="serve the dashboard, /metrics (Prometheus) and /api/run here (default: off); "
+        "read-only and unauthenticated: bind loopback or a private network",
+    )
     args = parser.parse_args(argv)
-    # Only the flags given: absent ones leave the environment to decide.
+    # Only the flags given: absent ones leave the environment (or the default) to decide.
     security: dict[str, Any] = {}
     if args.secret_file is not None:
         security["secret_file"] = args.secret_file
     if args.encrypt is not None:
         security["encrypt"] = args.encrypt
+    if args.http_address is not None:
+        security["http_address"] = args.http_address
     try:
         master = MasterNode(args.listen_address, **security)
     except PCCLError as e:
@@ -55,6 +64,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     master.run()
     # The actual address (port 0 resolved), for scripts that start a master on port 0.
     print(f"pccl master listening on {master.listen_address}", flush=True)
+    if master.http_address is not None:
+        print(f"pccl master dashboard: http://{master.http_address}/", flush=True)
     if master.authenticated:
         what = "encrypted" if master.encrypted else "authenticated"
         print(f"pccl master: {what} run (only holders of the run secret are admitted)", flush=True)

@@ -335,8 +335,16 @@ fn run() -> Result<(), String> {
         .map(pccl::secure::RunSecret::new)
         .transpose()
         .map_err(|e| e.to_string())?;
-    let master = pccl::MasterNode::start(master_config)
-        .map_err(|e| format!("cannot start the master: {e}"))?;
+    // The dashboard (README, "Watching a run"): on the usual port when it is free.
+    master_config.http = Some(([127, 0, 0, 1], 9148).into());
+    let master = match pccl::MasterNode::start(master_config.clone()) {
+        Ok(m) => m,
+        Err(_) => {
+            master_config.http = Some(([127, 0, 0, 1], 0).into());
+            pccl::MasterNode::start(master_config)
+                .map_err(|e| format!("cannot start the master: {e}"))?
+        }
+    };
     let (events, rx) = mpsc::channel();
     let (master_addr, list) = (master.local_addr().to_string(), Vec::new());
     let authenticated = secret.is_some();
@@ -351,6 +359,9 @@ fn run() -> Result<(), String> {
     let bytes = count * 4;
     let mib = bytes as f64 / (1 << 20) as f64;
     println!("pccl demo: master on {}, {n} peers", master.local_addr());
+    if let Some(a) = master.http_addr() {
+        println!("dashboard: http://{a}/   (Prometheus metrics: http://{a}/metrics)");
+    }
     if authenticated {
         println!(
             "authenticated run: a fresh 256-bit run secret given to the master and every peer \

@@ -1,11 +1,12 @@
-//! `pccl-master --listen ADDR [--secret-file PATH [--encrypt]]`: runs a pccl master until
-//! interrupted.
+//! `pccl-master --listen ADDR [--secret-file PATH [--encrypt]] [--http ADDR]`: runs a pccl
+//! master until interrupted.
 
 use std::net::SocketAddr;
 use std::process::ExitCode;
 use std::time::Duration;
 
-const USAGE: &str = "usage: pccl-master [--listen ADDR] [--secret-file PATH [--encrypt]] [OPTIONS]
+const USAGE: &str =
+    "usage: pccl-master [--listen ADDR] [--secret-file PATH [--encrypt]] [--http ADDR] [OPTIONS]
 
 Runs the master of a pccl run. Peers connect to it, are accepted into the ring,
 and learn of each other's deaths through it. It carries no tensor data.
@@ -13,6 +14,9 @@ and learn of each other's deaths through it. It carries no tensor data.
 options:
   --listen ADDR               address to listen on (default 0.0.0.0:48148)
   --heartbeat-timeout-ms MS   a peer silent this long is dead (default 5000)
+  --http ADDR                 serve the dashboard (/), /metrics (Prometheus) and /api/run
+                              on ADDR, e.g. 127.0.0.1:9148 (default: off). Read-only and
+                              unauthenticated: bind loopback or a private network
 
 A peer that misses one of these bounds is evicted as if it had died; the others go on:
   --registration-timeout-ms MS         register this long after the hello (default 10000)
@@ -64,6 +68,10 @@ fn main() -> ExitCode {
                 .and_then(|v| v.parse().ok())
                 .map(|v| c.listen = v),
             "--heartbeat-timeout-ms" => ms(&mut c.heartbeat_timeout),
+            "--http" => args
+                .next()
+                .and_then(|v| v.parse().ok())
+                .map(|v| c.http = Some(v)),
             "--registration-timeout-ms" => ms(&mut c.registration_timeout),
             "--proposal-timeout-ms" => ms(&mut c.proposal_timeout),
             "--bandwidth-timeout-ms" => ms(&mut c.bandwidth_timeout),
@@ -107,6 +115,9 @@ fn main() -> ExitCode {
         }
     };
     eprintln!("pccl-master listening on {} ({mode})", master.local_addr());
+    if let Some(a) = master.http_addr() {
+        eprintln!("pccl-master dashboard: http://{a}/ (metrics: http://{a}/metrics)");
+    }
     exit_code(master.await_termination())
 }
 

@@ -79,7 +79,10 @@ pub(crate) async fn run(
                 },
             },
             Some((proposal, ok)) = ready.recv() => ToMaster::P2pReady { proposal, ok },
-            Some(results) = bw_reports.recv() => ToMaster::BandwidthReport { results },
+            Some(results) = bw_reports.recv() => {
+                shared.stats.record_links(&results);
+                ToMaster::BandwidthReport { results }
+            }
             msg = msgs.recv() => {
                 match msg {
                     Some(Ok(m)) => st.on_master(m),
@@ -94,7 +97,8 @@ pub(crate) async fn run(
                 if silent > shared.config.master_timeout {
                     break Error::MasterConnectionFailed(format!("no word from the master for {silent:?}"));
                 }
-                ToMaster::Heartbeat
+                // The stats ride on the heartbeat: no message of their own.
+                ToMaster::HeartbeatStats(shared.stats.take_summary())
             }
         };
         let write = net::write_control(&mut wr, send.as_mut(), |b| out.encode(b));

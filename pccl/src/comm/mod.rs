@@ -11,6 +11,7 @@ pub(crate) mod control;
 pub(crate) mod gate;
 mod multiple;
 pub(crate) mod p2p;
+pub(crate) mod stats;
 
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
@@ -53,7 +54,27 @@ pub(crate) struct Shared {
     idle_closed: Arc<AtomicU64>,
     /// The run secret and our static key pair, in an authenticated run (SECURITY.md §6).
     pub(crate) secure: Option<Secure>,
+    /// What this communicator counts about its work (`stats.rs`).
+    pub(crate) stats: Arc<stats::Stats>,
     cmds: mpsc::UnboundedSender<Cmd>,
+}
+
+impl Shared {
+    /// Runs a started all-reduce to its verdict and records it in the stats.
+    pub(crate) async fn run_reduce<B: ReduceBuffers>(
+        &self,
+        started: ring::Started<Self>,
+        bufs: &mut B,
+        desc: ReduceDescriptor,
+    ) -> Result<ReduceInfo> {
+        let t0 = std::time::Instant::now();
+        let r = ring::run(started, bufs, desc).await;
+        let topology = self.registry.topology();
+        let group = self.config.peer_group;
+        self.stats
+            .record_reduce(&desc, t0.elapsed(), &r, &topology, self.me, group);
+        r
+    }
 }
 
 /// Shared-state syncs: requests from other peers arrive through the p2p listener's door,
@@ -139,6 +160,7 @@ pub struct Communicator {
     connected: OnceLock<Connected>,
     connecting: Mutex<bool>,
     async_in_flight: Arc<AtomicUsize>,
+    stats: Arc<stats::Stats>,
 }
 
 impl Communicator {
@@ -151,6 +173,7 @@ impl Communicator {
             connected: OnceLock::new(),
             connecting: Mutex::new(false),
             async_in_flight: Arc::new(AtomicUsize::new(0)),
+            stats: Arc::default(),
         })
     }
 
@@ -207,6 +230,7 @@ impl Communicator {
             door: Arc::default(),
             gate: Arc::new(Gate::new(me, config.peer_group)),
             idle_closed: Arc::default(),
+            stats: self.stats.clone(),
             config: config.clone(),
             cmds: cmd_tx,
         });
@@ -415,7 +439,7 @@ impl Communicator {
         check_desc(&bufs, &desc)?;
         let c = self.connected()?;
         let started = ring::start(&c.shared, &desc)?;
-        c.rt.block_on(ring::run(started, &mut bufs, desc))
+        c.rt.block_on(c.shared.run_reduce(started, &mut bufs, desc))
     }
 
     /// Starts an all-reduce and returns at once; the handle's `wait` gives the buffers back.
@@ -428,8 +452,9 @@ impl Communicator {
         let c = self.connected()?;
         let started = ring::start(&c.shared, &desc)?;
         self.async_in_flight.fetch_add(1, Ordering::SeqCst);
+        let shared = c.shared.clone();
         let join = c.rt.spawn(async move {
-            let r = ring::run(started, &mut bufs, desc).await;
+            let r = shared.run_reduce(started, &mut bufs, desc).await;
             (bufs, r)
         });
         Ok(AsyncReduce {
@@ -503,7 +528,17 @@ impl Communicator {
             Ok((plan_rx, result_rx))
         };
         let sends = strategy != crate::types::SyncStrategy::ReceiveOnly;
-        c.rt.block_on(crate::shared_state::sync(&**shared, state, report, sends))
+        let r =
+            c.rt.block_on(crate::shared_state::sync(&**shared, state, report, sends));
+        self.stats.record_sync(&r);
+        r
+    }
+
+    /// What this communicator has done so far: ops per kind, failures, retries, bytes
+    /// per neighbour, recent all-reduce figures, recovery times, syncs and measured links
+    /// (docs/ARCHITECTURE.md §13). Cheap: a copy of counters kept as ops end.
+    pub fn stats(&self) -> stats::CommStats {
+        self.stats.snapshot()
     }
 }
 

@@ -32,7 +32,7 @@ pub(super) async fn run<B: ReduceBuffers>(
             let desc = op.1;
             match ring::start(shared, &desc) {
                 Ok(started) => running.push(Box::pin(async move {
-                    let r = ring::run(started, &mut op.0, desc).await;
+                    let r = shared.run_reduce(started, &mut op.0, desc).await;
                     (i, op, r)
                 })),
                 Err(e) => {
@@ -67,6 +67,7 @@ pub(super) async fn run<B: ReduceBuffers>(
                     // the old epoch would move on to the next tag while another, already
                     // on the new epoch, waits for it on this one: a deadlock.
                     tracing::debug!(error = %e, "retrying op");
+                    shared.stats.record_retry();
                     queue.push_front(i);
                 }
             }

@@ -4,6 +4,7 @@
 #[doc(hidden)]
 pub mod drive;
 mod election;
+pub mod http;
 mod server;
 pub mod state;
 #[cfg(test)]
@@ -71,6 +72,10 @@ pub struct MasterConfig {
     /// (default 256: honest peers register within milliseconds of connecting, so only a
     /// join burst of more than this many at once would meet the bound).
     pub max_unregistered_connections: usize,
+    /// Serve `/metrics`, `/api/run` and the dashboard on this address (README, "Watching
+    /// a run"); `None` (the default): no HTTP listener, and no HTTP code runs. Bind
+    /// loopback or a private network: the endpoints are read-only but unauthenticated.
+    pub http: Option<SocketAddr>,
 }
 
 impl MasterConfig {
@@ -90,6 +95,7 @@ impl MasterConfig {
             secret: None,
             encrypt: false,
             max_unregistered_connections: 256,
+            http: None,
         }
     }
 
@@ -170,6 +176,8 @@ pub(crate) enum Command {
 #[derive(Debug)]
 pub struct MasterNode {
     addr: SocketAddr,
+    /// Where the HTTP endpoints listen, when asked for.
+    http_addr: Option<SocketAddr>,
     command: watch::Sender<Command>,
     thread: Mutex<Option<JoinHandle<()>>>,
     /// The panic message, once the serving thread has panicked.
@@ -193,6 +201,22 @@ impl MasterNode {
             .enable_all()
             .build()
             .map_err(|e| Error::Internal(e.to_string()))?;
+        let http = match config.http {
+            None => None,
+            Some(at) => {
+                let l = std::net::TcpListener::bind(at).map_err(|e| {
+                    Error::InvalidUsage(format!("cannot listen for http on {at}: {e}"))
+                })?;
+                l.set_nonblocking(true)
+                    .map_err(|e| Error::Internal(e.to_string()))?;
+                let a = l.local_addr().map_err(|e| Error::Internal(e.to_string()))?;
+                Some((l, a))
+            }
+        };
+        let http_addr = http.as_ref().map(|(_, a)| *a);
+        let observer = http
+            .as_ref()
+            .map(|_| Arc::new(Mutex::new(http::Observer::new(std::time::Instant::now()))));
         let (command, command_rx) = watch::channel(Command::Run);
         let timeouts = config.timeouts();
         let unregistered = Arc::new(AtomicUsize::new(0));
@@ -203,6 +227,7 @@ impl MasterNode {
                 .secret
                 .clone()
                 .map(|s| crate::net::sealed::Secure::master(s, config.encrypt)),
+            observer: observer.clone(),
         };
         crate::net::sealed::warn_if_exposed("master", addr, config.secret.is_some());
         let crashed = Arc::new(Mutex::new(None));
@@ -214,6 +239,14 @@ impl MasterNode {
                 // it is logged now and `await_termination` reports it.
                 let run = catch_unwind(AssertUnwindSafe(|| {
                     rt.block_on(async move {
+                        if let (Some((l, _)), Some(o)) = (http, observer) {
+                            match tokio::net::TcpListener::from_std(l) {
+                                Ok(l) => drop(tokio::spawn(http::serve(l, o))),
+                                Err(e) => {
+                                    tracing::error!(error = %e, "cannot register the http listener")
+                                }
+                            }
+                        }
                         match tokio::net::TcpListener::from_std(std) {
                             Ok(listener) => {
                                 server::serve(listener, timeouts, limits, command_rx).await
@@ -230,8 +263,12 @@ impl MasterNode {
             })
             .map_err(|e| Error::Internal(e.to_string()))?;
         tracing::info!(%addr, "master listening");
+        if let Some(a) = http_addr {
+            tracing::info!(addr = %a, "master serving http (dashboard, /metrics, /api/run)");
+        }
         Ok(Self {
             addr,
+            http_addr,
             command,
             thread: Mutex::new(Some(thread)),
             crashed,
@@ -242,6 +279,11 @@ impl MasterNode {
     /// The address the master listens on.
     pub fn local_addr(&self) -> SocketAddr {
         self.addr
+    }
+
+    /// The address of the HTTP endpoints (`MasterConfig::http`), if they are served.
+    pub fn http_addr(&self) -> Option<SocketAddr> {
+        self.http_addr
     }
 
     /// How many connections are accepted and not yet registered (bounded by

@@ -52,6 +52,8 @@ pub(crate) struct Limits {
     pub(crate) unregistered: Arc<AtomicUsize>,
     /// The run secret, if the run has one: every connection must prove it (SECURITY.md §6).
     pub(crate) secure: Option<Secure>,
+    /// With `--http`: the observer that sees every input and output (`http::observe`).
+    pub(crate) observer: Option<super::http::Shared>,
 }
 
 /// Runs the master until `command` says stop.
@@ -119,6 +121,9 @@ pub(crate) async fn serve(
             }
             Some(input) = inbox.recv() => {
                 let now = Instant::now().into_std();
+                if let Some(o) = &limits.observer {
+                    observe_input(&mut o.lock().unwrap_or_else(|e| e.into_inner()), now, &input);
+                }
                 match input {
                     Input::Connected { conn, peer, ip, static_key, writer } => {
                         writers.insert(conn, writer);
@@ -144,7 +149,15 @@ pub(crate) async fn serve(
         // Check expiry against the clock, not only when the sleep fired: a busy inbox
         // must not postpone a heartbeat death.
         state.handle_timeout(Instant::now().into_std());
+        let mut observer = limits
+            .observer
+            .as_ref()
+            .map(|o| o.lock().unwrap_or_else(|e| e.into_inner()));
+        let now = Instant::now().into_std();
         while let Some(out) = state.poll_output() {
+            if let Some(o) = observer.as_mut() {
+                o.on_output(now, &out);
+            }
             match out {
                 Output::Send(conn, msg) => {
                     if let Some(w) = writers.get(&conn) {
@@ -161,12 +174,25 @@ pub(crate) async fn serve(
                 }
             }
         }
+        if let Some(o) = observer.as_mut() {
+            o.after_step(now, &state);
+        }
+        drop(observer);
         limits
             .unregistered
             .store(unregistered.len(), Ordering::Relaxed);
     }
     for r in readers.values() {
         r.abort();
+    }
+}
+
+/// Shows the observer an input before the state machine handles it.
+fn observe_input(o: &mut super::http::Observer, now: std::time::Instant, input: &Input) {
+    match input {
+        Input::Connected { conn, peer, ip, .. } => o.on_connect(now, *conn, *peer, *ip),
+        Input::Message(conn, msg) => o.on_message(now, *conn, msg),
+        Input::Disconnected(conn, why) => o.on_disconnect(now, *conn, why),
     }
 }
 

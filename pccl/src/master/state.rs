@@ -47,6 +47,9 @@ use super::election::History;
 use crate::types::{PeerEntry, PeerId, Topology};
 use crate::wire::{FromMaster, ToMaster, VoteKind};
 
+/// How the reason of a close for silence begins (observers tell deaths from evictions by it).
+pub const HEARTBEAT_DEATH: &str = "no heartbeat";
+
 /// A connection, numbered by the driver.
 pub type ConnId = u64;
 
@@ -252,7 +255,10 @@ impl MasterState {
         c.last_seen = now;
         let peer = c.peer;
         match msg {
-            ToMaster::Heartbeat => self.send(conn, FromMaster::HeartbeatAck),
+            // The summary is for observers (the driver's `observe`), not for decisions.
+            ToMaster::Heartbeat | ToMaster::HeartbeatStats(_) => {
+                self.send(conn, FromMaster::HeartbeatAck)
+            }
             ToMaster::Register {
                 group,
                 p2p_port,

@@ -6,6 +6,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use bytes::BufMut;
 
 use super::codec::{Reader, WireError, put_bool, put_string};
+use super::stats::PeerSummary;
 use crate::types::{DataType, PeerEntry, PeerId, SyncStrategy, Topology};
 
 /// Largest control frame body we accept.
@@ -88,6 +89,9 @@ pub enum ToMaster {
     },
     /// Liveness; the master answers with `HeartbeatAck`.
     Heartbeat,
+    /// A heartbeat that also carries the peer's stats summary (docs/PROTOCOL.md §3.4);
+    /// answered and timed exactly as `Heartbeat`.
+    HeartbeatStats(PeerSummary),
     /// A joint call.
     Vote(VoteKind),
     /// Connections for a proposed topology are (or could not be) established.
@@ -174,6 +178,10 @@ impl ToMaster {
                 }
             }
             Self::Heartbeat => out.put_u8(2),
+            Self::HeartbeatStats(summary) => {
+                out.put_u8(9);
+                summary.encode(out);
+            }
             Self::Vote(kind) => {
                 out.put_u8(3);
                 out.put_u8(*kind as u8);
@@ -292,6 +300,7 @@ impl ToMaster {
                 }
                 Self::BandwidthReport { results }
             }
+            9 => Self::HeartbeatStats(PeerSummary::decode(&mut r)?),
             t => return Err(WireError::UnknownFrameType(t)),
         };
         r.finish()?;
@@ -653,6 +662,25 @@ mod tests {
                 }
             }),
             Just(ToMaster::Heartbeat),
+            (
+                any::<[u64; 10]>(),
+                proptest::collection::vec(any::<u32>(), 0..=super::super::stats::MAX_RECENT_OPS)
+            )
+                .prop_map(|(c, recent_op_micros)| ToMaster::HeartbeatStats(
+                    PeerSummary {
+                        reduces_ok: c[0],
+                        reduces_failed: c[1],
+                        retries: c[2],
+                        tx_bytes: c[3],
+                        rx_bytes: c[4],
+                        syncs_ok: c[5],
+                        syncs_failed: c[6],
+                        sync_rx_bytes: c[7],
+                        sync_tx_bytes: c[8],
+                        busbw: c[9],
+                        recent_op_micros,
+                    }
+                )),
             Just(ToMaster::Vote(VoteKind::ArePeersPending)),
             Just(ToMaster::Vote(VoteKind::UpdateTopology)),
             Just(ToMaster::Vote(VoteKind::OptimizeTopology)),

@@ -10,6 +10,7 @@ pub mod control;
 pub mod data;
 pub mod handshake;
 pub mod state;
+pub mod stats;
 
 pub use codec::WireError;
 pub use control::{
@@ -19,6 +20,7 @@ pub use control::{
 pub use data::{DATA_HEADER_LEN, DataHeader, KEEPALIVE, MAX_SLICE_BYTES, RingFrame};
 pub use handshake::{ConnectionKind, HELLO_LEN, Hello};
 pub use state::{StateRequest, StateResponse};
+pub use stats::{MAX_RECENT_OPS, PeerSummary};
 
 /// Checks a control frame's length prefix before its body is read or allocated.
 pub fn check_control_len(len: u32) -> Result<usize, WireError> {

@@ -12,9 +12,9 @@ use crate::common::master_with;
 
 /// One line of `pccl-peer` output.
 #[derive(Clone, Debug)]
-struct Step {
+pub(crate) struct Step {
     step: u64,
-    world: u32,
+    pub(crate) world: u32,
     crc: String,
     ms: f64,
     retries: u32,
@@ -42,14 +42,14 @@ fn parse(line: &str) -> Option<Step> {
     })
 }
 
-struct Peer {
+pub(crate) struct Peer {
     child: Child,
     steps: Arc<Mutex<Vec<Step>>>,
     bad: Arc<Mutex<Vec<String>>>,
 }
 
 impl Peer {
-    fn start(master: SocketAddr) -> Self {
+    pub(crate) fn start(master: SocketAddr) -> Self {
         Self::start_with(master, &[])
     }
 
@@ -80,11 +80,11 @@ impl Peer {
         self.steps.lock().unwrap().len()
     }
 
-    fn steps(&self) -> Vec<Step> {
+    pub(crate) fn steps(&self) -> Vec<Step> {
         self.steps.lock().unwrap().clone()
     }
 
-    fn signal(&self, sig: &str) {
+    pub(crate) fn signal(&self, sig: &str) {
         let ok = Command::new("kill")
             .args([sig, &self.child.id().to_string()])
             .status()
@@ -107,7 +107,7 @@ impl Drop for Peer {
 }
 
 /// Waits until `cond` holds, failing the test after `limit`.
-fn wait_until(what: &str, limit: Duration, mut cond: impl FnMut() -> bool) {
+pub(crate) fn wait_until(what: &str, limit: Duration, mut cond: impl FnMut() -> bool) {
     let end = Instant::now() + limit;
     while !cond() {
         assert!(Instant::now() < end, "timed out waiting for {what}");
@@ -116,7 +116,7 @@ fn wait_until(what: &str, limit: Duration, mut cond: impl FnMut() -> bool) {
 }
 
 /// Every step reported by several peers has the same CRC on all of them.
-fn check_parity(peers: &[&Peer]) -> usize {
+pub(crate) fn check_parity(peers: &[&Peer]) -> usize {
     let mut by_step: HashMap<u64, (u32, String, Option<String>)> = HashMap::new();
     let mut compared = 0;
     for p in peers {

@@ -7,6 +7,7 @@
 //! holds the counters and prints the summary.
 
 mod fates;
+mod html;
 mod report;
 mod start;
 mod strangers;
@@ -45,6 +46,8 @@ struct Harness {
     lines_tx: mpsc::Sender<(u32, String)>,
     counts: Counts,
     checker: Checker,
+    /// What the HTML report charts (`html.rs`).
+    timeline: html::Timeline,
     strangers: Option<strangers::Runner>,
     /// The run-secret variables every master and worker process gets (`security_env`).
     security_env: Vec<(&'static str, String)>,
@@ -143,6 +146,7 @@ pub(crate) fn harness(args: &[String]) -> Result<u8> {
     let mut h = Harness {
         strangers,
         checker: Checker::new(s.ops.count, s.ops.concurrent),
+        timeline: html::Timeline::new(Instant::now()),
         scenario: s,
         use_wan,
         exe: std::env::current_exe()?,
@@ -196,8 +200,13 @@ pub(crate) fn harness(args: &[String]) -> Result<u8> {
         verdict,
     };
     std::fs::write(&report_path, serde_json::to_string_pretty(&report)?)?;
+    let html_path = report_path.with_extension("html");
+    let title = format!("{} (seed {seed})", h.scenario.name);
+    let page = html::render(&title, verdict, &h.timeline, &events);
+    std::fs::write(&html_path, page)?;
     print_summary(&report);
     println!("report: {}", report_path.display());
+    println!("charts: {}", html_path.display());
     Ok(if ok { 0 } else { 1 })
 }
 
@@ -348,6 +357,7 @@ impl Harness {
                         })
                         .map(|(s, _)| *s)
                         .collect();
+                    self.timeline.step(&l);
                     self.checker.step(l, &alive);
                 }
                 Err(e) => self

@@ -7,7 +7,9 @@
 //! ```
 //!
 //! Modes (SECURITY.md §6): `plain` (no run secret), `authenticated` (a run secret: every
-//! connection authenticated, every frame MACed) and `encrypted` (payloads encrypted too).
+//! connection authenticated, every frame MACed) and `encrypted` (payloads encrypted too);
+//! `http` is plain with the master's HTTP endpoints on and scraped (README, "Watching a
+//! run"), to show they cost the data path nothing.
 //! One secret is generated per run; each mode of a world gets a fresh master and workers,
 //! and the table's `mode` column and `x plain` ratio put the modes side by side.
 //!
@@ -61,7 +63,9 @@ usage: allreduce [--worlds 2,3,4] [--sizes 1M,16M,128M] [--iters K] [--warmup W]
   --threads    worker_threads of each communicator's runtime     [pccl default: 2]
   --slice      slice_bytes, the pipeline slice size (K/M suffixes) [pccl default: 1M]
   --no-ceiling skip the raw TCP ring ceiling
-  --modes      comma-separated: plain, authenticated (auth), encrypted (encrypt) [plain]
+  --modes      comma-separated: plain, authenticated (auth), encrypted (encrypt),
+               http (plain, the master serving /metrics, /api/run and the dashboard,
+               both endpoints scraped 4 times a second)     [plain]
   --secret     same as --modes authenticated
   --encrypt    same as --modes encrypted
   --quick      tiny run for CI: worlds 2,3, sizes 4K,256K, 3 iters, 1 warm-up
@@ -73,6 +77,8 @@ pub(crate) enum Mode {
     Plain,
     Authenticated,
     Encrypted,
+    /// Plain, with the master's HTTP endpoints on and scraped 4 times a second.
+    Http,
 }
 
 impl Mode {
@@ -81,6 +87,7 @@ impl Mode {
             "plain" => Some(Self::Plain),
             "auth" | "authenticated" => Some(Self::Authenticated),
             "encrypt" | "encrypted" => Some(Self::Encrypted),
+            "http" => Some(Self::Http),
             _ => None,
         }
     }
@@ -90,6 +97,7 @@ impl Mode {
             Self::Plain => "plain",
             Self::Authenticated => "auth",
             Self::Encrypted => "encrypt",
+            Self::Http => "http",
         }
     }
 }

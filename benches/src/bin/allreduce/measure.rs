@@ -102,7 +102,10 @@ pub(crate) fn pccl_world(
     let mut mcfg = MasterConfig::new("127.0.0.1:0".parse().expect("literal address"));
     mcfg.heartbeat_timeout = Duration::from_secs(10);
     let mut env = Vec::new();
-    if mode != Mode::Plain {
+    if mode == Mode::Http {
+        mcfg.http = Some("127.0.0.1:0".parse().expect("literal address"));
+    }
+    if matches!(mode, Mode::Authenticated | Mode::Encrypted) {
         mcfg.secret = Some(RunSecret::new(secret).context("run secret")?);
         mcfg.encrypt = mode == Mode::Encrypted;
         env.push((SECRET_VAR, secret.to_owned()));
@@ -110,6 +113,8 @@ pub(crate) fn pccl_world(
     }
     let master = MasterNode::start(mcfg).context("start master")?;
     let addr = master.local_addr();
+    // With --http, a dashboard's load and more: both endpoints scraped 4 times a second.
+    let _scraper = master.http_addr().map(Scraper::start);
     let budget = world_budget(o, n);
     let deadline = Instant::now() + budget;
     let mut workers = Workers::spawn(n, &env, |rank| {
@@ -152,6 +157,57 @@ pub(crate) fn pccl_world(
         out.insert(bytes, (time, first));
     }
     Ok(out)
+}
+
+/// Polls `/api/run` and `/metrics` every 250 ms until dropped (the `http` mode).
+struct Scraper {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: Option<std::thread::JoinHandle<u64>>,
+}
+
+impl Scraper {
+    fn start(at: std::net::SocketAddr) -> Self {
+        use std::io::{Read, Write};
+        use std::sync::atomic::Ordering;
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let flag = stop.clone();
+        let thread = std::thread::spawn(move || {
+            let mut answered = 0u64;
+            while !flag.load(Ordering::Relaxed) {
+                for path in ["/api/run", "/metrics"] {
+                    let Ok(mut s) =
+                        std::net::TcpStream::connect_timeout(&at, Duration::from_secs(1))
+                    else {
+                        continue;
+                    };
+                    let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
+                    let mut body = Vec::new();
+                    if write!(s, "GET {path} HTTP/1.0\r\nHost: bench\r\n\r\n").is_ok()
+                        && s.read_to_end(&mut body).is_ok()
+                        && body.windows(5).take(16).any(|w| w == b" 200 ")
+                    {
+                        answered += 1;
+                    }
+                }
+                std::thread::sleep(Duration::from_millis(250));
+            }
+            answered
+        });
+        Self {
+            stop,
+            thread: Some(thread),
+        }
+    }
+}
+
+impl Drop for Scraper {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let answered = t.join().unwrap_or(0);
+            println!("      (http mode: {answered} scrapes answered during the world)");
+        }
+    }
 }
 
 /// One world of the raw TCP ring: `n` processes stream to their successor at once.

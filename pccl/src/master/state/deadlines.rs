@@ -164,7 +164,11 @@ impl MasterState {
     fn fire(&mut self, wait: Wait, now: Instant) {
         match wait {
             Wait::Heartbeat(conn) => {
-                let reason = format!("no heartbeat for {:?}", self.timeouts.heartbeat);
+                let reason = format!(
+                    "{} for {:?}",
+                    super::HEARTBEAT_DEATH,
+                    self.timeouts.heartbeat
+                );
                 self.close(conn, &reason);
             }
             Wait::Registration(conn) => {
