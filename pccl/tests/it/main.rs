@@ -8,6 +8,7 @@ mod grid;
 mod handshake;
 mod hostile;
 mod master_deadlines;
+mod master_restart;
 mod master_robust;
 mod quant;
 mod secure;

@@ -271,7 +271,7 @@ impl MasterState {
         }
 
         self.rebuild_votes(&claims, &members);
-        let groups: Vec<u32> = self.group_epochs.iter().map(|(g, _)| *g).collect();
+        let groups: Vec<u32> = self.group_epochs.keys().copied().collect();
         let mut reports = Vec::new();
         for g in groups {
             reports.extend(self.rebuild_sync(g, &claims, &members));
@@ -311,7 +311,7 @@ impl MasterState {
             return;
         };
         let mut next: BTreeMap<u64, u32> = BTreeMap::new();
-        for ((tag, e, seq), _) in decided {
+        for (tag, e, seq) in decided.keys() {
             if *e == epoch {
                 let n = next.entry(*tag).or_insert(0);
                 *n = (*n).max(seq.saturating_add(1));
