@@ -225,14 +225,7 @@ impl ToMaster {
                 out.put_u8(6);
                 out.put_u64_le(*revision);
                 out.put_u8(*strategy as u8);
-                out.put_u32_le(tensors.len() as u32);
-                for t in tensors {
-                    put_string(out, &t.name);
-                    out.put_u8(t.dtype as u8);
-                    out.put_u64_le(t.count);
-                    out.put_u128_le(t.hash);
-                    put_bool(out, t.allow_content_inequality);
-                }
+                put_tensors(out, tensors);
             }
             Self::SyncDone { ok } => {
                 out.put_u8(7);
@@ -293,19 +286,7 @@ impl ToMaster {
                 let revision = r.u64()?;
                 let strategy =
                     SyncStrategy::from_u8(r.u8()?).ok_or(WireError::InvalidValue("strategy"))?;
-                // name length + dtype + count + hash + flag
-                let n = r.len(MAX_TENSORS, 4 + 1 + 8 + 16 + 1)?;
-                let mut tensors = Vec::with_capacity(n);
-                for _ in 0..n {
-                    tensors.push(TensorReport {
-                        name: r.string(MAX_NAME)?,
-                        dtype: DataType::from_u8(r.u8()?)
-                            .ok_or(WireError::InvalidValue("data type"))?,
-                        count: r.u64()?,
-                        hash: u128::from_le_bytes(r.array()?),
-                        allow_content_inequality: r.bool()?,
-                    });
-                }
+                let tensors = get_tensors(&mut r)?;
                 Self::SyncReport {
                     revision,
                     strategy,
@@ -512,6 +493,34 @@ impl FromMaster {
         r.finish()?;
         Ok(msg)
     }
+}
+
+/// A `SyncReport`'s tensor list (also in `Rejoin`).
+pub(super) fn put_tensors(out: &mut impl BufMut, tensors: &[TensorReport]) {
+    out.put_u32_le(tensors.len() as u32);
+    for t in tensors {
+        put_string(out, &t.name);
+        out.put_u8(t.dtype as u8);
+        out.put_u64_le(t.count);
+        out.put_u128_le(t.hash);
+        put_bool(out, t.allow_content_inequality);
+    }
+}
+
+pub(super) fn get_tensors(r: &mut Reader<'_>) -> Result<Vec<TensorReport>, WireError> {
+    // name length + dtype + count + hash + flag
+    let n = r.len(MAX_TENSORS, 4 + 1 + 8 + 16 + 1)?;
+    let mut tensors = Vec::with_capacity(n);
+    for _ in 0..n {
+        tensors.push(TensorReport {
+            name: r.string(MAX_NAME)?,
+            dtype: DataType::from_u8(r.u8()?).ok_or(WireError::InvalidValue("data type"))?,
+            count: r.u64()?,
+            hash: u128::from_le_bytes(r.array()?),
+            allow_content_inequality: r.bool()?,
+        });
+    }
+    Ok(tensors)
 }
 
 pub(super) fn put_result(out: &mut impl BufMut, res: &Result<(), String>) {

@@ -8,10 +8,10 @@ use bytes::BufMut;
 
 use super::codec::{Reader, WireError, put_bool, put_string};
 use super::control::{
-    FailReason, MAX_NAME, MAX_TENSORS, TensorReport, VoteKind, get_ip, get_op, get_result,
-    get_topology, put_ip, put_op, put_result, put_topology,
+    FailReason, TensorReport, VoteKind, get_ip, get_op, get_result, get_tensors, get_topology,
+    put_ip, put_op, put_result, put_tensors, put_topology,
 };
-use crate::types::{DataType, SyncStrategy, Topology};
+use crate::types::{SyncStrategy, Topology};
 
 /// Most ops a `Rejoin` may list, in flight or recently decided. A peer remembers the
 /// verdicts of its last `MAX_REJOIN_OPS` ops; more tags in flight at once than this is
@@ -181,14 +181,7 @@ impl Rejoin {
                 out.put_u8(1);
                 out.put_u64_le(*revision);
                 out.put_u8(*strategy as u8);
-                out.put_u32_le(tensors.len() as u32);
-                for t in tensors {
-                    put_string(out, &t.name);
-                    out.put_u8(t.dtype as u8);
-                    out.put_u64_le(t.count);
-                    out.put_u128_le(t.hash);
-                    put_bool(out, t.allow_content_inequality);
-                }
+                put_tensors(out, tensors);
             }
             SyncClaim::Planned {
                 round,
@@ -276,19 +269,7 @@ impl Rejoin {
                 let revision = r.u64()?;
                 let strategy =
                     SyncStrategy::from_u8(r.u8()?).ok_or(WireError::InvalidValue("strategy"))?;
-                // name length + dtype + count + hash + flag
-                let n = r.len(MAX_TENSORS, 4 + 1 + 8 + 16 + 1)?;
-                let mut tensors = Vec::with_capacity(n);
-                for _ in 0..n {
-                    tensors.push(TensorReport {
-                        name: r.string(MAX_NAME)?,
-                        dtype: DataType::from_u8(r.u8()?)
-                            .ok_or(WireError::InvalidValue("data type"))?,
-                        count: r.u64()?,
-                        hash: u128::from_le_bytes(r.array()?),
-                        allow_content_inequality: r.bool()?,
-                    });
-                }
+                let tensors = get_tensors(r)?;
                 SyncClaim::Reported {
                     revision,
                     strategy,
