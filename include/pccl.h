@@ -402,6 +402,12 @@ enum pcclResult_t pcclDestroyCommunicator(struct pcclComm_t *comm);
 // Connects to the master and returns once this peer is accepted into the run (the
 // accepted peers admit it at their next `pcclUpdateTopology`). Blocks.
 //
+// If the master is lost later, the peer re-dials it for `PCCL_MASTER_RECONNECT_TIMEOUT_S`
+// seconds (read here; default 60, 0: fail at once) and re-registers with a restarted
+// master; calls that need the master wait meanwhile, then fail with
+// `pcclMasterConnectionFailed`. A value that is not a number of seconds from 0 to 604800
+// is `pcclInvalidArgument`.
+//
 // Returns `pcclMasterConnectionFailed` when the master cannot be reached, and
 // `pcclInvalidUsage` when called a second time. An authentication failure (SECURITY.md
 // §6: a different run secret than the master's, a secret on one side only, or a

@@ -36,6 +36,38 @@ pub fn fmt_size(bytes: usize) -> String {
     format!("{bytes} B")
 }
 
+/// `n` communicators in this process (each with its own runtime, so the path is the same
+/// as between processes), their p2p listeners on 127.0.0.1, all accepted into the run of
+/// the master at `addr`; bounded by 60 s.
+pub fn loopback_cluster(
+    addr: std::net::SocketAddr,
+    n: usize,
+) -> anyhow::Result<Vec<pccl::Communicator>> {
+    use pccl::{Attribute, Communicator, CommunicatorConfig};
+    let handles: Vec<_> = (0..n)
+        .map(|_| {
+            std::thread::spawn(move || -> anyhow::Result<Communicator> {
+                let mut cfg = CommunicatorConfig::new(addr);
+                cfg.bind_ip = "127.0.0.1".parse()?;
+                cfg.p2p_port = 0;
+                cfg.connect_attempts = 20;
+                let c = Communicator::new(cfg)?;
+                c.connect()?;
+                let end = std::time::Instant::now() + Duration::from_secs(60);
+                while c.attribute(Attribute::GlobalWorldSize)? < n {
+                    anyhow::ensure!(std::time::Instant::now() < end, "the cluster did not form");
+                    let _ = c.update_topology();
+                }
+                Ok(c)
+            })
+        })
+        .collect();
+    handles
+        .into_iter()
+        .map(|h| h.join().expect("connect thread"))
+        .collect()
+}
+
 /// Median of `v` (mean of the two middle values for an even count); `None` if empty.
 pub fn median(v: &[Duration]) -> Option<Duration> {
     if v.is_empty() {

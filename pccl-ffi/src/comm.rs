@@ -247,8 +247,34 @@ pub unsafe extern "C" fn pcclDestroyCommunicator(comm: *mut pcclComm_t) -> pcclR
     })
 }
 
+/// `PCCL_MASTER_RECONNECT_TIMEOUT_S`: seconds (a decimal number, 0 turns reconnection
+/// off) a connected peer keeps re-dialling a lost master; unset: the default (60 s).
+fn reconnect_timeout_from_env() -> Result<Option<std::time::Duration>, pcclResult_t> {
+    let Ok(raw) = std::env::var("PCCL_MASTER_RECONNECT_TIMEOUT_S") else {
+        return Ok(None);
+    };
+    match raw.trim().parse::<f64>() {
+        Ok(s) if s.is_finite() && (0.0..=7.0 * 24.0 * 3600.0).contains(&s) => {
+            Ok(Some(std::time::Duration::from_secs_f64(s)))
+        }
+        _ => {
+            tracing::error!(
+                value = %raw,
+                "pccl: PCCL_MASTER_RECONNECT_TIMEOUT_S must be a number of seconds from 0 to 604800"
+            );
+            Err(pcclResult_t::pcclInvalidArgument)
+        }
+    }
+}
+
 /// Connects to the master and returns once this peer is accepted into the run (the
 /// accepted peers admit it at their next `pcclUpdateTopology`). Blocks.
+///
+/// If the master is lost later, the peer re-dials it for `PCCL_MASTER_RECONNECT_TIMEOUT_S`
+/// seconds (read here; default 60, 0: fail at once) and re-registers with a restarted
+/// master; calls that need the master wait meanwhile, then fail with
+/// `pcclMasterConnectionFailed`. A value that is not a number of seconds from 0 to 604800
+/// is `pcclInvalidArgument`.
 ///
 /// Returns `pcclMasterConnectionFailed` when the master cannot be reached, and
 /// `pcclInvalidUsage` when called a second time. An authentication failure (SECURITY.md
@@ -264,6 +290,11 @@ pub unsafe extern "C" fn pcclConnect(comm: *mut pcclComm_t) -> pcclResult_t {
     ffi_boundary!({
         // SAFETY: forwarded contract.
         let state = unsafe { comm_ref(comm)? };
+        // PCCL 1.0's creation parameters keep their layout, so this pccl setting comes
+        // from the environment (docs/ARCHITECTURE.md §14).
+        if let Some(limit) = reconnect_timeout_from_env()? {
+            state.reconfigure(|c| c.master_reconnect_timeout = limit)?;
+        }
         let comm = {
             let mut peer = state.peer();
             peer.connect_called = true;

@@ -388,6 +388,22 @@ fn hello_world_under_valgrind() {
     }
 }
 
+/// Waits until every peer has printed `steps` STEP lines; none may exit meanwhile.
+fn wait_for_steps(peers: &mut [Proc], steps: usize, deadline: Instant) {
+    while peers.iter().any(|p| steps_of(&p.lines()).len() < steps) {
+        assert!(
+            Instant::now() < deadline,
+            "the peers stalled before step {steps}"
+        );
+        for p in peers.iter_mut() {
+            if let Some(status) = p.child.try_wait().unwrap() {
+                panic!("{} exited early: {status}", p.name);
+            }
+        }
+        thread::sleep(Duration::from_millis(5));
+    }
+}
+
 /// Four peers run async all-reduces (distinct tags) and `pcclAllReduceMultipleWithRetry`;
 /// one is SIGKILLed mid-way; the survivors finish and agree bit for bit.
 fn async_with_a_killed_peer(valgrind: bool) {
@@ -410,15 +426,7 @@ fn async_with_a_killed_peer(valgrind: bool) {
         })
         .collect();
     // Let every peer get going, then kill the last one in the middle of its ops.
-    while peers.iter().any(|p| steps_of(&p.lines()).len() < 3) {
-        assert!(Instant::now() < deadline, "the peers did not get going");
-        for p in &mut peers {
-            if let Some(status) = p.child.try_wait().unwrap() {
-                panic!("{} exited early: {status}", p.name);
-            }
-        }
-        thread::sleep(Duration::from_millis(10));
-    }
+    wait_for_steps(&mut peers, 3, deadline);
     let mut victim = peers.pop().unwrap();
     victim.kill();
     let victim_steps = steps_of(&victim.lines());
@@ -855,4 +863,111 @@ fn a_wrong_or_missing_secret_fails_connect() {
     let master = start_secret_master(port, "-", false, &[]);
     refused(port, SECRET, &[]);
     stop_master(master, deadline);
+}
+
+// ---- Issue #13: the run outlives its master (ARCHITECTURE.md §14). ----
+
+/// `restart_peer`s in `loop` mode, one per seed, against the master on `port`.
+fn restart_peers(port: u16, world: usize, steps: usize) -> Vec<Proc> {
+    let exe = c_test("restart_peer");
+    (1..=world)
+        .map(|seed| {
+            let mut cmd = Command::new(&exe);
+            cmd.args([
+                port.to_string(),
+                seed.to_string(),
+                world.to_string(),
+                "loop".into(),
+                steps.to_string(),
+            ]);
+            Proc::spawn(&format!("peer {seed}"), cmd)
+        })
+        .collect()
+}
+
+/// Four C peers loop syncs and all-reduces (blocking and async, two tags) while the C
+/// master is SIGKILLed and started again on the same port, after 0.2 s and then after
+/// 5 s. Every op succeeds or fails and its retry succeeds; every step's results, world
+/// size and number of tries agree bit for bit; the step counter and revision go on.
+#[test]
+fn master_killed_and_restarted_mid_run() {
+    const WORLD: usize = 4;
+    const STEPS: usize = 60;
+    let deadline = Instant::now() + Duration::from_secs(180);
+    let port = free_port();
+    let mut master = start_master(port, false);
+    let mut peers = restart_peers(port, WORLD, STEPS);
+    for (at, outage) in [
+        (10, Duration::from_millis(200)),
+        (30, Duration::from_secs(5)),
+    ] {
+        wait_for_steps(&mut peers, at, deadline);
+        master.kill();
+        thread::sleep(outage);
+        master = start_master(port, false);
+    }
+    for p in &mut peers {
+        p.expect_success(deadline);
+    }
+    let first = steps_of(&peers[0].lines());
+    assert_eq!(first.len(), STEPS, "peer 1 ran {} steps", first.len());
+    assert!(
+        first.iter().all(|l| l.split(' ').nth(2) == Some("4")),
+        "a peer was lost: {first:?}"
+    );
+    for p in &peers[1..] {
+        assert_eq!(
+            steps_of(&p.lines()),
+            first,
+            "{} disagrees with peer 1",
+            p.name
+        );
+    }
+    stop_master(master, deadline);
+}
+
+/// The master dies for good: with `PCCL_MASTER_RECONNECT_TIMEOUT_S=2`, every C peer's
+/// all-reduce returns `pcclMasterConnectionFailed` within 3 s of the kill, and so does a
+/// later `pcclUpdateTopology`; every peer then exits cleanly.
+#[test]
+fn master_gone_for_good_fails_within_the_timeout() {
+    const WORLD: usize = 3;
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let port = free_port();
+    let mut master = start_master(port, false);
+    let exe = c_test("restart_peer");
+    let mut peers: Vec<Proc> = (1..=WORLD)
+        .map(|seed| {
+            let mut cmd = Command::new(&exe);
+            cmd.args([
+                port.to_string(),
+                seed.to_string(),
+                WORLD.to_string(),
+                "gone".into(),
+            ])
+            .env("PCCL_MASTER_RECONNECT_TIMEOUT_S", "2");
+            Proc::spawn(&format!("peer {seed}"), cmd)
+        })
+        .collect();
+    for p in &peers {
+        p.expect_line("JOINED", Duration::from_secs(60));
+    }
+    master.kill();
+    let killed = Instant::now();
+    for p in &mut peers {
+        p.stdin.as_mut().unwrap().write_all(b"GO\n").unwrap();
+        p.stdin.as_mut().unwrap().flush().unwrap();
+    }
+    for p in &peers {
+        p.expect_line("FAILED", Duration::from_secs(10));
+        let took = killed.elapsed();
+        assert!(
+            took < Duration::from_secs(3),
+            "{} failed only after {took:?}",
+            p.name
+        );
+    }
+    for p in &mut peers {
+        p.expect_success(deadline);
+    }
 }

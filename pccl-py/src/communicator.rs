@@ -112,6 +112,10 @@ impl Communicator {
     /// neither, `PCCL_RUN_SECRET` or `PCCL_RUN_SECRET_FILE` applies if set. `encrypt`
     /// also encrypts payloads (needs a secret); `None` reads `PCCL_ENCRYPT`. A master
     /// that refuses this peer's secret makes `connect` raise `AuthenticationError`.
+    /// `master_reconnect_timeout` (seconds, default 60; 0 turns it off) is how long a
+    /// connected peer re-dials a lost master and waits for a restarted one to take it
+    /// back; calls that need the master wait meanwhile, then raise
+    /// `MasterConnectionError`.
     #[new]
     #[pyo3(signature = (
         address,
@@ -123,6 +127,7 @@ impl Communicator {
         secret = None,
         secret_file = None,
         encrypt = None,
+        master_reconnect_timeout = 60.0,
     ))]
     #[allow(clippy::too_many_arguments)] // Python keywords
     fn new(
@@ -134,6 +139,7 @@ impl Communicator {
         secret: Option<&str>,
         secret_file: Option<&str>,
         encrypt: Option<bool>,
+        master_reconnect_timeout: f64,
     ) -> PyResult<Self> {
         let mut config = CommunicatorConfig::new(parse_address(address)?);
         config.peer_group = peer_group;
@@ -145,6 +151,12 @@ impl Communicator {
             .map(|ip| parse_ip(ip, "advertise_ip"))
             .transpose()?;
         (config.secret, config.encrypt) = crate::secret::security(secret, secret_file, encrypt)?;
+        config.master_reconnect_timeout =
+            std::time::Duration::try_from_secs_f64(master_reconnect_timeout).map_err(|_| {
+                pyo3::exceptions::PyValueError::new_err(
+                    "master_reconnect_timeout must be a number of seconds, at least 0",
+                )
+            })?;
         let comm = check(pccl::Communicator::new(config.clone()))?;
         Ok(Self {
             config,

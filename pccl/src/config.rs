@@ -16,6 +16,9 @@ pub const DEFAULT_P2P_PORT: u16 = 48150;
 /// two never closes an honest connection.
 const MIN_P2P_IDLE_TIMEOUT: Duration = Duration::from_secs(3);
 
+/// The longest `master_reconnect_timeout` (a week: longer is a configuration mistake).
+const MAX_RECONNECT_TIMEOUT: Duration = Duration::from_secs(7 * 24 * 3600);
+
 /// Settings of one communicator.
 #[derive(Clone, Debug)]
 pub struct CommunicatorConfig {
@@ -56,6 +59,12 @@ pub struct CommunicatorConfig {
     pub worker_threads: usize,
     /// How many times `connect` tries to reach the master.
     pub connect_attempts: u32,
+    /// When the control connection to an accepted (or waiting) peer's master is lost, how
+    /// long the communicator keeps re-dialling the same address, with a bounded, jittered
+    /// backoff, and re-registers with whatever master answers (docs/ARCHITECTURE.md §14).
+    /// Calls that need the master wait meanwhile; when it runs out they fail with
+    /// `MasterConnectionFailed`. Zero: fail at once, as PCCL 1.0 does (default 60 s).
+    pub master_reconnect_timeout: Duration,
     /// The run secret (SECURITY.md §6): with one, every connection is authenticated and
     /// only peers holding the same secret take part. `None`: PCCL-compatible plain mode.
     pub secret: Option<RunSecret>,
@@ -83,6 +92,7 @@ impl CommunicatorConfig {
             p2p_idle_timeout: Duration::from_secs(30),
             worker_threads: 2,
             connect_attempts: 5,
+            master_reconnect_timeout: Duration::from_secs(60),
             secret: None,
             encrypt: false,
         }
@@ -123,6 +133,11 @@ impl CommunicatorConfig {
         if self.worker_threads == 0 {
             return Err(Error::InvalidArgument(
                 "at least one worker thread is needed",
+            ));
+        }
+        if self.master_reconnect_timeout > MAX_RECONNECT_TIMEOUT {
+            return Err(Error::InvalidArgument(
+                "the master reconnect timeout must be at most a week",
             ));
         }
         if self.master.port() == 0 {

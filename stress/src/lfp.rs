@@ -226,6 +226,7 @@ pub(crate) fn run(args: &[String]) -> Result<u8> {
         strangers: None,
         secret: false,
         encrypt: false,
+        master_restarts: None,
         wan: Some(WanSpec {
             regions: vec![Region {
                 name: "all".into(),

@@ -52,6 +52,18 @@ pub(crate) struct Scenario {
     /// Encrypted run: as `secret`, plus `PCCL_ENCRYPT=1` (implies `secret`).
     #[serde(default)]
     pub(crate) encrypt: bool,
+    /// The master killed with SIGKILL and started again on the same address, on top of
+    /// the peer churn (issue #13; ARCHITECTURE.md §14). Absent: the master lives all run.
+    pub(crate) master_restarts: Option<MasterRestarts>,
+}
+
+/// Master kill/restart events: a kill every `interval_ms`, the master down for
+/// `outage_ms` (both uniform in [min, max] milliseconds, drawn from the run's seed).
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct MasterRestarts {
+    pub(crate) interval_ms: [u64; 2],
+    pub(crate) outage_ms: [u64; 2],
 }
 
 fn d_duration() -> f64 {
@@ -295,6 +307,21 @@ impl Scenario {
         }
         if self.churn.interval_ms[0] > self.churn.interval_ms[1] {
             bail!("churn.interval_ms must be [min, max]");
+        }
+        if let Some(m) = &self.master_restarts {
+            // The peers make no progress while the master is down (their ops wait for its
+            // verdicts), so an outage plus the recovery window must fit in the deadline.
+            let longest = (m.outage_ms[1] + 5_000) as f64 / 1000.0;
+            if m.interval_ms[0] > m.interval_ms[1] || m.outage_ms[0] > m.outage_ms[1] {
+                bail!("master_restarts: interval_ms and outage_ms must be [min, max]");
+            }
+            if m.interval_ms[0] < m.outage_ms[1] + 1_000 || longest >= self.progress_deadline_s {
+                bail!(
+                    "master_restarts: the master must be up at least 1 s between outages, and \
+                     an outage plus the 5 s recovery window must be shorter than \
+                     progress_deadline_s"
+                );
+            }
         }
         if let Some(st) = &self.strangers {
             if st.interval_ms[0] > st.interval_ms[1] || st.interval_ms[0] < 50 {

@@ -13,8 +13,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, ensure};
 use pccl::{
-    Attribute, Communicator, CommunicatorConfig, MasterConfig, MasterNode, SharedState,
-    SyncStrategy, TensorInfo, tensor_hash,
+    Communicator, MasterConfig, MasterNode, SharedState, SyncStrategy, TensorInfo, tensor_hash,
 };
 
 fn gbps(bytes: usize, d: Duration) -> f64 {
@@ -52,28 +51,7 @@ fn loopback_stream(bytes: usize) -> Result<Duration> {
 }
 
 fn cluster(master: &MasterNode, n: usize) -> Vec<Communicator> {
-    let addr = master.local_addr();
-    let handles: Vec<_> = (0..n)
-        .map(|_| {
-            std::thread::spawn(move || -> Result<Communicator> {
-                let mut cfg = CommunicatorConfig::new(addr);
-                cfg.bind_ip = "127.0.0.1".parse()?;
-                cfg.p2p_port = 0;
-                let c = Communicator::new(cfg)?;
-                c.connect()?;
-                let end = Instant::now() + Duration::from_secs(30);
-                while c.attribute(Attribute::GlobalWorldSize)? < n {
-                    ensure!(Instant::now() < end, "cluster did not form");
-                    let _ = c.update_topology();
-                }
-                Ok(c)
-            })
-        })
-        .collect();
-    handles
-        .into_iter()
-        .map(|h| h.join().expect("connect thread"))
-        .collect::<Result<_>>()
+    benches::loopback_cluster(master.local_addr(), n)
         .unwrap_or_else(|e| panic!("cannot form the cluster: {e}"))
 }
 

@@ -28,6 +28,12 @@ A peer that misses one of these bounds is evicted as if it had died; the others 
   --sync-transfer-timeout-ms MS        finish a shared-state sync (default 60000), plus
   --sync-transfer-min-rate BYTES_PER_S   the largest fetch at this rate (default 1048576)
 
+After a restart (run it under a supervisor; README, Running the master):
+  --recovery-window-ms MS              wait for the peers a re-registering peer names
+                                       before rebuilding the run without the rest (5000)
+  --startup-grace-ms MS                hold a lone first peer back this long after the
+                                       start, so an old run's peers re-register first (1000)
+
   --max-unregistered-connections N     connections not yet registered, at most; beyond
                                        this new ones are closed at once (default 256)
 
@@ -78,6 +84,8 @@ fn main() -> ExitCode {
             "--bandwidth-timeout-per-target-ms" => ms(&mut c.bandwidth_timeout_per_target),
             "--sync-report-timeout-ms" => ms(&mut c.sync_report_timeout),
             "--sync-transfer-timeout-ms" => ms(&mut c.sync_transfer_timeout),
+            "--recovery-window-ms" => ms(&mut c.recovery_window),
+            "--startup-grace-ms" => ms(&mut c.startup_grace),
             "--sync-transfer-min-rate" => args
                 .next()
                 .and_then(|v| v.parse().ok())

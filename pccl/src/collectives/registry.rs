@@ -208,6 +208,11 @@ impl Registry {
         }
     }
 
+    /// The keys of every op running here (a peer's claim when it re-registers).
+    pub(crate) fn in_flight(&self) -> Vec<OpKey> {
+        self.lock().slots.values().map(|s| s.key).collect()
+    }
+
     pub(crate) fn failure(&self) -> Option<Error> {
         self.lock().failed.clone()
     }

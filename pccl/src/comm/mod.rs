@@ -11,6 +11,7 @@ pub(crate) mod control;
 pub(crate) mod gate;
 mod multiple;
 pub(crate) mod p2p;
+mod reconnect;
 pub(crate) mod stats;
 
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -275,6 +276,7 @@ impl Communicator {
             .await
             .map_err(|e| Error::MasterConnectionFailed(e.to_string()))?;
             let (acc_tx, acc_rx) = oneshot::channel();
+            let memory = reconnect::Memory::new(config.peer_group, port, config.advertise_ip);
             tokio::spawn(control::run(
                 stream,
                 keys,
@@ -282,6 +284,7 @@ impl Communicator {
                 cmd_rx,
                 Some(acc_tx),
                 stop_rx,
+                memory,
             ));
             tracing::info!(peer = %me, port, "registered with the master, waiting to be accepted");
             acc_rx
@@ -662,13 +665,29 @@ async fn dial_master(
         if attempt > 0 {
             tokio::time::sleep(control::backoff(attempt)).await;
         }
-        let mut stream = match net::connect(config.master, Duration::from_secs(5)).await {
-            Ok(s) => s,
-            Err(e) => {
-                last = e.to_string();
-                continue;
-            }
-        };
+        match dial_master_once(config, me, secure).await {
+            Err(Error::MasterConnectionFailed(why)) => last = why,
+            other => return other,
+        }
+    }
+    Err(Error::MasterConnectionFailed(format!(
+        "cannot reach the master at {}: {last}",
+        config.master
+    )))
+}
+
+/// One attempt to reach the master: dial, hellos and (with a run secret) the control
+/// handshake. `MasterConnectionFailed` is worth retrying; other errors are not.
+pub(crate) async fn dial_master_once(
+    config: &CommunicatorConfig,
+    me: PeerId,
+    secure: Option<&Secure>,
+) -> Result<(tokio::net::TcpStream, sealed::Keys)> {
+    let last;
+    {
+        let mut stream = net::connect(config.master, Duration::from_secs(5))
+            .await
+            .map_err(|e| Error::MasterConnectionFailed(e.to_string()))?;
         let hello = Hello {
             kind: ConnectionKind::Control,
             peer: me,
@@ -712,10 +731,7 @@ async fn dial_master(
         }
         let _ = stream.shutdown().await;
     }
-    Err(Error::MasterConnectionFailed(format!(
-        "cannot reach the master at {}: {last}",
-        config.master
-    )))
+    Err(Error::MasterConnectionFailed(last))
 }
 
 /// `connect`'s error for a failed control handshake.

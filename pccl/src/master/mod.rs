@@ -61,6 +61,15 @@ pub struct MasterConfig {
     /// The slowest transfer rate, in bytes/s, `sync_transfer_timeout` allows for
     /// (default 1 MiB/s).
     pub sync_transfer_min_rate: u64,
+    /// After a restart, once the first peer of the old run re-registers, how long the
+    /// master waits for the others that peer names before it rebuilds the run without
+    /// the missing ones (default 5 s: peers retry every 0.5 s at most, so a live peer is
+    /// back well within it; docs/ARCHITECTURE.md §14).
+    pub recovery_window: Duration,
+    /// How long a freshly started master holds back a lone first peer, so that the peers
+    /// of a run whose master restarted re-register before a newcomer could start a new
+    /// run (default 1 s, twice the peers' longest retry interval; 0 turns it off).
+    pub startup_grace: Duration,
     /// The run secret (SECURITY.md §6): with one, only peers that prove they hold it can
     /// register, and every connection is authenticated. `None`: PCCL-compatible plain mode.
     pub secret: Option<crate::secure::RunSecret>,
@@ -92,6 +101,8 @@ impl MasterConfig {
             sync_report_timeout: t.sync_report,
             sync_transfer_timeout: t.sync_transfer,
             sync_transfer_min_rate: t.sync_transfer_min_rate,
+            recovery_window: t.recovery_window,
+            startup_grace: Duration::from_secs(1),
             secret: None,
             encrypt: false,
             max_unregistered_connections: 256,
@@ -127,6 +138,10 @@ impl MasterConfig {
                 self.sync_transfer_timeout,
                 "sync transfer timeout must be at least 100 ms",
             ),
+            (
+                self.recovery_window,
+                "recovery window must be at least 100 ms",
+            ),
         ] {
             if d < floor {
                 return Err(Error::InvalidArgument(what));
@@ -159,6 +174,8 @@ impl MasterConfig {
             sync_report: self.sync_report_timeout,
             sync_transfer: self.sync_transfer_timeout,
             sync_transfer_min_rate: self.sync_transfer_min_rate,
+            recovery_window: self.recovery_window,
+            startup_grace: self.startup_grace,
         }
     }
 }

@@ -73,6 +73,8 @@ pub(crate) async fn serve(
     let mut writers: HashMap<ConnId, mpsc::UnboundedSender<FromMaster>> = HashMap::new();
     let mut readers: HashMap<ConnId, JoinHandle<()>> = HashMap::new();
     let mut next_conn: ConnId = 0;
+    // The master's start: the startup grace counts from here.
+    state.handle_timeout(Instant::now().into_std());
 
     loop {
         let deadline = state
@@ -130,7 +132,7 @@ pub(crate) async fn serve(
                         state.handle_connect_keyed(now, conn, peer, ip, static_key);
                     }
                     Input::Message(conn, msg) => {
-                        let register = matches!(msg, ToMaster::Register { .. });
+                        let register = matches!(msg, ToMaster::Register { .. } | ToMaster::Rejoin(_));
                         state.handle_message(now, conn, msg);
                         if register && state.is_registered(conn) {
                             unregistered.remove(&conn);

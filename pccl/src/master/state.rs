@@ -29,6 +29,7 @@ mod membership;
 mod ops;
 mod phase;
 mod proposal;
+mod recovery;
 mod sync;
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
@@ -43,6 +44,7 @@ pub use self::phase::{
     SYNC_TRANSITIONS, SyncPhaseKind, TOPOLOGY_TRANSITIONS, TopologyPhaseKind, Transition, allowed,
 };
 use self::phase::{SyncPhase, TopologyPhase};
+use self::recovery::Recovery;
 use super::election::History;
 use crate::types::{PeerEntry, PeerId, Topology};
 use crate::wire::{FromMaster, ToMaster, VoteKind};
@@ -71,6 +73,8 @@ struct Conn {
     connected_at: Instant,
     last_seen: Instant,
     registered: bool,
+    /// Registered with `Rejoin` (its messages wait while the run is being recovered).
+    rejoined: bool,
 }
 
 #[derive(Debug)]
@@ -97,6 +101,14 @@ pub struct MasterState {
     group_epochs: BTreeMap<u32, u64>,
     /// Source of epochs and proposal ids; strictly increasing.
     counter: u64,
+    /// Id of the last joint call completed (answers carry it); strictly increasing.
+    calls: u64,
+    /// Id of the last shared-state sync round elected; strictly increasing.
+    rounds: u64,
+    /// The first `now` the driver passed in: the master's start.
+    started: Option<Instant>,
+    /// The run being rebuilt from re-registering peers after a master restart.
+    recovery: Option<Recovery>,
     /// The run's topology phase (see `phase`).
     topology_phase: TopologyPhase,
     /// Joint-call votes, kept across phases; the call completes in the `Idle` phase.
@@ -137,6 +149,10 @@ impl MasterState {
             pending: Vec::new(),
             group_epochs: BTreeMap::new(),
             counter: 0,
+            calls: 0,
+            rounds: 0,
+            started: None,
+            recovery: None,
             topology_phase: TopologyPhase::Idle,
             votes: BTreeMap::new(),
             ops: BTreeMap::new(),
@@ -170,6 +186,11 @@ impl MasterState {
     /// The topology in force, as sent to peers.
     pub fn topology(&self) -> Topology {
         self.topology_of(&self.ring, &self.group_epochs)
+    }
+
+    /// Whether the master is rebuilding a run from re-registering peers.
+    pub fn recovering(&self) -> bool {
+        self.recovery.is_some()
     }
 
     /// Whether a topology proposal is waiting for p2p connections.
@@ -242,6 +263,7 @@ impl MasterState {
                 connected_at: now,
                 last_seen: now,
                 registered: false,
+                rejoined: false,
             },
         );
     }
@@ -254,6 +276,10 @@ impl MasterState {
         };
         c.last_seen = now;
         let peer = c.peer;
+        if c.rejoined && self.recovery.is_some() && !matches!(msg, ToMaster::Heartbeat | ToMaster::HeartbeatStats(_)) {
+            // The run is not rebuilt yet: this waits until it is (`recovery`).
+            return self.queue_during_recovery(conn, msg);
+        }
         match msg {
             // The summary is for observers (the driver's `observe`), not for decisions.
             ToMaster::Heartbeat | ToMaster::HeartbeatStats(_) => {
@@ -279,6 +305,7 @@ impl MasterState {
             } => self.on_sync_report(conn, peer, revision, strategy, tensors),
             ToMaster::SyncDone { ok } => self.on_sync_done(conn, peer, ok),
             ToMaster::BandwidthReport { results } => self.on_bandwidth(peer, results),
+            ToMaster::Rejoin(claim) => self.on_rejoin(conn, peer, *claim),
         }
     }
 
@@ -345,6 +372,7 @@ impl MasterState {
     /// Moves the clock to `now` (never back).
     fn tick(&mut self, now: Instant) {
         self.clock = Some(self.clock.map_or(now, |c| c.max(now)));
+        self.started.get_or_insert(now);
     }
 
     fn bump_epoch(&mut self, group: u32) {
@@ -383,6 +411,7 @@ impl MasterState {
                 p,
                 FromMaster::Commit {
                     topology: topology.clone(),
+                    call: self.calls,
                 },
             );
         }

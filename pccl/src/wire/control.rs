@@ -6,6 +6,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use bytes::BufMut;
 
 use super::codec::{Reader, WireError, put_bool, put_string};
+use super::rejoin::Rejoin;
 use super::stats::PeerSummary;
 use crate::types::{DataType, PeerEntry, PeerId, SyncStrategy, Topology};
 
@@ -113,6 +114,9 @@ pub enum ToMaster {
         seq: u32,
         failure: Option<FailReason>,
     },
+    /// Re-registration after the control connection was lost: everything this peer knows
+    /// about the run, so a restarted master can rebuild it (docs/ARCHITECTURE.md §14).
+    Rejoin(Box<Rejoin>),
 }
 
 /// Master -> peer.
@@ -124,14 +128,24 @@ pub enum FromMaster {
         proposal: u64,
         topology: Topology,
     },
-    /// The topology in force from now on (after an accept, a death or a departure).
+    /// The topology in force from now on (after an accept, a death or a departure), and
+    /// the id of the last joint call the master completed (a newcomer's starting point for
+    /// re-registration, docs/ARCHITECTURE.md §14).
     Commit {
         topology: Topology,
+        call: u64,
     },
-    /// Result of an `ArePeersPending` vote.
-    PeersPending(bool),
-    /// Result of an `UpdateTopology` vote: Ok, or why it failed (retryable).
-    TopologyUpdated(Result<(), String>),
+    /// Result of joint call `call`, an `ArePeersPending` vote.
+    PeersPending {
+        call: u64,
+        pending: bool,
+    },
+    /// Result of joint call `call`, an `UpdateTopology` (or `OptimizeTopology`) vote: Ok,
+    /// or why it failed (retryable).
+    TopologyUpdated {
+        call: u64,
+        result: Result<(), String>,
+    },
     /// Final outcome of an op, the same for every survivor.
     OpVerdict {
         tag: u64,
@@ -139,11 +153,16 @@ pub enum FromMaster {
         seq: u32,
         failure: Option<FailReason>,
     },
-    /// A joint call could not be answered (peers asked for different things).
-    VoteRejected(String),
-    /// The election's outcome for this peer: the revision to adopt, what to fetch, and
-    /// (for a holder) the receivers it must serve in this sync, and nobody else.
+    /// Joint call `call` could not be answered (peers asked for different things).
+    VoteRejected {
+        call: u64,
+        reason: String,
+    },
+    /// The election's outcome for this peer in sync `round`: the revision to adopt, what
+    /// to fetch, and (for a holder) the receivers it must serve in this sync, and nobody
+    /// else.
     SyncPlan {
+        round: u64,
         revision: u64,
         fetch: Vec<Fetch>,
         serve: Vec<Serve>,
@@ -153,12 +172,18 @@ pub enum FromMaster {
         kind: SyncRefusal,
         reason: String,
     },
-    /// Final outcome of the sync, the same for every participant.
-    SyncResult(Result<(), String>),
+    /// Final outcome of sync `round`, the same for every participant.
+    SyncResult {
+        round: u64,
+        result: Result<(), String>,
+    },
     /// Measure the throughput to these peers and report it.
     MeasureBandwidth {
         targets: Vec<PeerId>,
     },
+    /// The master will not take this peer back (it runs a run this peer is not part of);
+    /// the connection closes after it.
+    RejoinRefused(String),
 }
 
 impl ToMaster {
@@ -208,14 +233,7 @@ impl ToMaster {
                 out.put_u8(6);
                 out.put_u64_le(*revision);
                 out.put_u8(*strategy as u8);
-                out.put_u32_le(tensors.len() as u32);
-                for t in tensors {
-                    put_string(out, &t.name);
-                    out.put_u8(t.dtype as u8);
-                    out.put_u64_le(t.count);
-                    out.put_u128_le(t.hash);
-                    put_bool(out, t.allow_content_inequality);
-                }
+                put_tensors(out, tensors);
             }
             Self::SyncDone { ok } => {
                 out.put_u8(7);
@@ -228,6 +246,10 @@ impl ToMaster {
                     out.put_slice(&peer.0);
                     out.put_u64_le(*bps);
                 }
+            }
+            Self::Rejoin(rejoin) => {
+                out.put_u8(10);
+                rejoin.encode(out);
             }
         }
     }
@@ -272,19 +294,7 @@ impl ToMaster {
                 let revision = r.u64()?;
                 let strategy =
                     SyncStrategy::from_u8(r.u8()?).ok_or(WireError::InvalidValue("strategy"))?;
-                // name length + dtype + count + hash + flag
-                let n = r.len(MAX_TENSORS, 4 + 1 + 8 + 16 + 1)?;
-                let mut tensors = Vec::with_capacity(n);
-                for _ in 0..n {
-                    tensors.push(TensorReport {
-                        name: r.string(MAX_NAME)?,
-                        dtype: DataType::from_u8(r.u8()?)
-                            .ok_or(WireError::InvalidValue("data type"))?,
-                        count: r.u64()?,
-                        hash: u128::from_le_bytes(r.array()?),
-                        allow_content_inequality: r.bool()?,
-                    });
-                }
+                let tensors = get_tensors(&mut r)?;
                 Self::SyncReport {
                     revision,
                     strategy,
@@ -301,6 +311,7 @@ impl ToMaster {
                 Self::BandwidthReport { results }
             }
             9 => Self::HeartbeatStats(PeerSummary::decode(&mut r)?),
+            10 => Self::Rejoin(Box::new(Rejoin::decode(&mut r)?)),
             t => return Err(WireError::UnknownFrameType(t)),
         };
         r.finish()?;
@@ -317,23 +328,20 @@ impl FromMaster {
                 out.put_u64_le(*proposal);
                 put_topology(out, topology);
             }
-            Self::Commit { topology } => {
+            Self::Commit { topology, call } => {
                 out.put_u8(3);
                 put_topology(out, topology);
+                out.put_u64_le(*call);
             }
-            Self::PeersPending(b) => {
+            Self::PeersPending { call, pending } => {
                 out.put_u8(4);
-                put_bool(out, *b);
+                out.put_u64_le(*call);
+                put_bool(out, *pending);
             }
-            Self::TopologyUpdated(res) => {
+            Self::TopologyUpdated { call, result } => {
                 out.put_u8(5);
-                match res {
-                    Ok(()) => out.put_u8(0),
-                    Err(why) => {
-                        out.put_u8(1);
-                        put_string(out, why);
-                    }
-                }
+                out.put_u64_le(*call);
+                put_result(out, result);
             }
             Self::OpVerdict {
                 tag,
@@ -344,16 +352,19 @@ impl FromMaster {
                 out.put_u8(6);
                 put_op(out, *tag, *epoch, *seq, *failure);
             }
-            Self::VoteRejected(why) => {
+            Self::VoteRejected { call, reason } => {
                 out.put_u8(7);
-                put_string(out, why);
+                out.put_u64_le(*call);
+                put_string(out, reason);
             }
             Self::SyncPlan {
+                round,
                 revision,
                 fetch,
                 serve,
             } => {
                 out.put_u8(8);
+                out.put_u64_le(*round);
                 out.put_u64_le(*revision);
                 out.put_u32_le(fetch.len() as u32);
                 for f in fetch {
@@ -385,15 +396,14 @@ impl FromMaster {
                     out.put_slice(&t.0);
                 }
             }
-            Self::SyncResult(res) => {
+            Self::SyncResult { round, result } => {
                 out.put_u8(10);
-                match res {
-                    Ok(()) => out.put_u8(0),
-                    Err(why) => {
-                        out.put_u8(1);
-                        put_string(out, why);
-                    }
-                }
+                out.put_u64_le(*round);
+                put_result(out, result);
+            }
+            Self::RejoinRefused(why) => {
+                out.put_u8(12);
+                put_string(out, why);
             }
         }
     }
@@ -408,13 +418,16 @@ impl FromMaster {
             },
             3 => Self::Commit {
                 topology: get_topology(&mut r)?,
+                call: r.u64()?,
             },
-            4 => Self::PeersPending(r.bool()?),
-            5 => Self::TopologyUpdated(match r.u8()? {
-                0 => Ok(()),
-                1 => Err(r.string(MAX_REASON)?),
-                _ => return Err(WireError::InvalidValue("result tag")),
-            }),
+            4 => Self::PeersPending {
+                call: r.u64()?,
+                pending: r.bool()?,
+            },
+            5 => Self::TopologyUpdated {
+                call: r.u64()?,
+                result: get_result(&mut r)?,
+            },
             6 => {
                 let (tag, epoch, seq, failure) = get_op(&mut r)?;
                 Self::OpVerdict {
@@ -424,8 +437,12 @@ impl FromMaster {
                     failure,
                 }
             }
-            7 => Self::VoteRejected(r.string(MAX_REASON)?),
+            7 => Self::VoteRejected {
+                call: r.u64()?,
+                reason: r.string(MAX_REASON)?,
+            },
             8 => {
+                let round = r.u64()?;
                 let revision = r.u64()?;
                 let n = r.len(MAX_TENSORS, 8)?;
                 let mut fetch = Vec::with_capacity(n);
@@ -450,6 +467,7 @@ impl FromMaster {
                     serve.push(Serve { peer, tensors });
                 }
                 Self::SyncPlan {
+                    round,
                     revision,
                     fetch,
                     serve,
@@ -474,11 +492,11 @@ impl FromMaster {
                 }
                 Self::MeasureBandwidth { targets }
             }
-            10 => Self::SyncResult(match r.u8()? {
-                0 => Ok(()),
-                1 => Err(r.string(MAX_REASON)?),
-                _ => return Err(WireError::InvalidValue("result tag")),
-            }),
+            10 => Self::SyncResult {
+                round: r.u64()?,
+                result: get_result(&mut r)?,
+            },
+            12 => Self::RejoinRefused(r.string(MAX_REASON)?),
             t => return Err(WireError::UnknownFrameType(t)),
         };
         r.finish()?;
@@ -486,7 +504,53 @@ impl FromMaster {
     }
 }
 
-fn put_op(out: &mut impl BufMut, tag: u64, epoch: u64, seq: u32, f: Option<FailReason>) {
+/// A `SyncReport`'s tensor list (also in `Rejoin`).
+pub(super) fn put_tensors(out: &mut impl BufMut, tensors: &[TensorReport]) {
+    out.put_u32_le(tensors.len() as u32);
+    for t in tensors {
+        put_string(out, &t.name);
+        out.put_u8(t.dtype as u8);
+        out.put_u64_le(t.count);
+        out.put_u128_le(t.hash);
+        put_bool(out, t.allow_content_inequality);
+    }
+}
+
+pub(super) fn get_tensors(r: &mut Reader<'_>) -> Result<Vec<TensorReport>, WireError> {
+    // name length + dtype + count + hash + flag
+    let n = r.len(MAX_TENSORS, 4 + 1 + 8 + 16 + 1)?;
+    let mut tensors = Vec::with_capacity(n);
+    for _ in 0..n {
+        tensors.push(TensorReport {
+            name: r.string(MAX_NAME)?,
+            dtype: DataType::from_u8(r.u8()?).ok_or(WireError::InvalidValue("data type"))?,
+            count: r.u64()?,
+            hash: u128::from_le_bytes(r.array()?),
+            allow_content_inequality: r.bool()?,
+        });
+    }
+    Ok(tensors)
+}
+
+pub(super) fn put_result(out: &mut impl BufMut, res: &Result<(), String>) {
+    match res {
+        Ok(()) => out.put_u8(0),
+        Err(why) => {
+            out.put_u8(1);
+            put_string(out, why);
+        }
+    }
+}
+
+pub(super) fn get_result(r: &mut Reader<'_>) -> Result<Result<(), String>, WireError> {
+    match r.u8()? {
+        0 => Ok(Ok(())),
+        1 => Ok(Err(r.string(MAX_REASON)?)),
+        _ => Err(WireError::InvalidValue("result tag")),
+    }
+}
+
+pub(super) fn put_op(out: &mut impl BufMut, tag: u64, epoch: u64, seq: u32, f: Option<FailReason>) {
     out.put_u64_le(tag);
     out.put_u64_le(epoch);
     out.put_u32_le(seq);
@@ -495,7 +559,7 @@ fn put_op(out: &mut impl BufMut, tag: u64, epoch: u64, seq: u32, f: Option<FailR
 
 type OpKey = (u64, u64, u32, Option<FailReason>);
 
-fn get_op(r: &mut Reader<'_>) -> Result<OpKey, WireError> {
+pub(super) fn get_op(r: &mut Reader<'_>) -> Result<OpKey, WireError> {
     let tag = r.u64()?;
     let epoch = r.u64()?;
     let seq = r.u32()?;
@@ -512,7 +576,7 @@ fn get_op(r: &mut Reader<'_>) -> Result<OpKey, WireError> {
 /// Set in a topology entry's address tag when the peer's static key follows its port.
 const KEY_FLAG: u8 = 0x80;
 
-fn put_ip(out: &mut impl BufMut, ip: IpAddr) {
+pub(super) fn put_ip(out: &mut impl BufMut, ip: IpAddr) {
     put_ip_tagged(out, ip, 0);
 }
 
@@ -529,7 +593,7 @@ fn put_ip_tagged(out: &mut impl BufMut, ip: IpAddr, flags: u8) {
     }
 }
 
-fn get_ip(r: &mut Reader<'_>, tag: u8) -> Result<IpAddr, WireError> {
+pub(super) fn get_ip(r: &mut Reader<'_>, tag: u8) -> Result<IpAddr, WireError> {
     match tag {
         4 => Ok(IpAddr::V4(Ipv4Addr::from(r.array::<4>()?))),
         6 => Ok(IpAddr::V6(Ipv6Addr::from(r.array::<16>()?))),
@@ -537,7 +601,7 @@ fn get_ip(r: &mut Reader<'_>, tag: u8) -> Result<IpAddr, WireError> {
     }
 }
 
-fn put_topology(out: &mut impl BufMut, t: &Topology) {
+pub(super) fn put_topology(out: &mut impl BufMut, t: &Topology) {
     out.put_u32_le(t.ring.len() as u32);
     for p in &t.ring {
         out.put_slice(&p.id.0);
@@ -558,7 +622,7 @@ fn put_topology(out: &mut impl BufMut, t: &Topology) {
     }
 }
 
-fn get_topology(r: &mut Reader<'_>) -> Result<Topology, WireError> {
+pub(super) fn get_topology(r: &mut Reader<'_>) -> Result<Topology, WireError> {
     // An entry is at least 16 + 4 + 1 + 4 + 2 bytes.
     let n = r.len(MAX_PEERS, 27)?;
     let mut ring = Vec::with_capacity(n);
@@ -593,12 +657,12 @@ fn get_topology(r: &mut Reader<'_>) -> Result<Topology, WireError> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use proptest::prelude::*;
 
     use super::*;
 
-    fn topology() -> impl Strategy<Value = Topology> {
+    pub(crate) fn topology() -> impl Strategy<Value = Topology> {
         let key = prop_oneof![Just([0u8; 32]), any::<[u8; 32]>()];
         let entry = (
             any::<[u8; 16]>(),
@@ -624,7 +688,7 @@ mod tests {
             .prop_map(|(ring, group_epochs)| Topology { ring, group_epochs })
     }
 
-    fn failure() -> impl Strategy<Value = Option<FailReason>> {
+    pub(crate) fn failure() -> impl Strategy<Value = Option<FailReason>> {
         prop_oneof![
             Just(None),
             Just(Some(FailReason::PeerLost)),
@@ -633,7 +697,7 @@ mod tests {
         ]
     }
 
-    fn tensor_report() -> impl Strategy<Value = TensorReport> {
+    pub(crate) fn tensor_report() -> impl Strategy<Value = TensorReport> {
         (
             ".{0,16}",
             0u8..12,
@@ -702,6 +766,7 @@ mod tests {
                     tensors
                 }),
             any::<bool>().prop_map(|ok| ToMaster::SyncDone { ok }),
+            crate::wire::rejoin::tests::rejoin().prop_map(|r| ToMaster::Rejoin(Box::new(r))),
             (any::<u64>(), any::<u64>(), any::<u32>(), failure()).prop_map(
                 |(tag, epoch, seq, failure)| ToMaster::OpDone {
                     tag,
@@ -718,10 +783,16 @@ mod tests {
             Just(FromMaster::HeartbeatAck),
             (any::<u64>(), topology())
                 .prop_map(|(proposal, topology)| FromMaster::Propose { proposal, topology }),
-            topology().prop_map(|topology| FromMaster::Commit { topology }),
-            any::<bool>().prop_map(FromMaster::PeersPending),
-            any::<Option<String>>()
-                .prop_map(|s| FromMaster::TopologyUpdated(s.map_or(Ok(()), Err))),
+            (topology(), any::<u64>())
+                .prop_map(|(topology, call)| FromMaster::Commit { topology, call }),
+            (any::<u64>(), any::<bool>())
+                .prop_map(|(call, pending)| FromMaster::PeersPending { call, pending }),
+            (any::<u64>(), any::<Option<String>>()).prop_map(|(call, s)| {
+                FromMaster::TopologyUpdated {
+                    call,
+                    result: s.map_or(Ok(()), Err),
+                }
+            }),
             (any::<u64>(), any::<u64>(), any::<u32>(), failure()).prop_map(
                 |(tag, epoch, seq, failure)| FromMaster::OpVerdict {
                     tag,
@@ -730,9 +801,11 @@ mod tests {
                     failure
                 }
             ),
-            ".{0,20}".prop_map(FromMaster::VoteRejected),
+            (any::<u64>(), ".{0,20}")
+                .prop_map(|(call, reason)| FromMaster::VoteRejected { call, reason }),
+            ".{0,20}".prop_map(FromMaster::RejoinRefused),
             (
-                any::<u64>(),
+                any::<(u64, u64)>(),
                 prop::collection::vec(
                     (
                         ".{0,12}",
@@ -745,7 +818,8 @@ mod tests {
                     0..3
                 )
             )
-                .prop_map(|(revision, f, s)| FromMaster::SyncPlan {
+                .prop_map(|((round, revision), f, s)| FromMaster::SyncPlan {
+                    round,
                     revision,
                     fetch: f
                         .into_iter()
@@ -770,7 +844,12 @@ mod tests {
                 },
                 reason
             }),
-            any::<Option<String>>().prop_map(|s| FromMaster::SyncResult(s.map_or(Ok(()), Err))),
+            (any::<u64>(), any::<Option<String>>()).prop_map(|(round, s)| {
+                FromMaster::SyncResult {
+                    round,
+                    result: s.map_or(Ok(()), Err),
+                }
+            }),
             prop::collection::vec(any::<[u8; 16]>(), 0..4).prop_map(|t| {
                 FromMaster::MeasureBandwidth {
                     targets: t.into_iter().map(PeerId).collect(),

@@ -10,6 +10,7 @@ mod handshake;
 mod hostile;
 mod master_deadlines;
 mod master_http;
+mod master_restart;
 mod master_robust;
 mod quant;
 mod secure;

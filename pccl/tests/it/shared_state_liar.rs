@@ -245,7 +245,7 @@ fn control(
                 FromMaster::Propose { proposal, .. } => {
                     send(&mut s, &ToMaster::P2pReady { proposal, ok: true })
                 }
-                FromMaster::Commit { topology: t } => {
+                FromMaster::Commit { topology: t, .. } => {
                     topology = t;
                     if topology.contains(me) && !reported {
                         reported = true;
@@ -263,7 +263,7 @@ fn control(
                     send(&mut s, &ToMaster::SyncDone { ok: true });
                 }
                 FromMaster::SyncRefused { reason, .. } => panic!("liar refused: {reason}"),
-                FromMaster::SyncResult(r) => {
+                FromMaster::SyncResult { result: r, .. } => {
                     results.push(r);
                     if let Some(r) = revisions.next() {
                         send(&mut s, &report(r));

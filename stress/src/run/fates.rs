@@ -15,9 +15,13 @@ pub(super) enum Fate {
     Running,
     /// Killed with -9 by the schedule.
     Killed,
-    /// Frozen or partitioned past the heartbeat timeout: must be removed and exit.
+    /// Frozen or partitioned past the heartbeat timeout: must be removed and exit, unless
+    /// `may_stay`: the master was killed during the freeze or shortly before it, so no
+    /// master may have watched the whole silence, and a new master rightly takes the peer
+    /// back when it returns within the recovery window (ARCHITECTURE.md §14).
     Evicting {
         thaw: Instant,
+        may_stay: bool,
     },
     /// Sent SIGTERM: must close and exit 0.
     Leaving {
@@ -73,6 +77,8 @@ impl Harness {
             }
         }
         let seat = self.peers.get(&slot).and_then(|p| p.seat);
+        let now = Instant::now();
+        let may_stay = self.master_outage_near(now);
         let Some(p) = self
             .peers
             .get_mut(&slot)
@@ -85,7 +91,6 @@ impl Harness {
             true => Ok(()),
             false => Err(format!("slot {slot}: sending {name} failed")),
         };
-        let now = Instant::now();
         match a {
             Action::Join(_) => {}
             Action::Kill(_) => {
@@ -102,7 +107,10 @@ impl Harness {
                 send(p, libc::SIGSTOP, "SIGSTOP")?;
                 p.frozen_until = Some(until);
                 if *long {
-                    p.fate = Fate::Evicting { thaw: until };
+                    p.fate = Fate::Evicting {
+                        thaw: until,
+                        may_stay,
+                    };
                     self.counts.freezes_long += 1;
                 } else {
                     self.counts.freezes_short += 1;
@@ -127,7 +135,10 @@ impl Harness {
                     w.partition(s, true)
                         .map_err(|e| format!("partition of slot {slot}: {e:#}"))?;
                     if *long {
-                        p.fate = Fate::Evicting { thaw: until };
+                        p.fate = Fate::Evicting {
+                            thaw: until,
+                            may_stay,
+                        };
                         self.counts.partitions_long += 1;
                     } else {
                         self.counts.partitions_short += 1;
@@ -193,7 +204,15 @@ impl Harness {
                 continue;
             }
             let limit = match p.fate {
-                Fate::Evicting { thaw } if now > thaw + Duration::from_secs(30) => {
+                Fate::Evicting {
+                    thaw,
+                    may_stay: true,
+                } if now > thaw + Duration::from_secs(30) => {
+                    p.fate = Fate::Running;
+                    self.counts.evictions_excused += 1;
+                    None
+                }
+                Fate::Evicting { thaw, .. } if now > thaw + Duration::from_secs(30) => {
                     Some("was not removed after a freeze/partition past the heartbeat timeout")
                 }
                 Fate::Leaving { since } if now > since + Duration::from_secs(30) => {

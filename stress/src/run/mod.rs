@@ -51,6 +51,12 @@ struct Harness {
     strangers: Option<strangers::Runner>,
     /// The run-secret variables every master and worker process gets (`security_env`).
     security_env: Vec<(&'static str, String)>,
+    /// `master_restarts`: its own seeded stream (the churn schedule stays as it was), the
+    /// next kill, and while the master is down, when it comes back.
+    master_rng: ChaCha8Rng,
+    master_down_at: Option<Instant>,
+    master_up_at: Option<Instant>,
+    master_restarted_at: Option<Instant>,
 }
 
 /// The environment that makes the master and the workers (which read it through
@@ -160,6 +166,10 @@ pub(crate) fn harness(args: &[String]) -> Result<u8> {
         lines_tx: tx,
         counts: Counts::default(),
         security_env,
+        master_rng: ChaCha8Rng::seed_from_u64(seed ^ 0x6d61_7374_6572),
+        master_down_at: None,
+        master_up_at: None,
+        master_restarted_at: None,
     };
     let started = Instant::now();
     let outcome = h.run(&events, &rx);
@@ -280,6 +290,7 @@ impl Harness {
             }
             deferred = still_waiting;
             self.reap(now);
+            self.master_restart_tick(now)?;
             self.strangers_tick(start);
             if self.checker.last_progress.elapsed() > deadline {
                 self.counts.stalls += 1;

@@ -20,6 +20,11 @@ pub(super) struct Counts {
     /// Joins whose first `connect` was turned away (a proposal aborted) and that asked again.
     pub(super) joins_turned_away: u64,
     pub(super) kills: u64,
+    /// The master killed with SIGKILL and started again (`master_restarts`).
+    pub(super) master_restarts: u64,
+    /// Long freezes/partitions a master restart overlapped whose peer the new master
+    /// rightly kept (`Fate::Evicting { may_stay }`).
+    pub(super) evictions_excused: u64,
     pub(super) freezes_short: u64,
     pub(super) freezes_long: u64,
     pub(super) evicted: u64,
@@ -86,8 +91,15 @@ pub(super) fn print_summary(r: &Report<'_>) {
         c.leaves
     );
     println!(
-        "freezes short {} long {} (evicted {})  resets {}  partitions short {} long {}",
-        c.freezes_short, c.freezes_long, c.evicted, c.resets, c.partitions_short, c.partitions_long
+        "freezes short {} long {} (evicted {}, kept across a master restart {})  resets {}  partitions short {} long {}  master restarts {}",
+        c.freezes_short,
+        c.freezes_long,
+        c.evicted,
+        c.evictions_excused,
+        c.resets,
+        c.partitions_short,
+        c.partitions_long,
+        c.master_restarts
     );
     println!(
         "failed ops recovered {}  recovery ms max {:.1} median {:.1}",

@@ -8,6 +8,7 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Result, bail};
+use rand::Rng;
 
 use super::fates::{Fate, Peer};
 use super::{Harness, MASTER_TAG};
@@ -16,33 +17,7 @@ use crate::worker;
 
 impl Harness {
     pub(super) fn start_master(&mut self, rx: &mpsc::Receiver<(u32, String)>) -> Result<()> {
-        let hb = self.scenario.heartbeat_timeout_ms.to_string();
-        let listen = if self.wan.is_some() {
-            "0.0.0.0:29500" // wan::MASTER_PORT
-        } else {
-            "127.0.0.1:0"
-        };
-        let mut cmd = match &self.wan {
-            Some(w) => w.hub_cmd(&self.exe),
-            None => Command::new(&self.exe),
-        };
-        self.child_env(&mut cmd);
-        cmd.args([
-            "--master-proc",
-            "--listen",
-            listen,
-            "--heartbeat-ms",
-            &hb,
-            "--run-id",
-            &self.run_id,
-        ]);
-        let m = Proc::spawn(
-            cmd,
-            MASTER_TAG,
-            self.lines_tx.clone(),
-            &self.dir.join("master.err"),
-        )?;
-        self.master = Some(m);
+        self.spawn_master()?;
         let end = Instant::now() + Duration::from_secs(20);
         while Instant::now() < end {
             let Ok((MASTER_TAG, line)) = rx.recv_timeout(Duration::from_millis(100)) else {
@@ -56,6 +31,92 @@ impl Harness {
             }
         }
         bail!("the master did not start in 20 s")
+    }
+
+    /// Starts a master process: on a free port the first time, then on the same address
+    /// (a restart; its `MASTER` line then goes through `Harness::line`).
+    fn spawn_master(&mut self) -> Result<()> {
+        let hb = self.scenario.heartbeat_timeout_ms.to_string();
+        let listen = if self.wan.is_some() {
+            "0.0.0.0:29500".to_string() // wan::MASTER_PORT
+        } else {
+            format!("127.0.0.1:{}", self.master_port)
+        };
+        let mut cmd = match &self.wan {
+            Some(w) => w.hub_cmd(&self.exe),
+            None => Command::new(&self.exe),
+        };
+        self.child_env(&mut cmd);
+        cmd.args([
+            "--master-proc",
+            "--listen",
+            &listen,
+            "--heartbeat-ms",
+            &hb,
+            "--run-id",
+            &self.run_id,
+        ]);
+        let m = Proc::spawn(
+            cmd,
+            MASTER_TAG,
+            self.lines_tx.clone(),
+            &self.dir.join("master.err"),
+        )?;
+        self.master = Some(m);
+        Ok(())
+    }
+
+    /// Whether the master is down now or came back less than 10 s ago (its recovery
+    /// window, 5 s, plus the heartbeat timeout): a long freeze starting then may be
+    /// outlived by the peer (see `Fate::Evicting`).
+    pub(super) fn master_outage_near(&self, now: Instant) -> bool {
+        self.master_up_at.is_some()
+            || self
+                .master_restarted_at
+                .is_some_and(|t| now.duration_since(t) < Duration::from_secs(10))
+    }
+
+    /// The `master_restarts` events, called from the main loop: kills the master with
+    /// SIGKILL when its time comes, and starts a new one on the same address when the
+    /// outage is over. While it is down, `self.master` is `None`.
+    pub(super) fn master_restart_tick(&mut self, now: Instant) -> Result<()> {
+        let Some(m) = self.scenario.master_restarts.clone() else {
+            return Ok(());
+        };
+        let mut draw =
+            |[lo, hi]: [u64; 2]| Duration::from_millis(self.master_rng.gen_range(lo..=hi));
+        match self.master_up_at {
+            Some(up) if now >= up => {
+                self.master_up_at = None;
+                self.master_down_at = Some(now + draw(m.interval_ms));
+                self.spawn_master()?;
+                self.master_restarted_at = Some(now);
+                self.counts.master_restarts += 1;
+                println!("master restarted on {}", self.master_addr);
+            }
+            Some(_) => {}
+            None => match self.master_down_at {
+                None => self.master_down_at = Some(now + draw(m.interval_ms)),
+                Some(down) if now >= down => {
+                    let outage = draw(m.outage_ms);
+                    self.master_up_at = Some(now + outage);
+                    if let Some(mut p) = self.master.take() {
+                        p.kill(Duration::from_secs(5));
+                    }
+                    for p in self.peers.values_mut() {
+                        if let Fate::Evicting { may_stay, .. } = &mut p.fate {
+                            *may_stay = true;
+                        }
+                    }
+                    println!(
+                        "master killed (SIGKILL), down for {} ms",
+                        outage.as_millis()
+                    );
+                }
+                Some(_) => {}
+            },
+        }
+        Ok(())
     }
 
     /// The run-secret environment of a master or worker process: this run's

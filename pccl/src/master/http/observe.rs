@@ -200,6 +200,23 @@ impl Observer {
                 self.changed = true;
                 self.event(now, "join", Some(peer), format!("group {group}, {addr}"));
             }
+            // A peer of the run re-registering after a master restart
+            // (docs/ARCHITECTURE.md §14).
+            ToMaster::Rejoin(r) => {
+                if c.group.is_some() {
+                    return;
+                }
+                c.group = Some(r.group);
+                let addr = SocketAddr::new(r.advertise_ip.unwrap_or(c.ip), r.p2p_port);
+                c.p2p_addr = Some(addr);
+                self.changed = true;
+                self.event(
+                    now,
+                    "rejoin",
+                    Some(peer),
+                    format!("group {}, {addr}, epoch seen {}", r.group, r.max_seen),
+                );
+            }
             ToMaster::BandwidthReport { results } => {
                 for (to, bps) in results {
                     if self.links.len() < MAX_LINKS || self.links.contains_key(&(peer, *to)) {
@@ -353,7 +370,7 @@ impl Observer {
                     }
                 }
             }
-            FromMaster::SyncResult(result) => {
+            FromMaster::SyncResult { result, .. } => {
                 if !self.seen_results.insert(group) {
                     return;
                 }

@@ -88,7 +88,13 @@ impl MasterState {
                 self.set_topology_phase(TopologyPhase::Idle);
             }
             for p in self.ring.clone() {
-                self.send_peer(p, FromMaster::TopologyUpdated(Ok(())));
+                self.send_peer(
+                    p,
+                    FromMaster::TopologyUpdated {
+                        call: self.calls,
+                        result: Ok(()),
+                    },
+                );
             }
             return;
         }

@@ -40,6 +40,12 @@ pub struct Timeouts {
     pub sync_transfer: Duration,
     /// The slowest fetch rate (bytes/s) the transfer deadline allows for.
     pub sync_transfer_min_rate: u64,
+    /// Once the first peer re-registers with a fresh master, the others it names must
+    /// within this, or the run is rebuilt without them (docs/ARCHITECTURE.md §14).
+    pub recovery_window: Duration,
+    /// A fresh master admits no lone first peer until this has passed since its start, so
+    /// the peers of a run whose master restarted re-register first.
+    pub startup_grace: Duration,
 }
 
 impl Default for Timeouts {
@@ -53,6 +59,10 @@ impl Default for Timeouts {
             sync_report: Duration::from_secs(300),
             sync_transfer: Duration::from_secs(60),
             sync_transfer_min_rate: 1 << 20,
+            recovery_window: Duration::from_secs(5),
+            // The state machine's tests start runs at once; `MasterConfig` sets the
+            // operational default.
+            startup_grace: Duration::ZERO,
         }
     }
 }
@@ -77,6 +87,10 @@ pub(crate) enum Wait {
     SyncReports(u32),
     /// `SyncDone` from every participant of the group's sync.
     SyncTransfer(u32),
+    /// `Rejoin` from every peer the re-registered peers name (`recovery`).
+    Recovery,
+    /// The end of the startup grace, when a waiting first peer is admitted.
+    Grace,
 }
 
 impl MasterState {
@@ -134,7 +148,30 @@ impl MasterState {
             };
             table.extend(entry);
         }
+        if let Some(t) = self.recovery.as_ref().and_then(|r| r.deadline) {
+            table.push((Wait::Recovery, t));
+        }
+        if self.ring.is_empty() && !self.pending.is_empty() && self.recovery.is_none() {
+            table.extend(self.grace_end().map(|t| (Wait::Grace, t)));
+        }
         table
+    }
+
+    /// When the startup grace ends (`None` without a start or a grace).
+    fn grace_end(&self) -> Option<Instant> {
+        let grace = self.timeouts.startup_grace;
+        if grace.is_zero() {
+            return None;
+        }
+        self.started.and_then(|s| s.checked_add(grace))
+    }
+
+    /// Whether the startup grace still holds back a lone first peer.
+    pub(super) fn in_startup_grace(&self) -> bool {
+        match (self.grace_end(), self.clock) {
+            (Some(end), Some(now)) => now < end,
+            _ => false,
+        }
     }
 
     /// The instant of entry `wait`, if it is in the table.
@@ -233,6 +270,14 @@ impl MasterState {
                 // Once the last of them is gone, the others get their one result.
                 self.evict_all(&missing, "did not finish its shared-state sync in time");
             }
+            Wait::Recovery => {
+                tracing::warn!(
+                    window = ?self.timeouts.recovery_window,
+                    "recovery window over: the run goes on with the peers that re-registered"
+                );
+                self.finish_recovery();
+            }
+            Wait::Grace => self.admit_first_if_empty(),
         }
         // Every wait above has someone missing while it is open (it ends at the last
         // answer), so the evictions end it. Should that ever not hold, end the topology
@@ -269,7 +314,13 @@ impl MasterState {
     pub(super) fn fail_measuring(&mut self, why: &str) {
         self.set_topology_phase(TopologyPhase::Idle);
         for p in self.ring.clone() {
-            self.send_peer(p, FromMaster::TopologyUpdated(Err(why.to_string())));
+            self.send_peer(
+                p,
+                FromMaster::TopologyUpdated {
+                    call: self.calls,
+                    result: Err(why.to_string()),
+                },
+            );
         }
     }
 }

@@ -28,13 +28,18 @@ impl MasterState {
             return;
         }
         let votes = std::mem::take(&mut self.votes);
+        // Every answer of this call carries its id, so a peer that missed it when the
+        // master died can be given the same answer by the next master (`recovery`).
+        self.calls += 1;
+        let call = self.calls;
         let Some(first) = votes.values().next().copied() else {
             return; // unreachable: the ring is not empty and all of it voted
         };
         if votes.values().any(|k| *k != first) {
             let why = "peers made different joint calls at the same time".to_string();
             for p in votes.keys() {
-                self.send_peer(*p, FromMaster::VoteRejected(why.clone()));
+                let reason = why.clone();
+                self.send_peer(*p, FromMaster::VoteRejected { call, reason });
             }
             return;
         }
@@ -42,7 +47,7 @@ impl MasterState {
             VoteKind::ArePeersPending => {
                 let pending = !self.pending.is_empty();
                 for p in votes.keys() {
-                    self.send_peer(*p, FromMaster::PeersPending(pending));
+                    self.send_peer(*p, FromMaster::PeersPending { call, pending });
                 }
             }
             VoteKind::UpdateTopology => self.propose(),

@@ -42,9 +42,16 @@ impl MasterState {
 
     /// An empty run has nobody to vote newcomers in: the first waiting peer is accepted
     /// on its own (a ring of one needs no p2p connections).
-    fn admit_first_if_empty(&mut self) {
+    ///
+    /// Not while a run is being recovered, nor during the startup grace of a fresh master:
+    /// the peers of a run whose master restarted re-register first, and a newcomer that
+    /// got in before them would start a second run (docs/ARCHITECTURE.md §14).
+    pub(super) fn admit_first_if_empty(&mut self) {
         let proposing = matches!(self.topology_phase, TopologyPhase::Proposing(_));
         if !self.ring.is_empty() || proposing || self.pending.is_empty() {
+            return;
+        }
+        if self.recovery.is_some() || self.in_startup_grace() {
             return;
         }
         let peer = self.pending.remove(0);
@@ -61,6 +68,9 @@ impl MasterState {
         let Some(rec) = self.peers.remove(&peer) else {
             return;
         };
+        if let Some(r) = &mut self.recovery {
+            r.claims.remove(&peer);
+        }
         self.bandwidth.retain(|(a, b), _| *a != peer && *b != peer);
         if matches!(self.topology_phase, TopologyPhase::Measuring { .. })
             && self.ring.contains(&peer)
@@ -105,5 +115,6 @@ impl MasterState {
             self.try_finish_sync(rec.group);
         }
         self.admit_first_if_empty();
+        self.try_finish_recovery();
     }
 }

@@ -56,7 +56,7 @@ impl MasterState {
     }
 
     /// Sends one verdict for op `key` to every live member of its group.
-    fn decide_op(&mut self, key: (u32, u64), failure: Option<FailReason>) {
+    pub(super) fn decide_op(&mut self, key: (u32, u64), failure: Option<FailReason>) {
         let Some(vote) = self.ops.remove(&key) else {
             return;
         };

@@ -139,6 +139,11 @@ pub const SYNC_TRANSITIONS: &[Transition<SyncPhaseKind>] = {
     &[
         t(Idle, Reporting, "a member's first report"),
         t(
+            Idle,
+            Transferring,
+            "a restarted master rebuilds a transfer every participant reports in progress",
+        ),
+        t(
             Reporting,
             Transferring,
             "every live member has reported (the last report, or the death or eviction of \

@@ -28,7 +28,13 @@ impl MasterState {
     pub(super) fn propose(&mut self) {
         if self.pending.is_empty() {
             for p in self.ring.clone() {
-                self.send_peer(p, FromMaster::TopologyUpdated(Ok(())));
+                self.send_peer(
+                    p,
+                    FromMaster::TopologyUpdated {
+                        call: self.calls,
+                        result: Ok(()),
+                    },
+                );
             }
             return;
         }
@@ -121,7 +127,13 @@ impl MasterState {
         self.broadcast_commit();
         for id in self.ring.clone() {
             if !p.newcomers.contains(&id) {
-                self.send_peer(id, FromMaster::TopologyUpdated(Ok(())));
+                self.send_peer(
+                    id,
+                    FromMaster::TopologyUpdated {
+                        call: self.calls,
+                        result: Ok(()),
+                    },
+                );
             }
         }
         self.try_complete_vote();
@@ -136,7 +148,13 @@ impl MasterState {
         };
         tracing::warn!(proposal = p.id, why, "topology update failed");
         for id in self.ring.clone() {
-            self.send_peer(id, FromMaster::TopologyUpdated(Err(why.to_string())));
+            self.send_peer(
+                id,
+                FromMaster::TopologyUpdated {
+                    call: self.calls,
+                    result: Err(why.to_string()),
+                },
+            );
         }
         for n in p.newcomers.into_iter().rev() {
             let Some(conn) = self.peers.get(&n).map(|rec| rec.conn) else {

@@ -18,6 +18,8 @@ use crate::wire::{Fetch, FromMaster, TensorReport};
 /// The transfer of one group's elected state.
 #[derive(Debug)]
 pub(crate) struct Transfer {
+    /// The round's id: plans and the result carry it (`recovery` matches them up).
+    pub(super) round: u64,
     pub(super) revision: u64,
     pub(super) participants: BTreeSet<PeerId>,
     pub(super) done: BTreeSet<PeerId>,
@@ -78,6 +80,8 @@ impl MasterState {
         let history = self.sync_history.get(&group).cloned().unwrap_or_default();
         let decisions = elect(reports, &history);
         tracing::debug!(group, peers = decisions.len(), "shared state elected");
+        self.rounds += 1;
+        let round = self.rounds;
         let mut participants = BTreeSet::new();
         let mut revision = 0;
         let mut msgs = Vec::new();
@@ -96,6 +100,7 @@ impl MasterState {
                     msgs.push((
                         peer,
                         FromMaster::SyncPlan {
+                            round,
                             revision: r,
                             fetch,
                             serve,
@@ -111,6 +116,7 @@ impl MasterState {
             SyncPhase::Idle
         } else {
             SyncPhase::Transferring(Transfer {
+                round,
                 revision,
                 participants,
                 done: BTreeSet::new(),
@@ -167,7 +173,14 @@ impl MasterState {
             }
         };
         for p in t.participants {
-            self.send_peer(p, FromMaster::SyncResult(result.clone()));
+            let result = result.clone();
+            self.send_peer(
+                p,
+                FromMaster::SyncResult {
+                    round: t.round,
+                    result,
+                },
+            );
         }
     }
 }

@@ -15,15 +15,33 @@ fn two_peers_join_and_are_admitted() {
     assert_eq!(h.m.pending(), &[b]);
     assert!(h.take(1).is_empty(), "a waiting peer hears nothing yet");
     h.msg(0, ToMaster::Vote(VoteKind::ArePeersPending));
-    assert_eq!(h.take_quiet(0), vec![FromMaster::PeersPending(true)]);
+    assert_eq!(
+        h.take_quiet(0),
+        vec![FromMaster::PeersPending {
+            call: 0,
+            pending: true
+        }]
+    );
     h.update(&[0], &[1]);
     assert_eq!(h.m.ring(), &[a, b]);
     assert!(h.m.pending().is_empty());
     assert!(!h.m.proposal_in_flight());
     // Nobody waits any more.
     h.vote_all(&[0, 1], VoteKind::ArePeersPending);
-    assert_eq!(h.take_quiet(0), vec![FromMaster::PeersPending(false)]);
-    assert_eq!(h.take_quiet(1), vec![FromMaster::PeersPending(false)]);
+    assert_eq!(
+        h.take_quiet(0),
+        vec![FromMaster::PeersPending {
+            call: 0,
+            pending: false
+        }]
+    );
+    assert_eq!(
+        h.take_quiet(1),
+        vec![FromMaster::PeersPending {
+            call: 0,
+            pending: false
+        }]
+    );
 }
 
 #[test]
@@ -57,10 +75,10 @@ fn death_during_proposal_fails_the_update_then_it_succeeds() {
     // The survivor's update fails (retryable) and it gets the ring without the dead peer.
     let msgs = h.take_quiet(0);
     assert!(
-        msgs.contains(&FromMaster::TopologyUpdated(Err(format!(
-            "peer {} left (test)",
-            h.ids[&1]
-        )))),
+        msgs.contains(&FromMaster::TopologyUpdated {
+            call: 0,
+            result: Err(format!("peer {} left (test)", h.ids[&1]))
+        }),
         "{msgs:?}"
     );
     let t = Harness::commit_of(&msgs);
@@ -84,7 +102,7 @@ fn mismatched_joint_calls_are_rejected_for_everybody() {
     for c in [0, 1] {
         let msgs = h.take_quiet(c);
         assert!(
-            matches!(&msgs[..], [FromMaster::VoteRejected(_)]),
+            matches!(&msgs[..], [FromMaster::VoteRejected { .. }]),
             "{msgs:?}"
         );
     }
@@ -92,6 +110,18 @@ fn mismatched_joint_calls_are_rejected_for_everybody() {
     assert_eq!(h.m.voters().count(), 0);
     // The next matching call works.
     h.vote_all(&[0, 1], VoteKind::ArePeersPending);
-    assert_eq!(h.take_quiet(0), vec![FromMaster::PeersPending(false)]);
-    assert_eq!(h.take_quiet(1), vec![FromMaster::PeersPending(false)]);
+    assert_eq!(
+        h.take_quiet(0),
+        vec![FromMaster::PeersPending {
+            call: 0,
+            pending: false
+        }]
+    );
+    assert_eq!(
+        h.take_quiet(1),
+        vec![FromMaster::PeersPending {
+            call: 0,
+            pending: false
+        }]
+    );
 }

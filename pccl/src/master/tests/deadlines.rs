@@ -23,6 +23,8 @@ const T: Timeouts = Timeouts {
     sync_report: Duration::from_millis(4_300),
     sync_transfer: Duration::from_millis(3_300),
     sync_transfer_min_rate: 1_000,
+    recovery_window: Duration::from_millis(5_100),
+    startup_grace: Duration::ZERO,
 };
 const JUST: Duration = Duration::from_millis(1);
 
@@ -102,7 +104,7 @@ fn a_member_silent_on_a_proposal_is_evicted_and_the_update_retries_without_it() 
         let msgs = h.take_quiet(c);
         assert!(
             msgs.iter()
-                .any(|m| matches!(m, FromMaster::TopologyUpdated(Err(_)))),
+                .any(|m| matches!(m, FromMaster::TopologyUpdated { result: Err(_), .. })),
             "{msgs:?}"
         );
     }
@@ -143,7 +145,10 @@ fn a_newcomer_silent_on_a_proposal_is_evicted_and_the_others_commit_on_retry() {
     for c in [0, 1] {
         assert_eq!(
             h.take_quiet(c),
-            [FromMaster::TopologyUpdated(Err(why.clone()))]
+            [FromMaster::TopologyUpdated {
+                call: 0,
+                result: Err(why.clone())
+            }]
         );
     }
     h.take(2);
@@ -182,14 +187,20 @@ fn a_peer_silent_on_its_bandwidth_tests_is_evicted_after_its_scaled_deadline() {
         let msgs = h.take_quiet(c);
         assert!(
             msgs.iter().any(|m| matches!(m,
-                FromMaster::TopologyUpdated(Err(why)) if why.contains("bandwidth tests in time"))),
+                FromMaster::TopologyUpdated { call: 0, result: Err(why) } if why.contains("bandwidth tests in time"))),
             "{msgs:?}"
         );
     }
     // The retry needs no new tests (0 <-> 1 is measured) and succeeds.
     h.vote_all(&[0, 1], VoteKind::OptimizeTopology);
     for c in [0, 1] {
-        assert_eq!(h.take_quiet(c), [FromMaster::TopologyUpdated(Ok(()))]);
+        assert_eq!(
+            h.take_quiet(c),
+            [FromMaster::TopologyUpdated {
+                call: 0,
+                result: Ok(())
+            }]
+        );
     }
 }
 
@@ -240,7 +251,13 @@ fn a_member_that_never_reports_its_shared_state_is_evicted_and_the_sync_goes_on(
         h.msg(c, ToMaster::SyncDone { ok: true });
     }
     for c in [0, 1] {
-        assert_eq!(h.take_quiet(c), [FromMaster::SyncResult(Ok(()))]);
+        assert_eq!(
+            h.take_quiet(c),
+            [FromMaster::SyncResult {
+                round: 0,
+                result: Ok(())
+            }]
+        );
     }
 }
 
@@ -280,7 +297,10 @@ fn a_participant_that_never_finishes_its_fetch_is_evicted_after_its_scaled_deadl
         assert!(!t.contains(h.ids[&2]));
         assert_eq!(
             msgs.last(),
-            Some(&FromMaster::SyncResult(Ok(()))),
+            Some(&FromMaster::SyncResult {
+                round: 0,
+                result: Ok(())
+            }),
             "{msgs:?}"
         );
     }

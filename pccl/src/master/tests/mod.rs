@@ -6,7 +6,8 @@
 //! checks), `property` (the seeded random runs), `harness` (the scenario driver), `admission`, `ops`, `optimize`
 //! and `phases` (scenarios), `deadlines` (each bounded wait evicts a peer that misses it), `sync_plans` (seeded
 //! shared-state syncs: fetch lists, serve lists and the layout rule agree),
-//! `node` (the running node: crash reporting).
+//! `node` (the running node: crash reporting), `restart` (a restarted master rebuilds the
+//! run from the peers' `Rejoin` claims).
 
 use std::time::Duration;
 
@@ -36,5 +37,6 @@ mod optimize;
 mod peer_model;
 mod phases;
 mod property;
+mod restart;
 mod sim;
 mod sync_plans;

@@ -58,14 +58,23 @@ fn optimize_topology_measures_missing_links_and_rewires_for_the_bottleneck() {
         let msgs = h.take_quiet(c);
         assert_eq!(
             msgs.last(),
-            Some(&FromMaster::TopologyUpdated(Ok(()))),
+            Some(&FromMaster::TopologyUpdated {
+                call: 0,
+                result: Ok(())
+            }),
             "{msgs:?}"
         );
     }
     // Everything is measured now: a second call tests nothing and keeps the ring.
     h.vote_all(&[0, 1, 2, 3], VoteKind::OptimizeTopology);
     for c in 0..4 {
-        assert_eq!(h.take_quiet(c), vec![FromMaster::TopologyUpdated(Ok(()))]);
+        assert_eq!(
+            h.take_quiet(c),
+            vec![FromMaster::TopologyUpdated {
+                call: 0,
+                result: Ok(())
+            }]
+        );
     }
     assert_eq!(h.m.ring(), want.as_slice());
 }
@@ -87,11 +96,17 @@ fn a_death_during_bandwidth_tests_fails_the_optimisation_for_survivors() {
         let msgs = h.take_quiet(c);
         assert!(
             msgs.iter()
-                .any(|m| matches!(m, FromMaster::TopologyUpdated(Err(_)))),
+                .any(|m| matches!(m, FromMaster::TopologyUpdated { result: Err(_), .. })),
             "{msgs:?}"
         );
     }
     // The next joint call works.
     h.vote_all(&[0, 1], VoteKind::ArePeersPending);
-    assert_eq!(h.take_quiet(0), vec![FromMaster::PeersPending(false)]);
+    assert_eq!(
+        h.take_quiet(0),
+        vec![FromMaster::PeersPending {
+            call: 0,
+            pending: false
+        }]
+    );
 }

@@ -24,12 +24,12 @@ impl Sim {
         match msg {
             FromMaster::HeartbeatAck => {}
             FromMaster::Propose { proposal, .. } => self.peers[i].proposals.push_back(proposal),
-            FromMaster::Commit { topology } => self.on_commit(i, topology)?,
-            FromMaster::PeersPending(_) => {
+            FromMaster::Commit { topology, .. } => self.on_commit(i, topology)?,
+            FromMaster::PeersPending { .. } => {
                 self.stats.peers_pending_answers += 1;
                 self.answer(i, VoteKind::ArePeersPending, true)?;
             }
-            FromMaster::TopologyUpdated(res) => {
+            FromMaster::TopologyUpdated { result: res, .. } => {
                 if res.is_ok() {
                     self.stats.updates_ok += 1;
                 } else {
@@ -38,13 +38,13 @@ impl Sim {
                 self.answer(i, VoteKind::UpdateTopology, res.is_ok())?;
             }
             // With adversaries in the run, votes may differ: the call fails and is retried.
-            FromMaster::VoteRejected(_) if self.adversarial => {
+            FromMaster::VoteRejected { .. } if self.adversarial => {
                 let kind = self.peers[i].vote.map(|(_, k)| k);
                 if let Some(kind) = kind {
                     self.answer(i, kind, false)?;
                 }
             }
-            FromMaster::VoteRejected(why) => {
+            FromMaster::VoteRejected { reason: why, .. } => {
                 // Every peer runs the same program, so the joint calls always match.
                 return Err(format!(
                     "conn {conn} got VoteRejected({why}) although all peers make the same joint calls (vote {:?})",
@@ -60,7 +60,8 @@ impl Sim {
             FromMaster::SyncPlan { .. }
             | FromMaster::MeasureBandwidth { .. }
             | FromMaster::SyncRefused { .. }
-            | FromMaster::SyncResult(_) => {
+            | FromMaster::SyncResult { .. }
+            | FromMaster::RejoinRefused(_) => {
                 // The simulated peers never sync shared state nor optimise the topology
                 // (covered by the scenario, election and loopback tests).
                 return Err(format!(

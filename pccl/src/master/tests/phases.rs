@@ -174,7 +174,13 @@ fn optimize_already_best() -> Vec<Observed> {
         &[Topology(T::Measuring, T::Idle)],
     );
     for c in all {
-        assert_eq!(r.h.take_quiet(c), vec![FromMaster::TopologyUpdated(Ok(()))]);
+        assert_eq!(
+            r.h.take_quiet(c),
+            vec![FromMaster::TopologyUpdated {
+                call: 0,
+                result: Ok(())
+            }]
+        );
     }
     r.seen
 }
@@ -205,6 +211,33 @@ fn report(revision: u64, strategy: SyncStrategy, hash: u128) -> ToMaster {
     }
 }
 
+/// A restarted master rebuilds the transfer both peers report in progress, and ends it.
+fn transfer_resumed_after_restart() -> Vec<Observed> {
+    let mut r = Recorder {
+        h: Harness::new(),
+        seen: Vec::new(),
+    };
+    let claims = super::restart::two_peer_claims(|c| {
+        c.sync = crate::wire::SyncClaim::Planned {
+            round: 3,
+            revision: 1,
+            done: None,
+        };
+    });
+    let mut claims = claims.into_iter();
+    r.h.rejoin(0, claims.next().unwrap());
+    r.expect("the first rejoin", &[]);
+    r.h.rejoin(1, claims.next().unwrap());
+    r.expect("the last rejoin", &[Sync(0, S::Idle, S::Transferring)]);
+    r.step(0, ToMaster::SyncDone { ok: true }, &[]);
+    r.step(
+        1,
+        ToMaster::SyncDone { ok: true },
+        &[Sync(0, S::Transferring, S::Idle)],
+    );
+    r.seen
+}
+
 fn sync_transfers() -> Vec<Observed> {
     let mut r = Recorder::cluster(3);
     let e = SyncStrategy::EnforcePopular;
@@ -226,7 +259,10 @@ fn sync_transfers() -> Vec<Observed> {
         let msgs = r.h.take_quiet(c);
         assert_eq!(
             msgs.last(),
-            Some(&FromMaster::SyncResult(Ok(()))),
+            Some(&FromMaster::SyncResult {
+                round: 0,
+                result: Ok(())
+            }),
             "{msgs:?}"
         );
     }
@@ -246,7 +282,7 @@ type Scenario = (&'static str, fn() -> Vec<Observed>);
 
 #[test]
 fn every_phase_change_is_in_the_tables_and_every_row_is_reachable() {
-    let scenarios: [Scenario; 7] = [
+    let scenarios: [Scenario; 8] = [
         ("update commits", update_commits),
         ("failed dial aborts", failed_dial_aborts),
         ("optimize re-wires", optimize_rewires),
@@ -257,6 +293,10 @@ fn every_phase_change_is_in_the_tables_and_every_row_is_reachable() {
         ("death while measuring", death_while_measuring),
         ("sync transfers", sync_transfers),
         ("sync refused for all", sync_refused_for_all),
+        (
+            "transfer resumed after a restart",
+            transfer_resumed_after_restart,
+        ),
     ];
     let mut topology = BTreeSet::new();
     let mut sync = BTreeSet::new();

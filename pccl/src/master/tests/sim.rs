@@ -329,7 +329,7 @@ impl Sim {
                     }
                 }
             }
-            FromMaster::Commit { topology } => {
+            FromMaster::Commit { topology, .. } => {
                 let p = &self.peers[conn as usize];
                 ensure!(
                     topology.contains(p.id),
@@ -632,7 +632,7 @@ pub(super) fn short(msg: &FromMaster) -> String {
         FromMaster::Propose { proposal, topology } => {
             format!("Propose #{proposal} {}", ring(topology))
         }
-        FromMaster::Commit { topology } => format!("Commit {}", ring(topology)),
+        FromMaster::Commit { topology, .. } => format!("Commit {}", ring(topology)),
         other => format!("{other:?}"),
     }
 }

@@ -175,6 +175,7 @@ fn check(h: &Harness, r: &Round, seen: &mut Seen) -> Res {
             revision,
             fetch,
             serve,
+            ..
         } = a
         else {
             continue;

@@ -1,0 +1,366 @@
+//! A restarted master rebuilds the run from the peers' `Rejoin` claims
+//! (docs/ARCHITECTURE.md §14): the rule "highest epoch wins", ids that continue above
+//! anything a peer saw, decisions some peers missed given again, the recovery window and
+//! the startup grace. (The seeded simulator, `sim`, does not crash the master yet.)
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::time::Duration;
+
+use super::harness::Harness;
+use crate::master::state::Timeouts;
+use crate::types::{PeerEntry, PeerId, Topology};
+use crate::wire::{Answer, FromMaster, OpClaim, OpRecord, Rejoin, SyncClaim, ToMaster, VoteKind};
+
+fn id(conn: u64) -> PeerId {
+    PeerId([conn as u8 + 1; 16])
+}
+
+/// The topology `conns` (group 0) at `epoch`, as the harness's peers would list it.
+fn view(conns: &[u64], epoch: u64) -> Topology {
+    Topology {
+        ring: conns
+            .iter()
+            .map(|c| PeerEntry {
+                id: id(*c),
+                group: 0,
+                p2p_addr: SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 48149 + *c as u16),
+                static_key: [0; 32],
+            })
+            .collect(),
+        group_epochs: vec![(0, epoch)],
+    }
+}
+
+fn claim(conn: u64, topology: Topology) -> Rejoin {
+    Rejoin {
+        group: 0,
+        p2p_port: 48149 + conn as u16,
+        accepted: true,
+        max_seen: 7,
+        topology,
+        ..Rejoin::default()
+    }
+}
+
+/// Claims of two members of ring [0, 1] at epoch 5, each edited by `edit`.
+pub(super) fn two_peer_claims(edit: impl Fn(&mut Rejoin)) -> Vec<Rejoin> {
+    (0..2)
+        .map(|c| {
+            let mut r = claim(c, view(&[0, 1], 5));
+            edit(&mut r);
+            r
+        })
+        .collect()
+}
+
+fn epoch_of(msgs: &[FromMaster]) -> u64 {
+    Harness::commit_of(msgs).group_epoch(0).expect("group 0")
+}
+
+#[test]
+fn an_intact_ring_keeps_its_epoch_and_later_ids_continue_above_every_claim() {
+    let mut h = Harness::new();
+    let claims = two_peer_claims(|_| {});
+    h.rejoin(0, claims[0].clone());
+    assert!(h.m.recovering(), "waits for the peer the claim names");
+    assert!(h.take_quiet(0).is_empty());
+    h.rejoin(1, claims[1].clone());
+    assert!(!h.m.recovering());
+    for c in 0..2 {
+        assert_eq!(epoch_of(&h.take_quiet(c)), 5, "no re-wiring");
+    }
+    assert_eq!(h.m.ring(), &[id(0), id(1)]);
+    // A newcomer's admission allocates epochs above max_seen (7), never a seen one.
+    h.join(2, 0);
+    h.vote_all(&[0, 1], VoteKind::UpdateTopology);
+    let msgs = h.take_quiet(0);
+    let FromMaster::Propose { proposal, topology } = &msgs[0] else {
+        panic!("{msgs:?}");
+    };
+    assert!(
+        *proposal > 7 && topology.group_epoch(0).unwrap() > 7,
+        "{msgs:?}"
+    );
+}
+
+#[test]
+fn a_missing_peer_is_dropped_after_the_window_with_a_new_epoch() {
+    let t = Timeouts {
+        recovery_window: Duration::from_secs(2),
+        ..Timeouts::default()
+    };
+    let mut h = Harness::with_timeouts(t);
+    h.rejoin(0, claim(0, view(&[0, 1, 2], 5)));
+    h.rejoin(1, claim(1, view(&[0, 1, 2], 5)));
+    assert!(h.m.recovering());
+    h.run_until(&[0, 1], Duration::from_millis(1_900));
+    assert!(h.m.recovering());
+    h.run_until(&[0, 1], Duration::from_millis(2_100));
+    assert!(!h.m.recovering());
+    assert_eq!(h.m.ring(), &[id(0), id(1)]);
+    let e = epoch_of(&h.take_quiet(0));
+    assert!(e > 7, "a new epoch above every id seen: {e}");
+    // The latecomer was removed: it is refused, as a peer evicted by a live master.
+    h.rejoin(2, claim(2, view(&[0, 1, 2], 5)));
+    assert!(matches!(
+        &h.take_quiet(2)[..],
+        [FromMaster::RejoinRefused(_)]
+    ));
+    assert!(h.is_closed(2));
+}
+
+#[test]
+fn the_highest_epoch_wins_and_a_peer_it_removed_is_refused() {
+    let mut h = Harness::new();
+    // Peer 2 missed the commit that removed it (epoch 6); 0 and 1 saw it.
+    h.rejoin(2, claim(2, view(&[0, 1, 2], 5)));
+    h.rejoin(0, claim(0, view(&[0, 1], 6)));
+    h.rejoin(1, claim(1, view(&[0, 1], 6)));
+    assert!(!h.m.recovering());
+    assert_eq!(h.m.ring(), &[id(0), id(1)]);
+    assert_eq!(epoch_of(&h.take_quiet(0)), 6);
+    assert!(matches!(
+        &h.take_quiet(2)[..],
+        [FromMaster::RejoinRefused(_)]
+    ));
+}
+
+#[test]
+fn a_verdict_one_peer_missed_is_given_again_and_seqs_go_on() {
+    let mut h = Harness::new();
+    let claims = two_peer_claims(|c| {
+        if c.p2p_port == 48149 {
+            // Peer 0 got the verdict of (tag 9, epoch 5, seq 2) ...
+            c.verdicts = vec![OpRecord {
+                tag: 9,
+                epoch: 5,
+                seq: 2,
+                failure: None,
+            }];
+        } else {
+            // ... peer 1 finished its part and waits for it.
+            c.ops = vec![OpClaim {
+                tag: 9,
+                epoch: 5,
+                seq: 2,
+                done: Some(None),
+            }];
+        }
+    });
+    h.rejoin(0, claims[0].clone());
+    h.rejoin(1, claims[1].clone());
+    let msgs = h.take_quiet(1);
+    assert_eq!(
+        msgs[0],
+        FromMaster::OpVerdict {
+            tag: 9,
+            epoch: 5,
+            seq: 2,
+            failure: None
+        },
+        "the verdict first, before the commit: {msgs:?}"
+    );
+    assert!(matches!(msgs[1], FromMaster::Commit { .. }));
+    assert!(
+        h.take_quiet(0)
+            .iter()
+            .all(|m| !matches!(m, FromMaster::OpVerdict { .. }))
+    );
+    // The tag's next op is seq 3 for both.
+    for c in 0..2 {
+        h.msg(
+            c,
+            ToMaster::OpDone {
+                tag: 9,
+                epoch: 5,
+                seq: 3,
+                failure: None,
+            },
+        );
+    }
+    for c in 0..2 {
+        assert!(h.take_quiet(c).contains(&FromMaster::OpVerdict {
+            tag: 9,
+            epoch: 5,
+            seq: 3,
+            failure: None
+        }));
+    }
+    assert!(h.closed.is_empty(), "{:?}", h.closed);
+}
+
+#[test]
+fn an_op_both_finished_is_decided_by_the_new_master() {
+    let mut h = Harness::new();
+    let claims = two_peer_claims(|c| {
+        c.ops = vec![OpClaim {
+            tag: 1,
+            epoch: 5,
+            seq: 0,
+            done: Some(None),
+        }];
+    });
+    h.rejoin(0, claims[0].clone());
+    h.rejoin(1, claims[1].clone());
+    for c in 0..2 {
+        assert!(h.take_quiet(c).contains(&FromMaster::OpVerdict {
+            tag: 1,
+            epoch: 5,
+            seq: 0,
+            failure: None
+        }));
+    }
+}
+
+#[test]
+fn a_joint_call_answer_one_peer_missed_is_given_again() {
+    let mut h = Harness::new();
+    let claims = two_peer_claims(|c| {
+        if c.p2p_port == 48149 {
+            c.call = 4;
+            c.answer = Some(Answer::PeersPending(true));
+        } else {
+            c.call = 3;
+            c.vote = Some(VoteKind::ArePeersPending);
+        }
+    });
+    h.rejoin(0, claims[0].clone());
+    h.rejoin(1, claims[1].clone());
+    let msgs = h.take_quiet(1);
+    assert!(
+        msgs.contains(&FromMaster::PeersPending {
+            call: 0,
+            pending: true
+        }),
+        "{msgs:?}"
+    );
+    // Nothing waits on peer 0: its next call pairs with peer 1's next one.
+    h.take_quiet(0);
+    h.vote_all(&[0, 1], VoteKind::ArePeersPending);
+    assert_eq!(
+        h.take_quiet(0),
+        vec![FromMaster::PeersPending {
+            call: 0,
+            pending: false
+        }]
+    );
+}
+
+#[test]
+fn a_sync_whose_plans_only_some_got_fails_for_all() {
+    let mut h = Harness::new();
+    let claims = two_peer_claims(|c| {
+        c.sync = if c.p2p_port == 48149 {
+            SyncClaim::Planned {
+                round: 2,
+                revision: 4,
+                done: Some(true),
+            }
+        } else {
+            SyncClaim::Reported {
+                revision: 4,
+                strategy: crate::types::SyncStrategy::EnforcePopular,
+                tensors: Vec::new(),
+            }
+        };
+    });
+    h.rejoin(0, claims[0].clone());
+    h.rejoin(1, claims[1].clone());
+    for c in 0..2 {
+        let msgs = h.take_quiet(c);
+        assert!(
+            msgs.iter()
+                .any(|m| matches!(m, FromMaster::SyncResult { result: Err(_), .. })),
+            "conn {c}: {msgs:?}"
+        );
+    }
+}
+
+#[test]
+fn a_sync_result_one_peer_missed_is_given_again_and_history_follows() {
+    let mut h = Harness::new();
+    let claims = two_peer_claims(|c| {
+        if c.p2p_port == 48149 {
+            c.synced = Some((2, 4));
+            c.result = Some((2, Ok(())));
+        } else {
+            c.synced = Some((1, 3));
+            c.sync = SyncClaim::Planned {
+                round: 2,
+                revision: 4,
+                done: Some(true),
+            };
+        }
+    });
+    h.rejoin(0, claims[0].clone());
+    h.rejoin(1, claims[1].clone());
+    assert!(h.take_quiet(1).contains(&FromMaster::SyncResult {
+        round: 0,
+        result: Ok(())
+    }));
+    // Both took part in revision 4: the next sync must present 5, never less.
+    let report = |revision| ToMaster::SyncReport {
+        revision,
+        strategy: crate::types::SyncStrategy::EnforcePopular,
+        tensors: Vec::new(),
+    };
+    h.msg(0, report(5));
+    h.msg(1, report(4));
+    let msgs = h.take_quiet(1);
+    assert!(
+        msgs.iter()
+            .any(|m| matches!(m, FromMaster::SyncRefused { .. })),
+        "a revision going backwards is refused: {msgs:?}"
+    );
+}
+
+#[test]
+fn a_live_master_refuses_a_peer_it_does_not_know() {
+    let mut h = Harness::new().accepted(2);
+    h.rejoin(5, claim(5, view(&[0, 1, 5], 9)));
+    assert!(matches!(
+        &h.take_quiet(5)[..],
+        [FromMaster::RejoinRefused(_)]
+    ));
+    assert!(h.is_closed(5));
+    assert_eq!(h.m.ring(), &[id(0), id(1)]);
+}
+
+#[test]
+fn a_newcomer_during_recovery_waits_for_the_next_update() {
+    let mut h = Harness::new();
+    let claims = two_peer_claims(|_| {});
+    h.rejoin(0, claims[0].clone());
+    let n = h.join(4, 0);
+    h.rejoin(1, claims[1].clone());
+    assert_eq!(h.m.ring(), &[id(0), id(1)]);
+    assert_eq!(h.m.pending(), &[n]);
+    h.update(&[0, 1], &[4]);
+    assert_eq!(h.m.ring(), &[id(0), id(1), n]);
+}
+
+#[test]
+fn the_startup_grace_holds_a_lone_first_peer_back() {
+    let t = Timeouts {
+        startup_grace: Duration::from_secs(1),
+        ..Timeouts::default()
+    };
+    let mut h = Harness::with_timeouts(t);
+    h.m.handle_timeout(h.now());
+    let a = h.join(0, 0);
+    assert!(h.m.ring().is_empty());
+    h.run_until(&[0], Duration::from_millis(900));
+    assert!(h.m.ring().is_empty());
+    h.run_until(&[0], Duration::from_millis(1_100));
+    assert_eq!(h.m.ring(), &[a]);
+}
+
+#[test]
+fn a_claim_with_absurd_ids_is_a_violation() {
+    let mut h = Harness::new();
+    let mut c = claim(0, view(&[0], 5));
+    c.max_seen = u64::MAX;
+    h.rejoin(0, c);
+    assert!(h.is_closed(0));
+    assert!(!h.m.recovering());
+}
