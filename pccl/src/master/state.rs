@@ -276,7 +276,10 @@ impl MasterState {
         };
         c.last_seen = now;
         let peer = c.peer;
-        if c.rejoined && self.recovery.is_some() && !matches!(msg, ToMaster::Heartbeat | ToMaster::HeartbeatStats(_)) {
+        if c.rejoined
+            && self.recovery.is_some()
+            && !matches!(msg, ToMaster::Heartbeat | ToMaster::HeartbeatStats(_))
+        {
             // The run is not rebuilt yet: this waits until it is (`recovery`).
             return self.queue_during_recovery(conn, msg);
         }
