@@ -18,7 +18,8 @@ pub(super) enum Fate {
     /// Frozen or partitioned past the heartbeat timeout: must be removed and exit, unless
     /// `may_stay`: the master was killed during the freeze or shortly before it, so no
     /// master may have watched the whole silence, and a new master rightly takes the peer
-    /// back when it returns within the recovery window (ARCHITECTURE.md §13).
+    /// back when it returns within the recovery window (ARCHITECTURE.md §13). One kept
+    /// 30 s past its thaw is then killed (see `reap`).
     Evicting {
         thaw: Instant,
         may_stay: bool,
@@ -208,7 +209,12 @@ impl Harness {
                     thaw,
                     may_stay: true,
                 } if now > thaw + Duration::from_secs(30) => {
-                    p.fate = Fate::Running;
+                    // Kept by a new master. The schedule's model counts the peer as gone
+                    // since its freeze; left running, it would hold a place the model's
+                    // later joins need (they would wait, and disruptions aimed at them be
+                    // skipped, for the rest of the run). So it ends here, by SIGKILL.
+                    p.proc.kill(Duration::from_secs(5));
+                    p.fate = Fate::Killed;
                     self.counts.evictions_excused += 1;
                     None
                 }
