@@ -69,11 +69,10 @@ impl Harness {
         if self.scenario.master_restarts.is_some()
             && !matches!(a, Action::Join(_))
             && !self.peers.get(&slot).is_some_and(eligible)
+            && let Some((s, _)) = self.peers.iter().rev().find(|(_, p)| eligible(p))
         {
-            if let Some((s, _)) = self.peers.iter().rev().find(|(_, p)| eligible(p)) {
-                slot = *s;
-                self.counts.events_retargeted += 1;
-            }
+            slot = *s;
+            self.counts.events_retargeted += 1;
         }
         // The schedule's model counts a newcomer as a member 2 s after its start; one that
         // takes longer to be accepted (turned away while a stranger holds its successor's
