@@ -16,7 +16,7 @@ import time
 import numpy as np
 
 import pccl
-from conftest import run_parallel, wait_until
+from conftest import form_group, run_parallel, wait_until
 
 N = 4096
 
@@ -52,26 +52,10 @@ def retried(what: str, deadline: float, fn):
 
 
 def group(port: int, n: int, reconnect: float) -> list[pccl.Communicator]:
-    comms = [pccl.Communicator(f"127.0.0.1:{port}", 0, p2p_bind_address="127.0.0.1:0",
-                               master_reconnect_timeout=reconnect) for _ in range(n)]
-    # Every peer connects; the accepted ones vote until all are in (conftest.form_group's
-    # way, with the reconnect timeout set).
-    done = [threading.Event() for _ in comms]
-    comms[0].connect()
-    done[0].set()
-
-    def connect(i: int) -> None:
-        comms[i].connect()
-        done[i].set()
-
-    for i in range(1, n):
-        threading.Thread(target=connect, args=(i,), daemon=True).start()
-    deadline = time.monotonic() + 30
-    while not all(d.is_set() for d in done):
-        assert time.monotonic() < deadline, "peers were not accepted in time"
-        time.sleep(0.2)
-        run_parallel([c.update_topology for c, d in zip(comms, done) if d.is_set()])
-    return comms
+    """`n` accepted peers of the master on `port`, re-dialling it for `reconnect` s."""
+    return form_group(f"127.0.0.1:{port}", n, make=lambda _: pccl.Communicator(
+        f"127.0.0.1:{port}", 0, p2p_bind_address="127.0.0.1:0",
+        master_reconnect_timeout=reconnect))
 
 
 def step(c: pccl.Communicator, rank: int, s: int, state, counter, deadline: float):

@@ -68,7 +68,7 @@ static int loop(pcclComm_t *comm, int seed, int world, int steps) {
     state.infos = &info;
     for (step = 0; step < steps; step++) {
         pcclResult_t r;
-        int tries = 0;
+        int tries = 0, size;
 
         if (step > 0) {
             while ((r = pcclUpdateTopology(comm)) != pcclSuccess)
@@ -83,9 +83,12 @@ static int loop(pcclComm_t *comm, int seed, int world, int steps) {
         FAIL_IF(state.revision != (uint64_t)step, "revision %lu", (unsigned long)state.revision);
         FAIL_IF(counters[0] != (uint64_t)step, "counter %lu", (unsigned long)counters[0]);
 
+        /* Read before the step: once a peer has finished its last step it leaves, so a
+         * peer still printing its own last step would see the world shrink. */
+        size = world_size(comm);
         one_step(comm, seed, world, step, &tries);
         state.revision++;
-        printf("STEP %d %d %08lx %08lx %d\n", step, world_size(comm),
+        printf("STEP %d %d %08lx %08lx %d\n", step, size,
                (unsigned long)crc32_of(sums, sizeof sums),
                (unsigned long)crc32_of(maxes, sizeof maxes), tries);
         fflush(stdout);

@@ -18,7 +18,8 @@ pub(super) enum Fate {
     /// Frozen or partitioned past the heartbeat timeout: must be removed and exit, unless
     /// `may_stay`: the master was killed during the freeze or shortly before it, so no
     /// master may have watched the whole silence, and a new master rightly takes the peer
-    /// back when it returns within the recovery window (ARCHITECTURE.md §14).
+    /// back when it returns within the recovery window (ARCHITECTURE.md §14). One kept
+    /// 30 s past its thaw is then killed (see `reap`).
     Evicting {
         thaw: Instant,
         may_stay: bool,
@@ -54,10 +55,25 @@ impl Harness {
     }
 
     fn try_act(&mut self, a: &Action) -> Result<(), String> {
-        let slot = match a {
+        let mut slot = match a {
             Action::Join(s) | Action::Kill(s) | Action::Leave(s) | Action::Reset(s) => *s,
             Action::Freeze { slot, .. } | Action::Partition { slot, .. } => *slot,
         };
+        // Master outages delay admissions past the model's 2 s, so the run can drift from
+        // the schedule's model: disruptions aimed at slots that never started (their joins
+        // wait for a place) would be skipped while the processes the model counts as gone
+        // hold those places, and the churn would stop for good. With `master_restarts`, a
+        // disruption aimed at a slot not running goes to the newest running, accepted,
+        // unfrozen peer instead (counted as retargeted), which frees a place again.
+        let eligible = |p: &Peer| p.fate == Fate::Running && p.joined && p.frozen_until.is_none();
+        if self.scenario.master_restarts.is_some()
+            && !matches!(a, Action::Join(_))
+            && !self.peers.get(&slot).is_some_and(eligible)
+            && let Some((s, _)) = self.peers.iter().rev().find(|(_, p)| eligible(p))
+        {
+            slot = *s;
+            self.counts.events_retargeted += 1;
+        }
         // The schedule's model counts a newcomer as a member 2 s after its start; one that
         // takes longer to be accepted (turned away while a stranger holds its successor's
         // pending slots) is not one yet. So a disruption is also checked against the peers
@@ -208,7 +224,12 @@ impl Harness {
                     thaw,
                     may_stay: true,
                 } if now > thaw + Duration::from_secs(30) => {
-                    p.fate = Fate::Running;
+                    // Kept by a new master. The schedule's model counts the peer as gone
+                    // since its freeze; left running, it would hold a place the model's
+                    // later joins need (they would wait, and disruptions aimed at them be
+                    // skipped, for the rest of the run). So it ends here, by SIGKILL.
+                    p.proc.kill(Duration::from_secs(5));
+                    p.fate = Fate::Killed;
                     self.counts.evictions_excused += 1;
                     None
                 }

@@ -33,6 +33,8 @@ pub(super) struct Counts {
     pub(super) partitions_short: u64,
     pub(super) partitions_long: u64,
     pub(super) events_skipped: u64,
+    /// Disruptions aimed at a slot not running, given to another peer (`fates.rs`).
+    pub(super) events_retargeted: u64,
     pub(super) unexpected_exits: u64,
     pub(super) stalls: u64,
     pub(super) leaks: u64,
@@ -118,8 +120,8 @@ pub(super) fn print_summary(r: &Report<'_>) {
         r.membership_unverified
     );
     println!(
-        "unexpected exits {}  stalls {}  leaked processes {}  events skipped {}",
-        c.unexpected_exits, c.stalls, c.leaks, c.events_skipped
+        "unexpected exits {}  stalls {}  leaked processes {}  events skipped {}  retargeted {}",
+        c.unexpected_exits, c.stalls, c.leaks, c.events_skipped, c.events_retargeted
     );
     if let Some(s) = r.strangers {
         println!(
