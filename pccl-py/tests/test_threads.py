@@ -185,7 +185,9 @@ NO_TORCH_SCRIPT = textwrap.dedent(
 def test_numpy_works_without_torch(procs):
     p = procs.start(["-c", NO_TORCH_SCRIPT])
     out, _ = p.communicate(timeout=60)
-    assert p.returncode == 0 and out.strip().endswith("ok"), out
+    # "ok" on a line of its own: at exit the master may go before the communicators,
+    # which then log that they re-dial it (stderr is merged into `out`).
+    assert p.returncode == 0 and "ok" in out.splitlines(), out
 
 
 def test_import_does_not_import_torch(procs):
