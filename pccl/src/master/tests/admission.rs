@@ -2,6 +2,7 @@
 //! death during a proposal fails the update, mismatched joint calls are rejected.
 
 use super::harness::Harness;
+use crate::master::state::ConnId;
 use crate::wire::{FromMaster, ToMaster, VoteKind};
 #[test]
 fn two_peers_join_and_are_admitted() {
@@ -28,20 +29,7 @@ fn two_peers_join_and_are_admitted() {
     assert!(!h.m.proposal_in_flight());
     // Nobody waits any more.
     h.vote_all(&[0, 1], VoteKind::ArePeersPending);
-    assert_eq!(
-        h.take_quiet(0),
-        vec![FromMaster::PeersPending {
-            call: 0,
-            pending: false
-        }]
-    );
-    assert_eq!(
-        h.take_quiet(1),
-        vec![FromMaster::PeersPending {
-            call: 0,
-            pending: false
-        }]
-    );
+    expect_nobody_pending(&mut h, &[0, 1]);
 }
 
 #[test]
@@ -110,18 +98,19 @@ fn mismatched_joint_calls_are_rejected_for_everybody() {
     assert_eq!(h.m.voters().count(), 0);
     // The next matching call works.
     h.vote_all(&[0, 1], VoteKind::ArePeersPending);
-    assert_eq!(
-        h.take_quiet(0),
-        vec![FromMaster::PeersPending {
-            call: 0,
-            pending: false
-        }]
-    );
-    assert_eq!(
-        h.take_quiet(1),
-        vec![FromMaster::PeersPending {
-            call: 0,
-            pending: false
-        }]
-    );
+    expect_nobody_pending(&mut h, &[0, 1]);
+}
+
+/// Each of `conns` got exactly one answer to its `ArePeersPending` call: nobody waits.
+fn expect_nobody_pending(h: &mut Harness, conns: &[ConnId]) {
+    for &c in conns {
+        assert_eq!(
+            h.take_quiet(c),
+            vec![FromMaster::PeersPending {
+                call: 0,
+                pending: false
+            }],
+            "conn {c}"
+        );
+    }
 }
