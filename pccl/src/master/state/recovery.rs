@@ -4,8 +4,8 @@
 //! of its own starts a *recovery* at the first such claim and waits, at most
 //! `recovery_window`, for every peer the claims name; then it rebuilds the run in one step:
 //!
-//! - **ids continue above** every epoch, proposal, joint call and sync round any peer saw,
-//!   so no op identity is ever reused;
+//! - **ids continue above** every epoch, proposal, joint call and sync round any peer that
+//!   re-registers saw (a newcomer's claim counts too), so no id is ever reused;
 //! - **the highest epoch wins**, per group: the group's ring is the one of the claim with
 //!   the highest epoch for it. Its members that came back keep that epoch when all came
 //!   back (nothing is re-wired; ops in flight go on), else the group gets a new epoch
@@ -77,6 +77,9 @@ impl MasterState {
         if claim.highest_id() > MAX_CLAIMED_ID {
             return self.violation(conn, "re-registered with an id out of range");
         }
+        // Every claim counts, a newcomer's too: it may have seen a proposal of the old
+        // master, and its dial for it may still answer (`P2pReady`) on this connection.
+        self.continue_ids_above(&claim);
         if !claim.accepted {
             // Not a member yet: it waits like any newcomer (and is a member after all if
             // the winning ring of a recovery lists it).
@@ -129,6 +132,29 @@ impl MasterState {
         self.try_finish_recovery();
     }
 
+    /// Makes every id this master hands out from now on larger than any id `claim` names
+    /// (epochs and proposal ids share one counter; joint calls and sync rounds have their
+    /// own), so that no id means two things to one peer (§14, rule 1).
+    fn continue_ids_above(&mut self, claim: &Rejoin) {
+        self.counter = self.counter.max(claim.max_seen);
+        for (_, e) in &claim.topology.group_epochs {
+            self.counter = self.counter.max(*e);
+        }
+        self.calls = self.calls.max(claim.call);
+        let planned = match claim.sync {
+            SyncClaim::Planned { round, .. } => Some(round),
+            _ => None,
+        };
+        let rounds = [
+            claim.synced.map(|s| s.0),
+            claim.result.as_ref().map(|r| r.0),
+            planned,
+        ];
+        for r in rounds.into_iter().flatten() {
+            self.rounds = self.rounds.max(r);
+        }
+    }
+
     /// Holds a re-registered peer's message until the run is rebuilt.
     pub(super) fn queue_during_recovery(&mut self, conn: ConnId, msg: ToMaster) {
         if matches!(msg, ToMaster::Register { .. } | ToMaster::Rejoin(_)) {
@@ -163,21 +189,6 @@ impl MasterState {
             return;
         };
         let claims = rec.claims;
-        for c in claims.values() {
-            self.counter = self.counter.max(c.max_seen);
-            for (_, e) in &c.topology.group_epochs {
-                self.counter = self.counter.max(*e);
-            }
-            self.calls = self.calls.max(c.call);
-            let rounds = [c.synced.map(|s| s.0), c.result.as_ref().map(|r| r.0)];
-            let planned = match c.sync {
-                SyncClaim::Planned { round, .. } => Some(round),
-                _ => None,
-            };
-            for r in rounds.into_iter().chain([planned]).flatten() {
-                self.rounds = self.rounds.max(r);
-            }
-        }
 
         // The ring: per group, the winning view's members that came back.
         let views = winning_views(&claims);

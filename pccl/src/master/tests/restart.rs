@@ -364,3 +364,58 @@ fn a_claim_with_absurd_ids_is_a_violation() {
     assert!(h.is_closed(0));
     assert!(!h.m.recovering());
 }
+
+/// Issue #13, found by the simulator with master crashes: a newcomer that had been sent
+/// a proposal re-registers as a newcomer (`accepted: false`); its claim must still push
+/// the new master's ids above that proposal's, or a proposal of the new master reuses the
+/// id and the newcomer's late `P2pReady` for the old one counts for the new one.
+#[test]
+fn issue_13_a_newcomers_claim_keeps_ids_above_the_proposal_it_saw() {
+    let t = Timeouts {
+        startup_grace: Duration::from_secs(1),
+        ..Timeouts::default()
+    };
+    let mut h = Harness::with_timeouts(t);
+    h.m.handle_timeout(h.now());
+    // The newcomer saw proposal 9 of the old master; the member saw nothing above 1.
+    let newcomer = Rejoin {
+        group: 0,
+        p2p_port: 48150,
+        max_seen: 9,
+        ..Rejoin::default()
+    };
+    h.rejoin(1, newcomer);
+    assert_eq!(h.m.pending(), &[id(1)], "waits as a newcomer");
+    let mut member = claim(0, view(&[0], 1));
+    member.max_seen = 1;
+    member.vote = Some(VoteKind::UpdateTopology);
+    h.rejoin(0, member);
+    assert!(!h.m.recovering());
+    // The member's waiting update admits the newcomer with a fresh proposal.
+    let msgs = h.take_quiet(1);
+    let proposal = Harness::proposal_in(&msgs);
+    assert!(
+        proposal > 9,
+        "proposal {proposal} reuses an id the newcomer saw"
+    );
+    let FromMaster::Propose { topology, .. } = &msgs[0] else {
+        panic!("{msgs:?}");
+    };
+    assert!(topology.group_epoch(0).unwrap() > 9, "{topology:?}");
+    // Its stale answer to the old proposal 9 cannot count for the new one.
+    h.msg(
+        1,
+        ToMaster::P2pReady {
+            proposal: 9,
+            ok: true,
+        },
+    );
+    h.msg(0, ToMaster::P2pReady { proposal, ok: true });
+    assert_eq!(
+        h.m.ring(),
+        &[id(0)],
+        "committed without the newcomer's own answer"
+    );
+    h.msg(1, ToMaster::P2pReady { proposal, ok: true });
+    assert_eq!(h.m.ring(), &[id(0), id(1)]);
+}
