@@ -11,8 +11,12 @@
 //!   back (nothing is re-wired; ops in flight go on), else the group gets a new epoch
 //!   (its ops fail everywhere and are retried, exactly as after a death). A peer that
 //!   claims membership but is not in its group's winning ring was removed from the run
-//!   before the restart and is refused; a waiting newcomer the winning ring lists was
-//!   accepted (its `Commit` was lost) and is a member;
+//!   before the restart and is refused. A peer the winning ring lists that re-registers
+//!   as a newcomer never received the `Commit` that admitted it: it waits for the next
+//!   update and its group gets a new epoch, as if it had left. (Making it a member would
+//!   need the id of the joint call that admitted it, which no claim carries: members
+//!   that missed that call's answer would re-vote in a call the newcomer does not make,
+//!   and the joint-call sequences would part);
 //! - **decisions some peers missed are given again**: an op verdict, a joint-call answer
 //!   or a sync result that one peer received is sent, unchanged, to every peer still
 //!   waiting for it (matched by op key, call id and sync round), before anything new is
@@ -190,7 +194,10 @@ impl MasterState {
         };
         let claims = rec.claims;
 
-        // The ring: per group, the winning view's members that came back.
+        // The ring: per group, the winning view's members that came back as members. A
+        // peer the view lists that came back as a newcomer never saw the Commit that
+        // admitted it: it waits for the next update, as if it had left (see the module
+        // docs).
         let views = winning_views(&claims);
         let mut ring: Vec<PeerId> = Vec::new();
         let mut epochs = BTreeMap::new();
@@ -199,7 +206,7 @@ impl MasterState {
             let members: Vec<PeerId> = v
                 .ring
                 .iter()
-                .filter(|p| claims.contains_key(p) || self.pending.contains(p))
+                .filter(|p| claims.contains_key(p))
                 .filter(|p| self.peers.get(p).is_some_and(|rec| rec.group == *g))
                 .filter(|p| !ring.contains(p))
                 .copied()
@@ -357,15 +364,25 @@ impl MasterState {
 
     /// Joint calls: a member that missed the answer to the last call gets it; the other
     /// members' waiting votes count for the next call.
+    ///
+    /// The last call is the highest any claim names. A claim may name it without its
+    /// answer: a newcomer counts calls from the one that admitted it, which it did not
+    /// vote in (`Memory::committed`). Only a successful `update_topology` admits a peer
+    /// into a run that has members (an empty run admits its first peer alone, and nobody
+    /// waits on a call there), so that call's answer was `TopologyUpdated(Ok)`.
     fn rebuild_votes(
         &mut self,
         claims: &BTreeMap<PeerId, Rejoin>,
         members: &BTreeMap<PeerId, &Rejoin>,
     ) {
+        let top = claims.values().map(|c| c.call).max().unwrap_or(0);
+        let admitted = Answer::TopologyUpdated(Ok(()));
         let last = claims
             .values()
-            .filter_map(|c| c.answer.as_ref().map(|a| (c.call, a)))
-            .max_by_key(|(call, _)| *call);
+            .filter(|c| c.call == top)
+            .find_map(|c| c.answer.as_ref())
+            .or((top > 0).then_some(&admitted))
+            .map(|a| (top, a));
         for (p, c) in members {
             let Some(kind) = c.vote else {
                 continue;

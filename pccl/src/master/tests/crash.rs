@@ -103,10 +103,11 @@ impl Sim {
     /// land mid-vote, mid-proposal, mid-sync, mid-op and mid-recovery.
     pub(super) fn crash_weight(&self) -> u32 {
         let m = &self.master;
+        if m.recovering() || m.voters().next().is_some() {
+            return 6;
+        }
         let busy = m.proposal_in_flight()
-            || m.voters().next().is_some()
             || m.op_votes().next().is_some()
-            || m.recovering()
             || (0..GROUPS).any(|g| m.sync_phase(g) != SyncPhaseKind::Idle);
         if busy { 3 } else { 1 }
     }

@@ -3,7 +3,8 @@
 //!
 //! Replay: every run prints `master sim seed = N`; `PCCL_SEED=N` replays the same runs,
 //! and a failure message names the seed that replays only the failing run
-//! (`PCCL_SEED=M PCCL_SIM_RUNS=1`), with a trace of its last events.
+//! (`PCCL_SEED=M PCCL_SIM_RUNS=1`), with a trace of its last events (`PCCL_SIM_TRACE_LINES`,
+//! default 100).
 
 use std::panic::{AssertUnwindSafe, catch_unwind};
 
@@ -131,7 +132,8 @@ fn run_many(mode: Mode) {
             // Replay the failing run with tracing on: deterministic, so it fails again.
             let (again, trace, _) = run_once(run_seed, true, mode);
             let trace = trace.unwrap_or_default();
-            let tail = trace[trace.len().saturating_sub(100)..].join("\n");
+            let lines = env_u64("PCCL_SIM_TRACE_LINES").unwrap_or(100) as usize;
+            let tail = trace[trace.len().saturating_sub(lines)..].join("\n");
             panic!(
                 "master sim failed (seed {seed}, run {run}): {why}\n\
                  replay: PCCL_SEED={seed}, or this run alone: PCCL_SEED={run_seed} PCCL_SIM_RUNS=1\n\

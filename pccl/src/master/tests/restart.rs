@@ -419,3 +419,103 @@ fn issue_13_a_newcomers_claim_keeps_ids_above_the_proposal_it_saw() {
     h.msg(1, ToMaster::P2pReady { proposal, ok: true });
     assert_eq!(h.m.ring(), &[id(0), id(1)]);
 }
+
+/// Issue #13, found by the simulator with master crashes: the old master committed a ring
+/// admitting peer 1; member 0 received that Commit but not the answer to its
+/// `update_topology`, and peer 1 received nothing. Peer 1 comes back as a newcomer: it
+/// must wait for the member's re-run update rather than be made a member (its first
+/// joint call would then meet the member's re-voted update and both would be rejected).
+#[test]
+fn issue_13_a_newcomer_that_missed_its_commit_waits_for_the_rerun_update() {
+    let t = Timeouts {
+        startup_grace: Duration::from_secs(1),
+        ..Timeouts::default()
+    };
+    let mut h = Harness::with_timeouts(t);
+    h.m.handle_timeout(h.now());
+    let newcomer = Rejoin {
+        group: 0,
+        p2p_port: 48150,
+        max_seen: 7,
+        ..Rejoin::default()
+    };
+    h.rejoin(1, newcomer);
+    let mut member = claim(0, view(&[0, 1], 6));
+    member.call = 1;
+    member.answer = Some(Answer::PeersPending(true));
+    member.vote = Some(VoteKind::UpdateTopology);
+    h.rejoin(0, member);
+    assert!(!h.m.recovering());
+    assert_eq!(h.m.ring(), &[id(0)], "the newcomer is not a member yet");
+    let msgs = h.take_quiet(0);
+    let e = epoch_of(&msgs);
+    assert!(e > 7, "the group moved to a new epoch: {e}");
+    // The member's waiting update is the call that admits the newcomer now.
+    let proposal = Harness::proposal_in(&msgs);
+    assert_eq!(Harness::proposal_in(&h.take_quiet(1)), proposal);
+    for c in 0..2 {
+        h.msg(c, ToMaster::P2pReady { proposal, ok: true });
+    }
+    assert_eq!(h.m.ring(), &[id(0), id(1)]);
+    let msgs = h.take_quiet(0);
+    assert!(
+        msgs.contains(&FromMaster::TopologyUpdated {
+            call: 0,
+            result: Ok(())
+        }),
+        "{msgs:?}"
+    );
+    // From here both make the same calls: the next one pairs up.
+    h.take_quiet(1);
+    h.vote_all(&[0, 1], VoteKind::ArePeersPending);
+    for c in 0..2 {
+        assert_eq!(
+            h.take_quiet(c),
+            vec![FromMaster::PeersPending {
+                call: 0,
+                pending: false
+            }]
+        );
+    }
+}
+
+/// Issue #13, found by the simulator with master crashes: call 2 (an `update_topology`)
+/// admitted peer 1, which got its Commit (its claim names call 2, with no answer: it did
+/// not vote in it) and made its next call; member 0 missed the answer to call 2. The new
+/// master must give member 0 that answer (`TopologyUpdated(Ok)`), not count its old vote
+/// in a call with peer 1's next one.
+#[test]
+fn issue_13_the_answer_to_a_call_that_admitted_a_peer_is_given_again() {
+    let mut h = Harness::new();
+    let mut member = claim(0, view(&[0, 1], 6));
+    member.call = 1;
+    member.answer = Some(Answer::PeersPending(true));
+    member.vote = Some(VoteKind::UpdateTopology);
+    let mut newcomer = claim(1, view(&[0, 1], 6));
+    newcomer.call = 2;
+    newcomer.vote = Some(VoteKind::ArePeersPending);
+    h.rejoin(0, member);
+    h.rejoin(1, newcomer);
+    assert!(!h.m.recovering());
+    assert_eq!(h.m.ring(), &[id(0), id(1)]);
+    let msgs = h.take_quiet(0);
+    assert!(
+        msgs.contains(&FromMaster::TopologyUpdated {
+            call: 0,
+            result: Ok(())
+        }),
+        "{msgs:?}"
+    );
+    h.take_quiet(1);
+    // Member 0's next call pairs with the one peer 1 is waiting in.
+    h.msg(0, ToMaster::Vote(VoteKind::ArePeersPending));
+    for c in 0..2 {
+        assert_eq!(
+            h.take_quiet(c),
+            vec![FromMaster::PeersPending {
+                call: 0,
+                pending: false
+            }]
+        );
+    }
+}

@@ -93,8 +93,10 @@ pub(super) struct SimPeer {
     pub(super) to_master: VecDeque<Option<ToMaster>>,
     /// Has received a Commit listing itself.
     pub(super) accepted: bool,
-    /// The simulator has given it its place in the user program (see `on_send`).
+    /// The simulator has given it its place in the user program (see `on_send`), at the
+    /// Commit of this joint call.
     pub(super) admitted: bool,
+    pub(super) admitted_call: u64,
     pub(super) last_commit: Option<Topology>,
     /// Its group's epoch in the last Commit.
     pub(super) epoch: u64,
@@ -402,6 +404,7 @@ impl Sim {
             to_master,
             accepted: false,
             admitted: false,
+            admitted_call: 0,
             last_commit: None,
             epoch: 0,
             seq: BTreeMap::new(),
@@ -415,7 +418,11 @@ impl Sim {
             memory: Memory::new(group, p2p_port, None),
             shared,
         });
-        if self.master.recovering() {
+        let outage = self
+            .peers
+            .iter()
+            .any(|p| matches!(p.life, Life::Redialing(_)));
+        if self.master.recovering() || outage {
             self.stats.newcomers_in_recovery += 1;
         }
         self.log(|| format!("spawn peer {i} (conn {conn}) id {id} group {group}"));
@@ -534,7 +541,7 @@ impl Sim {
                     }
                 }
             }
-            FromMaster::Commit { topology, .. } => {
+            FromMaster::Commit { topology, call } => {
                 let p = &self.peers[i];
                 ensure!(
                     topology.contains(p.id),
@@ -547,8 +554,10 @@ impl Sim {
                 if p.hostile && !p.admitted {
                     self.stats.hostile_admitted += 1;
                 }
-                if !p.admitted {
-                    self.admit(i);
+                // A Commit that never arrived does not admit: a later call of a new
+                // master does (while it waits, no call can complete without it).
+                if !p.admitted || (!p.accepted && p.admitted_call != *call) {
+                    self.admit(i, *call);
                 }
             }
             FromMaster::Propose { topology, .. } => {
@@ -572,7 +581,7 @@ impl Sim {
     /// the call the old members are waiting on right now (they all voted for it, and
     /// their answer is produced after the Commit). The first peer of an empty run starts
     /// the program anywhere: it is alone.
-    pub(super) fn admit(&mut self, i: usize) {
+    pub(super) fn admit(&mut self, i: usize, call: u64) {
         let me = self.peers[i].id;
         let pos = self
             .master
@@ -586,9 +595,12 @@ impl Sim {
             .map(|(pos, _)| pos + 1)
             .max()
             .unwrap_or(0);
-        self.stats.admitted += 1;
         let p = &mut self.peers[i];
+        if !p.admitted {
+            self.stats.admitted += 1;
+        }
         p.admitted = true;
+        p.admitted_call = call;
         p.pos = pos;
     }
 
@@ -619,7 +631,8 @@ impl Sim {
                 }
                 self.note_reports(i, &msg);
                 let bound = crate::master::drive::output_bound(&self.master, self.peers.len());
-                let recovering = self.master.recovering();
+                let claim = matches!(&msg, ToMaster::Rejoin(c) if c.accepted);
+                let recovering = self.master.recovering() || claim;
                 self.master.handle_message(now, conn, msg);
                 if recovering && !self.master.recovering() {
                     self.stats.recoveries += 1;
@@ -847,7 +860,7 @@ impl Sim {
         if !running.is_empty() {
             actions.extend([
                 (60, Action::PeerAct),
-                (if outage { 4 } else { 1 }, Action::Kill),
+                (if outage { 2 } else { 1 }, Action::Kill),
             ]);
         }
         if !active.is_empty() {
