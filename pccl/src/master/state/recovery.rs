@@ -28,6 +28,11 @@
 //!   member reports, so the revision rule and "no revision goes backwards" hold across
 //!   the restart.
 //!
+//! A claim waiting in `update_topology` or `optimize_topology` may predate the ring the
+//! old master committed last (the commit ending that call may not have reached it): such
+//! a recovery finishes no earlier than the end of the startup grace, when every live peer
+//! of the old run is back, so that the newest ring is in hand before anyone is refused.
+//!
 //! Messages a re-registered peer sends before the run is rebuilt wait in a bounded queue
 //! and are handled, in order, right after.
 
@@ -177,14 +182,40 @@ impl MasterState {
 
     /// Rebuilds the run once every peer the claims name is back (or waits on).
     pub(super) fn try_finish_recovery(&mut self) {
-        let Some(r) = &self.recovery else {
-            return;
+        let due = match self.recovery_hold() {
+            None => false,
+            Some(None) => true,
+            Some(Some(end)) => self.clock.is_some_and(|now| now >= end),
         };
-        let views = winning_views(&r.claims);
-        let back = |p: &PeerId| r.claims.contains_key(p) || self.pending.contains(p);
-        if views.values().all(|v| v.ring.iter().all(back)) {
+        if due {
             self.finish_recovery();
         }
+    }
+
+    /// What the recovery still waits for: `None` while a peer the claims name is not
+    /// back; then `Some(None)` if nothing, or `Some(Some(end))`, the end of the startup
+    /// grace.
+    ///
+    /// A claim that waits in `update_topology` or `optimize_topology` may be older than
+    /// the ring the old master last committed: the commit that ended that call, and its
+    /// answer, may have been lost to this peer, and the newer ring may list peers no claim
+    /// in hand names. Such a recovery waits until the grace ends, by when every live peer
+    /// of the old run has re-dialled (the grace is twice the longest re-dial delay), so
+    /// that the highest epoch in the run is in hand before anyone is turned away.
+    pub(super) fn recovery_hold(&self) -> Option<Option<Instant>> {
+        let r = self.recovery.as_ref()?;
+        let views = winning_views(&r.claims);
+        let back = |p: &PeerId| r.claims.contains_key(p) || self.pending.contains(p);
+        if !views.values().all(|v| v.ring.iter().all(back)) {
+            return None;
+        }
+        let topology_call = r.claims.values().any(|c| {
+            matches!(
+                c.vote,
+                Some(VoteKind::UpdateTopology | VoteKind::OptimizeTopology)
+            )
+        });
+        Some(self.grace_end().filter(|_| topology_call))
     }
 
     /// Rebuilds the run from the claims in hand (see the module docs).

@@ -390,6 +390,8 @@ fn issue_13_a_newcomers_claim_keeps_ids_above_the_proposal_it_saw() {
     member.max_seen = 1;
     member.vote = Some(VoteKind::UpdateTopology);
     h.rejoin(0, member);
+    // Its update may have ended in a ring it did not see: the grace is waited out.
+    h.run_until(&[0, 1], Duration::from_millis(1_100));
     assert!(!h.m.recovering());
     // The member's waiting update admits the newcomer with a fresh proposal.
     let msgs = h.take_quiet(1);
@@ -445,6 +447,7 @@ fn issue_13_a_newcomer_that_missed_its_commit_waits_for_the_rerun_update() {
     member.answer = Some(Answer::PeersPending(true));
     member.vote = Some(VoteKind::UpdateTopology);
     h.rejoin(0, member);
+    h.run_until(&[0, 1], Duration::from_millis(1_100));
     assert!(!h.m.recovering());
     assert_eq!(h.m.ring(), &[id(0)], "the newcomer is not a member yet");
     let msgs = h.take_quiet(0);
@@ -518,4 +521,46 @@ fn issue_13_the_answer_to_a_call_that_admitted_a_peer_is_given_again() {
             }]
         );
     }
+}
+
+/// Issue #13, found by the simulator with master crashes: member 0 waits in an
+/// `update_topology` whose Commit (ring [0, 1], epoch 4) it never received, and it
+/// re-registers first with its older ring [0]. The recovery must not finish on that
+/// claim alone and refuse member 1, which holds the newer ring: it waits for the startup
+/// grace, by when every live peer is back, and the newest ring wins.
+#[test]
+fn issue_13_a_stale_claim_waiting_in_an_update_waits_for_the_grace() {
+    let t = Timeouts {
+        startup_grace: Duration::from_secs(1),
+        ..Timeouts::default()
+    };
+    let mut h = Harness::with_timeouts(t);
+    h.m.handle_timeout(h.now());
+    let mut stale = claim(0, view(&[0], 1));
+    stale.call = 1;
+    stale.answer = Some(Answer::PeersPending(true));
+    stale.vote = Some(VoteKind::UpdateTopology);
+    h.rejoin(0, stale);
+    h.run_until(&[0], Duration::from_millis(300));
+    assert!(h.m.recovering(), "a newer ring may be on its way");
+    // Peer 1 was admitted by call 2 and holds the newer ring.
+    let mut newer = claim(1, view(&[0, 1], 4));
+    newer.call = 2;
+    h.rejoin(1, newer);
+    assert!(!h.is_closed(1), "{:?}", h.closed);
+    h.run_until(&[0, 1], Duration::from_millis(900));
+    assert!(h.m.recovering(), "the grace is not over");
+    h.run_until(&[0, 1], Duration::from_millis(1_100));
+    assert!(!h.m.recovering());
+    assert_eq!(h.m.ring(), &[id(0), id(1)]);
+    let msgs = h.take_quiet(0);
+    assert_eq!(epoch_of(&msgs), 4, "the newest ring, whole: kept as it was");
+    assert!(
+        msgs.contains(&FromMaster::TopologyUpdated {
+            call: 0,
+            result: Ok(())
+        }),
+        "member 0's update ended with that commit: {msgs:?}"
+    );
+    assert!(h.closed.is_empty(), "{:?}", h.closed);
 }
