@@ -103,7 +103,10 @@ impl Sim {
     /// land mid-vote, mid-proposal, mid-sync, mid-op and mid-recovery.
     pub(super) fn crash_weight(&self) -> u32 {
         let m = &self.master;
-        if m.recovering() || m.voters().next().is_some() {
+        if m.voters().next().is_some() {
+            return 12;
+        }
+        if m.recovering() {
             return 6;
         }
         let busy = m.proposal_in_flight()

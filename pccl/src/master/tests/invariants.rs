@@ -228,33 +228,21 @@ impl Sim {
             self.report(i, k, None);
             did = true;
         }
-        // Fetch what a sync plan lists; join a sync a group mate has reported in (every
-        // peer's program syncs, so it joins even if that mate has died since).
+        // Fetch what a sync plan lists.
         did |= self.fetch(i);
+        // Make the next call of the program if another live accepted peer waits in one
+        // (a joint call, or a sync of this group: every peer's program makes it too).
         let p = &self.peers[i];
-        let mates_sync = self.master.sync_phase(p.group) == SyncPhaseKind::Reporting
+        let others_wait = self.master.sync_phase(p.group) == SyncPhaseKind::Reporting
             || self.peers.iter().any(|q| {
                 q.conn != p.conn
                     && q.life == Life::Active
                     && q.accepted
-                    && q.group == p.group
-                    && matches!(q.shared.call, Some(SyncCall::Reported { .. }))
+                    && (q.vote.is_some()
+                        || matches!(q.shared.call, Some(SyncCall::Reported { .. })))
             });
-        if p.shared.call.is_none() && mates_sync {
-            self.start_sync(i);
-            did = true;
-        }
-        // Join a joint call another live accepted peer is waiting in.
-        let p = &self.peers[i];
-        let others_vote = self
-            .peers
-            .iter()
-            .any(|q| q.conn != p.conn && q.life == Life::Active && q.accepted && q.vote.is_some());
-        if p.vote.is_none() && others_vote {
-            let pos = p.pos;
-            let kind = Self::script_at(&mut self.script, &mut self.rng, pos);
-            self.peers[i].vote = Some((pos, kind));
-            self.send_to_master(i, ToMaster::Vote(kind));
+        if p.vote.is_none() && p.shared.call.is_none() && others_wait {
+            self.next_call(i);
             did = true;
         }
         did

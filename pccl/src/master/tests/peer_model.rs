@@ -218,11 +218,8 @@ impl Sim {
         }
         let roll = self.rng.gen_range(0..12);
         if roll >= 10 {
-            // The shared state: fetch what a plan lists, or sync (often joining a sync
-            // a group mate has started).
-            if !self.fetch(i) {
-                self.start_sync(i);
-            }
+            // The shared state: fetch what a sync plan lists.
+            self.fetch(i);
             return Ok(());
         }
         let p = &mut self.peers[i];
@@ -237,12 +234,7 @@ impl Sim {
             return Ok(());
         }
         if roll < 5 {
-            if p.vote.is_none() {
-                let pos = p.pos;
-                let kind = Self::script_at(&mut self.script, &mut self.rng, pos);
-                self.peers[i].vote = Some((pos, kind));
-                self.send_to_master(i, ToMaster::Vote(kind));
-            }
+            self.next_call(i);
             return Ok(());
         }
         let tag = self.rng.gen_range(0..TAGS);

@@ -15,7 +15,7 @@ use super::sim::{Sim, Stats};
 
 const RUNS: u64 = 3000;
 /// Runs with master crashes: fewer, as each rebuilds the run a few times.
-const CRASH_RUNS: u64 = 600;
+const CRASH_RUNS: u64 = 1000;
 const STEPS: usize = 300;
 
 /// What a batch of runs adds to the cluster: adversaries, master crashes.

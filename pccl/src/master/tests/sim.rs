@@ -62,6 +62,15 @@ impl Life {
     }
 }
 
+/// One blocking call of the user program: a joint call or a shared-state sync. Ops are
+/// asynchronous and run beside them; a peer makes one blocking call at a time, and all
+/// peers make them in the same order (a sync concerns only the peer's group).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Call {
+    Vote(VoteKind),
+    Sync,
+}
+
 /// One op of one tag on a peer.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(super) enum Op {
@@ -264,8 +273,8 @@ pub(super) struct Sim {
     /// Which peer each connection (of any master) belongs to.
     pub(super) conns: BTreeMap<ConnId, usize>,
     pub(super) next_conn: ConnId,
-    /// The user program every peer runs: its sequence of joint calls.
-    pub(super) script: Vec<VoteKind>,
+    /// The user program every peer runs: its sequence of blocking calls.
+    pub(super) script: Vec<Call>,
     /// Connections whose death the master has handled.
     pub(super) closed: BTreeSet<ConnId>,
     /// Verdicts peers received, per (group, key): true = success. One op, one verdict,
@@ -333,19 +342,31 @@ impl Sim {
         }
     }
 
-    pub(super) fn script_at(
-        script: &mut Vec<VoteKind>,
-        rng: &mut ChaCha8Rng,
-        pos: usize,
-    ) -> VoteKind {
+    pub(super) fn script_at(script: &mut Vec<Call>, rng: &mut ChaCha8Rng, pos: usize) -> Call {
         while script.len() <= pos {
-            script.push(if rng.gen_bool(0.5) {
-                VoteKind::UpdateTopology
-            } else {
-                VoteKind::ArePeersPending
+            script.push(match rng.gen_range(0..10) {
+                0..4 => Call::Vote(VoteKind::UpdateTopology),
+                4..8 => Call::Vote(VoteKind::ArePeersPending),
+                _ => Call::Sync,
             });
         }
         script[pos]
+    }
+
+    /// Peer `i`, in no blocking call, makes the next one of its program.
+    pub(super) fn next_call(&mut self, i: usize) {
+        let p = &self.peers[i];
+        if p.vote.is_some() || p.shared.call.is_some() || !p.accepted {
+            return;
+        }
+        let pos = p.pos;
+        match Self::script_at(&mut self.script, &mut self.rng, pos) {
+            Call::Vote(kind) => {
+                self.peers[i].vote = Some((pos, kind));
+                self.send_to_master(i, ToMaster::Vote(kind));
+            }
+            Call::Sync => self.start_sync(i),
+        }
     }
 
     /// The peer on connection `conn`.

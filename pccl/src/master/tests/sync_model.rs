@@ -72,7 +72,7 @@ fn train(content: u128, revision: u64) -> u128 {
 }
 
 impl Sim {
-    /// Peer `i` calls `sync_shared_state` (if it is not in one already).
+    /// Peer `i` calls `sync_shared_state` (its program's next call, `Sim::next_call`).
     pub(super) fn start_sync(&mut self, i: usize) {
         let diverge = self.rng.gen_bool(0.05);
         let receive_only = self.rng.gen_bool(0.1);
@@ -228,6 +228,7 @@ impl Sim {
                 p.shared.revision = revision;
                 p.shared.content = content;
                 p.shared.trained = None;
+                p.pos += 1;
                 self.stats.syncs_ok += 1;
                 Some((revision, content))
             }
@@ -258,6 +259,8 @@ impl Sim {
             matches!(p.shared.call.take(), Some(SyncCall::Reported { .. })),
             "peer {i} got a sync refusal without a report"
         );
+        // Refused alike everywhere: the program goes on (a failed sync is retried).
+        p.pos += 1;
         // Honest peers present the next revision and one layout: only a group with no
         // offering peer (all receive-only) is refused.
         ensure!(
