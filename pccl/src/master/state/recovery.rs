@@ -234,14 +234,14 @@ impl MasterState {
         let mut epochs = BTreeMap::new();
         let mut kept = BTreeSet::new();
         for (g, v) in &views {
-            let members: Vec<PeerId> = v
-                .ring
-                .iter()
-                .filter(|p| claims.contains_key(p))
-                .filter(|p| self.peers.get(p).is_some_and(|rec| rec.group == *g))
-                .filter(|p| !ring.contains(p))
-                .copied()
-                .collect();
+            // Each peer once, though a claim (forged or corrupt) may list it twice.
+            let mut members: Vec<PeerId> = Vec::new();
+            for p in &v.ring {
+                let in_group = self.peers.get(p).is_some_and(|rec| rec.group == *g);
+                if claims.contains_key(p) && in_group && !ring.contains(p) && !members.contains(p) {
+                    members.push(*p);
+                }
+            }
             if members.is_empty() {
                 continue;
             }

@@ -189,8 +189,9 @@ fn run_many(mode: Mode) {
                 ("recoveries", t.recoveries),
                 ("decisions given again", t.replays),
             ] {
+                // Rarer than the events above (a crash must land in a short window).
                 assert!(
-                    n >= runs / 20,
+                    n >= runs / 40,
                     "the simulation exercised too few {what}: {t:?}"
                 );
             }

@@ -564,3 +564,17 @@ fn issue_13_a_stale_claim_waiting_in_an_update_waits_for_the_grace() {
     );
     assert!(h.closed.is_empty(), "{:?}", h.closed);
 }
+
+/// Found by the fuzz driver once it could forge claims: a claim whose ring lists a peer
+/// twice must not put it in the rebuilt ring twice (removing it later panicked the
+/// master, which looked the second copy up after the first was gone).
+#[test]
+fn a_claim_listing_a_peer_twice_rebuilds_a_ring_with_it_once() {
+    let mut h = Harness::new();
+    let doubled = view(&[0, 0], 5);
+    h.rejoin(0, claim(0, doubled));
+    assert!(!h.m.recovering());
+    assert_eq!(h.m.ring(), &[id(0)]);
+    h.disconnect(0);
+    assert!(h.m.ring().is_empty());
+}

@@ -103,9 +103,10 @@ pub(super) struct SimPeer {
     /// Has received a Commit listing itself.
     pub(super) accepted: bool,
     /// The simulator has given it its place in the user program (see `on_send`), at the
-    /// Commit of this joint call.
+    /// Commit of this (master, joint call): masters are counted by crashes, since a call
+    /// id only its witnesses knew may be given again once they are all gone.
     pub(super) admitted: bool,
-    pub(super) admitted_call: u64,
+    pub(super) admitted_call: (u64, u64),
     pub(super) last_commit: Option<Topology>,
     /// Its group's epoch in the last Commit.
     pub(super) epoch: u64,
@@ -425,7 +426,7 @@ impl Sim {
             to_master,
             accepted: false,
             admitted: false,
-            admitted_call: 0,
+            admitted_call: (0, 0),
             last_commit: None,
             epoch: 0,
             seq: BTreeMap::new(),
@@ -577,8 +578,9 @@ impl Sim {
                 }
                 // A Commit that never arrived does not admit: a later call of a new
                 // master does (while it waits, no call can complete without it).
-                if !p.admitted || (!p.accepted && p.admitted_call != *call) {
-                    self.admit(i, *call);
+                let at = (self.stats.crashes, *call);
+                if !p.admitted || (!p.accepted && p.admitted_call != at) {
+                    self.admit(i, at);
                 }
             }
             FromMaster::Propose { topology, .. } => {
@@ -602,7 +604,7 @@ impl Sim {
     /// the call the old members are waiting on right now (they all voted for it, and
     /// their answer is produced after the Commit). The first peer of an empty run starts
     /// the program anywhere: it is alone.
-    pub(super) fn admit(&mut self, i: usize, call: u64) {
+    pub(super) fn admit(&mut self, i: usize, at: (u64, u64)) {
         let me = self.peers[i].id;
         let pos = self
             .master
@@ -621,7 +623,7 @@ impl Sim {
             self.stats.admitted += 1;
         }
         p.admitted = true;
-        p.admitted_call = call;
+        p.admitted_call = at;
         p.pos = pos;
     }
 
