@@ -412,7 +412,7 @@ impl MasterState {
             .values()
             .filter(|c| c.call == top)
             .find_map(|c| c.answer.as_ref())
-            .or((top > 0).then_some(&admitted))
+            .or_else(|| (top > 0).then_some(&admitted))
             .map(|a| (top, a));
         for (p, c) in members {
             let Some(kind) = c.vote else {

@@ -199,7 +199,7 @@ impl Sim {
         let id = p.id;
         self.log(|| format!("peer {i} re-dials as conn {conn}"));
         let now = self.now();
-        self.master.handle_connect(now, conn, id, Sim::ip_of(i));
+        self.master.handle_connect(now, conn, id, Self::ip_of(i));
         self.drain()?;
         // The claim is the connection's first frame, read as soon as the handshake ends:
         // a restarted master hears from every live peer of the old run within the

@@ -2,7 +2,8 @@
 //! after every step (the property test), plus hand-written scenarios by subject and a
 //! test that pins the phase transitions.
 //!
-//! Layout: `sim` (the simulated cluster), `peer_model` (its peers), `invariants` (its
+//! Layout: `sim` (the simulated cluster), `peer_model` and `sync_model` (its peers),
+//! `crash` (master crashes and the peers' re-registration), `invariants` (its
 //! checks), `property` (the seeded random runs), `harness` (the scenario driver), `admission`, `ops`, `optimize`
 //! and `phases` (scenarios), `deadlines` (each bounded wait evicts a peer that misses it), `sync_plans` (seeded
 //! shared-state syncs: fetch lists, serve lists and the layout rule agree),

@@ -1,7 +1,7 @@
 //! A restarted master rebuilds the run from the peers' `Rejoin` claims
 //! (docs/ARCHITECTURE.md §14): the rule "highest epoch wins", ids that continue above
 //! anything a peer saw, decisions some peers missed given again, the recovery window and
-//! the startup grace. (The seeded simulator, `sim`, does not crash the master yet.)
+//! the startup grace. (The seeded simulator crashes the master at random points: `crash`.)
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::time::Duration;

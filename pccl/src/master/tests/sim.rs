@@ -28,6 +28,9 @@ const MAX_PEERS_PER_RUN: usize = 12;
 pub(super) const TAGS: u64 = 4;
 pub(super) const GROUPS: u32 = 2;
 
+/// A proposal as peers see it: its ring and its group epochs.
+pub(super) type Proposed = (Vec<PeerId>, Vec<(u32, u64)>);
+
 /// An op as peers name it: (tag, epoch, seq).
 pub(super) type Key = (u64, u64, u32);
 
@@ -53,12 +56,12 @@ impl Life {
     /// The process runs, connected or re-dialling: it acts, serves its shared state, and
     /// may still die.
     pub(super) fn runs(self) -> bool {
-        matches!(self, Life::Active | Life::Redialing(_))
+        matches!(self, Self::Active | Self::Redialing(_))
     }
 
     /// The process may still act on what it holds (it has not died nor been dropped).
     pub(super) fn alive(self) -> bool {
-        matches!(self, Life::Active | Life::Silent | Life::Redialing(_))
+        matches!(self, Self::Active | Self::Silent | Self::Redialing(_))
     }
 }
 
@@ -83,7 +86,7 @@ pub(super) enum Op {
 impl Op {
     pub(super) fn key(self) -> Key {
         match self {
-            Op::Running(k) | Op::Reported(k, _) => k,
+            Self::Running(k) | Self::Reported(k, _) => k,
         }
     }
 }
@@ -190,7 +193,7 @@ pub(super) struct Stats {
 
 impl Stats {
     /// Adds the counts of `o`.
-    pub(super) fn add(&mut self, o: &Stats) {
+    pub(super) fn add(&mut self, o: &Self) {
         let mine = self.fields_mut();
         for (a, b) in mine.into_iter().zip(o.fields()) {
             *a += b;
@@ -203,7 +206,7 @@ impl Stats {
     }
 
     fn fields_mut(&mut self) -> [&mut u64; 27] {
-        let Stats {
+        let Self {
             steps,
             admitted,
             updates_ok,
@@ -291,7 +294,7 @@ pub(super) struct Sim {
     /// participant that received it (`None`: it failed).
     pub(super) rounds: Ledger<u64, (u32, Option<(u64, u128)>)>,
     /// Per proposal id, the ring proposed; per joint call, the answer peers received.
-    pub(super) proposals: Ledger<u64, (Vec<PeerId>, Vec<(u32, u64)>)>,
+    pub(super) proposals: Ledger<u64, Proposed>,
     pub(super) answers: Ledger<u64, String>,
     pub(super) trace: Option<Vec<String>>,
     /// Whether adversaries may join this run (see `spawn_hostile`).

@@ -165,17 +165,15 @@ impl Sim {
                 continue; // dead or partitioned: try the next holder
             }
             match &q.shared.call {
+                // The copy is verified against the hash the plan promised.
                 Some(SyncCall::Planned {
                     round: r,
                     offered,
                     fetch: None,
                     ..
-                }) if *r == round => {
-                    // The copy is verified against the hash the plan promised.
-                    if offered == hash {
-                        got = Some(*offered);
-                        break;
-                    }
+                }) if *r == round && offered == hash => {
+                    got = Some(*offered);
+                    break;
                 }
                 // Its plan is on its way: the request waits for it.
                 Some(SyncCall::Reported { .. }) => return false,
