@@ -11,7 +11,7 @@ pub(crate) mod control;
 pub(crate) mod gate;
 mod multiple;
 pub(crate) mod p2p;
-mod reconnect;
+pub(crate) mod reconnect;
 pub(crate) mod stats;
 
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
