@@ -10,10 +10,11 @@ use std::collections::{HashSet, VecDeque};
 use bytes::BytesMut;
 
 use super::frames::{OpFrames, connections_for};
-use super::{Local, RingHost, Started, verdict_error};
+use super::{Local, RingHost, Started};
 use crate::collectives::ReduceBuffers;
 use crate::collectives::link::{OutFrame, Pool};
 use crate::collectives::registry::OpEvent;
+use crate::collectives::registry::verdict_error;
 use crate::collectives::schedule::Schedule;
 use crate::error::Error;
 use crate::quant::Scratch;

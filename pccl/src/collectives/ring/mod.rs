@@ -50,7 +50,7 @@ use std::time::Duration;
 use tokio::sync::mpsc;
 
 use super::ReduceBuffers;
-use super::registry::{OpEvent, OpKey};
+use super::registry::{OpEvent, OpKey, verdict_error};
 use super::schedule::Schedule;
 use crate::error::{Error, Result};
 use crate::types::{ReduceDescriptor, ReduceInfo, Topology};
@@ -185,20 +185,4 @@ enum Local {
     Fail(FailReason),
     /// Return this error at once (the op is already decided for everyone).
     Abort(Error),
-}
-
-fn verdict_error(tag: u64, f: FailReason) -> Error {
-    match f {
-        FailReason::PeerLost => Error::RankConnectionLost {
-            tag,
-            reason: "a peer taking part was lost".into(),
-        },
-        FailReason::Corrupt => Error::RankConnectionLost {
-            tag,
-            reason: "a peer received a corrupted frame".into(),
-        },
-        FailReason::Mismatch => Error::InvalidUsage(format!(
-            "peers called op {tag} with different counts, types, ops or quantization"
-        )),
-    }
 }
