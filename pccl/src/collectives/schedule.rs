@@ -53,7 +53,10 @@ pub(crate) enum Action {
 impl Action {
     /// Whether the slice is combined with the local data.
     pub(crate) fn reduces(self) -> bool {
-        matches!(self, Self::ReduceForward | Self::ReduceFinal | Self::ReduceKeep)
+        matches!(
+            self,
+            Self::ReduceForward | Self::ReduceFinal | Self::ReduceKeep
+        )
     }
 
     /// Whether the slice is a final value after this action (and so is stored).
@@ -313,7 +316,10 @@ mod tests {
             }
             sends = next;
         }
-        assert!(sends.iter().all(Vec::is_empty), "frames left after the last step");
+        assert!(
+            sends.iter().all(Vec::is_empty),
+            "frames left after the last step"
+        );
         for (r, s) in scheds.iter().enumerate() {
             assert_eq!(s.expected_frames(), received[r], "{kind:?} n={n} rank={r}");
             if matches!(kind, Collective::Broadcast { .. } | Collective::AllReduce) {
@@ -337,9 +343,7 @@ mod tests {
                                 let owner = (0..n).find(|c| s0.chunk(*c).contains(&i));
                                 let want = match kind {
                                     Collective::AllReduce => Some(all),
-                                    Collective::ReduceScatter => {
-                                        (owner == Some(r)).then_some(all)
-                                    }
+                                    Collective::ReduceScatter => (owner == Some(r)).then_some(all),
                                     Collective::AllGather => owner.map(|c| 1 << c),
                                     Collective::Broadcast { .. } => unreachable!(),
                                 };

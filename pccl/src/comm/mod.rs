@@ -481,7 +481,12 @@ impl Communicator {
 
     /// Blocking all-gather: `send` holds `n` elements, `recv` `world × n`; block `r` of
     /// `recv` is rank `r`'s `send`, the same bits on every rank.
-    pub fn all_gather<T: Element>(&self, send: &[T], recv: &mut [T], tag: u64) -> Result<ReduceInfo> {
+    pub fn all_gather<T: Element>(
+        &self,
+        send: &[T],
+        recv: &mut [T],
+        tag: u64,
+    ) -> Result<ReduceInfo> {
         let desc = ReduceDescriptor::new(recv.len(), T::DTYPE, ReduceOp::Sum).with_tag(tag);
         let bufs = SliceBuffers::sized(bytemuck::cast_slice(send), bytemuck::cast_slice_mut(recv));
         self.collective_with(bufs, desc, Collective::AllGather)
@@ -489,7 +494,12 @@ impl Communicator {
 
     /// Blocking broadcast: rank `root`'s `buf` is copied into every rank's `buf`, bit for
     /// bit. On failure `buf` is left untouched.
-    pub fn broadcast<T: Element>(&self, buf: &mut [T], root: usize, tag: u64) -> Result<ReduceInfo> {
+    pub fn broadcast<T: Element>(
+        &self,
+        buf: &mut [T],
+        root: usize,
+        tag: u64,
+    ) -> Result<ReduceInfo> {
         let root = u32::try_from(root)
             .map_err(|_| Error::InvalidArgument("broadcast root is out of range"))?;
         let desc = ReduceDescriptor::new(buf.len(), T::DTYPE, ReduceOp::Sum).with_tag(tag);

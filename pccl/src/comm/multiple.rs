@@ -32,7 +32,9 @@ pub(super) async fn run<B: ReduceBuffers>(
             let desc = op.1;
             match ring::start(shared, &desc) {
                 Ok(started) => running.push(Box::pin(async move {
-                    let r = shared.run_reduce(started, &mut op.0, desc, Collective::AllReduce).await;
+                    let r = shared
+                        .run_reduce(started, &mut op.0, desc, Collective::AllReduce)
+                        .await;
                     (i, op, r)
                 })),
                 Err(e) => {

@@ -344,14 +344,35 @@ mod tests {
             tx_bytes: 2000,
             rx_bytes: 1500,
         });
-        s.record_reduce((&desc, Collective::AllReduce), Duration::from_millis(10), &ok, &t, ids[0], 0);
+        s.record_reduce(
+            (&desc, Collective::AllReduce),
+            Duration::from_millis(10),
+            &ok,
+            &t,
+            ids[0],
+            0,
+        );
         let lost = Err(Error::RankConnectionLost {
             tag: 0,
             reason: "gone".into(),
         });
-        s.record_reduce((&desc, Collective::AllReduce), Duration::from_millis(1), &lost, &t, ids[0], 0);
+        s.record_reduce(
+            (&desc, Collective::AllReduce),
+            Duration::from_millis(1),
+            &lost,
+            &t,
+            ids[0],
+            0,
+        );
         s.record_retry();
-        s.record_reduce((&desc, Collective::AllReduce), Duration::from_millis(20), &ok, &t, ids[0], 0);
+        s.record_reduce(
+            (&desc, Collective::AllReduce),
+            Duration::from_millis(20),
+            &ok,
+            &t,
+            ids[0],
+            0,
+        );
         let snap = s.snapshot();
         assert_eq!(
             snap.all_reduce,
@@ -402,7 +423,14 @@ mod tests {
                 tx_bytes: 1,
                 rx_bytes: 1,
             });
-            s.record_reduce((&desc, Collective::AllReduce), Duration::from_millis(1), &ok, &t, pair[0], 0);
+            s.record_reduce(
+                (&desc, Collective::AllReduce),
+                Duration::from_millis(1),
+                &ok,
+                &t,
+                pair[0],
+                0,
+            );
             s.record_links(&[(pair[1], 5)]);
         }
         let snap = s.snapshot();

@@ -10,8 +10,8 @@ use std::time::{Duration, Instant};
 
 use pccl::wire::{ConnectionKind, DATA_HEADER_LEN, DataHeader, HELLO_LEN, Hello, StateRequest};
 use pccl::{
-    Collective, Communicator, CommunicatorConfig, DataType, PeerId, ReduceOp, SharedState, SyncStrategy,
-    TensorInfo,
+    Collective, Communicator, CommunicatorConfig, DataType, PeerId, ReduceOp, SharedState,
+    SyncStrategy, TensorInfo,
 };
 
 use crate::common::{cluster_with, config, master, on_all};

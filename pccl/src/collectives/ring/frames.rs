@@ -169,8 +169,7 @@ impl<'a> OpFrames<'a> {
         let valid = chunk.is_some_and(|c| {
             slice < sched.recv_slices(step) && {
                 let r = sched.slice(c, slice);
-                h.offset == (r.start * self.size) as u64
-                    && h.len as usize == self.wire_len(r.len())
+                h.offset == (r.start * self.size) as u64 && h.len as usize == self.wire_len(r.len())
             }
         });
         if !valid || !seen.insert((h.step, h.slice)) {

@@ -42,6 +42,8 @@ mod exchange;
 mod frames;
 mod host;
 #[cfg(test)]
+mod kind_tests;
+#[cfg(test)]
 mod mem;
 #[cfg(test)]
 mod tests;

@@ -237,7 +237,7 @@ fn a_frame_that_does_not_fit_the_schedule_is_a_mismatch() {
     let q = Quantization::new(QuantizationAlgorithm::MinMax, DataType::U8);
     // The second argument is the number of steps: the first step out of range.
     type Edit = fn(&mut crate::wire::DataHeader, u16);
-    let edits: [(&str, Edit); 8] = [
+    let edits: [(&str, Edit); 9] = [
         ("count", |h, _| h.count += 1),
         ("dtype", |h, _| h.dtype = DataType::I32),
         ("op", |h, _| h.op = ReduceOp::Max),
@@ -245,6 +245,7 @@ fn a_frame_that_does_not_fit_the_schedule_is_a_mismatch() {
         ("len", |h, _| h.len -= 4),
         ("step", |h, steps| h.step = steps),
         ("slice", |h, _| h.slice = 10_000),
+        ("collective", |h, _| h.kind = Collective::ReduceScatter),
         ("quantization", |_, _| {}),
     ];
     rt().block_on(async {
