@@ -356,8 +356,8 @@ fn mismatched_and_misfit_calls_fail_everywhere_then_the_tag_works() {
     });
 }
 
-/// The kinds killed mid-op: every peer starts the op, then one is dropped while the op
-/// is in flight. Every survivor fails with `RankConnectionLost`; the retry, sized for the
+/// The kinds killed mid-op: every peer starts the op, and one is dropped right after it
+/// started its part. Every survivor fails with `RankConnectionLost`; the retry, sized for the
 /// new ring from `rank()` and the world size, succeeds and agrees bit for bit.
 fn killed_mid_op(kind: Collective) {
     let m = master();
@@ -389,8 +389,10 @@ fn killed_mid_op(kind: Collective) {
     };
     let results = std::thread::scope(|s| {
         s.spawn(|| {
-            let h = op(&victim, 7);
+            // The survivors' ops are running (waiting for ours): join in and die at once,
+            // long before our megabytes are through.
             started.wait();
+            let h = op(&victim, 7);
             drop(victim);
             let (_, r) = h.wait();
             assert!(r.is_err(), "the killed peer's op cannot succeed");

@@ -10,7 +10,7 @@ use std::collections::{HashSet, VecDeque};
 use bytes::BytesMut;
 
 use super::frames::{OpFrames, connections_for};
-use super::{Local, RingHost, Started, verdict_error};
+use super::{Local, RingHost, Started};
 use crate::collectives::ReduceBuffers;
 use crate::collectives::link::{OutFrame, Pool};
 use crate::collectives::registry::OpEvent;
@@ -80,7 +80,7 @@ pub(super) async fn exchange<H: RingHost, B: ReduceBuffers>(
                 () = pool.closed() => return Err(Local::Fail(FailReason::PeerLost)),
             }
         };
-        let (h, payload) = frame_of(event, op.key.tag)?;
+        let (h, payload) = frame_of(event)?;
         let frame = op.check(h, &mut seen)?;
         info.rx_bytes += payload.len() as u64;
         received += 1;
@@ -98,7 +98,7 @@ pub(super) async fn exchange<H: RingHost, B: ReduceBuffers>(
 }
 
 /// The frame an event carries; any other event ends this rank's part of the op.
-fn frame_of(event: Option<OpEvent>, tag: u64) -> Result<(DataHeader, BytesMut), Local> {
+fn frame_of(event: Option<OpEvent>) -> Result<(DataHeader, BytesMut), Local> {
     match event {
         Some(OpEvent::Frame {
             header,
@@ -111,7 +111,7 @@ fn frame_of(event: Option<OpEvent>, tag: u64) -> Result<(DataHeader, BytesMut), 
                 Err(Local::Fail(FailReason::Corrupt))
             }
         }
-        Some(OpEvent::Verdict(Some(f))) => Err(Local::Abort(verdict_error(tag, f))),
+        Some(OpEvent::Verdict(Some(f))) => Err(Local::Verdict(f)),
         Some(OpEvent::Verdict(None)) => Err(Local::Abort(Error::Internal(
             "success verdict before completion".into(),
         ))),

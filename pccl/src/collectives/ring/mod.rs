@@ -156,6 +156,7 @@ pub(crate) async fn run<H: RingHost, B: ReduceBuffers>(
         Ok(()) => None,
         Err(Local::Fail(f)) => Some(f),
         Err(Local::Abort(e)) => return Err(e),
+        Err(Local::Verdict(f)) => return Err(failed(&st, f).await),
     };
     host.report(st.key, failure);
     await_verdict(&mut st, bufs, desc.tag, failure, pool).await?;
@@ -237,12 +238,7 @@ async fn await_verdict<H: RingHost, B: ReduceBuffers>(
                 ));
             }
             Some(OpEvent::Verdict(Some(f))) => {
-                if failure.is_some() && matches!(f, FailReason::PeerLost) {
-                    // The connection failed before the master noticed the death: give
-                    // it a moment so the retry runs on the new ring.
-                    tokio::time::sleep(Duration::from_millis(20)).await;
-                }
-                return Err(verdict_error(tag, f));
+                return Err(failed(st, f).await);
             }
             Some(OpEvent::Abort(e)) => return Err(e),
             Some(OpEvent::Frame { .. } | OpEvent::LinkLost) => {}
@@ -251,12 +247,31 @@ async fn await_verdict<H: RingHost, B: ReduceBuffers>(
     }
 }
 
+/// Longest wait, after a `PeerLost` verdict, for the membership change that usually
+/// follows it.
+const PEER_LOST_SETTLE: Duration = Duration::from_millis(250);
+
+/// The error of a failure verdict on op `st`. After `PeerLost`, which a connection can
+/// report before the master has noticed the death behind it, waits (briefly) for the new
+/// ring: what the caller reads before its retry (world size, rank: the retry's buffer
+/// sizes) is then the ring the retry runs on. A peer that is alive moves no epoch; the
+/// bound ends that wait.
+async fn failed<H: RingHost>(st: &Started<H>, f: FailReason) -> Error {
+    if f == FailReason::PeerLost {
+        let moved = st.host.registry().superseded(st.key);
+        let _ = tokio::time::timeout(PEER_LOST_SETTLE, moved).await;
+    }
+    verdict_error(st.key.tag, f)
+}
+
 /// Why this rank's part ended early.
 enum Local {
     /// Report this failure to the master and wait for the verdict.
     Fail(FailReason),
     /// Return this error at once (the op is already decided for everyone).
     Abort(Error),
+    /// The master failed the op for this reason (it is decided for everyone).
+    Verdict(FailReason),
 }
 
 fn verdict_error(tag: u64, f: FailReason) -> Error {
