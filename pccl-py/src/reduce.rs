@@ -304,3 +304,68 @@ impl AsyncReduceHandle {
         }
     }
 }
+
+/// Checks the tensors of a reduce-scatter, all-gather or broadcast (pccl extensions,
+/// docs/ARCHITECTURE.md §5.1) and builds its plan. The core checks the sizes against the
+/// ring (`InvalidArgumentError` when they do not fit it).
+pub(crate) fn plan_collective(
+    send: &Bound<'_, PyAny>,
+    recv: &Bound<'_, PyAny>,
+    kind: pccl::Collective,
+    op: pccl::ReduceOp,
+    tag: u64,
+    quant: Option<pccl::Quantization>,
+) -> PyResult<Plan> {
+    let send = view(send, "send")?;
+    let recv = view(recv, "recv")?;
+    if send.kind != recv.kind {
+        return Err(invalid_argument(
+            "send and recv must both be torch tensors or both numpy arrays",
+        ));
+    }
+    if send.dtype != recv.dtype {
+        return Err(invalid_argument(format!(
+            "send and recv differ in dtype ({:?} vs {:?})",
+            send.dtype, recv.dtype
+        )));
+    }
+    if send.loc != recv.loc {
+        return Err(invalid_argument(format!(
+            "send and recv are on different devices ({:?} vs {:?})",
+            send.loc, recv.loc
+        )));
+    }
+    if !recv.writable {
+        return Err(invalid_argument("recv is read-only"));
+    }
+    let in_place = send.ptr == recv.ptr && send.numel == recv.numel;
+    if !in_place && send.overlaps(&recv) {
+        return Err(invalid_argument("send and recv overlap"));
+    }
+    if send.numel == 0 || recv.numel == 0 {
+        return Err(invalid_argument("the tensors must not be empty"));
+    }
+    let count = match kind {
+        pccl::Collective::AllGather => recv.numel,
+        _ => send.numel,
+    };
+    let size = send.dtype.size();
+    let desc = CoreDescriptor::new(count, send.dtype, op).with_tag(tag);
+    Ok(Plan {
+        send: Region {
+            ptr: send.ptr,
+            len: send.numel * size,
+            loc: send.loc,
+        },
+        recv: Region {
+            ptr: recv.ptr,
+            len: recv.numel * size,
+            loc: recv.loc,
+        },
+        desc: match quant {
+            Some(q) => desc.with_quantization(q),
+            None => desc,
+        },
+        keep: vec![send.obj, recv.obj],
+    })
+}
