@@ -111,7 +111,7 @@ impl Schedule {
     }
 
     /// Hops from the broadcast root to this rank.
-    fn from_root(&self) -> usize {
+    fn hops_from_root(&self) -> usize {
         (self.rank + self.n - self.kind.root() as usize) % self.n
     }
 
@@ -130,7 +130,7 @@ impl Schedule {
     /// The chunk this rank sends from its own input at step 0, if any.
     pub(crate) fn first_chunk(&self) -> Option<usize> {
         match self.kind {
-            Collective::Broadcast { .. } => (self.from_root() == 0).then_some(0),
+            Collective::Broadcast { .. } => (self.hops_from_root() == 0).then_some(0),
             _ => Some((self.rank + 2 * self.n - 1 - self.global(0) % self.n) % self.n),
         }
     }
@@ -142,7 +142,7 @@ impl Schedule {
         }
         match self.kind {
             Collective::Broadcast { .. } => {
-                ((self.from_root() + self.n - 1) % self.n == step).then_some(0)
+                ((self.hops_from_root() + self.n - 1) % self.n == step).then_some(0)
             }
             _ => Some((self.rank + 2 * self.n - 2 - self.global(step) % self.n) % self.n),
         }
@@ -229,7 +229,7 @@ impl Schedule {
     pub(crate) fn kept_input(&self) -> Option<Range<usize>> {
         match self.kind {
             Collective::AllGather => Some(self.chunk(self.rank)),
-            Collective::Broadcast { .. } if self.from_root() == 0 => Some(0..self.count),
+            Collective::Broadcast { .. } if self.hops_from_root() == 0 => Some(0..self.count),
             _ => None,
         }
     }
@@ -278,10 +278,10 @@ mod tests {
         let mut received = vec![0usize; n];
         for g in 0..scheds[0].steps() {
             let mut next: Vec<Vec<Frame>> = vec![Vec::new(); n];
-            for r in 0..n {
+            for (r, sent) in sends.iter_mut().enumerate() {
                 let to = (r + 1) % n;
                 let s = &scheds[to];
-                let frames = std::mem::take(&mut sends[r]);
+                let frames = std::mem::take(sent);
                 assert_eq!(frames.len(), s.recv_slices(g), "{kind:?} n={n} g={g}");
                 for (c, rg, vals) in frames {
                     assert_eq!(s.recv_chunk(g), Some(c), "{kind:?} n={n} g={g}");

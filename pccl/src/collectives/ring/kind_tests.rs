@@ -7,21 +7,13 @@
 
 use std::sync::Arc;
 
-use super::mem::{Call, Fault, MemRing, Options, Outcome};
+use super::mem::{Call, Fault, MemRing, Options, Outcome, rt};
 use crate::error::Error;
 use crate::types::{
     Collective, DataType, Quantization, QuantizationAlgorithm, ReduceDescriptor, ReduceOp,
 };
 
 const TAG: u64 = 11;
-
-fn rt() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("runtime")
-}
 
 /// Rank `r`'s input: small integers in f32 for exact ops, smooth reals for quantized ones.
 fn input(r: usize, count: usize, real: bool) -> Vec<u8> {

@@ -28,6 +28,15 @@ use crate::wire::{DataHeader, FailReason};
 /// Every test ends within this, or fails as hung.
 pub(super) const HANG: Duration = Duration::from_secs(30);
 
+/// The runtime every in-memory ring test runs on.
+pub(super) fn rt() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime")
+}
+
 /// What a link does with one frame.
 #[derive(Clone, Debug)]
 pub(super) enum Fault {

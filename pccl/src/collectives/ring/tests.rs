@@ -6,7 +6,7 @@
 
 use std::sync::Arc;
 
-use super::mem::{Fault, MemRing, Options, Outcome};
+use super::mem::{Fault, MemRing, Options, Outcome, rt};
 use crate::collectives::schedule::Schedule;
 use crate::error::Error;
 use crate::quant::{Codec, Scratch};
@@ -16,14 +16,6 @@ use crate::types::{
 use crate::wire::FailReason;
 
 const TAG: u64 = 7;
-
-fn rt() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("runtime")
-}
 
 /// Rank `r`'s input for op `k`: small integers, so sums in f32 are exact.
 fn input_f32(r: usize, k: usize, count: usize) -> Vec<f32> {
