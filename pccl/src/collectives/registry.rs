@@ -83,6 +83,9 @@ struct Inner {
     buffered_bytes: usize,
     /// Set once the master is lost or the communicator closes; every op fails with it.
     failed: Option<Error>,
+    /// Failure verdicts for the next op of a tag that arrived before this peer started
+    /// it: that call fails at its start with the same error (docs/ARCHITECTURE.md §4).
+    failed_early: HashMap<u64, (OpKey, FailReason)>,
 }
 
 /// Shared between the control task, the p2p readers and the op tasks.
@@ -116,6 +119,7 @@ impl Registry {
                 buffered: Vec::new(),
                 buffered_bytes: 0,
                 failed: None,
+                failed_early: HashMap::new(),
             }),
             space: Notify::new(),
             changed: Notify::new(),
@@ -233,6 +237,14 @@ impl Registry {
                 "tag {tag} is already in flight"
             )));
         }
+        if let Some((failed, f)) = g.failed_early.remove(&tag) {
+            // The others' call of this op already failed: so does ours, and the retry
+            // takes the next seq, as theirs does.
+            if failed.epoch == g.epoch {
+                g.seq.insert(tag, failed.seq + 1);
+            }
+            return Err(verdict_error(tag, f));
+        }
         let key = OpKey {
             tag,
             epoch: g.epoch,
@@ -297,9 +309,19 @@ impl Registry {
         if key.epoch != g.epoch {
             return;
         }
-        let next = g.seq.entry(key.tag).or_insert(0);
-        *next = (*next).max(key.seq + 1);
-        let next = *next;
+        let current = g.seq.get(&key.tag).copied().unwrap_or(0);
+        let running = g.slots.get(&key.tag).is_some_and(|s| s.key == key);
+        match failure {
+            // The op this peer calls next failed before it called it: remember, and let
+            // that call fail (the seq moves on then).
+            Some(f) if !running && key.seq == current => {
+                g.failed_early.insert(key.tag, (key, f));
+            }
+            _ => {
+                g.seq.insert(key.tag, current.max(key.seq + 1));
+            }
+        }
+        let next = current.max(key.seq + 1);
         if let Some(s) = g.slots.get(&key.tag)
             && s.key == key
         {
@@ -418,6 +440,24 @@ impl Inner {
     }
 }
 
+/// The error every member's call of an op gets for the master's failure verdict.
+pub(crate) fn verdict_error(tag: u64, f: FailReason) -> Error {
+    match f {
+        FailReason::PeerLost => Error::RankConnectionLost {
+            tag,
+            reason: "a peer taking part was lost".into(),
+        },
+        FailReason::Corrupt => Error::RankConnectionLost {
+            tag,
+            reason: "a peer received a corrupted frame".into(),
+        },
+        FailReason::Mismatch => Error::InvalidUsage(format!(
+            "peers called op {tag} with different counts, types, ops or quantization, \
+             different collectives or broadcast roots, or buffers that do not fit the ring"
+        )),
+    }
+}
+
 fn key_of(h: &DataHeader) -> OpKey {
     OpKey {
         tag: h.tag,
@@ -525,6 +565,34 @@ mod tests {
         assert!(e.try_recv().is_err(), "an op with every frame is untouched");
         let (_, _, mut c) = reg.start(3, |_| Some(peer(3))).expect("started");
         assert!(c.try_recv().is_err(), "the next op starts clean");
+    }
+
+    /// A failure verdict for the op this peer calls next, arriving before the call, fails
+    /// that call with the same error the others got; the retry then takes the next seq,
+    /// as theirs does. Verdicts of running or older ops leave no such mark.
+    #[test]
+    fn a_failure_verdict_before_the_call_fails_that_call() {
+        let reg = Registry::new(0, 1 << 20);
+        let key = |tag, seq| OpKey { tag, epoch: 0, seq };
+        reg.verdict(key(7, 0), Some(FailReason::Corrupt));
+        let err = reg.start(7, |_| Some(peer(3))).expect_err("the call fails");
+        assert_eq!(err, verdict_error(7, FailReason::Corrupt));
+        let (retry, _, _) = reg.start(7, |_| Some(peer(3))).expect("the retry starts");
+        assert_eq!(retry, key(7, 1));
+        reg.verdict(retry, None);
+        reg.finish(retry);
+
+        // A verdict for a running op goes to it; a stale one (older seq) is ignored.
+        let (running, _, mut ev) = reg.start(8, |_| Some(peer(3))).expect("started");
+        reg.verdict(running, Some(FailReason::PeerLost));
+        assert!(matches!(
+            ev.try_recv(),
+            Ok(OpEvent::Verdict(Some(FailReason::PeerLost)))
+        ));
+        reg.finish(running);
+        reg.verdict(running, Some(FailReason::PeerLost));
+        let (next, _, _) = reg.start(8, |_| Some(peer(3))).expect("starts clean");
+        assert_eq!(next, key(8, 1));
     }
 
     /// Early frames are bounded in count and bytes (the reader waits), and frames for an

@@ -11,7 +11,7 @@ pub(crate) mod control;
 pub(crate) mod gate;
 mod multiple;
 pub(crate) mod p2p;
-mod reconnect;
+pub(crate) mod reconnect;
 pub(crate) mod stats;
 
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -534,11 +534,20 @@ impl Communicator {
     ) -> Result<AsyncReduce<B>> {
         let desc = check_desc(&bufs, desc, kind)?;
         let c = self.connected()?;
-        let started = ring::start(&c.shared, &desc)?;
+        // An attempt the others already saw fail (docs/ARCHITECTURE.md §4) fails at
+        // `wait`, where theirs did, so one retry loop serves every peer.
+        let started = match ring::start(&c.shared, &desc) {
+            Ok(started) => Ok(started),
+            Err(e @ Error::RankConnectionLost { .. }) => Err(e),
+            Err(e) => return Err(e),
+        };
         self.async_in_flight.fetch_add(1, Ordering::SeqCst);
         let shared = c.shared.clone();
         let join = c.rt.spawn(async move {
-            let r = shared.run_reduce(started, &mut bufs, desc, kind).await;
+            let r = match started {
+                Ok(started) => shared.run_reduce(started, &mut bufs, desc, kind).await,
+                Err(e) => Err(e),
+            };
             (bufs, r)
         });
         Ok(AsyncReduce {

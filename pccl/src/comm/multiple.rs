@@ -37,9 +37,11 @@ pub(super) async fn run<B: ReduceBuffers>(
                         .await;
                     (i, op, r)
                 })),
+                // The others' attempt failed before ours started: ours fails with them
+                // (docs/ARCHITECTURE.md §4) and is retried like any failed attempt.
                 Err(e) => {
                     slots[i] = Some(op);
-                    first_error = Some(e);
+                    settle(shared, i, Err(e), &mut queue, &mut total, &mut first_error);
                 }
             }
         }
@@ -50,37 +52,50 @@ pub(super) async fn run<B: ReduceBuffers>(
         let (idx, (i, op, r)) = NextDone(&mut running).await;
         drop(running.swap_remove(idx));
         slots[i] = Some(op);
-        match r {
-            Ok(info) => {
-                total.local_world_size = info.local_world_size;
-                total.tx_bytes += info.tx_bytes;
-                total.rx_bytes += info.rx_bytes;
-            }
-            Err(e @ Error::RankConnectionLost { .. }) => {
-                let world = shared
-                    .registry
-                    .topology()
-                    .attribute(Attribute::PeerGroupWorldSize, shared.config.peer_group);
-                if world < 2 {
-                    first_error.get_or_insert(Error::TooFewPeers);
-                } else {
-                    // Retry before starting anything new: every peer must start ops in
-                    // the same order. Re-queued at the back, a peer whose op was aborted at
-                    // the old epoch would move on to the next tag while another, already
-                    // on the new epoch, waits for it on this one: a deadlock.
-                    tracing::debug!(error = %e, "retrying op");
-                    shared.stats.record_retry();
-                    queue.push_front(i);
-                }
-            }
-            Err(e) => {
-                first_error.get_or_insert(e);
-            }
-        }
+        settle(shared, i, r, &mut queue, &mut total, &mut first_error);
     }
     match first_error {
         Some(e) => Err(e),
         None => Ok(total),
+    }
+}
+
+/// Accounts for one attempt of op `i`: adds its traffic, or re-queues it at the front
+/// after a lost peer, or keeps the first error that ends the call.
+fn settle(
+    shared: &Shared,
+    i: usize,
+    r: Result<ReduceInfo>,
+    queue: &mut VecDeque<usize>,
+    total: &mut ReduceInfo,
+    first_error: &mut Option<Error>,
+) {
+    match r {
+        Ok(info) => {
+            total.local_world_size = info.local_world_size;
+            total.tx_bytes += info.tx_bytes;
+            total.rx_bytes += info.rx_bytes;
+        }
+        Err(e @ Error::RankConnectionLost { .. }) => {
+            let world = shared
+                .registry
+                .topology()
+                .attribute(Attribute::PeerGroupWorldSize, shared.config.peer_group);
+            if world < 2 {
+                first_error.get_or_insert(Error::TooFewPeers);
+            } else {
+                // Retry before starting anything new: every peer must start ops in the
+                // same order. Re-queued at the back, a peer whose op was aborted at the
+                // old epoch would move on to the next tag while another, already on the
+                // new epoch, waits for it on this one: a deadlock.
+                tracing::debug!(error = %e, "retrying op");
+                shared.stats.record_retry();
+                queue.push_front(i);
+            }
+        }
+        Err(e) => {
+            first_error.get_or_insert(e);
+        }
     }
 }
 

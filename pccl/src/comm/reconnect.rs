@@ -10,6 +10,7 @@ use std::time::Duration;
 use rand::Rng;
 
 use crate::collectives::registry::{OpKey, Registry};
+use crate::types::Topology;
 use crate::wire::{Answer, FailReason, OpClaim, OpRecord, Rejoin, SyncClaim, ToMaster, VoteKind};
 
 /// Verdicts a peer remembers, newest last: enough for any peer still waiting for one it
@@ -150,8 +151,14 @@ impl Memory {
 
     /// The re-registration: everything above, the topology we run on and our ops in flight.
     pub(crate) fn rejoin(&self, registry: &Registry) -> Rejoin {
-        let ops = registry
-            .in_flight()
+        self.claim(registry.in_flight(), &registry.topology())
+    }
+
+    /// The re-registration of a peer running ops `in_flight` on `topology` (its last
+    /// commit). Apart from [`rejoin`](Self::rejoin) so that the master's simulator builds
+    /// its peers' claims with this very code (`master/tests/crash.rs`).
+    pub(crate) fn claim(&self, in_flight: Vec<OpKey>, topology: &Topology) -> Rejoin {
+        let ops = in_flight
             .into_iter()
             .map(|k| OpClaim {
                 tag: k.tag,
@@ -165,7 +172,7 @@ impl Memory {
             })
             .collect();
         let topology = if self.accepted {
-            (*registry.topology()).clone()
+            topology.clone()
         } else {
             Default::default()
         };

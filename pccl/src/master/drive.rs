@@ -9,9 +9,11 @@
 use std::net::{IpAddr, Ipv4Addr};
 use std::time::{Duration, Instant};
 
-use super::state::{ConnId, MasterState, Output};
-use crate::types::{DataType, PeerId, SyncStrategy};
-use crate::wire::{FailReason, TensorReport, ToMaster, VoteKind};
+use super::state::{ConnId, MasterState, Output, Timeouts};
+use crate::types::{DataType, PeerEntry, PeerId, SyncStrategy, Topology};
+use crate::wire::{
+    Answer, FailReason, OpClaim, OpRecord, Rejoin, SyncClaim, TensorReport, ToMaster, VoteKind,
+};
 
 /// Connections and peer ids are drawn from small sets, so that inputs collide: the same
 /// connection registers twice, two connections claim one id, messages name real peers.
@@ -87,8 +89,9 @@ pub fn message(b: &mut Bytes<'_>, known: &[PeerId]) -> ToMaster {
             None => peer_id(i),
         }
     };
-    match b.below(9) {
+    match b.below(10) {
         0 => ToMaster::Heartbeat,
+        9 => ToMaster::Rejoin(Box::new(rejoin(b, known))),
         1 => ToMaster::Register {
             group: u32::from(b.below(3)),
             p2p_port: u16::from(b.u8()),
@@ -142,9 +145,90 @@ pub fn message(b: &mut Bytes<'_>, known: &[PeerId]) -> ToMaster {
     }
 }
 
+/// A re-registration (docs/ARCHITECTURE.md §14) naming small ids and known peers, so
+/// that claims often agree, conflict or name real state.
+fn rejoin(b: &mut Bytes<'_>, known: &[PeerId]) -> Rejoin {
+    let pick_peer = |b: &mut Bytes<'_>| {
+        let i = b.u8();
+        known
+            .get(usize::from(i) % (known.len() + 1))
+            .copied()
+            .unwrap_or_else(|| peer_id(i))
+    };
+    let ring = (0..b.below(4))
+        .map(|_| PeerEntry {
+            id: pick_peer(b),
+            group: u32::from(b.below(2)),
+            p2p_addr: (Ipv4Addr::new(10, 0, 0, b.u8()), 48149).into(),
+            static_key: [0; 32],
+        })
+        .collect();
+    let group_epochs = (0..b.below(3)).map(|g| (u32::from(g), b.u64())).collect();
+    let failure = |b: &mut Bytes<'_>| match b.below(3) {
+        0 => Some(FailReason::PeerLost),
+        _ => None,
+    };
+    Rejoin {
+        group: u32::from(b.below(2)),
+        p2p_port: u16::from(b.u8()),
+        advertise_ip: None,
+        accepted: b.bool(),
+        topology: Topology { ring, group_epochs },
+        max_seen: b.u64(),
+        call: b.u64(),
+        answer: match b.below(4) {
+            0 => None,
+            1 => Some(Answer::PeersPending(b.bool())),
+            2 => Some(Answer::TopologyUpdated(Ok(()))),
+            _ => Some(Answer::VoteRejected("fuzz".into())),
+        },
+        vote: match b.below(4) {
+            0 => Some(VoteKind::ArePeersPending),
+            1 => Some(VoteKind::UpdateTopology),
+            2 => Some(VoteKind::OptimizeTopology),
+            _ => None,
+        },
+        verdicts: (0..b.below(3))
+            .map(|_| OpRecord {
+                tag: b.u64(),
+                epoch: b.u64(),
+                seq: b.u64() as u32,
+                failure: failure(b),
+            })
+            .collect(),
+        ops: (0..b.below(3))
+            .map(|_| OpClaim {
+                tag: b.u64(),
+                epoch: b.u64(),
+                seq: b.u64() as u32,
+                done: b.bool().then(|| failure(b)),
+            })
+            .collect(),
+        synced: b.bool().then(|| (b.u64(), b.u64())),
+        result: b.bool().then(|| (b.u64(), Ok(()))),
+        sync: match b.below(3) {
+            0 => SyncClaim::Idle,
+            1 => SyncClaim::Reported {
+                revision: b.u64(),
+                strategy: SyncStrategy::EnforcePopular,
+                tensors: Vec::new(),
+            },
+            _ => SyncClaim::Planned {
+                round: b.u64(),
+                revision: b.u64(),
+                done: match b.below(3) {
+                    0 => None,
+                    1 => Some(false),
+                    _ => Some(true),
+                },
+            },
+        },
+    }
+}
+
 /// Runs the master over the inputs `data` encodes: connects, messages (made up by
-/// [`message`] or decoded from raw frame bytes as the server would), disconnects and
-/// clock advances (the clock never goes back). Panics if the master panics or if one
+/// [`message`] or decoded from raw frame bytes as the server would), disconnects, clock
+/// advances (the clock never goes back) and master crashes (a fresh master). Panics if the master panics or if one
 /// input queues more outputs than [`output_bound`] allows.
 pub fn drive(data: &[u8]) {
     let mut b = Bytes::new(data);
@@ -155,7 +239,7 @@ pub fn drive(data: &[u8]) {
     while !b.is_empty() {
         let now = base + elapsed;
         let bound = output_bound(&master, live.len());
-        match b.below(6) {
+        match b.below(7) {
             0 => {
                 let conn = ConnId::from(b.below(CONNS));
                 let id = peer_id(b.below(IDS));
@@ -183,9 +267,20 @@ pub fn drive(data: &[u8]) {
                 live.retain(|(c, _)| *c != conn);
                 master.handle_disconnect(conn, "fuzz");
             }
-            _ => {
+            5 => {
                 elapsed += Duration::from_millis(u64::from(b.u8()) * 20);
                 master.handle_timeout(base + elapsed);
+            }
+            _ => {
+                // The master crashes and a fresh one starts (docs/ARCHITECTURE.md §14):
+                // every connection is gone; the peers re-dial and claim what they saw.
+                master = MasterState::with_timeouts(Timeouts {
+                    heartbeat: Duration::from_secs(1),
+                    startup_grace: Duration::from_secs(1),
+                    ..Timeouts::default()
+                });
+                master.handle_timeout(now);
+                live.clear();
             }
         }
         let mut n = 0usize;

@@ -18,4 +18,5 @@ mod secure;
 mod send_sync;
 mod shared_state;
 mod shared_state_liar;
+mod tamper;
 mod topology;

@@ -3,18 +3,13 @@
 //! differently-encrypting secret, and peers and masters that differ on having one, fail
 //! `connect` with `AuthenticationFailed` within seconds and leave the run as it was;
 //! raw-socket strangers (with a guessed secret or none) and a member claiming another
-//! member's id cannot open any link of a peer's listener; and a ring frame altered,
-//! replayed or dropped on the wire fails the op on every peer alike, after which the
-//! retry succeeds bit-identically.
+//! member's id cannot open any link of a peer's listener. Frames altered on the wire:
+//! `tamper.rs`.
 
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use pccl::secure::{Binding, Handshake, Protection, PublicKey, RunSecret, StaticKeypair};
-use pccl::wire::{ConnectionKind, DATA_HEADER_LEN, HELLO_LEN, Hello};
+use pccl::wire::{ConnectionKind, HELLO_LEN, Hello};
 use pccl::{
     Attribute, Communicator, CommunicatorConfig, Error, MasterConfig, MasterNode, PeerId, ReduceOp,
     SharedState, SyncStrategy, TensorInfo,
@@ -47,7 +42,12 @@ fn peer(m: &MasterNode, secret_str: Option<&str>, encrypt: bool) -> Communicator
 
 /// Every peer all-reduces `count` f32s seeded by its ring rank and `salt`; the sums are
 /// small integers, so exact, and every peer's bytes must be the same.
-fn exact_sum(comms: &[Communicator], count: usize, tag: u64, salt: u32) -> Result<(), Error> {
+pub(crate) fn exact_sum(
+    comms: &[Communicator],
+    count: usize,
+    tag: u64,
+    salt: u32,
+) -> Result<(), Error> {
     let n = comms.len();
     let results = on_all(comms, |_, c| {
         let r = rank(c);
@@ -77,7 +77,7 @@ fn exact_sum(comms: &[Communicator], count: usize, tag: u64, salt: u32) -> Resul
     Ok(())
 }
 
-fn rank(c: &Communicator) -> usize {
+pub(crate) fn rank(c: &Communicator) -> usize {
     let t = c.topology().unwrap();
     t.ring.iter().position(|p| p.id == c.id()).unwrap()
 }
@@ -346,193 +346,4 @@ fn strangers_and_impersonators_cannot_open_any_link() {
     // The run goes on, exact and bit-identical.
     exact_sum(&comms, 100_000, 1, 5).unwrap();
     sync_all(&comms, 4);
-}
-
-// ---- a tampering proxy on a ring link ------------------------------------------------
-
-/// What the proxy does to the next data frame it forwards (then it forwards faithfully).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-#[repr(u8)]
-enum Tamper {
-    None = 0,
-    /// Flip one bit of the frame's body.
-    Flip = 1,
-    /// Send the frame twice.
-    Replay = 2,
-    /// Do not send the frame.
-    Drop = 3,
-}
-
-/// Byte offset of the payload length in a data header (docs/PROTOCOL.md §4).
-const LEN_AT: usize = 1 + 8 + 8 + 4 + 8 + 1 + 1 + 1 + 2 + 4 + 8;
-const TAG: usize = 16;
-
-/// A TCP proxy from `listen` to `to` that parses the dialler's side of a sealed ring
-/// connection (hello, two Noise messages, then sealed frames) and applies `tamper` once.
-struct Proxy {
-    stop: Arc<AtomicBool>,
-    tamper: Arc<AtomicU8>,
-    done: Arc<Mutex<Vec<Tamper>>>,
-}
-
-impl Proxy {
-    fn start(listener: TcpListener, to: SocketAddr) -> Self {
-        let stop = Arc::new(AtomicBool::new(false));
-        let tamper = Arc::new(AtomicU8::new(0));
-        let done = Arc::new(Mutex::new(Vec::new()));
-        listener.set_nonblocking(true).unwrap();
-        let (st, tp, dn) = (stop.clone(), tamper.clone(), done.clone());
-        std::thread::spawn(move || {
-            while !st.load(Ordering::Relaxed) {
-                let Ok((client, _)) = listener.accept() else {
-                    std::thread::sleep(Duration::from_millis(5));
-                    continue;
-                };
-                client.set_nonblocking(false).unwrap();
-                let Ok(server) = TcpStream::connect(to) else {
-                    continue;
-                };
-                let (c2, s2) = (client.try_clone().unwrap(), server.try_clone().unwrap());
-                std::thread::spawn(move || copy_back(s2, c2));
-                let (tp, dn) = (tp.clone(), dn.clone());
-                std::thread::spawn(move || forward(client, server, &tp, &dn));
-            }
-        });
-        Self { stop, tamper, done }
-    }
-
-    fn arm(&self, t: Tamper) {
-        self.tamper.store(t as u8, Ordering::SeqCst);
-    }
-
-    fn applied(&self) -> Vec<Tamper> {
-        self.done.lock().unwrap().clone()
-    }
-}
-
-impl Drop for Proxy {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-    }
-}
-
-fn copy_back(mut from: TcpStream, mut to: TcpStream) {
-    let _ = std::io::copy(&mut from, &mut to);
-    let _ = to.shutdown(std::net::Shutdown::Both);
-}
-
-fn forward(mut from: TcpStream, mut to: TcpStream, tamper: &AtomicU8, done: &Mutex<Vec<Tamper>>) {
-    let r = (|| -> std::io::Result<()> {
-        let mut hello = [0u8; HELLO_LEN];
-        from.read_exact(&mut hello)?;
-        to.write_all(&hello)?;
-        // The dialler's two Noise messages (the first and the third).
-        for _ in 0..2 {
-            let mut len = [0u8; 2];
-            from.read_exact(&mut len)?;
-            let mut msg = vec![0u8; u16::from_le_bytes(len) as usize];
-            from.read_exact(&mut msg)?;
-            to.write_all(&len)?;
-            to.write_all(&msg)?;
-        }
-        loop {
-            let mut frame = vec![0u8; DATA_HEADER_LEN + TAG];
-            from.read_exact(&mut frame)?;
-            let len = u32::from_le_bytes(frame[LEN_AT..LEN_AT + 4].try_into().unwrap()) as usize;
-            let data = frame[0] == 1;
-            let start = frame.len();
-            frame.resize(start + len + TAG, 0);
-            from.read_exact(&mut frame[start..])?;
-            let t = if data && len > 0 {
-                tamper.swap(0, Ordering::SeqCst)
-            } else {
-                0
-            };
-            match t {
-                1 => {
-                    frame[start + len / 2] ^= 0x10;
-                    to.write_all(&frame)?;
-                }
-                2 => {
-                    to.write_all(&frame)?;
-                    to.write_all(&frame)?;
-                }
-                3 => {}
-                _ => to.write_all(&frame)?,
-            }
-            if t != 0 {
-                done.lock().unwrap().push(match t {
-                    1 => Tamper::Flip,
-                    2 => Tamper::Replay,
-                    _ => Tamper::Drop,
-                });
-            }
-        }
-    })();
-    let _ = r;
-    let _ = to.shutdown(std::net::Shutdown::Both);
-}
-
-#[test]
-fn tampered_replayed_or_dropped_ring_frames_fail_the_op_everywhere_then_the_retry_works() {
-    for encrypt in [false, true] {
-        let m = master(Some(SECRET), encrypt);
-        // Peer B listens on 127.0.0.2:P but advertises 127.0.0.1, where the proxy listens
-        // on the same port P and forwards to it; A dials B through the proxy, and the
-        // proxy's connection comes from 127.0.0.1, A's recorded address.
-        let proxy_listener = TcpListener::bind("127.0.0.1:0").unwrap();
-        let port = proxy_listener.local_addr().unwrap().port();
-        let b_addr: SocketAddr = format!("127.0.0.2:{port}").parse().unwrap();
-        let proxy = Proxy::start(proxy_listener, b_addr);
-        let comms = cluster_with(2, |i| {
-            let mut c = peer(&m, Some(SECRET), encrypt);
-            c.slice_bytes = 64 << 10;
-            if i == 1 {
-                c.bind_ip = "127.0.0.2".parse().unwrap();
-                c.p2p_port = port;
-                c.advertise_ip = Some("127.0.0.1".parse().unwrap());
-            }
-            c
-        });
-        let topo = comms[1].topology().unwrap();
-        let b = topo.ring.iter().find(|p| p.id == comms[1].id()).unwrap();
-        assert_eq!(
-            b.p2p_addr.port(),
-            port,
-            "peer B's listener took the proxied port"
-        );
-        exact_sum(&comms, 200_000, 1, 1).unwrap();
-        for (i, t) in [Tamper::Flip, Tamper::Replay, Tamper::Drop]
-            .into_iter()
-            .enumerate()
-        {
-            let tag = 10 + i as u64;
-            proxy.arm(t);
-            let failed = on_all(&comms, |_, c| {
-                let send = vec![1.0f32; 200_000];
-                let mut recv = vec![0f32; 200_000];
-                c.all_reduce(&send, &mut recv, ReduceOp::Sum, tag)
-                    .map(|_| recv)
-            });
-            assert_eq!(proxy.applied().last(), Some(&t), "the proxy applied {t:?}");
-            let codes: Vec<_> = failed
-                .iter()
-                .map(|r| r.as_ref().map(|_| ()).map_err(|e| e.code()))
-                .collect();
-            assert!(codes[0].is_err(), "{t:?}: the op failed ({codes:?})");
-            assert!(
-                codes.iter().all(|c| *c == codes[0]),
-                "{t:?}: same outcome: {codes:?}"
-            );
-            // The retry runs on fresh, authenticated connections.
-            let until = Instant::now() + Duration::from_secs(20);
-            loop {
-                match exact_sum(&comms, 200_000, tag, 2) {
-                    Ok(()) => break,
-                    Err(e) => assert!(Instant::now() < until, "{t:?}: no retry succeeded: {e}"),
-                }
-            }
-        }
-        assert_eq!(proxy.tamper.load(Ordering::SeqCst), Tamper::None as u8);
-    }
 }

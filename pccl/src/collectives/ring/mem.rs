@@ -331,10 +331,9 @@ impl MemRing {
     pub(super) fn start_calls(&self, calls: Vec<Call>) -> Vec<Option<JoinHandle<Outcome>>> {
         let alive = self.world.alive.lock().unwrap().clone();
         // Every rank registers before any runs, as if every rank called the op before
-        // the first frame or verdict. A rank registering later would take the next seq
-        // (after a failure verdict) or the next epoch (after a rank vanished) and pair
-        // with the others' retry, which this harness, waiting for every first outcome,
-        // never starts.
+        // the first frame or verdict. A rank registering after a rank vanished would
+        // take the next epoch and pair with the others' retry, which this harness,
+        // waiting for every first outcome, never starts (docs/ARCHITECTURE.md §4).
         let started: Vec<_> = (0..calls.len())
             .map(|r| alive[r].then(|| super::start(&self.world.hosts[r], &calls[r].desc)))
             .collect();

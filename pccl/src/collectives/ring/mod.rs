@@ -55,7 +55,7 @@ use tokio::sync::mpsc;
 
 use super::ReduceBuffers;
 use super::link::Pool;
-use super::registry::{OpEvent, OpKey};
+use super::registry::{OpEvent, OpKey, verdict_error};
 use super::schedule::Schedule;
 use crate::error::{Error, Result};
 use crate::types::{Collective, ReduceDescriptor, ReduceInfo, Topology};
@@ -272,21 +272,4 @@ enum Local {
     Abort(Error),
     /// The master failed the op for this reason (it is decided for everyone).
     Verdict(FailReason),
-}
-
-fn verdict_error(tag: u64, f: FailReason) -> Error {
-    match f {
-        FailReason::PeerLost => Error::RankConnectionLost {
-            tag,
-            reason: "a peer taking part was lost".into(),
-        },
-        FailReason::Corrupt => Error::RankConnectionLost {
-            tag,
-            reason: "a peer received a corrupted frame".into(),
-        },
-        FailReason::Mismatch => Error::InvalidUsage(format!(
-            "peers called op {tag} with different counts, types, ops or quantization, \
-             different collectives or broadcast roots, or buffers that do not fit the ring"
-        )),
-    }
 }

@@ -148,7 +148,10 @@ impl MasterState {
             };
             table.extend(entry);
         }
-        if let Some(t) = self.recovery.as_ref().and_then(|r| r.deadline) {
+        if let Some(window) = self.recovery.as_ref().and_then(|r| r.deadline) {
+            // Everyone is back but the grace still holds the recovery: it ends then.
+            let grace = self.recovery_hold().flatten();
+            let t = grace.map_or(window, |g| g.min(window));
             table.push((Wait::Recovery, t));
         }
         if self.ring.is_empty() && !self.pending.is_empty() && self.recovery.is_none() {
@@ -158,7 +161,7 @@ impl MasterState {
     }
 
     /// When the startup grace ends (`None` without a start or a grace).
-    fn grace_end(&self) -> Option<Instant> {
+    pub(super) fn grace_end(&self) -> Option<Instant> {
         let grace = self.timeouts.startup_grace;
         if grace.is_zero() {
             return None;
@@ -271,11 +274,17 @@ impl MasterState {
                 self.evict_all(&missing, "did not finish its shared-state sync in time");
             }
             Wait::Recovery => {
-                tracing::warn!(
-                    window = ?self.timeouts.recovery_window,
-                    "recovery window over: the run goes on with the peers that re-registered"
-                );
-                self.finish_recovery();
+                let window = self.recovery.as_ref().and_then(|r| r.deadline);
+                if window.is_some_and(|t| t > now) {
+                    // The startup grace ended and nobody is missing.
+                    self.try_finish_recovery();
+                } else {
+                    tracing::warn!(
+                        window = ?self.timeouts.recovery_window,
+                        "recovery window over: the run goes on with the peers that re-registered"
+                    );
+                    self.finish_recovery();
+                }
             }
             Wait::Grace => self.admit_first_if_empty(),
         }

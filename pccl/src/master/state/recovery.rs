@@ -4,15 +4,19 @@
 //! of its own starts a *recovery* at the first such claim and waits, at most
 //! `recovery_window`, for every peer the claims name; then it rebuilds the run in one step:
 //!
-//! - **ids continue above** every epoch, proposal, joint call and sync round any peer saw,
-//!   so no op identity is ever reused;
+//! - **ids continue above** every epoch, proposal, joint call and sync round any peer that
+//!   re-registers saw (a newcomer's claim counts too), so no id is ever reused;
 //! - **the highest epoch wins**, per group: the group's ring is the one of the claim with
 //!   the highest epoch for it. Its members that came back keep that epoch when all came
 //!   back (nothing is re-wired; ops in flight go on), else the group gets a new epoch
 //!   (its ops fail everywhere and are retried, exactly as after a death). A peer that
 //!   claims membership but is not in its group's winning ring was removed from the run
-//!   before the restart and is refused; a waiting newcomer the winning ring lists was
-//!   accepted (its `Commit` was lost) and is a member;
+//!   before the restart and is refused. A peer the winning ring lists that re-registers
+//!   as a newcomer never received the `Commit` that admitted it: it waits for the next
+//!   update and its group gets a new epoch, as if it had left. (Making it a member would
+//!   need the id of the joint call that admitted it, which no claim carries: members
+//!   that missed that call's answer would re-vote in a call the newcomer does not make,
+//!   and the joint-call sequences would part);
 //! - **decisions some peers missed are given again**: an op verdict, a joint-call answer
 //!   or a sync result that one peer received is sent, unchanged, to every peer still
 //!   waiting for it (matched by op key, call id and sync round), before anything new is
@@ -23,6 +27,11 @@
 //! - the sync history (who synced last, at which revision) is the highest round any
 //!   member reports, so the revision rule and "no revision goes backwards" hold across
 //!   the restart.
+//!
+//! A claim waiting in `update_topology` or `optimize_topology` may predate the ring the
+//! old master committed last (the commit ending that call may not have reached it): such
+//! a recovery finishes no earlier than the end of the startup grace, when every live peer
+//! of the old run is back, so that the newest ring is in hand before anyone is refused.
 //!
 //! Messages a re-registered peer sends before the run is rebuilt wait in a bounded queue
 //! and are handled, in order, right after.
@@ -77,6 +86,9 @@ impl MasterState {
         if claim.highest_id() > MAX_CLAIMED_ID {
             return self.violation(conn, "re-registered with an id out of range");
         }
+        // Every claim counts, a newcomer's too: it may have seen a proposal of the old
+        // master, and its dial for it may still answer (`P2pReady`) on this connection.
+        self.continue_ids_above(&claim);
         if !claim.accepted {
             // Not a member yet: it waits like any newcomer (and is a member after all if
             // the winning ring of a recovery lists it).
@@ -129,6 +141,29 @@ impl MasterState {
         self.try_finish_recovery();
     }
 
+    /// Makes every id this master hands out from now on larger than any id `claim` names
+    /// (epochs and proposal ids share one counter; joint calls and sync rounds have their
+    /// own), so that no id means two things to one peer (§14, rule 1).
+    fn continue_ids_above(&mut self, claim: &Rejoin) {
+        self.counter = self.counter.max(claim.max_seen);
+        for (_, e) in &claim.topology.group_epochs {
+            self.counter = self.counter.max(*e);
+        }
+        self.calls = self.calls.max(claim.call);
+        let planned = match claim.sync {
+            SyncClaim::Planned { round, .. } => Some(round),
+            _ => None,
+        };
+        let rounds = [
+            claim.synced.map(|s| s.0),
+            claim.result.as_ref().map(|r| r.0),
+            planned,
+        ];
+        for r in rounds.into_iter().flatten() {
+            self.rounds = self.rounds.max(r);
+        }
+    }
+
     /// Holds a re-registered peer's message until the run is rebuilt.
     pub(super) fn queue_during_recovery(&mut self, conn: ConnId, msg: ToMaster) {
         if matches!(msg, ToMaster::Register { .. } | ToMaster::Rejoin(_)) {
@@ -147,14 +182,40 @@ impl MasterState {
 
     /// Rebuilds the run once every peer the claims name is back (or waits on).
     pub(super) fn try_finish_recovery(&mut self) {
-        let Some(r) = &self.recovery else {
-            return;
+        let due = match self.recovery_hold() {
+            None => false,
+            Some(None) => true,
+            Some(Some(end)) => self.clock.is_some_and(|now| now >= end),
         };
-        let views = winning_views(&r.claims);
-        let back = |p: &PeerId| r.claims.contains_key(p) || self.pending.contains(p);
-        if views.values().all(|v| v.ring.iter().all(back)) {
+        if due {
             self.finish_recovery();
         }
+    }
+
+    /// What the recovery still waits for: `None` while a peer the claims name is not
+    /// back; then `Some(None)` if nothing, or `Some(Some(end))`, the end of the startup
+    /// grace.
+    ///
+    /// A claim that waits in `update_topology` or `optimize_topology` may be older than
+    /// the ring the old master last committed: the commit that ended that call, and its
+    /// answer, may have been lost to this peer, and the newer ring may list peers no claim
+    /// in hand names. Such a recovery waits until the grace ends, by when every live peer
+    /// of the old run has re-dialled (the grace is twice the longest re-dial delay), so
+    /// that the highest epoch in the run is in hand before anyone is turned away.
+    pub(super) fn recovery_hold(&self) -> Option<Option<Instant>> {
+        let r = self.recovery.as_ref()?;
+        let views = winning_views(&r.claims);
+        let back = |p: &PeerId| r.claims.contains_key(p) || self.pending.contains(p);
+        if !views.values().all(|v| v.ring.iter().all(back)) {
+            return None;
+        }
+        let topology_call = r.claims.values().any(|c| {
+            matches!(
+                c.vote,
+                Some(VoteKind::UpdateTopology | VoteKind::OptimizeTopology)
+            )
+        });
+        Some(self.grace_end().filter(|_| topology_call))
     }
 
     /// Rebuilds the run from the claims in hand (see the module docs).
@@ -163,36 +224,24 @@ impl MasterState {
             return;
         };
         let claims = rec.claims;
-        for c in claims.values() {
-            self.counter = self.counter.max(c.max_seen);
-            for (_, e) in &c.topology.group_epochs {
-                self.counter = self.counter.max(*e);
-            }
-            self.calls = self.calls.max(c.call);
-            let rounds = [c.synced.map(|s| s.0), c.result.as_ref().map(|r| r.0)];
-            let planned = match c.sync {
-                SyncClaim::Planned { round, .. } => Some(round),
-                _ => None,
-            };
-            for r in rounds.into_iter().chain([planned]).flatten() {
-                self.rounds = self.rounds.max(r);
-            }
-        }
 
-        // The ring: per group, the winning view's members that came back.
+        // The ring: per group, the winning view's members that came back as members. A
+        // peer the view lists that came back as a newcomer never saw the Commit that
+        // admitted it: it waits for the next update, as if it had left (see the module
+        // docs).
         let views = winning_views(&claims);
         let mut ring: Vec<PeerId> = Vec::new();
         let mut epochs = BTreeMap::new();
         let mut kept = BTreeSet::new();
         for (g, v) in &views {
-            let members: Vec<PeerId> = v
-                .ring
-                .iter()
-                .filter(|p| claims.contains_key(p) || self.pending.contains(p))
-                .filter(|p| self.peers.get(p).is_some_and(|rec| rec.group == *g))
-                .filter(|p| !ring.contains(p))
-                .copied()
-                .collect();
+            // Each peer once, though a claim (forged or corrupt) may list it twice.
+            let mut members: Vec<PeerId> = Vec::new();
+            for p in &v.ring {
+                let in_group = self.peers.get(p).is_some_and(|rec| rec.group == *g);
+                if claims.contains_key(p) && in_group && !ring.contains(p) && !members.contains(p) {
+                    members.push(*p);
+                }
+            }
             if members.is_empty() {
                 continue;
             }
@@ -346,15 +395,25 @@ impl MasterState {
 
     /// Joint calls: a member that missed the answer to the last call gets it; the other
     /// members' waiting votes count for the next call.
+    ///
+    /// The last call is the highest any claim names. A claim may name it without its
+    /// answer: a newcomer counts calls from the one that admitted it, which it did not
+    /// vote in (`Memory::committed`). Only a successful `update_topology` admits a peer
+    /// into a run that has members (an empty run admits its first peer alone, and nobody
+    /// waits on a call there), so that call's answer was `TopologyUpdated(Ok)`.
     fn rebuild_votes(
         &mut self,
         claims: &BTreeMap<PeerId, Rejoin>,
         members: &BTreeMap<PeerId, &Rejoin>,
     ) {
+        let top = claims.values().map(|c| c.call).max().unwrap_or(0);
+        let admitted = Answer::TopologyUpdated(Ok(()));
         let last = claims
             .values()
-            .filter_map(|c| c.answer.as_ref().map(|a| (c.call, a)))
-            .max_by_key(|(call, _)| *call);
+            .filter(|c| c.call == top)
+            .find_map(|c| c.answer.as_ref())
+            .or((top > 0).then_some(&admitted))
+            .map(|a| (top, a));
         for (p, c) in members {
             let Some(kind) = c.vote else {
                 continue;

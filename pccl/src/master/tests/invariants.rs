@@ -4,8 +4,11 @@
 use std::collections::BTreeSet;
 
 use super::Res;
-use super::sim::{Key, Life, Op, Sim};
-use crate::master::state::{ConnId, Observed, SYNC_TRANSITIONS, TOPOLOGY_TRANSITIONS, allowed};
+use super::sim::{GROUPS, Key, Life, Op, Sim};
+use super::sync_model::SyncCall;
+use crate::master::state::{
+    Observed, SYNC_TRANSITIONS, SyncPhaseKind, TOPOLOGY_TRANSITIONS, allowed,
+};
 use crate::types::PeerId;
 use crate::wire::{FromMaster, ToMaster};
 
@@ -95,7 +98,35 @@ impl Sim {
                 topology
             );
         }
+        // Invariant: no split run. Once the master is not rebuilding a run, every live
+        // peer that holds itself accepted is in the master's one ring (its claim may
+        // still be on its way), so, by the check above, all of them run on one topology.
+        if !self.master.recovering() {
+            for (i, p) in self.peers.iter().enumerate() {
+                let claiming = p
+                    .to_master
+                    .iter()
+                    .any(|m| matches!(m, Some(ToMaster::Rejoin(_))));
+                if p.hostile || p.life != Life::Active || !p.accepted || claiming {
+                    continue;
+                }
+                ensure!(
+                    ring.contains(&p.id),
+                    "peer {i} (conn {}) holds itself accepted but is not in the master's ring {ring:?}: a split run",
+                    p.conn
+                );
+            }
+        }
         Ok(())
+    }
+
+    /// Whether only time can end what is open: a silent peer to time out, a run being
+    /// rebuilt (its window), a lone newcomer held by the startup grace.
+    fn waits_on_time(&self) -> bool {
+        let m = &self.master;
+        self.peers.iter().any(|p| p.life == Life::Silent)
+            || m.recovering()
+            || (m.ring().is_empty() && !m.pending().is_empty())
     }
 
     /// Adversity stops and every peer does what it must for the open calls to finish;
@@ -104,14 +135,21 @@ impl Sim {
         // The adversaries leave first (their sockets reset): the honest peers must then
         // settle as if they had never been there.
         for i in 0..self.peers.len() {
-            if self.peers[i].hostile && !self.closed.contains(&(i as ConnId)) {
-                self.log(|| format!("hostile conn {i} leaves"));
-                self.mark_dead(i as ConnId);
-                self.master.handle_disconnect(i as ConnId, "reset");
+            let conn = self.peers[i].conn;
+            if self.peers[i].hostile && !self.closed.contains(&conn) {
+                self.log(|| format!("hostile conn {conn} leaves"));
+                self.mark_dead(conn);
+                self.master.handle_disconnect(conn, "reset");
                 self.drain()?;
             }
         }
         for _ in 0..200 {
+            // Peers whose master crashed come back first.
+            if let Some((at, _)) = self.next_redial() {
+                self.advance_to(at)?;
+                self.check()?;
+                continue;
+            }
             // Deliver everything; heartbeat acks alone are no progress.
             let mut progress = false;
             for i in 0..self.peers.len() {
@@ -134,8 +172,8 @@ impl Sim {
             if progress {
                 continue;
             }
-            // Quiet: only time can move things on, by timing silent peers out.
-            if !self.peers.iter().any(|p| p.life == Life::Silent) {
+            // Quiet: only time can move things on.
+            if !self.waits_on_time() {
                 return self.check_quiet();
             }
             self.idle_jump()?;
@@ -190,17 +228,21 @@ impl Sim {
             self.report(i, k, None);
             did = true;
         }
-        // Join a joint call another live accepted peer is waiting in.
+        // Fetch what a sync plan lists.
+        did |= self.fetch(i);
+        // Make the next call of the program if another live accepted peer waits in one
+        // (a joint call, or a sync of this group: every peer's program makes it too).
         let p = &self.peers[i];
-        let others_vote = self
-            .peers
-            .iter()
-            .any(|q| q.conn != p.conn && q.life == Life::Active && q.accepted && q.vote.is_some());
-        if p.vote.is_none() && others_vote {
-            let pos = p.pos;
-            let kind = Self::script_at(&mut self.script, &mut self.rng, pos);
-            self.peers[i].vote = Some((pos, kind));
-            self.send_to_master(i, ToMaster::Vote(kind));
+        let others_wait = self.master.sync_phase(p.group) == SyncPhaseKind::Reporting
+            || self.peers.iter().any(|q| {
+                q.conn != p.conn
+                    && q.life == Life::Active
+                    && q.accepted
+                    && (q.vote.is_some()
+                        || matches!(q.shared.call, Some(SyncCall::Reported { .. })))
+            });
+        if p.vote.is_none() && p.shared.call.is_none() && others_wait {
+            self.next_call(i);
             did = true;
         }
         did
@@ -222,14 +264,26 @@ impl Sim {
             "op votes still open after the cluster settled: {:?}",
             self.master.op_votes().collect::<Vec<_>>()
         );
+        ensure!(
+            !self.master.recovering(),
+            "the master still rebuilds the run after the cluster settled"
+        );
+        for g in 0..GROUPS {
+            ensure!(
+                self.master.sync_phase(g) == SyncPhaseKind::Idle,
+                "group {g}'s sync is still {:?} after the cluster settled",
+                self.master.sync_phase(g)
+            );
+        }
         for p in &self.peers {
             if p.life == Life::Active && p.accepted {
                 ensure!(
-                    p.vote.is_none() && p.ops.is_empty(),
-                    "conn {} still waits after the cluster settled: vote {:?}, ops {:?}",
+                    p.vote.is_none() && p.ops.is_empty() && p.shared.call.is_none(),
+                    "conn {} still waits after the cluster settled: vote {:?}, ops {:?}, sync {:?}",
                     p.conn,
                     p.vote,
-                    p.ops
+                    p.ops,
+                    p.shared.call
                 );
             }
         }

@@ -27,6 +27,7 @@ macro_rules! ensure {
 }
 
 mod admission;
+mod crash;
 mod deadlines;
 mod drive;
 mod harness;
@@ -39,4 +40,5 @@ mod phases;
 mod property;
 mod restart;
 mod sim;
+mod sync_model;
 mod sync_plans;

@@ -6,9 +6,10 @@ use rand::Rng;
 
 use super::Res;
 use super::sim::{Key, Op, Sim, TAGS, short};
+use crate::collectives::registry::OpKey;
 use crate::master::drive::Bytes;
 use crate::types::Topology;
-use crate::wire::{FailReason, FromMaster, ToMaster, VoteKind};
+use crate::wire::{Answer, FailReason, FromMaster, ToMaster, VoteKind};
 
 impl Sim {
     /// Delivers the next message of the master to peer `i`, which reacts as a real peer.
@@ -16,29 +17,41 @@ impl Sim {
         let Some(msg) = self.peers[i].to_peer.pop_front() else {
             return Ok(());
         };
-        let conn = i;
-        self.log(|| format!("conn {conn} receives {}", short(&msg)));
+        let conn = self.peers[i].conn;
+        self.log(|| format!("peer {i} (conn {conn}) receives {}", short(&msg)));
         if self.peers[i].hostile {
             return Ok(()); // it ignores the master
         }
         match msg {
             FromMaster::HeartbeatAck => {}
-            FromMaster::Propose { proposal, .. } => self.peers[i].proposals.push_back(proposal),
-            FromMaster::Commit { topology, .. } => self.on_commit(i, topology)?,
-            FromMaster::PeersPending { .. } => {
+            FromMaster::Propose { proposal, topology } => {
+                self.peers[i].memory.saw_id(proposal);
+                let alive = self.alive();
+                let ring = topology.ring.iter().map(|e| e.id).collect();
+                let meaning = (ring, topology.group_epochs);
+                self.proposals
+                    .record(proposal, meaning, i, "proposal", alive)?;
+                self.peers[i].proposals.push_back(proposal);
+            }
+            FromMaster::Commit { topology, call } => self.on_commit(i, topology, call)?,
+            FromMaster::PeersPending { call, pending } => {
                 self.stats.peers_pending_answers += 1;
+                self.answered(i, call, Answer::PeersPending(pending))?;
                 self.answer(i, VoteKind::ArePeersPending, true)?;
             }
-            FromMaster::TopologyUpdated { result: res, .. } => {
+            FromMaster::TopologyUpdated { call, result: res } => {
                 if res.is_ok() {
                     self.stats.updates_ok += 1;
                 } else {
                     self.stats.updates_failed += 1;
                 }
-                self.answer(i, VoteKind::UpdateTopology, res.is_ok())?;
+                let ok = res.is_ok();
+                self.answered(i, call, Answer::TopologyUpdated(res))?;
+                self.answer(i, VoteKind::UpdateTopology, ok)?;
             }
             // With adversaries in the run, votes may differ: the call fails and is retried.
-            FromMaster::VoteRejected { .. } if self.adversarial => {
+            FromMaster::VoteRejected { call, reason } if self.adversarial => {
+                self.answered(i, call, Answer::VoteRejected(reason))?;
                 let kind = self.peers[i].vote.map(|(_, k)| k);
                 if let Some(kind) = kind {
                     self.answer(i, kind, false)?;
@@ -47,7 +60,7 @@ impl Sim {
             FromMaster::VoteRejected { reason: why, .. } => {
                 // Every peer runs the same program, so the joint calls always match.
                 return Err(format!(
-                    "conn {conn} got VoteRejected({why}) although all peers make the same joint calls (vote {:?})",
+                    "peer {i} (conn {conn}) got VoteRejected({why}) although all peers make the same joint calls (vote {:?})",
                     self.peers[i].vote
                 ));
             }
@@ -56,24 +69,50 @@ impl Sim {
                 epoch,
                 seq,
                 failure,
-            } => self.on_verdict(i, (tag, epoch, seq), failure.is_none())?,
-            FromMaster::SyncPlan { .. }
-            | FromMaster::MeasureBandwidth { .. }
-            | FromMaster::SyncRefused { .. }
-            | FromMaster::SyncResult { .. }
-            | FromMaster::RejoinRefused(_) => {
-                // The simulated peers never sync shared state nor optimise the topology
-                // (covered by the scenario, election and loopback tests).
+            } => {
+                let key = OpKey { tag, epoch, seq };
+                self.peers[i].memory.verdict(key, failure);
+                self.on_verdict(i, (tag, epoch, seq), failure.is_none())?
+            }
+            FromMaster::SyncPlan {
+                round,
+                revision,
+                fetch,
+                ..
+            } => self.on_sync_plan(i, round, revision, fetch)?,
+            FromMaster::SyncRefused { kind, reason } => self.on_sync_refused(i, kind, &reason)?,
+            FromMaster::SyncResult { round, result } => self.on_sync_result(i, round, result)?,
+            FromMaster::MeasureBandwidth { .. } | FromMaster::RejoinRefused(_) => {
+                // The simulated peers never optimise the topology (covered by the scenario
+                // and loopback tests), and a refusal comes with a close, which ends the
+                // peer before it reads anything more.
                 return Err(format!(
-                    "conn {conn} got a message for a call it never made"
+                    "peer {i} (conn {conn}) got a message for a call it never made"
                 ));
             }
         }
         Ok(())
     }
 
-    pub(super) fn on_commit(&mut self, i: usize, topology: Topology) -> Res {
+    /// Peer `i` received the answer to joint call `call`: recorded as `comm::control`
+    /// does, and checked to be the answer every peer got for that call.
+    fn answered(&mut self, i: usize, call: u64, answer: Answer) -> Res {
+        let alive = self.alive();
+        let text = format!("{answer:?}");
+        self.answers.record(call, text, i, "joint call", alive)?;
+        self.peers[i].memory.answered(call, answer);
+        Ok(())
+    }
+
+    pub(super) fn on_commit(&mut self, i: usize, topology: Topology, call: u64) -> Res {
+        let alive = self.alive();
+        for (g, e) in &topology.group_epochs {
+            let members = topology.group_ring(*g).iter().map(|e| e.id).collect();
+            self.epochs.record(*e, (*g, members), i, "epoch", &alive)?;
+        }
         let p = &mut self.peers[i];
+        let me_in = topology.contains(p.id);
+        p.memory.committed(me_in, call, &topology.group_epochs);
         p.accepted = true;
         let epoch = topology.group_epoch(p.group).unwrap_or(0);
         p.last_commit = Some(topology);
@@ -139,6 +178,12 @@ impl Sim {
             "conn {i} got a verdict for {key:?} in epoch {}",
             p.epoch
         );
+        // One op, one verdict, on every peer that holds it, across masters.
+        let group = p.group;
+        let alive = self.alive();
+        self.verdicts
+            .record((group, key), ok, i, "op verdict", alive)?;
+        let p = &mut self.peers[i];
         // Every member sees every verdict of its group, in order: seqs agree.
         let next = p.seq.get(&tag).copied().unwrap_or(0);
         ensure!(
@@ -171,7 +216,12 @@ impl Sim {
             self.send_to_master(i, msg);
             return Ok(());
         }
-        let roll = self.rng.gen_range(0..10);
+        let roll = self.rng.gen_range(0..12);
+        if roll >= 10 {
+            // The shared state: fetch what a sync plan lists.
+            self.fetch(i);
+            return Ok(());
+        }
         let p = &mut self.peers[i];
         if !p.proposals.is_empty() && (roll < 3 || !p.accepted) {
             // Dialing the new neighbour finished (it occasionally fails).
@@ -184,12 +234,7 @@ impl Sim {
             return Ok(());
         }
         if roll < 5 {
-            if p.vote.is_none() {
-                let pos = p.pos;
-                let kind = Self::script_at(&mut self.script, &mut self.rng, pos);
-                self.peers[i].vote = Some((pos, kind));
-                self.send_to_master(i, ToMaster::Vote(kind));
-            }
+            self.next_call(i);
             return Ok(());
         }
         let tag = self.rng.gen_range(0..TAGS);

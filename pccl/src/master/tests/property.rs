@@ -3,7 +3,8 @@
 //!
 //! Replay: every run prints `master sim seed = N`; `PCCL_SEED=N` replays the same runs,
 //! and a failure message names the seed that replays only the failing run
-//! (`PCCL_SEED=M PCCL_SIM_RUNS=1`), with a trace of its last events.
+//! (`PCCL_SEED=M PCCL_SIM_RUNS=1`), with a trace of its last events (`PCCL_SIM_TRACE_LINES`,
+//! default 100).
 
 use std::panic::{AssertUnwindSafe, catch_unwind};
 
@@ -13,13 +14,27 @@ use super::Res;
 use super::sim::{Sim, Stats};
 
 const RUNS: u64 = 3000;
+/// Runs with master crashes: fewer, as each rebuilds the run a few times.
+const CRASH_RUNS: u64 = 1000;
 const STEPS: usize = 300;
+
+/// What a batch of runs adds to the cluster: adversaries, master crashes.
+#[derive(Clone, Copy, Debug)]
+struct Mode {
+    adversarial: bool,
+    crashes: bool,
+}
 
 /// One random run: 2..8 peers, up to `STEPS` steps with a check after each, then the
 /// cluster settles and must have nothing left open.
-fn run_once(seed: u64, trace: bool, adversarial: bool) -> (Res, Option<Vec<String>>, Stats) {
+fn run_once(seed: u64, trace: bool, mode: Mode) -> (Res, Option<Vec<String>>, Stats) {
     let mut sim = Sim::new(seed, trace);
+    let Mode {
+        adversarial,
+        crashes,
+    } = mode;
     sim.adversarial = adversarial;
+    sim.crashes = crashes;
     let result = catch_unwind(AssertUnwindSafe(|| -> Res {
         let n = sim.rng.gen_range(2..=8);
         for _ in 0..n {
@@ -70,7 +85,10 @@ fn env_u64(name: &str) -> Option<u64> {
 
 #[test]
 fn random_clusters_keep_invariants() {
-    run_many(false);
+    run_many(Mode {
+        adversarial: false,
+        crashes: false,
+    });
 }
 
 /// Honest peers mixed with adversaries that send any well-formed message in any order
@@ -79,34 +97,43 @@ fn random_clusters_keep_invariants() {
 /// once the adversaries have gone the honest cluster settles.
 #[test]
 fn adversarial_peers_cannot_break_the_master() {
-    run_many(true);
+    run_many(Mode {
+        adversarial: true,
+        crashes: false,
+    });
 }
 
-fn run_many(adversarial: bool) {
+/// The master crashes at random points (mid-vote, mid-proposal, mid-sync, mid-op, during
+/// a recovery) and a fresh one rebuilds the run from the peers' claims, while peers die
+/// and newcomers arrive (`crash`). Beyond every invariant above: no id of any kind
+/// (epoch, proposal, joint call, sync round, op) means two things to live peers, every
+/// survivor gets the same verdict for each op and the same state from each sync, no
+/// revision goes backwards, no honest peer is turned away, and after each recovery
+/// there is one ring that every accepted peer is on (issue #13).
+#[test]
+fn random_clusters_survive_master_crashes() {
+    run_many(Mode {
+        adversarial: false,
+        crashes: true,
+    });
+}
+
+fn run_many(mode: Mode) {
     let seed = env_u64("PCCL_SEED").unwrap_or_else(rand::random);
-    let runs = env_u64("PCCL_SIM_RUNS").unwrap_or(RUNS);
-    eprintln!("master sim seed = {seed} (adversarial: {adversarial})");
+    let default_runs = if mode.crashes { CRASH_RUNS } else { RUNS };
+    let runs = env_u64("PCCL_SIM_RUNS").unwrap_or(default_runs);
+    eprintln!("master sim seed = {seed} ({mode:?})");
     let mut total = Stats::default();
     for run in 0..runs {
         let run_seed = seed.wrapping_add(run);
-        let (res, _, s) = run_once(run_seed, false, adversarial);
-        total.steps += s.steps;
-        total.admitted += s.admitted;
-        total.updates_ok += s.updates_ok;
-        total.updates_failed += s.updates_failed;
-        total.peers_pending_answers += s.peers_pending_answers;
-        total.verdicts_ok += s.verdicts_ok;
-        total.verdicts_failed += s.verdicts_failed;
-        total.timeouts += s.timeouts;
-        total.closes += s.closes;
-        total.phase_changes += s.phase_changes;
-        total.hostile_messages += s.hostile_messages;
-        total.hostile_admitted += s.hostile_admitted;
+        let (res, _, s) = run_once(run_seed, false, mode);
+        total.add(&s);
         if let Err(why) = res {
             // Replay the failing run with tracing on: deterministic, so it fails again.
-            let (again, trace, _) = run_once(run_seed, true, adversarial);
+            let (again, trace, _) = run_once(run_seed, true, mode);
             let trace = trace.unwrap_or_default();
-            let tail = trace[trace.len().saturating_sub(100)..].join("\n");
+            let lines = env_u64("PCCL_SIM_TRACE_LINES").unwrap_or(100) as usize;
+            let tail = trace[trace.len().saturating_sub(lines)..].join("\n");
             panic!(
                 "master sim failed (seed {seed}, run {run}): {why}\n\
                  replay: PCCL_SEED={seed}, or this run alone: PCCL_SEED={run_seed} PCCL_SIM_RUNS=1\n\
@@ -132,9 +159,11 @@ fn run_many(adversarial: bool) {
             ("failure verdicts", t.verdicts_failed),
             ("heartbeat timeouts", t.timeouts),
             ("phase changes", t.phase_changes),
+            ("successful syncs", t.syncs_ok),
+            ("failed syncs", t.syncs_failed),
             (
                 "adversary messages",
-                if adversarial {
+                if mode.adversarial {
                     t.hostile_messages
                 } else {
                     runs
@@ -145,6 +174,27 @@ fn run_many(adversarial: bool) {
                 n >= runs / 20,
                 "the simulation exercised too few {what}: {t:?}"
             );
+        }
+        if mode.crashes {
+            for (what, n) in [
+                ("crashes", t.crashes),
+                ("crashes mid-vote", t.crashes_mid_vote),
+                ("crashes mid-proposal", t.crashes_mid_proposal),
+                ("crashes mid-sync", t.crashes_mid_sync),
+                ("crashes mid-op", t.crashes_mid_op),
+                ("crashes mid-recovery", t.crashes_mid_recovery),
+                ("re-registrations", t.rejoins),
+                ("deaths while re-dialling", t.deaths_in_outage),
+                ("newcomers during a recovery", t.newcomers_in_recovery),
+                ("recoveries", t.recoveries),
+                ("decisions given again", t.replays),
+            ] {
+                // Rarer than the events above (a crash must land in a short window).
+                assert!(
+                    n >= runs / 40,
+                    "the simulation exercised too few {what}: {t:?}"
+                );
+            }
         }
     }
 }

@@ -364,3 +364,217 @@ fn a_claim_with_absurd_ids_is_a_violation() {
     assert!(h.is_closed(0));
     assert!(!h.m.recovering());
 }
+
+/// Issue #13, found by the simulator with master crashes: a newcomer that had been sent
+/// a proposal re-registers as a newcomer (`accepted: false`); its claim must still push
+/// the new master's ids above that proposal's, or a proposal of the new master reuses the
+/// id and the newcomer's late `P2pReady` for the old one counts for the new one.
+#[test]
+fn issue_13_a_newcomers_claim_keeps_ids_above_the_proposal_it_saw() {
+    let t = Timeouts {
+        startup_grace: Duration::from_secs(1),
+        ..Timeouts::default()
+    };
+    let mut h = Harness::with_timeouts(t);
+    h.m.handle_timeout(h.now());
+    // The newcomer saw proposal 9 of the old master; the member saw nothing above 1.
+    let newcomer = Rejoin {
+        group: 0,
+        p2p_port: 48150,
+        max_seen: 9,
+        ..Rejoin::default()
+    };
+    h.rejoin(1, newcomer);
+    assert_eq!(h.m.pending(), &[id(1)], "waits as a newcomer");
+    let mut member = claim(0, view(&[0], 1));
+    member.max_seen = 1;
+    member.vote = Some(VoteKind::UpdateTopology);
+    h.rejoin(0, member);
+    // Its update may have ended in a ring it did not see: the grace is waited out.
+    h.run_until(&[0, 1], Duration::from_millis(1_100));
+    assert!(!h.m.recovering());
+    // The member's waiting update admits the newcomer with a fresh proposal.
+    let msgs = h.take_quiet(1);
+    let proposal = Harness::proposal_in(&msgs);
+    assert!(
+        proposal > 9,
+        "proposal {proposal} reuses an id the newcomer saw"
+    );
+    let FromMaster::Propose { topology, .. } = &msgs[0] else {
+        panic!("{msgs:?}");
+    };
+    assert!(topology.group_epoch(0).unwrap() > 9, "{topology:?}");
+    // Its stale answer to the old proposal 9 cannot count for the new one.
+    h.msg(
+        1,
+        ToMaster::P2pReady {
+            proposal: 9,
+            ok: true,
+        },
+    );
+    h.msg(0, ToMaster::P2pReady { proposal, ok: true });
+    assert_eq!(
+        h.m.ring(),
+        &[id(0)],
+        "committed without the newcomer's own answer"
+    );
+    h.msg(1, ToMaster::P2pReady { proposal, ok: true });
+    assert_eq!(h.m.ring(), &[id(0), id(1)]);
+}
+
+/// Issue #13, found by the simulator with master crashes: the old master committed a ring
+/// admitting peer 1; member 0 received that Commit but not the answer to its
+/// `update_topology`, and peer 1 received nothing. Peer 1 comes back as a newcomer: it
+/// must wait for the member's re-run update rather than be made a member (its first
+/// joint call would then meet the member's re-voted update and both would be rejected).
+#[test]
+fn issue_13_a_newcomer_that_missed_its_commit_waits_for_the_rerun_update() {
+    let t = Timeouts {
+        startup_grace: Duration::from_secs(1),
+        ..Timeouts::default()
+    };
+    let mut h = Harness::with_timeouts(t);
+    h.m.handle_timeout(h.now());
+    let newcomer = Rejoin {
+        group: 0,
+        p2p_port: 48150,
+        max_seen: 7,
+        ..Rejoin::default()
+    };
+    h.rejoin(1, newcomer);
+    let mut member = claim(0, view(&[0, 1], 6));
+    member.call = 1;
+    member.answer = Some(Answer::PeersPending(true));
+    member.vote = Some(VoteKind::UpdateTopology);
+    h.rejoin(0, member);
+    h.run_until(&[0, 1], Duration::from_millis(1_100));
+    assert!(!h.m.recovering());
+    assert_eq!(h.m.ring(), &[id(0)], "the newcomer is not a member yet");
+    let msgs = h.take_quiet(0);
+    let e = epoch_of(&msgs);
+    assert!(e > 7, "the group moved to a new epoch: {e}");
+    // The member's waiting update is the call that admits the newcomer now.
+    let proposal = Harness::proposal_in(&msgs);
+    assert_eq!(Harness::proposal_in(&h.take_quiet(1)), proposal);
+    for c in 0..2 {
+        h.msg(c, ToMaster::P2pReady { proposal, ok: true });
+    }
+    assert_eq!(h.m.ring(), &[id(0), id(1)]);
+    let msgs = h.take_quiet(0);
+    assert!(
+        msgs.contains(&FromMaster::TopologyUpdated {
+            call: 0,
+            result: Ok(())
+        }),
+        "{msgs:?}"
+    );
+    // From here both make the same calls: the next one pairs up.
+    h.take_quiet(1);
+    h.vote_all(&[0, 1], VoteKind::ArePeersPending);
+    for c in 0..2 {
+        assert_eq!(
+            h.take_quiet(c),
+            vec![FromMaster::PeersPending {
+                call: 0,
+                pending: false
+            }]
+        );
+    }
+}
+
+/// Issue #13, found by the simulator with master crashes: call 2 (an `update_topology`)
+/// admitted peer 1, which got its Commit (its claim names call 2, with no answer: it did
+/// not vote in it) and made its next call; member 0 missed the answer to call 2. The new
+/// master must give member 0 that answer (`TopologyUpdated(Ok)`), not count its old vote
+/// in a call with peer 1's next one.
+#[test]
+fn issue_13_the_answer_to_a_call_that_admitted_a_peer_is_given_again() {
+    let mut h = Harness::new();
+    let mut member = claim(0, view(&[0, 1], 6));
+    member.call = 1;
+    member.answer = Some(Answer::PeersPending(true));
+    member.vote = Some(VoteKind::UpdateTopology);
+    let mut newcomer = claim(1, view(&[0, 1], 6));
+    newcomer.call = 2;
+    newcomer.vote = Some(VoteKind::ArePeersPending);
+    h.rejoin(0, member);
+    h.rejoin(1, newcomer);
+    assert!(!h.m.recovering());
+    assert_eq!(h.m.ring(), &[id(0), id(1)]);
+    let msgs = h.take_quiet(0);
+    assert!(
+        msgs.contains(&FromMaster::TopologyUpdated {
+            call: 0,
+            result: Ok(())
+        }),
+        "{msgs:?}"
+    );
+    h.take_quiet(1);
+    // Member 0's next call pairs with the one peer 1 is waiting in.
+    h.msg(0, ToMaster::Vote(VoteKind::ArePeersPending));
+    for c in 0..2 {
+        assert_eq!(
+            h.take_quiet(c),
+            vec![FromMaster::PeersPending {
+                call: 0,
+                pending: false
+            }]
+        );
+    }
+}
+
+/// Issue #13, found by the simulator with master crashes: member 0 waits in an
+/// `update_topology` whose Commit (ring [0, 1], epoch 4) it never received, and it
+/// re-registers first with its older ring [0]. The recovery must not finish on that
+/// claim alone and refuse member 1, which holds the newer ring: it waits for the startup
+/// grace, by when every live peer is back, and the newest ring wins.
+#[test]
+fn issue_13_a_stale_claim_waiting_in_an_update_waits_for_the_grace() {
+    let t = Timeouts {
+        startup_grace: Duration::from_secs(1),
+        ..Timeouts::default()
+    };
+    let mut h = Harness::with_timeouts(t);
+    h.m.handle_timeout(h.now());
+    let mut stale = claim(0, view(&[0], 1));
+    stale.call = 1;
+    stale.answer = Some(Answer::PeersPending(true));
+    stale.vote = Some(VoteKind::UpdateTopology);
+    h.rejoin(0, stale);
+    h.run_until(&[0], Duration::from_millis(300));
+    assert!(h.m.recovering(), "a newer ring may be on its way");
+    // Peer 1 was admitted by call 2 and holds the newer ring.
+    let mut newer = claim(1, view(&[0, 1], 4));
+    newer.call = 2;
+    h.rejoin(1, newer);
+    assert!(!h.is_closed(1), "{:?}", h.closed);
+    h.run_until(&[0, 1], Duration::from_millis(900));
+    assert!(h.m.recovering(), "the grace is not over");
+    h.run_until(&[0, 1], Duration::from_millis(1_100));
+    assert!(!h.m.recovering());
+    assert_eq!(h.m.ring(), &[id(0), id(1)]);
+    let msgs = h.take_quiet(0);
+    assert_eq!(epoch_of(&msgs), 4, "the newest ring, whole: kept as it was");
+    assert!(
+        msgs.contains(&FromMaster::TopologyUpdated {
+            call: 0,
+            result: Ok(())
+        }),
+        "member 0's update ended with that commit: {msgs:?}"
+    );
+    assert!(h.closed.is_empty(), "{:?}", h.closed);
+}
+
+/// Found by the fuzz driver once it could forge claims: a claim whose ring lists a peer
+/// twice must not put it in the rebuilt ring twice (removing it later panicked the
+/// master, which looked the second copy up after the first was gone).
+#[test]
+fn a_claim_listing_a_peer_twice_rebuilds_a_ring_with_it_once() {
+    let mut h = Harness::new();
+    let doubled = view(&[0, 0], 5);
+    h.rejoin(0, claim(0, doubled));
+    assert!(!h.m.recovering());
+    assert_eq!(h.m.ring(), &[id(0)]);
+    h.disconnect(0);
+    assert!(h.m.ring().is_empty());
+}

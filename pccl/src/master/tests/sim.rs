@@ -3,8 +3,9 @@
 //! model that follows the protocol as `comm::control` and `collectives::registry` do. Messages
 //! travel in per-connection FIFO queues, one per direction; a seeded RNG picks which
 //! queue moves next, so deliveries interleave across peers but never reorder on one
-//! connection. Its peers are in `peer_model`, its invariant checks in `invariants`, the
-//! random runs in `property`.
+//! connection. Its peers are in `peer_model` and `sync_model`, master crashes and the
+//! peers' re-registration in `crash`, its invariant checks in `invariants`, the random
+//! runs in `property`.
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::fmt::Write as _;
@@ -14,7 +15,10 @@ use std::time::{Duration, Instant};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
+use super::crash::Ledger;
+use super::sync_model::SharedModel;
 use super::{HB_INTERVAL, HB_TIMEOUT, Res};
+use crate::comm::reconnect::Memory;
 use crate::master::state::{ConnId, MasterState, Output};
 use crate::types::{PeerId, Topology};
 use crate::wire::{FromMaster, ToMaster, VoteKind};
@@ -22,7 +26,7 @@ use crate::wire::{FromMaster, ToMaster, VoteKind};
 /// Most peers one run ever connects (initial ones plus newcomers).
 const MAX_PEERS_PER_RUN: usize = 12;
 pub(super) const TAGS: u64 = 4;
-const GROUPS: u32 = 2;
+pub(super) const GROUPS: u32 = 2;
 
 /// An op as peers name it: (tag, epoch, seq).
 pub(super) type Key = (u64, u64, u32);
@@ -37,8 +41,34 @@ pub(super) enum Life {
     Silent,
     /// The process is gone; the EOF is queued behind what it had already sent.
     Killed,
-    /// The master has handled its death (EOF delivered, or the master closed it).
+    /// The master has handled its death (EOF delivered, or the master closed it), or the
+    /// master crashed while it was partitioned or exiting: it never comes back.
     Dead,
+    /// The master it was connected to crashed: the process runs on (ops between peers go
+    /// on, calls are recorded for its claim) and re-dials at this time since the start.
+    Redialing(Duration),
+}
+
+impl Life {
+    /// The process runs, connected or re-dialling: it acts, serves its shared state, and
+    /// may still die.
+    pub(super) fn runs(self) -> bool {
+        matches!(self, Life::Active | Life::Redialing(_))
+    }
+
+    /// The process may still act on what it holds (it has not died nor been dropped).
+    pub(super) fn alive(self) -> bool {
+        matches!(self, Life::Active | Life::Silent | Life::Redialing(_))
+    }
+}
+
+/// One blocking call of the user program: a joint call or a shared-state sync. Ops are
+/// asynchronous and run beside them; a peer makes one blocking call at a time, and all
+/// peers make them in the same order (a sync concerns only the peer's group).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Call {
+    Vote(VoteKind),
+    Sync,
 }
 
 /// One op of one tag on a peer.
@@ -50,10 +80,19 @@ pub(super) enum Op {
     Reported(Key, bool),
 }
 
+impl Op {
+    pub(super) fn key(self) -> Key {
+        match self {
+            Op::Running(k) | Op::Reported(k, _) => k,
+        }
+    }
+}
+
 /// Client model of one peer (see `comm::control` and `collectives::registry` for the real thing).
 #[derive(Debug)]
 pub(super) struct SimPeer {
     pub(super) id: PeerId,
+    /// Its connection to the master in charge (a new one after each re-dial).
     pub(super) conn: ConnId,
     pub(super) group: u32,
     pub(super) life: Life,
@@ -63,8 +102,11 @@ pub(super) struct SimPeer {
     pub(super) to_master: VecDeque<Option<ToMaster>>,
     /// Has received a Commit listing itself.
     pub(super) accepted: bool,
-    /// The simulator has given it its place in the user program (see `on_send`).
+    /// The simulator has given it its place in the user program (see `on_send`), at the
+    /// Commit of this (master, joint call): masters are counted by crashes, since a call
+    /// id only its witnesses knew may be given again once they are all gone.
     pub(super) admitted: bool,
+    pub(super) admitted_call: (u64, u64),
     pub(super) last_commit: Option<Topology>,
     /// Its group's epoch in the last Commit.
     pub(super) epoch: u64,
@@ -78,10 +120,16 @@ pub(super) struct SimPeer {
     /// Proposals it has been asked to dial for, not yet answered.
     pub(super) proposals: VecDeque<u64>,
     pub(super) next_hb: Duration,
-    /// Ops whose successful OpDone the master has received from this peer.
+    /// Ops whose successful OpDone the master has received from this peer (or that a
+    /// claim it re-registered with reported done).
     pub(super) delivered_ok: BTreeSet<Key>,
     /// An adversary: sends any well-formed message at any time and ignores the master.
     pub(super) hostile: bool,
+    /// What the peer remembers of the run for a `Rejoin`: the real peer's own record
+    /// (`comm::reconnect::Memory`), fed exactly as `comm::control` feeds it.
+    pub(super) memory: Memory,
+    /// Its shared state and the sync call it is in (`sync_model`).
+    pub(super) shared: SharedModel,
 }
 
 /// Every action a step can take.
@@ -96,6 +144,7 @@ pub(super) enum Action {
     Spawn,
     SpawnHostile,
     IdleJump,
+    Crash,
 }
 
 /// What the runs exercised, summed over runs: printed, and checked so that the property
@@ -117,6 +166,102 @@ pub(super) struct Stats {
     pub(super) hostile_messages: u64,
     /// Adversaries the master accepted into the ring (sent a Commit).
     pub(super) hostile_admitted: u64,
+    /// Shared-state syncs that ended here, by result, and syncs refused.
+    pub(super) syncs_ok: u64,
+    pub(super) syncs_failed: u64,
+    pub(super) syncs_refused: u64,
+    /// Master crashes, and what was open at each (see `crash`).
+    pub(super) crashes: u64,
+    pub(super) crashes_mid_vote: u64,
+    pub(super) crashes_mid_proposal: u64,
+    pub(super) crashes_mid_sync: u64,
+    pub(super) crashes_mid_op: u64,
+    pub(super) crashes_mid_recovery: u64,
+    /// Peers that re-registered as members, died while re-dialling, or registered with
+    /// a recovering master as newcomers.
+    pub(super) rejoins: u64,
+    pub(super) deaths_in_outage: u64,
+    pub(super) newcomers_in_recovery: u64,
+    /// Runs rebuilt by a restarted master, and decisions it gave again (verdicts,
+    /// joint-call answers and sync results some peer had missed).
+    pub(super) recoveries: u64,
+    pub(super) replays: u64,
+}
+
+impl Stats {
+    /// Adds the counts of `o`.
+    pub(super) fn add(&mut self, o: &Stats) {
+        let mine = self.fields_mut();
+        for (a, b) in mine.into_iter().zip(o.fields()) {
+            *a += b;
+        }
+    }
+
+    fn fields(&self) -> [u64; 27] {
+        let mut copy = *self;
+        copy.fields_mut().map(|f| *f)
+    }
+
+    fn fields_mut(&mut self) -> [&mut u64; 27] {
+        let Stats {
+            steps,
+            admitted,
+            updates_ok,
+            updates_failed,
+            peers_pending_answers,
+            verdicts_ok,
+            verdicts_failed,
+            timeouts,
+            closes,
+            phase_changes,
+            outputs,
+            hostile_messages,
+            hostile_admitted,
+            syncs_ok,
+            syncs_failed,
+            syncs_refused,
+            crashes,
+            crashes_mid_vote,
+            crashes_mid_proposal,
+            crashes_mid_sync,
+            crashes_mid_op,
+            crashes_mid_recovery,
+            rejoins,
+            deaths_in_outage,
+            newcomers_in_recovery,
+            recoveries,
+            replays,
+        } = self;
+        [
+            steps,
+            admitted,
+            updates_ok,
+            updates_failed,
+            peers_pending_answers,
+            verdicts_ok,
+            verdicts_failed,
+            timeouts,
+            closes,
+            phase_changes,
+            outputs,
+            hostile_messages,
+            hostile_admitted,
+            syncs_ok,
+            syncs_failed,
+            syncs_refused,
+            crashes,
+            crashes_mid_vote,
+            crashes_mid_proposal,
+            crashes_mid_sync,
+            crashes_mid_op,
+            crashes_mid_recovery,
+            rejoins,
+            deaths_in_outage,
+            newcomers_in_recovery,
+            recoveries,
+            replays,
+        ]
+    }
 }
 
 pub(super) struct Sim {
@@ -125,19 +270,34 @@ pub(super) struct Sim {
     pub(super) master: MasterState,
     pub(super) base: Instant,
     pub(super) elapsed: Duration,
-    /// Indexed by connection id.
     pub(super) peers: Vec<SimPeer>,
-    /// The user program every peer runs: its sequence of joint calls.
-    pub(super) script: Vec<VoteKind>,
+    /// Which peer each connection (of any master) belongs to.
+    pub(super) conns: BTreeMap<ConnId, usize>,
+    pub(super) next_conn: ConnId,
+    /// The user program every peer runs: its sequence of blocking calls.
+    pub(super) script: Vec<Call>,
     /// Connections whose death the master has handled.
     pub(super) closed: BTreeSet<ConnId>,
-    /// Verdict given per (group, key): true = success.
-    pub(super) verdicts: BTreeMap<(u32, Key), bool>,
+    /// Verdicts peers received, per (group, key): true = success. One op, one verdict,
+    /// for every peer that holds it (`crash::Ledger`).
+    pub(super) verdicts: Ledger<(u32, Key), bool>,
     /// Ops for which the master received at least one failure report.
     pub(super) failed_reports: BTreeSet<(u32, Key)>,
+    /// Per epoch, the group and ring order every Commit gave it, as peers received it.
+    pub(super) epochs: Ledger<u64, (u32, Vec<PeerId>)>,
+    /// Per epoch, the members the master in charge committed it with (the latest Commit).
+    pub(super) sent_epochs: BTreeMap<u64, Vec<PeerId>>,
+    /// Per sync round, the group and the state (revision, content) its success left each
+    /// participant that received it (`None`: it failed).
+    pub(super) rounds: Ledger<u64, (u32, Option<(u64, u128)>)>,
+    /// Per proposal id, the ring proposed; per joint call, the answer peers received.
+    pub(super) proposals: Ledger<u64, (Vec<PeerId>, Vec<(u32, u64)>)>,
+    pub(super) answers: Ledger<u64, String>,
     pub(super) trace: Option<Vec<String>>,
     /// Whether adversaries may join this run (see `spawn_hostile`).
     pub(super) adversarial: bool,
+    /// Whether the master may crash in this run (see `crash`).
+    pub(super) crashes: bool,
 }
 
 impl Sim {
@@ -149,12 +309,20 @@ impl Sim {
             base: Instant::now(),
             elapsed: Duration::ZERO,
             peers: Vec::new(),
+            conns: BTreeMap::new(),
+            next_conn: 0,
             script: Vec::new(),
             closed: BTreeSet::new(),
-            verdicts: BTreeMap::new(),
+            verdicts: Ledger::default(),
             failed_reports: BTreeSet::new(),
+            epochs: Ledger::default(),
+            sent_epochs: BTreeMap::new(),
+            rounds: Ledger::default(),
+            proposals: Ledger::default(),
+            answers: Ledger::default(),
             trace: trace.then(Vec::new),
             adversarial: false,
+            crashes: false,
         }
     }
 
@@ -175,19 +343,48 @@ impl Sim {
         }
     }
 
-    pub(super) fn script_at(
-        script: &mut Vec<VoteKind>,
-        rng: &mut ChaCha8Rng,
-        pos: usize,
-    ) -> VoteKind {
+    pub(super) fn script_at(script: &mut Vec<Call>, rng: &mut ChaCha8Rng, pos: usize) -> Call {
         while script.len() <= pos {
-            script.push(if rng.gen_bool(0.5) {
-                VoteKind::UpdateTopology
-            } else {
-                VoteKind::ArePeersPending
+            script.push(match rng.gen_range(0..10) {
+                0..4 => Call::Vote(VoteKind::UpdateTopology),
+                4..8 => Call::Vote(VoteKind::ArePeersPending),
+                _ => Call::Sync,
             });
         }
         script[pos]
+    }
+
+    /// Peer `i`, in no blocking call, makes the next one of its program.
+    pub(super) fn next_call(&mut self, i: usize) {
+        let p = &self.peers[i];
+        if p.vote.is_some() || p.shared.call.is_some() || !p.accepted {
+            return;
+        }
+        let pos = p.pos;
+        match Self::script_at(&mut self.script, &mut self.rng, pos) {
+            Call::Vote(kind) => {
+                self.peers[i].vote = Some((pos, kind));
+                self.send_to_master(i, ToMaster::Vote(kind));
+            }
+            Call::Sync => self.start_sync(i),
+        }
+    }
+
+    /// The peer on connection `conn`.
+    pub(super) fn peer_of(&self, conn: ConnId) -> usize {
+        self.conns[&conn]
+    }
+
+    /// A fresh connection number for peer `i` (the server never reuses one).
+    pub(super) fn new_conn(&mut self, i: usize) -> ConnId {
+        let conn = self.next_conn;
+        self.next_conn += 1;
+        self.conns.insert(conn, i);
+        conn
+    }
+
+    pub(super) fn ip_of(i: usize) -> IpAddr {
+        IpAddr::V4(Ipv4Addr::new(10, 0, 0, i as u8 + 1))
     }
 
     // ---- driving the master -----------------------------------------------------------
@@ -202,22 +399,24 @@ impl Sim {
         if self.rng.gen_bool(0.5) {
             p.to_master.clear();
         }
-        self.log(|| format!("conn {i} is hostile"));
+        self.log(|| format!("peer {i} is hostile"));
         Ok(())
     }
 
     /// Connects a new peer (handshake done) and queues its Register.
     pub(super) fn spawn(&mut self) -> Res {
-        let conn = self.peers.len() as ConnId;
+        let i = self.peers.len();
+        let conn = self.new_conn(i);
         let id = PeerId(self.rng.r#gen());
         let group = self.rng.gen_range(0..GROUPS);
-        let ip = IpAddr::V4(Ipv4Addr::new(10, 0, 0, conn as u8 + 1));
+        let p2p_port = 48149 + i as u16;
         let mut to_master = VecDeque::new();
         to_master.push_back(Some(ToMaster::Register {
             group,
-            p2p_port: 48149 + conn as u16,
+            p2p_port,
             advertise_ip: None,
         }));
+        let shared = SharedModel::fresh(&mut self.rng);
         self.peers.push(SimPeer {
             id,
             conn,
@@ -227,6 +426,7 @@ impl Sim {
             to_master,
             accepted: false,
             admitted: false,
+            admitted_call: (0, 0),
             last_commit: None,
             epoch: 0,
             seq: BTreeMap::new(),
@@ -237,10 +437,19 @@ impl Sim {
             next_hb: self.elapsed + HB_INTERVAL,
             delivered_ok: BTreeSet::new(),
             hostile: false,
+            memory: Memory::new(group, p2p_port, None),
+            shared,
         });
-        self.log(|| format!("spawn conn {conn} peer {id} group {group}"));
+        let outage = self
+            .peers
+            .iter()
+            .any(|p| matches!(p.life, Life::Redialing(_)));
+        if self.master.recovering() || outage {
+            self.stats.newcomers_in_recovery += 1;
+        }
+        self.log(|| format!("spawn peer {i} (conn {conn}) id {id} group {group}"));
         let now = self.now();
-        self.master.handle_connect(now, conn, id, ip);
+        self.master.handle_connect(now, conn, id, Self::ip_of(i));
         self.drain()
     }
 
@@ -252,12 +461,20 @@ impl Sim {
                 Output::Send(conn, msg) => self.on_send(conn, msg)?,
                 Output::Close(conn, reason) => {
                     self.log(|| format!("master closes conn {conn}: {reason}"));
+                    let i = self.peer_of(conn);
                     // Our honest peers follow the protocol, so the master must never
-                    // see a violation from them.
+                    // see a violation from them...
+                    let hostile = self.peers[i].hostile;
                     ensure!(
-                        self.peers[conn as usize].hostile
-                            || !reason.starts_with("protocol violation"),
-                        "conn {conn} closed for a protocol violation by a correct peer: {reason}"
+                        hostile || !reason.starts_with("protocol violation"),
+                        "peer {i} (conn {conn}) closed for a protocol violation by a correct peer: {reason}"
+                    );
+                    // ...and never turns away a member of the run it rebuilds: every
+                    // honest peer that re-registers was a member or a newcomer when its
+                    // master crashed, and is back within the recovery window.
+                    ensure!(
+                        hostile || !reason.starts_with("re-registration refused"),
+                        "peer {i} (conn {conn}) was refused on re-registration: {reason}"
                     );
                     ensure!(
                         !self.closed.contains(&conn),
@@ -276,7 +493,11 @@ impl Sim {
 
     pub(super) fn mark_dead(&mut self, conn: ConnId) {
         self.closed.insert(conn);
-        let p = &mut self.peers[conn as usize];
+        let i = self.peer_of(conn);
+        let p = &mut self.peers[i];
+        if p.conn != conn {
+            return; // a connection to a master that crashed since
+        }
         p.life = Life::Dead;
         p.to_peer.clear();
         p.to_master.clear();
@@ -290,7 +511,20 @@ impl Sim {
             !self.closed.contains(&conn),
             "master sent {msg:?} to conn {conn} after its death was handled"
         );
-        let group = self.peers[conn as usize].group;
+        let i = self.peer_of(conn);
+        let group = self.peers[i].group;
+        // A decision some peer already holds is given again (by a restarted master).
+        let replay = match &msg {
+            FromMaster::OpVerdict {
+                tag, epoch, seq, ..
+            } => self.verdicts.contains(&(group, (*tag, *epoch, *seq))),
+            FromMaster::PeersPending { call, .. }
+            | FromMaster::TopologyUpdated { call, .. }
+            | FromMaster::VoteRejected { call, .. } => self.answers.contains(call),
+            FromMaster::SyncResult { round, .. } => self.rounds.contains(round),
+            _ => false,
+        };
+        self.stats.replays += u64::from(replay);
         match &msg {
             FromMaster::OpVerdict {
                 tag,
@@ -305,23 +539,23 @@ impl Sim {
                 } else {
                     self.stats.verdicts_failed += 1;
                 }
-                // Invariant: every member gets the same verdict for one op.
-                let first = *self.verdicts.entry((group, key)).or_insert(ok);
-                ensure!(
-                    first == ok,
-                    "conflicting verdicts for group {group} op {key:?}: first {first}, now {ok} to conn {conn}"
-                );
                 // A failure must come from a failure report...
                 ensure!(
                     ok || self.failed_reports.contains(&(group, key)),
                     "failure verdict for group {group} op {key:?} that nobody reported failed"
                 );
-                // ...and a success needs a success report from every live member.
+                // ...and a success needs a success report from every live member of the
+                // op's epoch.
                 if ok {
+                    let Some(members) = self.sent_epochs.get(epoch) else {
+                        return Err(format!(
+                            "verdict for group {group} op {key:?}: epoch {epoch} was never committed"
+                        ));
+                    };
                     for id in self.master.ring() {
                         let p = self.peer_by_id(*id);
                         ensure!(
-                            p.group != group || p.delivered_ok.contains(&key),
+                            !members.contains(id) || p.delivered_ok.contains(&key),
                             "success verdict for group {group} op {key:?} although member {} (conn {}) never reported it done",
                             p.id,
                             p.conn
@@ -329,42 +563,49 @@ impl Sim {
                     }
                 }
             }
-            FromMaster::Commit { topology, .. } => {
-                let p = &self.peers[conn as usize];
+            FromMaster::Commit { topology, call } => {
+                let p = &self.peers[i];
                 ensure!(
                     topology.contains(p.id),
                     "Commit to conn {conn} that does not list it"
                 );
+                for (g, e) in &topology.group_epochs {
+                    let members = topology.group_ring(*g).iter().map(|e| e.id).collect();
+                    self.sent_epochs.insert(*e, members);
+                }
                 if p.hostile && !p.admitted {
                     self.stats.hostile_admitted += 1;
                 }
-                if !p.admitted {
-                    self.admit(conn);
+                // A Commit that never arrived does not admit: a later call of a new
+                // master does (while it waits, no call can complete without it).
+                let at = (self.stats.crashes, *call);
+                if !p.admitted || (!p.accepted && p.admitted_call != at) {
+                    self.admit(i, at);
                 }
             }
             FromMaster::Propose { topology, .. } => {
                 ensure!(
-                    topology.contains(self.peers[conn as usize].id),
+                    topology.contains(self.peers[i].id),
                     "Propose to conn {conn} that does not list it"
                 );
             }
             _ => {}
         }
-        let p = &mut self.peers[conn as usize];
+        let p = &mut self.peers[i];
         // A silent peer is partitioned and a killed one has no process to read.
-        if p.life == Life::Active {
+        if p.life == Life::Active && p.conn == conn {
             p.to_peer.push_back(msg);
         }
         Ok(())
     }
 
-    /// The master accepts this peer now. Its `connect()` returns and its user program
+    /// The master accepts peer `i` now. Its `connect()` returns and its user program
     /// goes on from the joint call after the `update_topology` that admitted it: that is
     /// the call the old members are waiting on right now (they all voted for it, and
     /// their answer is produced after the Commit). The first peer of an empty run starts
     /// the program anywhere: it is alone.
-    pub(super) fn admit(&mut self, conn: ConnId) {
-        let me = self.peers[conn as usize].id;
+    pub(super) fn admit(&mut self, i: usize, at: (u64, u64)) {
+        let me = self.peers[i].id;
         let pos = self
             .master
             .ring()
@@ -377,9 +618,12 @@ impl Sim {
             .map(|(pos, _)| pos + 1)
             .max()
             .unwrap_or(0);
-        self.stats.admitted += 1;
-        let p = &mut self.peers[conn as usize];
+        let p = &mut self.peers[i];
+        if !p.admitted {
+            self.stats.admitted += 1;
+        }
         p.admitted = true;
+        p.admitted_call = at;
         p.pos = pos;
     }
 
@@ -392,7 +636,7 @@ impl Sim {
 
     /// Delivers the next message of `i` to the master.
     pub(super) fn deliver_to_master(&mut self, i: usize) -> Res {
-        let conn = i as ConnId;
+        let conn = self.peers[i].conn;
         let Some(msg) = self.peers[i].to_master.pop_front() else {
             return Ok(());
         };
@@ -408,23 +652,14 @@ impl Sim {
                 if self.peers[i].hostile {
                     self.stats.hostile_messages += 1;
                 }
-                if let ToMaster::OpDone {
-                    tag,
-                    epoch,
-                    seq,
-                    failure,
-                } = msg
-                {
-                    let p = &mut self.peers[i];
-                    let key = (tag, epoch, seq);
-                    if failure.is_some() {
-                        self.failed_reports.insert((p.group, key));
-                    } else {
-                        p.delivered_ok.insert(key);
-                    }
-                }
+                self.note_reports(i, &msg);
                 let bound = crate::master::drive::output_bound(&self.master, self.peers.len());
+                let claim = matches!(&msg, ToMaster::Rejoin(c) if c.accepted);
+                let recovering = self.master.recovering() || claim;
                 self.master.handle_message(now, conn, msg);
+                if recovering && !self.master.recovering() {
+                    self.stats.recoveries += 1;
+                }
                 let before = self.stats.outputs;
                 self.drain()?;
                 let queued = self.stats.outputs - before;
@@ -438,8 +673,61 @@ impl Sim {
         self.drain()
     }
 
+    /// Records the op outcomes a message reports, for the verdict checks in `on_send`.
+    fn note_reports(&mut self, i: usize, msg: &ToMaster) {
+        let p = &mut self.peers[i];
+        let mut note = |key: Key, failure: bool| {
+            if failure {
+                self.failed_reports.insert((p.group, key));
+            } else {
+                p.delivered_ok.insert(key);
+            }
+        };
+        match msg {
+            ToMaster::OpDone {
+                tag,
+                epoch,
+                seq,
+                failure,
+            } => note((*tag, *epoch, *seq), failure.is_some()),
+            ToMaster::Rejoin(claim) => {
+                for op in &claim.ops {
+                    if let Some(f) = op.done {
+                        note((op.tag, op.epoch, op.seq), f.is_some());
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// Peer `i` sends `msg`, recording it first as `comm::control` does (`Control::on_cmd`):
+    /// with its master gone the record is all that remains, and goes into its claim.
     pub(super) fn send_to_master(&mut self, i: usize, msg: ToMaster) {
-        self.peers[i].to_master.push_back(Some(msg));
+        let p = &mut self.peers[i];
+        let m = &mut p.memory;
+        match &msg {
+            ToMaster::Vote(kind) => m.vote = Some(*kind),
+            ToMaster::SyncReport { .. } => m.sync_reported(&msg),
+            ToMaster::SyncDone { ok } => m.sync_done(*ok),
+            ToMaster::OpDone {
+                tag,
+                epoch,
+                seq,
+                failure,
+            } => m.op_done(
+                crate::collectives::registry::OpKey {
+                    tag: *tag,
+                    epoch: *epoch,
+                    seq: *seq,
+                },
+                *failure,
+            ),
+            _ => {}
+        }
+        if p.life == Life::Active {
+            p.to_master.push_back(Some(msg));
+        }
     }
 
     // ---- time and adversity -----------------------------------------------------------
@@ -463,7 +751,11 @@ impl Sim {
         if self.master.poll_timeout().is_some_and(|t| t <= self.now()) {
             self.log(|| "timer fires".to_string());
             let now = self.now();
+            let recovering = self.master.recovering();
             self.master.handle_timeout(now);
+            if recovering && !self.master.recovering() {
+                self.stats.recoveries += 1;
+            }
             self.drain()?;
         }
         Ok(())
@@ -471,9 +763,24 @@ impl Sim {
 
     /// A little time passes while messages are in flight.
     pub(super) fn tick(&mut self) -> Res {
-        self.elapsed += Duration::from_millis(self.rng.gen_range(5..150));
+        let to = self.elapsed + Duration::from_millis(self.rng.gen_range(5..150));
+        self.advance_to(to)?;
         self.heartbeats();
         self.fire_timer()
+    }
+
+    /// Moves the clock to `to`, re-dialling on the way every peer due (in time order,
+    /// each before any master deadline after it).
+    pub(super) fn advance_to(&mut self, to: Duration) -> Res {
+        while let Some((at, i)) = self.next_redial().filter(|(at, _)| *at <= to) {
+            self.elapsed = self.elapsed.max(at);
+            self.fire_timer()?;
+            if self.peers[i].life == Life::Redialing(at) {
+                self.redial(i)?;
+            }
+        }
+        self.elapsed = self.elapsed.max(to);
+        Ok(())
     }
 
     /// Nothing is in flight: jump to the master's next deadline. Live peers keep
@@ -490,7 +797,7 @@ impl Sim {
                 .min()
                 .unwrap_or(deadline);
             let target = deadline.min(next_hb).min(horizon);
-            self.elapsed = self.elapsed.max(target);
+            self.advance_to(target)?;
             if self.elapsed >= deadline {
                 return self.fire_timer();
             }
@@ -507,7 +814,16 @@ impl Sim {
     }
 
     pub(super) fn kill(&mut self, i: usize) -> Res {
-        let conn = i as ConnId;
+        let conn = self.peers[i].conn;
+        if let Life::Redialing(_) = self.peers[i].life {
+            // Dies while its master is gone: no master ever hears of it again.
+            self.log(|| format!("peer {i} dies while re-dialling"));
+            self.stats.deaths_in_outage += 1;
+            let p = &mut self.peers[i];
+            p.life = Life::Dead;
+            p.to_peer.clear();
+            return Ok(());
+        }
         if self.rng.gen_bool(0.5) {
             // Crash with the socket reset: the master learns at once and what was in
             // flight is lost.
@@ -527,7 +843,7 @@ impl Sim {
     }
 
     pub(super) fn silence(&mut self, i: usize) {
-        self.log(|| format!("conn {i} goes silent"));
+        self.log(|| format!("peer {i} goes silent"));
         let p = &mut self.peers[i];
         p.life = Life::Silent;
         p.to_peer.clear();
@@ -542,6 +858,9 @@ impl Sim {
 
     /// One random step.
     pub(super) fn step(&mut self) -> Res {
+        let running: Vec<usize> = (0..self.peers.len())
+            .filter(|i| self.peers[*i].life.runs())
+            .collect();
         let active: Vec<usize> = (0..self.peers.len())
             .filter(|i| self.peers[*i].life == Life::Active)
             .collect();
@@ -558,21 +877,29 @@ impl Sim {
         if !to_peer.is_empty() {
             actions.push((60, Action::DeliverToPeer));
         }
-        if !active.is_empty() {
+        // While a run is rebuilt, deaths and newcomers are likelier, so that recoveries
+        // often meet both.
+        let outage = self.master.recovering() || running.len() > active.len();
+        if !running.is_empty() {
             actions.extend([
                 (60, Action::PeerAct),
-                (1, Action::Kill),
-                (1, Action::Silence),
+                (if outage { 2 } else { 1 }, Action::Kill),
             ]);
         }
+        if !active.is_empty() {
+            actions.push((1, Action::Silence));
+        }
         if self.peers.len() < MAX_PEERS_PER_RUN {
-            actions.push((3, Action::Spawn));
+            actions.push((if outage { 8 } else { 3 }, Action::Spawn));
             if self.adversarial {
                 actions.push((3, Action::SpawnHostile));
             }
         }
         if !self.in_flight() {
             actions.push((6, Action::IdleJump));
+        }
+        if self.crashes {
+            actions.push((self.crash_weight(), Action::Crash));
         }
         let total: u32 = actions.iter().map(|(w, _)| w).sum();
         let mut roll = self.rng.gen_range(0..total);
@@ -599,12 +926,12 @@ impl Sim {
                 self.deliver_to_peer(i)
             }
             Action::PeerAct => {
-                let i = pick(&mut self.rng, &active);
+                let i = pick(&mut self.rng, &running);
                 self.peer_act(i)
             }
             Action::Tick => self.tick(),
             Action::Kill => {
-                let i = pick(&mut self.rng, &active);
+                let i = pick(&mut self.rng, &running);
                 self.kill(i)
             }
             Action::Silence => {
@@ -615,6 +942,7 @@ impl Sim {
             Action::Spawn => self.spawn(),
             Action::SpawnHostile => self.spawn_hostile(),
             Action::IdleJump => self.idle_jump(),
+            Action::Crash => self.crash(),
         }
     }
 }
