@@ -151,42 +151,6 @@ typedef struct pcclBuildInfo_t {
     bool has_cuda_support;
 } pcclBuildInfo_t;
 
-// An IPv4 address, most significant byte first (`{127, 0, 0, 1}`).
-typedef struct ccoip_ipv4_address_t {
-    uint8_t data[4];
-} ccoip_ipv4_address_t;
-
-// An IPv6 address, most significant byte first.
-typedef struct ccoip_ipv6_address_t {
-    uint8_t data[16];
-} ccoip_ipv6_address_t;
-
-// An IP address; `protocol` says whether `ipv4` or `ipv6` holds it.
-typedef struct ccoip_inet_address_t {
-    ccoip_inet_protocol_t protocol;
-    struct ccoip_ipv4_address_t ipv4;
-    struct ccoip_ipv6_address_t ipv6;
-} ccoip_inet_address_t;
-
-// An IP address and port.
-typedef struct ccoip_socket_address_t {
-    struct ccoip_inet_address_t inet;
-    uint16_t port;
-} ccoip_socket_address_t;
-
-// Settings for `pcclCreateCommunicator`.
-typedef struct pcclCommCreateParams_t {
-    // Where the master listens.
-    struct ccoip_socket_address_t master_address;
-    // Collectives and shared-state syncs span one peer group.
-    uint32_t peer_group;
-    // TCP connections to each ring neighbour (0 means 1; at most 1024).
-    uint32_t p2p_connection_pool_size;
-} pcclCommCreateParams_t;
-
-// PCCL's name for a master handle.
-typedef struct pcclMasterInstanceState_t pcclMasterInstance_t;
-
 // The element type of the buffers and a hint about their values.
 typedef struct pcclReduceOperandDescriptor_t {
     pcclDataType_t datatype;
@@ -224,6 +188,42 @@ typedef struct pcclReduceInfo_t {
     // Payload bytes this peer received.
     uint64_t rx_bytes;
 } pcclReduceInfo_t;
+
+// An IPv4 address, most significant byte first (`{127, 0, 0, 1}`).
+typedef struct ccoip_ipv4_address_t {
+    uint8_t data[4];
+} ccoip_ipv4_address_t;
+
+// An IPv6 address, most significant byte first.
+typedef struct ccoip_ipv6_address_t {
+    uint8_t data[16];
+} ccoip_ipv6_address_t;
+
+// An IP address; `protocol` says whether `ipv4` or `ipv6` holds it.
+typedef struct ccoip_inet_address_t {
+    ccoip_inet_protocol_t protocol;
+    struct ccoip_ipv4_address_t ipv4;
+    struct ccoip_ipv6_address_t ipv6;
+} ccoip_inet_address_t;
+
+// An IP address and port.
+typedef struct ccoip_socket_address_t {
+    struct ccoip_inet_address_t inet;
+    uint16_t port;
+} ccoip_socket_address_t;
+
+// Settings for `pcclCreateCommunicator`.
+typedef struct pcclCommCreateParams_t {
+    // Where the master listens.
+    struct ccoip_socket_address_t master_address;
+    // Collectives and shared-state syncs span one peer group.
+    uint32_t peer_group;
+    // TCP connections to each ring neighbour (0 means 1; at most 1024).
+    uint32_t p2p_connection_pool_size;
+} pcclCommCreateParams_t;
+
+// PCCL's name for a master handle.
+typedef struct pcclMasterInstanceState_t pcclMasterInstance_t;
 
 // An all-reduce started by `pcclAllReduceAsync`, named by its communicator and tag.
 // A plain value: copying it is fine, but only one `pcclAwaitAsyncReduce` per op succeeds.
@@ -314,6 +314,79 @@ extern "C" {
 //
 // `out` is NULL (`pcclInvalidArgument`) or writable. Thread-safe.
 enum pcclResult_t pcclGetBuildInfo(struct pcclBuildInfo_t *out);
+
+// pccl extension (not in PCCL 1.0): blocking reduce-scatter. `sendbuf` holds
+// `world × desc->count` elements, `recvbuf` `desc->count`, where `world` is the peer
+// group's size (`PCCL_ATTRIBUTE_PEER_GROUP_WORLD_SIZE`); rank `r` (`pcclGetRank`)
+// receives block `r` of the send buffers (elements `r·count .. (r+1)·count`) reduced
+// over every rank with `desc->op`: the bits an all-reduce of the same inputs leaves
+// there (`pcclAvg` divides once). `desc->quantization_options` apply as to
+// `pcclAllReduce`. The buffers must not overlap.
+//
+// Every peer of the group calls it with the same descriptor. `pcclRankConnectionLost`:
+// a peer was lost; read the world size and rank again, size the buffers for them and
+// retry. A world size that changed between that read and the call is
+// `pcclInvalidArgument` here (and `pcclInvalidUsage` on the other peers): retry.
+// `*info` is written on success only.
+//
+// # Safety
+//
+// `desc` is NULL or readable; `comm` is NULL or a live, connected handle; `info` is NULL
+// or writable. `sendbuf` and `recvbuf` are NULL (`pcclInvalidArgument`) or hold the
+// elements above; neither is touched by anyone else until the call returns. Thread-safe:
+// concurrent ops of one communicator need distinct tags.
+enum pcclResult_t pcclReduceScatter(const void *sendbuf,
+                                    void *recvbuf,
+                                    const struct pcclReduceDescriptor_t *desc,
+                                    const struct pcclComm_t *comm,
+                                    struct pcclReduceInfo_t *info);
+
+// pccl extension (not in PCCL 1.0): blocking all-gather. `sendbuf` holds `count`
+// elements of `datatype`, `recvbuf` `world × count`; block `r` of every peer's
+// `recvbuf` is rank `r`'s `sendbuf`, bit for bit. Errors and retry as
+// `pcclReduceScatter`. The buffers must not overlap.
+//
+// # Safety
+//
+// `comm` is NULL or a live, connected handle; `info` is NULL or writable; `sendbuf` and
+// `recvbuf` are NULL (`pcclInvalidArgument`) or hold the elements above, untouched by
+// anyone else until the call returns. Thread-safe: concurrent ops need distinct tags.
+enum pcclResult_t pcclAllGather(const void *sendbuf,
+                                void *recvbuf,
+                                size_t count,
+                                pcclDataType_t datatype,
+                                uint64_t tag,
+                                const struct pcclComm_t *comm,
+                                struct pcclReduceInfo_t *info);
+
+// pccl extension (not in PCCL 1.0): blocking broadcast. Rank `root`'s `count` elements
+// of `datatype` in `buf` are copied into every peer's `buf`, bit for bit. On failure
+// `buf` is untouched. A `root` that is not a rank of the group's ring is
+// `pcclInvalidArgument` on every peer; a lost peer is `pcclRankConnectionLost` (read the
+// rank of the root again and retry).
+//
+// # Safety
+//
+// `comm` is NULL or a live, connected handle; `info` is NULL or writable; `buf` is NULL
+// (`pcclInvalidArgument`) or holds `count` elements, untouched by anyone else until the
+// call returns. Thread-safe: concurrent ops need distinct tags.
+enum pcclResult_t pcclBroadcast(void *buf,
+                                size_t count,
+                                pcclDataType_t datatype,
+                                int root,
+                                uint64_t tag,
+                                const struct pcclComm_t *comm,
+                                struct pcclReduceInfo_t *info);
+
+// pccl extension (not in PCCL 1.0): writes this peer's rank to `*rank_out`: its position
+// in its peer group's ring of the current topology (0 .. world size − 1), the rank the
+// collectives use. It changes when the topology does; read it again after a failed op.
+// Before `pcclConnect` the call is `pcclInvalidUsage`.
+//
+// # Safety
+//
+// `comm` is NULL or a live handle; `rank_out` is NULL or writable. Thread-safe.
+enum pcclResult_t pcclGetRank(const struct pcclComm_t *comm, int *rank_out);
 
 // Allocates a communicator; no I/O happens until `pcclConnect`.
 //

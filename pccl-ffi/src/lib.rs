@@ -35,6 +35,7 @@
 mod panic;
 
 pub mod build_info;
+pub mod collectives;
 pub mod comm;
 pub mod handle;
 pub mod init;

@@ -26,8 +26,9 @@ use crate::types::{
 #[derive(Debug)]
 pub(crate) struct RawBuffers {
     send: *const u8,
+    send_len: usize,
     recv: *mut u8,
-    len: usize,
+    recv_len: usize,
     staged: Option<Vec<u8>>,
 }
 
@@ -39,29 +40,45 @@ unsafe impl Send for RawBuffers {}
 impl RawBuffers {
     /// Checks the pointers of an op of `len` bytes. Buffers must be the same or disjoint.
     fn new(send: *const c_void, recv: *mut c_void, len: usize) -> Result<Self, pcclResult_t> {
+        Self::sized(send, len, recv, len)
+    }
+
+    /// Checks the pointers of an op that reads `send_len` bytes and writes `recv_len`.
+    /// Buffers must be the same (in place, equal lengths) or disjoint.
+    pub(crate) fn sized(
+        send: *const c_void,
+        send_len: usize,
+        recv: *mut c_void,
+        recv_len: usize,
+    ) -> Result<Self, pcclResult_t> {
         let send = checked(send.cast::<u8>())?.as_ptr().cast_const();
         let recv = checked(recv.cast_const().cast::<u8>())?.as_ptr();
-        if len > isize::MAX as usize
-            || (send as usize).checked_add(len).is_none()
-            || (recv as usize).checked_add(len).is_none()
+        let max = isize::MAX as usize;
+        if send_len > max
+            || recv_len > max
+            || (send as usize).checked_add(send_len).is_none()
+            || (recv as usize).checked_add(recv_len).is_none()
         {
             return Err(pcclResult_t::pcclInvalidArgument);
         }
         let in_place = send == recv.cast_const();
-        if !in_place && overlap(&range(send, len), &range(recv, len)) {
+        if in_place && send_len != recv_len
+            || !in_place && overlap(&range(send, send_len), &range(recv, recv_len))
+        {
             return Err(pcclResult_t::pcclInvalidArgument);
         }
         Ok(Self {
             send,
+            send_len,
             recv,
-            len,
-            staged: in_place.then(|| vec![0; len]),
+            recv_len,
+            staged: in_place.then(|| vec![0; recv_len]),
         })
     }
 
     /// Memory the op writes.
     fn written(&self) -> Range<usize> {
-        range(self.recv, self.len)
+        range(self.recv, self.recv_len)
     }
 
     /// Memory the op only reads (empty in place: the buffer counts as written).
@@ -69,29 +86,37 @@ impl RawBuffers {
         if self.staged.is_some() {
             0..0
         } else {
-            range(self.send, self.len)
+            range(self.send, self.send_len)
         }
     }
 }
 
 impl ReduceBuffers for RawBuffers {
     fn send(&self) -> &[u8] {
-        // SAFETY: `send` is non-null and `len` bytes are readable and not written by
+        // SAFETY: `send` is non-null and `send_len` bytes are readable and not written by
         // anyone else while the op runs (caller's contract); in place, we write them only
         // in `commit`, which takes `&mut self` so no slice from here is alive then.
-        unsafe { std::slice::from_raw_parts(self.send, self.len) }
+        unsafe { std::slice::from_raw_parts(self.send, self.send_len) }
+    }
+
+    fn recv_len(&self) -> usize {
+        self.recv_len
     }
 
     fn write(&mut self, offset: usize, data: &[u8]) {
         let end = offset
             .checked_add(data.len())
             .expect("write range overflows");
-        assert!(end <= self.len, "write past the end of the receive buffer");
+        assert!(
+            end <= self.recv_len,
+            "write past the end of the receive buffer"
+        );
         match &mut self.staged {
             Some(staged) => staged[offset..end].copy_from_slice(data),
-            // SAFETY: `offset..end` lies inside the `len` writable bytes of `recv`, which
-            // are disjoint from `send` (checked in `new`) and from `data` (the core's own
-            // buffer), and nobody else touches them while the op runs (caller's contract).
+            // SAFETY: `offset..end` lies inside the `recv_len` writable bytes of `recv`,
+            // which are disjoint from `send` (checked in `sized`) and from `data` (the
+            // core's own buffer), and nobody else touches them while the op runs (caller's
+            // contract).
             None => unsafe {
                 std::ptr::copy_nonoverlapping(data.as_ptr(), self.recv.add(offset), data.len());
             },
@@ -100,9 +125,9 @@ impl ReduceBuffers for RawBuffers {
 
     fn commit(&mut self) {
         if let Some(staged) = &self.staged {
-            // SAFETY: `recv` has `len` writable bytes; `staged` is our own Vec of that
+            // SAFETY: `recv` has `recv_len` writable bytes; `staged` is our own Vec of that
             // length; no slice returned by `send` is alive (`&mut self`).
-            unsafe { std::ptr::copy_nonoverlapping(staged.as_ptr(), self.recv, self.len) };
+            unsafe { std::ptr::copy_nonoverlapping(staged.as_ptr(), self.recv, self.recv_len) };
         }
     }
 }
@@ -141,6 +166,16 @@ fn prepare(
     recv: *mut c_void,
     desc: &pcclReduceDescriptor_t,
 ) -> Result<(RawBuffers, ReduceDescriptor), pcclResult_t> {
+    let d = descriptor(desc)?;
+    let len = d
+        .count
+        .checked_mul(d.dtype.size())
+        .ok_or(pcclResult_t::pcclInvalidArgument)?;
+    Ok((RawBuffers::new(send, recv, len)?, d))
+}
+
+/// The core's descriptor for a PCCL one (count at least 1, every enum valid).
+pub(crate) fn descriptor(desc: &pcclReduceDescriptor_t) -> Result<ReduceDescriptor, pcclResult_t> {
     let invalid = pcclResult_t::pcclInvalidArgument;
     let dtype = data_type(desc.src_descriptor.datatype)?;
     let op = match desc.op.get().ok_or(invalid)? {
@@ -166,16 +201,14 @@ fn prepare(
     if desc.count == 0 {
         return Err(invalid);
     }
-    let len = desc.count.checked_mul(dtype.size()).ok_or(invalid)?;
-    let bufs = RawBuffers::new(send, recv, len)?;
     let mut d = ReduceDescriptor::new(desc.count, dtype, op).with_tag(desc.tag);
     if let Some(q) = quantization {
         d = d.with_quantization(q);
     }
-    Ok((bufs, d))
+    Ok(d)
 }
 
-fn reduce_info(info: ReduceInfo) -> pcclReduceInfo_t {
+pub(crate) fn reduce_info(info: ReduceInfo) -> pcclReduceInfo_t {
     pcclReduceInfo_t {
         local_world_size: info.local_world_size,
         tx_bytes: info.tx_bytes,

@@ -399,6 +399,38 @@ fn hello_peers_agree(port: u16, world: usize, steps: usize, valgrind: bool, dead
     }
 }
 
+/// pccl extensions beyond PCCL 1.0: reduce-scatter, all-gather, broadcast and the rank,
+/// from C, with 3 peers; every peer checks its results and their digests agree.
+#[test]
+fn collectives_from_c() {
+    let deadline = Instant::now() + Duration::from_secs(180);
+    let port = free_port();
+    let master = start_master(port, false);
+    let (world, steps) = (3, 5);
+    let exe = c_test("collectives_peer");
+    let mut peers: Vec<Proc> = (0..world)
+        .map(|i| {
+            let mut cmd = command(&exe, false);
+            cmd.args([port.to_string(), world.to_string(), steps.to_string()]);
+            Proc::spawn(&format!("peer {i}"), cmd)
+        })
+        .collect();
+    for p in &mut peers {
+        p.expect_success(deadline);
+    }
+    let first = steps_of(&peers[0].lines());
+    assert_eq!(first.len(), steps, "peer 0 ran {} steps", first.len());
+    for p in &peers[1..] {
+        assert_eq!(
+            steps_of(&p.lines()),
+            first,
+            "{} disagrees with peer 0",
+            p.name
+        );
+    }
+    stop_master(master, deadline);
+}
+
 #[test]
 fn hello_world_three_peers_fifty_steps() {
     hello_world(3, 50, false);

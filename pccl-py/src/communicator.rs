@@ -10,13 +10,13 @@ use pyo3::prelude::*;
 use pyo3::types::PyList;
 
 use crate::errors::{check, invalid_argument, invalid_usage};
-use crate::reduce::{AsyncReduceHandle, Plan, ReduceOpDescriptor, plan_call};
+use crate::reduce::{AsyncReduceHandle, Plan, ReduceOpDescriptor, plan_call, plan_collective};
 use crate::runtime::{KeepAlive, Owner, blocking};
 use crate::shared_state::SharedState;
 use crate::tensor::raw::{PyBuffers, sync_shared_state};
 use crate::types::{
     QuantizationOptions, ReduceInfo, ReduceOperandDescriptor, SharedStateSyncInfo, attribute,
-    sync_strategy,
+    quantization, reduce_op, sync_strategy,
 };
 
 /// Parses "ip:port" (or "host:port").
@@ -90,6 +90,24 @@ fn all_reduce_plan(
     let info = blocking(py, keep, move || {
         let (mut bufs, desc) = plan.buffers()?;
         let info = comm.all_reduce_with(&mut bufs, desc)?;
+        match bufs.take_commit_error() {
+            Some(e) => Err(e),
+            None => Ok(info),
+        }
+    })?;
+    Ok(info.into())
+}
+
+/// Runs a checked collective of kind `kind` without the GIL.
+fn collective_plan(
+    py: Python<'_>,
+    comm: Arc<pccl::Communicator>,
+    plan: Plan,
+    kind: pccl::Collective,
+) -> PyResult<ReduceInfo> {
+    let info = blocking(py, Vec::new(), move || {
+        let (mut bufs, desc) = plan.buffers()?;
+        let info = comm.collective_with(&mut bufs, desc, kind)?;
         match bufs.take_commit_error() {
             Some(e) => Err(e),
             None => Ok(info),
@@ -344,6 +362,62 @@ impl Communicator {
             Ok(info)
         })?;
         Ok(info.into())
+    }
+
+    /// pccl extension: this peer's rank, its position in its peer group's ring of the
+    /// current topology (0 .. world size - 1), the rank the collectives use. It changes
+    /// when the topology does; read it again after a failed op.
+    fn rank(&self) -> PyResult<usize> {
+        check(self.comm()?.rank())
+    }
+
+    /// pccl extension: blocking reduce-scatter. `send` holds `world * n` elements, `recv`
+    /// `n`; rank r receives block r of the sends reduced with `op` (the bits an all-reduce
+    /// of the same inputs leaves there). Quantization as for `all_reduce`.
+    #[pyo3(signature = (send, recv, *, op, tag = 0, quantization_options = None))]
+    fn reduce_scatter(
+        &self,
+        py: Python<'_>,
+        send: &Bound<'_, PyAny>,
+        recv: &Bound<'_, PyAny>,
+        op: &Bound<'_, PyAny>,
+        tag: u64,
+        quantization_options: Option<&Bound<'_, QuantizationOptions>>,
+    ) -> PyResult<ReduceInfo> {
+        let op = reduce_op(op)?;
+        let quant = quantization(quantization_options);
+        let plan = plan_collective(send, recv, pccl::Collective::ReduceScatter, op, tag, quant)?;
+        collective_plan(py, self.comm()?, plan, pccl::Collective::ReduceScatter)
+    }
+
+    /// pccl extension: blocking all-gather. `send` holds `n` elements, `recv` `world * n`;
+    /// block r of `recv` is rank r's `send`, bit for bit.
+    #[pyo3(signature = (send, recv, *, tag = 0))]
+    fn all_gather(
+        &self,
+        py: Python<'_>,
+        send: &Bound<'_, PyAny>,
+        recv: &Bound<'_, PyAny>,
+        tag: u64,
+    ) -> PyResult<ReduceInfo> {
+        let kind = pccl::Collective::AllGather;
+        let plan = plan_collective(send, recv, kind, pccl::ReduceOp::Sum, tag, None)?;
+        collective_plan(py, self.comm()?, plan, kind)
+    }
+
+    /// pccl extension: blocking broadcast of rank `root`'s `tensor` into every peer's
+    /// `tensor`, bit for bit. On failure `tensor` is untouched.
+    #[pyo3(signature = (tensor, *, root, tag = 0))]
+    fn broadcast(
+        &self,
+        py: Python<'_>,
+        tensor: &Bound<'_, PyAny>,
+        root: u32,
+        tag: u64,
+    ) -> PyResult<ReduceInfo> {
+        let kind = pccl::Collective::Broadcast { root };
+        let plan = plan_collective(tensor, tensor, kind, pccl::ReduceOp::Sum, tag, None)?;
+        collective_plan(py, self.comm()?, plan, kind)
     }
 
     /// Leaves the run; later calls raise `InvalidUsageError`.

@@ -32,17 +32,9 @@ impl Plan {
     }
 }
 
-/// Checks a send/recv pair and builds the plan for reducing their first `count` elements
-/// (all of them when `None`).
-pub(crate) fn plan(
-    send: TensorView,
-    recv: TensorView,
-    count: Option<usize>,
-    op: pccl::ReduceOp,
-    tag: u64,
-    operand: Option<&Bound<'_, ReduceOperandDescriptor>>,
-    quant: Option<pccl::Quantization>,
-) -> PyResult<Plan> {
+/// What every send/recv pair must share: torch or numpy, dtype, device; and a writable
+/// `recv`.
+fn same_kind_type_and_device(send: &TensorView, recv: &TensorView) -> PyResult<()> {
     if send.kind != recv.kind {
         return Err(invalid_argument(
             "send and recv must both be torch tensors or both numpy arrays",
@@ -54,12 +46,6 @@ pub(crate) fn plan(
             send.dtype, recv.dtype
         )));
     }
-    if send.numel != recv.numel {
-        return Err(invalid_argument(format!(
-            "send and recv differ in size ({} vs {} elements)",
-            send.numel, recv.numel
-        )));
-    }
     if send.loc != recv.loc {
         return Err(invalid_argument(format!(
             "send and recv are on different devices ({:?} vs {:?})",
@@ -68,6 +54,27 @@ pub(crate) fn plan(
     }
     if !recv.writable {
         return Err(invalid_argument("recv is read-only"));
+    }
+    Ok(())
+}
+
+/// Checks a send/recv pair and builds the plan for reducing their first `count` elements
+/// (all of them when `None`).
+pub(crate) fn plan(
+    send: TensorView,
+    recv: TensorView,
+    count: Option<usize>,
+    op: pccl::ReduceOp,
+    tag: u64,
+    operand: Option<&Bound<'_, ReduceOperandDescriptor>>,
+    quant: Option<pccl::Quantization>,
+) -> PyResult<Plan> {
+    same_kind_type_and_device(&send, &recv)?;
+    if send.numel != recv.numel {
+        return Err(invalid_argument(format!(
+            "send and recv differ in size ({} vs {} elements)",
+            send.numel, recv.numel
+        )));
     }
     if send.ptr != recv.ptr && send.overlaps(&recv) {
         return Err(invalid_argument(
@@ -303,4 +310,50 @@ impl AsyncReduceHandle {
             HandleState::Done(_) => true,
         }
     }
+}
+
+/// Checks the tensors of a reduce-scatter, all-gather or broadcast (pccl extensions,
+/// docs/ARCHITECTURE.md §5.1) and builds its plan. The core checks the sizes against the
+/// ring (`InvalidArgumentError` when they do not fit it).
+pub(crate) fn plan_collective(
+    send: &Bound<'_, PyAny>,
+    recv: &Bound<'_, PyAny>,
+    kind: pccl::Collective,
+    op: pccl::ReduceOp,
+    tag: u64,
+    quant: Option<pccl::Quantization>,
+) -> PyResult<Plan> {
+    let send = view(send, "send")?;
+    let recv = view(recv, "recv")?;
+    same_kind_type_and_device(&send, &recv)?;
+    let in_place = send.ptr == recv.ptr && send.numel == recv.numel;
+    if !in_place && send.overlaps(&recv) {
+        return Err(invalid_argument("send and recv overlap"));
+    }
+    if send.numel == 0 || recv.numel == 0 {
+        return Err(invalid_argument("the tensors must not be empty"));
+    }
+    let count = match kind {
+        pccl::Collective::AllGather => recv.numel,
+        _ => send.numel,
+    };
+    let size = send.dtype.size();
+    let desc = CoreDescriptor::new(count, send.dtype, op).with_tag(tag);
+    Ok(Plan {
+        send: Region {
+            ptr: send.ptr,
+            len: send.numel * size,
+            loc: send.loc,
+        },
+        recv: Region {
+            ptr: recv.ptr,
+            len: recv.numel * size,
+            loc: recv.loc,
+        },
+        desc: match quant {
+            Some(q) => desc.with_quantization(q),
+            None => desc,
+        },
+        keep: vec![send.obj, recv.obj],
+    })
 }

@@ -123,6 +123,24 @@ static void comm_args(pcclComm_t *comm) {
         CHECK(pcclGetCommStats(comm, &stats));
     }
 
+    /* pccl extensions: reduce-scatter, all-gather, broadcast, rank */
+    EXPECT(pcclReduceScatter(NULL, b, &desc, comm, &info), IA);
+    EXPECT(pcclReduceScatter(a, NULL, &desc, comm, &info), IA);
+    EXPECT(pcclReduceScatter(a, b, NULL, comm, &info), IA);
+    EXPECT(pcclReduceScatter(a, b, &desc, NULL, &info), IA);
+    EXPECT(pcclAllGather(NULL, b, 1, pcclFloat, 0, comm, NULL), IA);
+    EXPECT(pcclAllGather(a, NULL, 1, pcclFloat, 0, comm, NULL), IA);
+    EXPECT(pcclAllGather(a, b, 0, pcclFloat, 0, comm, NULL), IA);
+    EXPECT(pcclAllGather(a, b, 1, (pcclDataType_t)12, 0, comm, NULL), IA);
+    EXPECT(pcclAllGather(a, b, 1, pcclFloat, 0, NULL, NULL), IA);
+    EXPECT(pcclBroadcast(NULL, 1, pcclFloat, 0, 0, comm, NULL), IA);
+    EXPECT(pcclBroadcast(a, 0, pcclFloat, 0, 0, comm, NULL), IA);
+    EXPECT(pcclBroadcast(a, 1, pcclFloat, -1, 0, comm, NULL), IA);
+    EXPECT(pcclBroadcast(a, 1, (pcclDataType_t)-1, 0, 0, comm, NULL), IA);
+    EXPECT(pcclBroadcast(a, 1, pcclFloat, 0, 0, NULL, NULL), IA);
+    EXPECT(pcclGetRank(NULL, &v), IA);
+    EXPECT(pcclGetRank(comm, NULL), IA);
+
     /* pcclAllReduce */
     EXPECT(pcclAllReduce(NULL, b, &desc, comm, &info), IA);
     EXPECT(pcclAllReduce(a, NULL, &desc, comm, &info), IA);

@@ -102,7 +102,10 @@ enum Output {
 #[derive(Debug)]
 pub(crate) struct PyBuffers {
     input: Input,
+    /// Bytes of the input.
     len: usize,
+    /// Bytes of the result (a reduce-scatter's chunk, an all-gather's whole; else `len`).
+    recv_len: usize,
     output: Output,
     commit_error: Option<pccl::Error>,
     _keep: KeepAlive,
@@ -130,13 +133,14 @@ impl PyBuffers {
             Output::Direct(recv.ptr)
         } else {
             Output::Staged {
-                stage: HostMem::staging(recv.loc, len)?,
+                stage: HostMem::staging(recv.loc, recv.len)?,
                 dest: recv,
             }
         };
         Ok(Self {
             input,
             len,
+            recv_len: recv.len,
             output,
             commit_error: None,
             _keep: keep,
@@ -160,10 +164,14 @@ impl ReduceBuffers for PyBuffers {
         }
     }
 
+    fn recv_len(&self) -> usize {
+        self.recv_len
+    }
+
     fn write(&mut self, offset: usize, data: &[u8]) {
         let end = offset.checked_add(data.len());
         assert!(
-            end.is_some_and(|e| e <= self.len),
+            end.is_some_and(|e| e <= self.recv_len),
             "write outside the buffer"
         );
         match &mut self.output {
@@ -191,15 +199,15 @@ impl ReduceBuffers for PyBuffers {
         };
         match dest.loc {
             Loc::Cpu => {
-                if self.len > 0 {
-                    // SAFETY: `dest` is the receive tensor's host memory, `len` bytes,
+                if self.recv_len > 0 {
+                    // SAFETY: `dest` is the receive tensor's host memory, `recv_len` bytes,
                     // alive while `_keep` is; `stage` is our own separate allocation and
                     // no slice of `dest` is alive now.
                     unsafe {
                         std::ptr::copy_nonoverlapping(
                             stage.as_slice().as_ptr(),
                             dest.ptr as *mut u8,
-                            self.len,
+                            self.recv_len,
                         );
                     }
                 }

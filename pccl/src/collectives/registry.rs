@@ -452,7 +452,8 @@ pub(crate) fn verdict_error(tag: u64, f: FailReason) -> Error {
             reason: "a peer received a corrupted frame".into(),
         },
         FailReason::Mismatch => Error::InvalidUsage(format!(
-            "peers called op {tag} with different counts, types, ops or quantization"
+            "peers called op {tag} with different counts, types, ops or quantization, \
+             different collectives or broadcast roots, or buffers that do not fit the ring"
         )),
     }
 }
@@ -488,6 +489,7 @@ mod tests {
             offset: 0,
             len: 4,
             crc: 0,
+            kind: crate::types::Collective::AllReduce,
         }
     }
 

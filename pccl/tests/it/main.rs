@@ -3,6 +3,7 @@
 mod all_reduce;
 mod bad_input;
 mod churn;
+mod collectives;
 mod common;
 mod dashboard;
 mod grid;

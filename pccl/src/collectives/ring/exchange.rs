@@ -14,7 +14,6 @@ use super::{Local, RingHost, Started};
 use crate::collectives::ReduceBuffers;
 use crate::collectives::link::{OutFrame, Pool};
 use crate::collectives::registry::OpEvent;
-use crate::collectives::registry::verdict_error;
 use crate::collectives::schedule::Schedule;
 use crate::error::Error;
 use crate::quant::Scratch;
@@ -34,8 +33,9 @@ pub(super) async fn exchange<H: RingHost, B: ReduceBuffers>(
     let op = OpFrames::new(st.key, desc, sched, host.checksums());
     let mut scratch = Scratch::default();
     let expected = sched.expected_frames();
-    let first = sched.send_chunk(0);
-    let first_slices = sched.slices(first);
+    let first = sched.first_chunk();
+    let first_slices = first.map_or(0, |c| sched.slices(c));
+    op.keep_input(bufs);
     let mut next_first = 0;
     let mut received = 0;
     let mut seen: HashSet<(u16, u32)> = HashSet::with_capacity(expected);
@@ -44,7 +44,7 @@ pub(super) async fn exchange<H: RingHost, B: ReduceBuffers>(
 
     loop {
         // Step-0 slices are made lazily, so at most a writer queue's worth is copied ahead.
-        if outgoing.is_empty() && next_first < first_slices {
+        if let Some(first) = first.filter(|_| outgoing.is_empty() && next_first < first_slices) {
             let frame = op.first_frame(bufs, host.bufs(), &mut scratch, first, next_first);
             outgoing.push_back(frame);
             next_first += 1;
@@ -80,7 +80,7 @@ pub(super) async fn exchange<H: RingHost, B: ReduceBuffers>(
                 () = pool.closed() => return Err(Local::Fail(FailReason::PeerLost)),
             }
         };
-        let (h, payload) = frame_of(event, op.key.tag)?;
+        let (h, payload) = frame_of(event)?;
         let frame = op.check(h, &mut seen)?;
         info.rx_bytes += payload.len() as u64;
         received += 1;
@@ -98,7 +98,7 @@ pub(super) async fn exchange<H: RingHost, B: ReduceBuffers>(
 }
 
 /// The frame an event carries; any other event ends this rank's part of the op.
-fn frame_of(event: Option<OpEvent>, tag: u64) -> Result<(DataHeader, BytesMut), Local> {
+fn frame_of(event: Option<OpEvent>) -> Result<(DataHeader, BytesMut), Local> {
     match event {
         Some(OpEvent::Frame {
             header,
@@ -111,7 +111,7 @@ fn frame_of(event: Option<OpEvent>, tag: u64) -> Result<(DataHeader, BytesMut), 
                 Err(Local::Fail(FailReason::Corrupt))
             }
         }
-        Some(OpEvent::Verdict(Some(f))) => Err(Local::Abort(verdict_error(tag, f))),
+        Some(OpEvent::Verdict(Some(f))) => Err(Local::Verdict(f)),
         Some(OpEvent::Verdict(None)) => Err(Local::Abort(Error::Internal(
             "success verdict before completion".into(),
         ))),

@@ -1,4 +1,6 @@
-//! The ring all-reduce runner (docs/ARCHITECTURE.md §5).
+//! The ring runner of every collective (docs/ARCHITECTURE.md §5, §5.1): all-reduce,
+//! reduce-scatter, all-gather and broadcast share it; the schedule (`schedule.rs`) says
+//! which slices each kind moves, and everything below holds for all of them.
 //!
 //! Vocabulary: the buffer is split into one *chunk* per rank; each chunk into *slices*
 //! (pipeline units, `slice_bytes` at most); each slice travels as one frame on one of the
@@ -40,6 +42,8 @@ mod exchange;
 mod frames;
 mod host;
 #[cfg(test)]
+mod kind_tests;
+#[cfg(test)]
 mod mem;
 #[cfg(test)]
 mod tests;
@@ -50,10 +54,11 @@ use std::time::Duration;
 use tokio::sync::mpsc;
 
 use super::ReduceBuffers;
+use super::link::Pool;
 use super::registry::{OpEvent, OpKey, verdict_error};
 use super::schedule::Schedule;
 use crate::error::{Error, Result};
-use crate::types::{ReduceDescriptor, ReduceInfo, Topology};
+use crate::types::{Collective, ReduceDescriptor, ReduceInfo, Topology};
 use crate::wire::FailReason;
 
 pub(crate) use host::RingHost;
@@ -90,11 +95,14 @@ pub(crate) fn start<H: RingHost>(host: &Arc<H>, desc: &ReduceDescriptor) -> Resu
     })
 }
 
-/// Runs a started op to its verdict.
+/// Runs a started op of kind `kind` to its verdict. `desc.count` is the element count
+/// of the op's whole buffer: the send buffer of a reduce-scatter, the receive buffer of
+/// an all-gather (`Schedule::input`, `Schedule::output` say what the buffers must hold).
 pub(crate) async fn run<H: RingHost, B: ReduceBuffers>(
     mut st: Started<H>,
     bufs: &mut B,
     desc: ReduceDescriptor,
+    kind: Collective,
 ) -> Result<ReduceInfo> {
     let host = st.host.clone();
     let ring = st.topology.group_ring(host.group());
@@ -109,12 +117,24 @@ pub(crate) async fn run<H: RingHost, B: ReduceBuffers>(
     }
     let next = ring[(rank + 1) % n].clone();
     let slice_elems = (host.slice_bytes() / desc.dtype.size()).max(1);
-    let sched = Schedule::new(n, rank, desc.count, slice_elems);
     let mut info = ReduceInfo {
         local_world_size: n as u32,
         ..ReduceInfo::default()
     };
-
+    // Buffers that do not fit this ring (sized for another world size, a root past its
+    // end) fail here; the other ranks wait for our frames, so the master hears of it and
+    // fails the op everywhere, and our seq of the tag stays in step with theirs.
+    let sched = match fit(kind, n, rank, &desc, slice_elems, bufs) {
+        Ok(sched) => sched,
+        Err(bad) => {
+            let failure = Some(FailReason::Mismatch);
+            host.report(st.key, failure);
+            // The verdict is a failure (ours, if no other came first): only the wait for
+            // it matters here.
+            let _ = await_verdict(&mut st, bufs, desc.tag, failure, None).await;
+            return Err(bad);
+        }
+    };
     // Opening the link to a new successor is the one wait outside the op's event stream:
     // a successor that stopped answering (frozen, not dead) would hold it for the whole
     // dial timeout after the master removed it. The removal ends it at once instead.
@@ -136,8 +156,56 @@ pub(crate) async fn run<H: RingHost, B: ReduceBuffers>(
         Ok(()) => None,
         Err(Local::Fail(f)) => Some(f),
         Err(Local::Abort(e)) => return Err(e),
+        Err(Local::Verdict(f)) => return Err(failed(&st, f).await),
     };
     host.report(st.key, failure);
+    await_verdict(&mut st, bufs, desc.tag, failure, pool).await?;
+    Ok(info)
+}
+
+/// The schedule of this rank's part, or why the caller's buffers do not fit it.
+fn fit<B: ReduceBuffers>(
+    kind: Collective,
+    n: usize,
+    rank: usize,
+    desc: &ReduceDescriptor,
+    slice_elems: usize,
+    bufs: &B,
+) -> Result<Schedule> {
+    if kind.root() as usize >= n {
+        return Err(Error::ArgumentMismatch(format!(
+            "broadcast root {} is not a rank of this ring of {n} peers",
+            kind.root()
+        )));
+    }
+    let sched = Schedule::new(kind, n, rank, desc.count, slice_elems);
+    let size = desc.dtype.size();
+    let (send, recv) = (sched.input().len() * size, sched.output().len() * size);
+    if bufs.send().len() != send || bufs.recv_len() != recv {
+        return Err(Error::ArgumentMismatch(format!(
+            "a {} of {} elements on rank {rank} of {n} takes {} send and {} receive \
+             elements; the buffers hold {} and {}",
+            kind.name(),
+            desc.count,
+            send / size,
+            recv / size,
+            bufs.send().len() / size,
+            bufs.recv_len() / size,
+        )));
+    }
+    Ok(sched)
+}
+
+/// Waits for the master's verdict on op `st` after this rank reported (`failure`), and
+/// commits the results on success.
+async fn await_verdict<H: RingHost, B: ReduceBuffers>(
+    st: &mut Started<H>,
+    bufs: &mut B,
+    tag: u64,
+    failure: Option<FailReason>,
+    pool: Option<Arc<Pool>>,
+) -> Result<()> {
+    let host = st.host.clone();
     // A frame counts as sent once it is queued on a connection; if the connection then
     // fails, the frames still queued or in flight on it are lost and the successor may
     // wait for them forever (it cannot tell which ops they belonged to). So until the
@@ -151,7 +219,7 @@ pub(crate) async fn run<H: RingHost, B: ReduceBuffers>(
                 biased;
                 ev = st.events.recv() => ev,
                 () = pool.closed() => {
-                    tracing::debug!(tag = desc.tag, "ring connection closed before the verdict");
+                    tracing::debug!(tag, "ring connection closed before the verdict");
                     host.report(st.key, Some(FailReason::PeerLost));
                     watch_pool = None;
                     continue;
@@ -160,17 +228,17 @@ pub(crate) async fn run<H: RingHost, B: ReduceBuffers>(
             None => st.events.recv().await,
         };
         match event {
-            Some(OpEvent::Verdict(None)) => {
+            Some(OpEvent::Verdict(None)) if failure.is_none() => {
                 bufs.commit();
-                return Ok(info);
+                return Ok(());
+            }
+            Some(OpEvent::Verdict(None)) => {
+                return Err(Error::Internal(
+                    "success verdict for an op this rank failed".into(),
+                ));
             }
             Some(OpEvent::Verdict(Some(f))) => {
-                if failure.is_some() && matches!(f, FailReason::PeerLost) {
-                    // The connection failed before the master noticed the death: give
-                    // it a moment so the retry runs on the new ring.
-                    tokio::time::sleep(Duration::from_millis(20)).await;
-                }
-                return Err(verdict_error(desc.tag, f));
+                return Err(failed(st, f).await);
             }
             Some(OpEvent::Abort(e)) => return Err(e),
             Some(OpEvent::Frame { .. } | OpEvent::LinkLost) => {}
@@ -179,10 +247,29 @@ pub(crate) async fn run<H: RingHost, B: ReduceBuffers>(
     }
 }
 
+/// Longest wait, after a `PeerLost` verdict, for the membership change that usually
+/// follows it.
+const PEER_LOST_SETTLE: Duration = Duration::from_millis(250);
+
+/// The error of a failure verdict on op `st`. After `PeerLost`, which a connection can
+/// report before the master has noticed the death behind it, waits (briefly) for the new
+/// ring: what the caller reads before its retry (world size, rank: the retry's buffer
+/// sizes) is then the ring the retry runs on. A peer that is alive moves no epoch; the
+/// bound ends that wait.
+async fn failed<H: RingHost>(st: &Started<H>, f: FailReason) -> Error {
+    if f == FailReason::PeerLost {
+        let moved = st.host.registry().superseded(st.key);
+        let _ = tokio::time::timeout(PEER_LOST_SETTLE, moved).await;
+    }
+    verdict_error(st.key.tag, f)
+}
+
 /// Why this rank's part ended early.
 enum Local {
     /// Report this failure to the master and wait for the verdict.
     Fail(FailReason),
     /// Return this error at once (the op is already decided for everyone).
     Abort(Error),
+    /// The master failed the op for this reason (it is decided for everyone).
+    Verdict(FailReason),
 }

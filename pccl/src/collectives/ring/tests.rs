@@ -6,22 +6,16 @@
 
 use std::sync::Arc;
 
-use super::mem::{Fault, MemRing, Options, Outcome};
+use super::mem::{Fault, MemRing, Options, Outcome, rt};
 use crate::collectives::schedule::Schedule;
 use crate::error::Error;
 use crate::quant::{Codec, Scratch};
-use crate::types::{DataType, Quantization, QuantizationAlgorithm, ReduceDescriptor, ReduceOp};
+use crate::types::{
+    Collective, DataType, Quantization, QuantizationAlgorithm, ReduceDescriptor, ReduceOp,
+};
 use crate::wire::FailReason;
 
 const TAG: u64 = 7;
-
-fn rt() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("runtime")
-}
 
 /// Rank `r`'s input for op `k`: small integers, so sums in f32 are exact.
 fn input_f32(r: usize, k: usize, count: usize) -> Vec<f32> {
@@ -60,23 +54,24 @@ fn reference_f32(op: ReduceOp, inputs: &[Vec<f32>]) -> Vec<u8> {
 }
 
 /// What the quantized ring computes, slice by slice, with the same codec: chunk `c`
-/// starts at rank `c`, each following rank combines its input into the frame, the owner
-/// divides for `Avg`; every rank's result is the decoding of the owner's bytes.
+/// starts at rank `c + 1`, each following rank combines its input into the frame, the
+/// owner (rank `c`) divides for `Avg`; every rank's result is the decoding of the owner's
+/// bytes.
 fn reference_quantized(desc: &ReduceDescriptor, inputs: &[Vec<u8>], slice_elems: usize) -> Vec<u8> {
     let n = inputs.len();
     let size = desc.dtype.size();
     let codec = Codec::new(desc).expect("quantized");
     let mut s = Scratch::default();
-    let sched = Schedule::new(n, 0, desc.count, slice_elems);
+    let sched = Schedule::new(Collective::AllReduce, n, 0, desc.count, slice_elems);
     let mut out = vec![0u8; desc.count * size];
     for c in 0..n {
         for k in 0..sched.slices(c) {
             let r = sched.slice(c, k);
             let b = r.start * size..r.end * size;
             let mut frame = vec![0u8; codec.frame_len(r.len())];
-            codec.encode(&inputs[c][b.clone()], &mut s, &mut frame);
+            codec.encode(&inputs[(c + 1) % n][b.clone()], &mut s, &mut frame);
             for g in 0..n - 1 {
-                let rank = (c + g + 1) % n;
+                let rank = (c + g + 2) % n;
                 let last = g == n - 2;
                 let avg = (last && desc.op == ReduceOp::Avg).then_some(n);
                 let mut next = vec![0u8; frame.len()];
@@ -234,7 +229,7 @@ fn a_frame_that_does_not_fit_the_schedule_is_a_mismatch() {
     let q = Quantization::new(QuantizationAlgorithm::MinMax, DataType::U8);
     // The second argument is the number of steps: the first step out of range.
     type Edit = fn(&mut crate::wire::DataHeader, u16);
-    let edits: [(&str, Edit); 8] = [
+    let edits: [(&str, Edit); 9] = [
         ("count", |h, _| h.count += 1),
         ("dtype", |h, _| h.dtype = DataType::I32),
         ("op", |h, _| h.op = ReduceOp::Max),
@@ -242,6 +237,7 @@ fn a_frame_that_does_not_fit_the_schedule_is_a_mismatch() {
         ("len", |h, _| h.len -= 4),
         ("step", |h, steps| h.step = steps),
         ("slice", |h, _| h.slice = 10_000),
+        ("collective", |h, _| h.kind = Collective::ReduceScatter),
         ("quantization", |_, _| {}),
     ];
     rt().block_on(async {
@@ -538,7 +534,7 @@ fn an_op_dialling_a_removed_successor_ends_at_the_removal() {
         let started = super::start(&host, &desc).expect("start");
         let op = tokio::spawn(async move {
             let mut bufs = super::mem::Staged::new(bytes(&input_f32(0, 0, 1000)));
-            super::run(started, &mut bufs, desc).await
+            super::run(started, &mut bufs, desc, Collective::AllReduce).await
         });
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
         assert!(!op.is_finished(), "the op waits for its successor");
