@@ -1,0 +1,285 @@
+"""``pccl.torch.ProcessGroup``: a ``torch.distributed.ProcessGroup`` over one pccl
+communicator (pccl-py/README.md, "torch.distributed backend").
+
+The group's rank and size are those of the run's ring as of the group's creation or its
+last ``update_topology()``: the run's membership is authoritative (a death shrinks it, a
+joint ``update_topology()`` admits newcomers), and torch sees the change at the next
+``update_topology()``. Every collective is started on the caller's thread with the next
+tag of the group's counter (all peers make the same collectives in the same order, so
+they agree on tags; ``update_topology()`` resets the counter on every member, newcomers
+included) and completed by the group's completer thread (``_work.py``)."""
+
+from __future__ import annotations
+
+import itertools
+import threading
+import time
+import warnings
+from datetime import timedelta
+from typing import Any, Callable, Optional, Sequence
+
+import torch
+import torch.distributed as dist
+
+import pccl
+from pccl.torch import _ops
+from pccl.torch._errors import backend_error
+from pccl.torch._work import AsyncOp, Completer, Work
+
+#: torch's default timeout for collectives of CPU backends, also ours.
+DEFAULT_TIMEOUT = timedelta(minutes=30)
+# Attempts of one update_topology() call that a concurrent death made fail (retryable).
+_TOPOLOGY_ATTEMPTS = 8
+_groups = itertools.count()
+
+
+def _ring_rank(comm: pccl.Communicator) -> int:
+    """This peer's position in its group's ring (its rank)."""
+    return int(comm.get_attribute(pccl.Attribute.RANK))  # type: ignore[attr-defined]
+
+
+def _group_size(comm: pccl.Communicator) -> int:
+    return int(comm.get_attribute(pccl.Attribute.PEER_GROUP_WORLD_SIZE))
+
+
+def _joint(call: Callable[[], Any], what: str) -> Any:
+    """Runs a joint call, again while a concurrent death makes it fail (retryable)."""
+    for attempt in range(_TOPOLOGY_ATTEMPTS):
+        try:
+            return call()
+        except pccl.UpdateTopologyFailedError:
+            if attempt + 1 == _TOPOLOGY_ATTEMPTS:
+                raise
+            time.sleep(0.05)
+
+
+def form_run(comm: pccl.Communicator, world_size: int, timeout: timedelta) -> None:
+    """Admits waiting peers (joint ``update_topology`` calls with every accepted peer) until
+    this peer's group has at least `world_size` peers. Every accepted peer sees the same
+    size after each call, so all of them return after the same one; a peer accepted into a
+    run that is already large enough returns at once."""
+    deadline = time.monotonic() + timeout.total_seconds()
+    while _group_size(comm) < world_size:
+        if time.monotonic() > deadline:
+            raise dist.DistNetworkError(
+                f"pccl: the run has {_group_size(comm)} of the {world_size} peers "
+                f"init_process_group asked for after {timeout}")
+        before = _group_size(comm)
+        _joint(comm.update_topology, "update_topology")
+        if _group_size(comm) == before:
+            time.sleep(0.05)  # nobody was waiting yet
+
+
+class ProcessGroup(dist.ProcessGroup):
+    """A torch process group over a pccl run.
+
+    ``ProcessGroup(master, world_size=N)`` connects to the master at `master` ("host:port"),
+    waits until the run has at least N peers (joint calls with the peers already in it) and
+    is ready for ``torch.distributed`` collectives; `communicator_kwargs` go to
+    ``pccl.Communicator`` (``peer_group``, ``p2p_bind_address``, ``secret``, ...).
+    ``ProcessGroup.from_communicator(comm)`` wraps a connected communicator.
+    ``init_process_group(backend="pccl")`` makes one as the default group.
+
+    Faults: a collective that a peer's death disrupts raises ``PeerLostError`` (a
+    ``torch.distributed.DistBackendError`` and a ``pccl.ConnectionLostError``) on every
+    survivor, as does every later one until ``update_topology()``, after which the group is
+    the survivors (and any newcomers), with new ranks and size."""
+
+    def __init__(self, master: str, *, world_size: int = 1, timeout: timedelta = DEFAULT_TIMEOUT,
+                 connect_attempts: int = 15, **communicator_kwargs: Any) -> None:
+        communicator_kwargs.setdefault("p2p_bind_address", "0.0.0.0:0")
+        comm = pccl.Communicator(master, **communicator_kwargs)
+        comm.connect(n_attempts=connect_attempts)
+        try:
+            form_run(comm, world_size, timeout)
+        except BaseException:
+            comm.close()
+            raise
+        self._setup(comm, timeout)
+
+    @classmethod
+    def from_communicator(cls, comm: pccl.Communicator, *, timeout: timedelta = DEFAULT_TIMEOUT) -> ProcessGroup:
+        """A group over `comm`, which is connected (accepted into the run). The group uses
+        it for collectives and ``update_topology``; keep other joint calls on it in step
+        with the other peers'."""
+        pg = cls.__new__(cls)
+        pg._setup(comm, timeout)
+        return pg
+
+    def _setup(self, comm: pccl.Communicator, timeout: timedelta) -> None:
+        self._comm = comm
+        self._timeout = timeout
+        self._rank = _ring_rank(comm)
+        self._size = _group_size(comm)
+        super().__init__(self._rank, self._size)
+        self._lock = threading.Lock()
+        self._tags = itertools.count()
+        self._failure: Optional[BaseException] = None
+        self._closed = False
+        self._completer = Completer(f"pccl-torch-pg{next(_groups)}", self._live_size, self._note_failure)
+
+    # --- identity -----------------------------------------------------------------------
+
+    def getBackendName(self) -> str:  # noqa: N802 - torch's C++ name
+        return "pccl"
+
+    def name(self) -> str:
+        return "pccl"
+
+    def rank(self) -> int:
+        return self._rank
+
+    def size(self) -> int:
+        return self._size
+
+    def getRank(self) -> int:  # noqa: N802
+        return self._rank
+
+    def getSize(self) -> int:  # noqa: N802
+        return self._size
+
+    @property
+    def communicator(self) -> pccl.Communicator:
+        """The pccl communicator under this group (for shared state, stats, ...)."""
+        return self._comm
+
+    @property
+    def timeout(self) -> timedelta:
+        return self._timeout
+
+    def set_timeout(self, timeout: timedelta) -> None:
+        self._timeout = timeout
+
+    @property
+    def failure(self) -> Optional[BaseException]:
+        """The first error of a collective since the last ``update_topology()``, or None.
+        Code that sees a collective fail inside torch (a DDP backward re-raises it as a
+        ``RuntimeError``) checks this to know the failure was pccl's."""
+        return self._failure
+
+    # --- membership ---------------------------------------------------------------------
+
+    def _live_size(self) -> int:
+        return _group_size(self._comm)
+
+    def _note_failure(self, error: BaseException) -> None:
+        if self._failure is None:
+            self._failure = error
+
+    def _drain(self) -> None:
+        if not self._completer.drain(self._timeout.total_seconds()):
+            raise backend_error(f"collectives of this group did not finish within {self._timeout}")
+
+    def update_topology(self) -> None:
+        """Joint call of every peer of the run: waits for this group's collectives, admits
+        waiting peers and takes on the run's current membership (after a death: the
+        survivors, renumbered). Retries while a concurrent death makes it fail."""
+        self._check_open()
+        self._drain()
+        _joint(self._comm.update_topology, "update_topology")
+        self._refresh()
+
+    def are_peers_pending(self) -> bool:
+        """Joint call: whether peers wait to be admitted by ``update_topology()``."""
+        self._check_open()
+        self._drain()
+        return bool(_joint(self._comm.are_peers_pending, "are_peers_pending"))
+
+    def optimize_topology(self) -> None:
+        """Joint call: measures links and re-orders the ring (ranks change)."""
+        self._check_open()
+        self._drain()
+        self._comm.optimize_topology()
+        self._refresh()
+
+    def _refresh(self) -> None:
+        with self._lock:
+            self._rank = _ring_rank(self._comm)
+            self._size = _group_size(self._comm)
+            self._tags = itertools.count()
+            self._failure = None
+
+    # --- plumbing -------------------------------------------------------------------------
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise pccl.InvalidUsageError("this pccl process group was shut down")
+
+    def _start(self, outputs: list[torch.Tensor], ops: Sequence[Callable[[int], Any]],
+               after: Optional[Callable[[], None]] = None) -> Work:
+        """Starts one pccl op per entry of `ops` (each called with its tag) and returns the
+        work that completes them. A group of one needs no network: `after` runs at once."""
+        self._check_open()
+        with self._lock:
+            if self._size == 1 or not ops:
+                if after is not None:
+                    after()
+                return Work.completed(outputs)
+            started = []
+            for start in ops:
+                tag = next(self._tags)
+                started.append(AsyncOp(lambda start=start, tag=tag: start(tag)))
+            work = Work(outputs, started, after, self._timeout, self._size)
+            return self._completer.submit(work)
+
+    def _reduce_start(self, t: torch.Tensor, op: pccl.ReduceOp) -> Optional[Callable[[int], Any]]:
+        if t.numel() == 0:
+            return None
+        comm = self._comm
+        return lambda tag: comm.all_reduce_async(t, t, op=op, tag=tag)
+
+    # --- collectives ----------------------------------------------------------------------
+
+    def allreduce(self, tensors: Any, opts: Any = None) -> Work:
+        if isinstance(tensors, torch.Tensor):
+            tensors = [tensors]
+        t = _ops.single(tensors, "allreduce")
+        op = _ops.reduce_op(_reduce_op_of(opts))
+        start = self._reduce_start(t, op)
+        return self._start([t], [start] if start else [])
+
+    def allreduce_coalesced(self, tensors: list[torch.Tensor], opts: Any = None) -> Work:
+        op = _ops.reduce_op(_reduce_op_of(opts))
+        ts = [_ops.check_tensor(t, "allreduce_coalesced") for t in tensors]
+        if ts and any(t.device != ts[0].device for t in ts):
+            raise pccl.InvalidArgumentError("allreduce_coalesced: tensors must be on one device")
+        starts = [s for s in (self._reduce_start(t, op) for t in ts) if s is not None]
+        return self._start(ts, starts)
+
+    def barrier(self, opts: Any = None) -> Work:
+        """Returns once every peer of the group has entered the barrier (an all-reduce of
+        one byte, as ProcessGroupNCCL's)."""
+        token = torch.zeros(1, dtype=torch.uint8)
+        start = self._reduce_start(token, pccl.ReduceOp.SUM)
+        return self._start([token], [start] if start else [])
+
+    # --- lifetime -------------------------------------------------------------------------
+
+    def shutdown(self) -> None:
+        """Leaves the run; later collectives raise ``pccl.InvalidUsageError``."""
+        if not self._closed:
+            self._closed = True
+            self._completer.stop()
+            self._comm.close()
+
+    def abort(self) -> None:
+        self.shutdown()
+
+
+def _reduce_op_of(opts: Any) -> Any:
+    """The reduce op of an options object (or an op passed directly, as torch's
+    ``pg.allreduce(tensors, op)`` overload allows); SUM when absent."""
+    if opts is None:
+        return dist.ReduceOp.SUM
+    if isinstance(opts, (dist.ReduceOp, dist.ReduceOp.RedOpType)):
+        return opts
+    return opts.reduceOp
+
+
+def check_rank(requested: int, pg: ProcessGroup) -> None:
+    """init_process_group's rank against the run's: the run decides (README, "Ranks")."""
+    if requested not in (-1, None) and requested != pg.rank():
+        warnings.warn(
+            f"pccl: init_process_group asked for rank {requested}, but the run gave this "
+            f"process rank {pg.rank()}; the run's membership is authoritative, so "
+            f"dist.get_rank() returns {pg.rank()}", stacklevel=3)
