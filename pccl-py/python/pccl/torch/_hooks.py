@@ -1,7 +1,6 @@
 """A DDP communication hook for fault-tolerant training with the ``pccl`` backend."""
 
-from __future__ import annotations
-
+# No `from __future__ import annotations`: DDP checks the hook's annotations as objects.
 from typing import Any
 
 import torch

@@ -89,9 +89,10 @@ class Work(dist.Work):
         w._complete(None)
         return w
 
-    def _run(self, world: Callable[[], int]) -> Optional[BaseException]:
+    def _run(self, world: Callable[[], int], on_error: Callable[[BaseException], None]) -> None:
         """Completer thread: finishes every op (even after one failed, so this peer stays in
-        step with the others) and completes the work; returns its error."""
+        step with the others) and completes the work, after passing its error (if any) to
+        `on_error`."""
         error: Optional[BaseException] = None
         for op in self._ops:
             try:
@@ -111,8 +112,9 @@ class Work(dist.Work):
                 self._after()
             except BaseException as e:  # noqa: BLE001
                 error = e
+        if error is not None:
+            on_error(error)
         self._complete(error)
-        return error
 
     def _complete(self, error: Optional[BaseException]) -> None:
         self._error = error
@@ -183,9 +185,7 @@ class Completer:
             work = self._queue.get()
             if work is None:
                 return
-            error = work._run(self._world)
-            if error is not None:
-                self._on_error(error)
+            work._run(self._world, self._on_error)
             with self._idle:
                 self._pending -= 1
                 self._idle.notify_all()
