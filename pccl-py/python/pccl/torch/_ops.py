@@ -29,10 +29,18 @@ SUPPORTED_DTYPES = tuple(dt.to_torch_dtype() for dt in pccl.DataType)
 def reduce_op(op: Any) -> pccl.ReduceOp:
     """pccl's op for a torch ``ReduceOp`` (or ``RedOpType``)."""
     for torch_op, ours in _REDUCE_OPS.items():
-        if op == torch_op:
+        if _same_op(op, torch_op):
             return ours
+    name = next((n for n in ("BAND", "BOR", "BXOR", "PREMUL_SUM") if _same_op(op, getattr(dist.ReduceOp, n))), op)
     raise pccl.InvalidArgumentError(
-        f"the pccl backend does not support {op}; it reduces with SUM, AVG, PRODUCT, MIN and MAX")
+        f"the pccl backend does not support ReduceOp.{name}; it reduces with SUM, AVG, PRODUCT, MIN and MAX")
+
+
+def _same_op(a: Any, b: Any) -> bool:
+    try:
+        return bool(a == b)
+    except TypeError:
+        return False
 
 
 def check_tensor(t: Any, what: str) -> torch.Tensor:

@@ -1,0 +1,200 @@
+"""The ``pccl`` torch.distributed backend through ``torch.distributed`` functions only:
+the torch tests of the pccl API (test_communicator.py, test_tensor.py) re-expressed with
+``dist.*``, the Work/future contract, argument checks, groups of one, rendezvous URLs and
+the exception types. Ranks are threads of this process, each with its own group."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+import pytest
+
+torch = pytest.importorskip("torch")
+import torch.distributed as dist  # noqa: E402
+
+import pccl  # noqa: E402
+import pccl.torch as pt  # noqa: E402
+from conftest import cuda_or_skip  # noqa: E402
+from torch_util import close_all, on_each, torch_groups  # noqa: E402
+
+
+@pytest.fixture
+def pgs2(master):
+    groups = torch_groups(master, 2)
+    yield groups
+    close_all(groups)
+
+
+def same_bits(a, b) -> bool:
+    return torch.equal(a.contiguous().view(torch.uint8), b.contiguous().view(torch.uint8))
+
+
+def test_registered_with_torch():
+    assert "pccl" in dist.Backend.backend_list
+    assert dist.Backend("pccl") == "pccl"
+    assert dist.Backend.backend_capability["pccl"] == ["cpu", "cuda"]
+    assert issubclass(pt.PeerLostError, dist.DistBackendError)
+    assert issubclass(pt.PeerLostError, pccl.ConnectionLostError)
+    assert issubclass(pt.PcclBackendError, pccl.PCCLError)
+
+
+def test_identity(pgs2):
+    for r, pg in enumerate(pgs2):
+        assert (pg.rank(), pg.size(), dist.get_world_size(pg)) == (r, 2, 2)
+        assert pg.name() == "pccl" and pg._get_backend_name() == "pccl"
+        assert pg.communicator.get_attribute(pccl.Attribute.GLOBAL_WORLD_SIZE) == 2
+
+
+def test_all_dtypes_including_bfloat16(pgs2):
+    """test_communicator.py::test_torch_all_dtypes_including_bfloat16 via dist.all_reduce."""
+    g = torch.Generator().manual_seed(0)
+    inputs = [[torch.randint(0, 5, (1001,), generator=g).to(dt) for dt in pt.SUPPORTED_DTYPES] for _ in pgs2]
+    outs = [[t.clone() for t in ts] for ts in inputs]
+
+    def rank(pg):
+        for t in outs[pg.rank()]:
+            dist.all_reduce(t, group=pg)
+
+    on_each(pgs2, rank)
+    for k, dt in enumerate(pt.SUPPORTED_DTYPES):
+        want = (inputs[0][k].to(torch.float64) + inputs[1][k].to(torch.float64)).to(dt)
+        assert same_bits(outs[0][k], outs[1][k]), dt
+        assert same_bits(outs[0][k], want), dt
+
+
+def test_in_place_bf16_avg(pgs2):
+    ts = [torch.full((513,), float(i + 1), dtype=torch.bfloat16) for i in range(2)]
+    on_each(pgs2, lambda pg: dist.all_reduce(ts[pg.rank()], op=dist.ReduceOp.AVG, group=pg))
+    assert torch.equal(ts[0], torch.full((513,), 1.5, dtype=torch.bfloat16))
+    assert same_bits(ts[0], ts[1])
+
+
+def test_async_work_and_future(pgs2):
+    xs = [torch.arange(10_000, dtype=torch.float32) * (i + 1) for i in range(2)]
+
+    def rank(pg):
+        work = dist.all_reduce(xs[pg.rank()], group=pg, async_op=True)
+        fut = work.get_future()
+        chained = fut.then(lambda f: f.value()[0].sum().item())
+        assert work.wait() is True and work.wait(timeout=timedelta(seconds=5)) is True
+        assert work.is_completed() and work.is_success() and work.exception() is None
+        assert fut.value()[0] is xs[pg.rank()]
+        return chained.wait()
+
+    sums = on_each(pgs2, rank)
+    assert torch.equal(xs[0], torch.arange(10_000, dtype=torch.float32) * 3)
+    assert sums[0] == sums[1] == float(xs[0].sum())
+    assert same_bits(xs[0], xs[1])
+
+
+def test_coalesced_many(pgs2):
+    """test_communicator.py::test_async_and_multiple's batch, as all_reduce_coalesced."""
+    sends = [[torch.full((100 + k,), k + i, dtype=torch.int64) for k in range(6)] for i in range(2)]
+    with pytest.warns(FutureWarning):
+        on_each(pgs2, lambda pg: dist.all_reduce_coalesced(sends[pg.rank()], group=pg))
+    for k in range(6):
+        assert (sends[0][k] == 2 * k + 1).all() and torch.equal(sends[0][k], sends[1][k])
+
+
+def test_coalescing_manager_and_many_in_flight(pgs2):
+    ts = [[torch.full((50 * k + 1,), float(i + k)) for k in range(8)] for i in range(2)]
+
+    def rank(pg):
+        with dist._coalescing_manager(group=pg, async_ops=True) as cm:
+            for t in ts[pg.rank()]:
+                dist.all_reduce(t, group=pg)
+        cm.wait()
+        works = [dist.all_reduce(t, op=dist.ReduceOp.MAX, group=pg, async_op=True) for t in ts[pg.rank()]]
+        for w in reversed(works):
+            w.wait()
+
+    on_each(pgs2, rank)
+    for k in range(8):
+        assert torch.equal(ts[0][k], torch.full((50 * k + 1,), float(2 * k + 1)))
+        assert same_bits(ts[0][k], ts[1][k])
+
+
+def test_complex_sum(pgs2):
+    ts = [torch.full((9,), complex(1, i + 1), dtype=torch.complex64) for i in range(2)]
+    on_each(pgs2, lambda pg: dist.all_reduce(ts[pg.rank()], group=pg))
+    assert torch.equal(ts[0], torch.full((9,), complex(2, 3), dtype=torch.complex64))
+
+
+def test_barrier_and_empty_tensor(pgs2):
+    def rank(pg):
+        dist.barrier(group=pg)
+        e = torch.zeros(0)
+        dist.all_reduce(e, group=pg)
+        return e.numel()
+
+    assert on_each(pgs2, rank) == [0, 0]
+
+
+def test_bad_arguments_raise_value_errors(pgs2):
+    """gloo's checks and error types: ValueError (here pccl.InvalidArgumentError, also a
+    ValueError and a RuntimeError); nothing is sent, so one rank alone can try them."""
+    pg = pgs2[0]
+    bad = [
+        (torch.zeros(4, 4).t(), dist.ReduceOp.SUM, "contiguous"),
+        (torch.zeros(3, dtype=torch.bool), dist.ReduceOp.SUM, "bool"),
+        (torch.zeros(3, 3).to_sparse(), dist.ReduceOp.SUM, "dense"),
+        (torch.zeros(3), dist.ReduceOp.BAND, "does not support ReduceOp.BAND"),
+        (torch.zeros(3), dist._make_nccl_premul_sum(2.0), "does not support ReduceOp.PREMUL_SUM"),
+    ]
+    for t, op, match in bad:
+        with pytest.raises(ValueError, match=match):
+            dist.all_reduce(t, op=op, group=pg)
+    with pytest.raises(ValueError, match="exactly one tensor"):
+        pg.allreduce([torch.zeros(2), torch.zeros(2)])
+    with pytest.raises(ValueError, match="CPU and CUDA"):
+        pg.allreduce_coalesced([torch.zeros(2), torch.zeros(2, device="meta")])
+    with pytest.raises(ValueError, match="complex"):  # torch's own check
+        dist.all_reduce(torch.zeros(3, dtype=torch.complex64), op=dist.ReduceOp.MAX, group=pg)
+    # Nothing was started: the group still works.
+    ts = [torch.ones(3) for _ in pgs2]
+    on_each(pgs2, lambda pg: dist.all_reduce(ts[pg.rank()], group=pg))
+    assert torch.equal(ts[0], torch.full((3,), 2.0))
+
+
+def test_group_of_one(master):
+    (pg,) = torch_groups(master, 1)
+    try:
+        t = torch.arange(5.0)
+        for op in (dist.ReduceOp.SUM, dist.ReduceOp.AVG, dist.ReduceOp.MAX):
+            dist.all_reduce(t, op=op, group=pg)
+        assert torch.equal(t, torch.arange(5.0))
+        dist.barrier(group=pg)
+        assert pg.size() == 1 and pg.rank() == 0
+    finally:
+        pg.shutdown()
+    with pytest.raises(pccl.InvalidUsageError):
+        dist.all_reduce(t, group=pg)
+
+
+def test_cuda_tensors(pgs2):
+    cuda_or_skip(torch)
+    g = torch.Generator().manual_seed(0)
+    host = [torch.randn(100_003, generator=g) for _ in range(2)]
+    dev = [h.cuda() for h in host]
+    on_each(pgs2, lambda pg: dist.all_reduce(dev[pg.rank()], group=pg))
+    assert same_bits(dev[0].cpu(), dev[1].cpu())
+    assert torch.allclose(dev[0].cpu(), host[0] + host[1])
+
+
+def test_rendezvous_urls():
+    from pccl.torch._rendezvous import _query
+
+    assert _query("pccl://127.0.0.1:48148") == ("127.0.0.1:48148", {})
+    assert _query("pccl://[::1]:5?bind=127.0.0.1:0&world_size=3") == ("[::1]:5", {"bind": "127.0.0.1:0", "world_size": "3"})
+    for bad in ("pccl://127.0.0.1", "pccl://:4"):
+        with pytest.raises(ValueError, match="pccl://host:port"):
+            _query(bad)
+
+
+def test_env_master_required(monkeypatch):
+    """Without pccl:// and PCCL_MASTER_ADDR, the backend says what it needs."""
+    monkeypatch.delenv("PCCL_MASTER_ADDR", raising=False)
+    store = dist.HashStore()
+    with pytest.raises(ValueError, match="PCCL_MASTER_ADDR"):
+        dist.init_process_group(backend="pccl", store=store, rank=0, world_size=1)
+    assert not dist.is_initialized()

@@ -1,0 +1,102 @@
+"""The ``pccl`` torch.distributed backend: every collective × reduce op × dtype at world
+sizes 2 to 4, through ``torch.distributed`` functions, each rank a thread of this process
+with its own process group (its own communicator, loopback TCP). Every output is checked
+bit for bit against a reference computed here and against the other ranks'."""
+
+from __future__ import annotations
+
+import pytest
+
+torch = pytest.importorskip("torch")
+import torch.distributed as dist  # noqa: E402
+
+import pccl.torch as pt  # noqa: E402
+from torch_util import close_all, on_each, torch_groups  # noqa: E402
+
+OPS = {"SUM": dist.ReduceOp.SUM, "AVG": dist.ReduceOp.AVG, "PRODUCT": dist.ReduceOp.PRODUCT,
+       "MIN": dist.ReduceOp.MIN, "MAX": dist.ReduceOp.MAX}
+NUMEL = 37  # not a multiple of any world size, so chunks are uneven inside pccl
+
+
+def values(rank: int, case: int, numel: int = NUMEL) -> torch.Tensor:
+    """Small positive integers (1..3) as float64: every sum, product, min and max of up to
+    four of them is exact in every dtype, so references are exact too."""
+    i = torch.arange(numel, dtype=torch.int64)
+    return ((i * (rank + 2) + case * 7 + rank) % 3 + 1).to(torch.float64)
+
+
+def reference(op: str, xs: list[torch.Tensor], dtype: torch.dtype) -> torch.Tensor:
+    """What pccl computes (docs/ARCHITECTURE.md §5): exact integer results; AVG divides the
+    sum once, floats in their own precision (16-bit floats via float32), integers
+    truncating."""
+    stack = torch.stack(xs)
+    if op in ("SUM", "AVG"):
+        out = stack.sum(0)
+    elif op == "PRODUCT":
+        out = stack.prod(0)
+    elif op == "MIN":
+        out = stack.amin(0)
+    else:
+        out = stack.amax(0)
+    if op != "AVG":
+        return out.to(dtype)
+    n = len(xs)
+    if dtype.is_floating_point:
+        wide = torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
+        return (out.to(dtype).to(wide) / n).to(dtype)
+    return torch.div(out, n, rounding_mode="trunc").to(dtype)
+
+
+def as_bytes(t: torch.Tensor) -> bytes:
+    return t.contiguous().view(torch.uint8).numpy().tobytes()
+
+
+def rank_program(pg) -> list[tuple[str, bytes]]:
+    """What each rank runs: every collective, in the same order on every rank."""
+    r = pg.rank()
+    out: list[tuple[str, bytes]] = []
+    case = 0
+    for dtype in pt.SUPPORTED_DTYPES:
+        for name, op in OPS.items():
+            case += 1
+            t = values(r, case).to(dtype)
+            dist.all_reduce(t, op=op, group=pg)
+            out.append((f"all_reduce {dtype} {name}", as_bytes(t)))
+
+            case += 1
+            ts = [values(r, case, k).to(dtype) for k in (1, NUMEL, 3)]
+            dist.all_reduce_coalesced(ts, op=op, group=pg)
+            out.append((f"all_reduce_coalesced {dtype} {name}", b"".join(as_bytes(t) for t in ts)))
+    dist.barrier(group=pg)
+    return out
+
+
+def expected(n: int) -> list[tuple[str, bytes]]:
+    """The same sequence of cases, computed from every rank's inputs."""
+    want: list[tuple[str, bytes]] = []
+    case = 0
+    for dtype in pt.SUPPORTED_DTYPES:
+        for name in OPS:
+            case += 1
+            want.append((f"all_reduce {dtype} {name}",
+                         as_bytes(reference(name, [values(r, case) for r in range(n)], dtype))))
+            case += 1
+            want.append((f"all_reduce_coalesced {dtype} {name}", b"".join(
+                as_bytes(reference(name, [values(r, case, k) for r in range(n)], dtype)) for k in (1, NUMEL, 3))))
+    return want
+
+
+@pytest.mark.timeout(240)
+@pytest.mark.parametrize("world", [2, 3, 4])
+def test_every_collective_op_and_dtype(master, world):
+    groups = torch_groups(master, world)
+    try:
+        results = on_each(groups, rank_program, timeout=200)
+    finally:
+        close_all(groups)
+    want = expected(world)
+    for rank, got in enumerate(results):
+        assert [name for name, _ in got] == [name for name, _ in want]
+        for (name, data), (_, ref) in zip(got, want):
+            assert data == results[0][[n for n, _ in want].index(name)][1], f"rank {rank} differs from rank 0: {name}"
+            assert data == ref, f"rank {rank}: {name} differs from the reference"
