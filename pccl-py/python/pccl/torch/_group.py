@@ -31,6 +31,8 @@ DEFAULT_TIMEOUT = timedelta(minutes=30)
 # Attempts of one update_topology() call that a concurrent death made fail (retryable).
 _TOPOLOGY_ATTEMPTS = 8
 _groups = itertools.count()
+# Seconds shutdown() waits for collectives in flight before it closes the communicator.
+_SHUTDOWN_WAIT = 10.0
 
 
 def _ring_rank(comm: pccl.Communicator) -> int:
@@ -256,9 +258,13 @@ class ProcessGroup(dist.ProcessGroup):
     # --- lifetime -------------------------------------------------------------------------
 
     def shutdown(self) -> None:
-        """Leaves the run; later collectives raise ``pccl.InvalidUsageError``."""
+        """Leaves the run (``destroy_process_group`` calls it): waits up to
+        `_SHUTDOWN_WAIT` seconds for collectives in flight, then closes the communicator
+        (a collective still running fails). Later collectives raise
+        ``pccl.InvalidUsageError``."""
         if not self._closed:
             self._closed = True
+            self._completer.drain(min(_SHUTDOWN_WAIT, self._timeout.total_seconds()))
             self._completer.stop()
             self._comm.close()
 
