@@ -53,7 +53,7 @@ def as_bytes(t: torch.Tensor) -> bytes:
 
 def rank_program(pg) -> list[tuple[str, bytes]]:
     """What each rank runs: every collective, in the same order on every rank."""
-    r = pg.rank()
+    r, n = pg.rank(), pg.size()
     out: list[tuple[str, bytes]] = []
     case = 0
     for dtype in pt.SUPPORTED_DTYPES:
@@ -67,6 +67,44 @@ def rank_program(pg) -> list[tuple[str, bytes]]:
             ts = [values(r, case, k).to(dtype) for k in (1, NUMEL, 3)]
             dist.all_reduce_coalesced(ts, op=op, group=pg)
             out.append((f"all_reduce_coalesced {dtype} {name}", b"".join(as_bytes(t) for t in ts)))
+
+            case += 1
+            x = values(r, case, n * NUMEL).to(dtype)
+            y = torch.empty(NUMEL, dtype=dtype)
+            dist.reduce_scatter_tensor(y, x, op=op, group=pg)
+            out.append((f"reduce_scatter_tensor {dtype} {name}", as_bytes(y)))
+
+            case += 1
+            xs = list(values(r, case, n * NUMEL).to(dtype).chunk(n))
+            y = torch.empty(NUMEL, dtype=dtype)
+            dist.reduce_scatter(y, xs, op=op, group=pg)
+            out.append((f"reduce_scatter {dtype} {name}", as_bytes(y)))
+
+        case += 1
+        x = values(r, case).to(dtype)
+        y = torch.empty(n * NUMEL, dtype=dtype)
+        dist.all_gather_into_tensor(y, x, group=pg)
+        out.append((f"all_gather_into_tensor {dtype}", as_bytes(y)))
+
+        case += 1
+        ys = [torch.empty(NUMEL, dtype=dtype) for _ in range(n)]
+        dist.all_gather(ys, values(r, case).to(dtype), group=pg)
+        out.append((f"all_gather {dtype}", b"".join(as_bytes(y) for y in ys)))
+
+        case += 1
+        xs = [values(r, case, k).to(dtype) for k in (2, NUMEL)]
+        ys = [torch.empty(n * x.numel(), dtype=dtype) for x in xs]
+        with dist._coalescing_manager(group=pg, async_ops=True) as cm:
+            for x, y in zip(xs, ys):
+                dist.all_gather_into_tensor(y, x, group=pg)
+        cm.wait()
+        out.append((f"all_gather_into_tensor_coalesced {dtype}", b"".join(as_bytes(y) for y in ys)))
+
+        for root in range(n):
+            case += 1
+            t = values(r, case).to(dtype)
+            dist.broadcast(t, group_src=root, group=pg)
+            out.append((f"broadcast {dtype} root {root}", as_bytes(t)))
     dist.barrier(group=pg)
     return out
 
@@ -83,6 +121,19 @@ def expected(n: int) -> list[tuple[str, bytes]]:
             case += 1
             want.append((f"all_reduce_coalesced {dtype} {name}", b"".join(
                 as_bytes(reference(name, [values(r, case, k) for r in range(n)], dtype)) for k in (1, NUMEL, 3))))
+            for kind in ("reduce_scatter_tensor", "reduce_scatter"):
+                case += 1
+                full = reference(name, [values(r, case, n * NUMEL) for r in range(n)], dtype)
+                want.append((f"{kind} {dtype} {name}", [as_bytes(c) for c in full.chunk(n)]))
+        for kind in ("all_gather_into_tensor", "all_gather"):
+            case += 1
+            want.append((f"{kind} {dtype}", as_bytes(torch.cat([values(r, case) for r in range(n)]).to(dtype))))
+        case += 1
+        want.append((f"all_gather_into_tensor_coalesced {dtype}", b"".join(
+            as_bytes(torch.cat([values(r, case, k) for r in range(n)]).to(dtype)) for k in (2, NUMEL))))
+        for root in range(n):
+            case += 1
+            want.append((f"broadcast {dtype} root {root}", as_bytes(values(root, case).to(dtype))))
     return want
 
 
@@ -97,6 +148,13 @@ def test_every_collective_op_and_dtype(master, world):
     want = expected(world)
     for rank, got in enumerate(results):
         assert [name for name, _ in got] == [name for name, _ in want]
-        for (name, data), (_, ref) in zip(got, want):
-            assert data == results[0][[n for n, _ in want].index(name)][1], f"rank {rank} differs from rank 0: {name}"
+        for i, ((name, data), (_, ref)) in enumerate(zip(got, want)):
+            if isinstance(ref, list):  # reduce-scatter: rank r holds chunk r of the reduction
+                assert data == ref[rank], f"rank {rank}: {name} differs from the reference"
+                continue
+            assert data == results[0][i][1], f"rank {rank} differs from rank 0: {name}"
             assert data == ref, f"rank {rank}: {name} differs from the reference"
+    # reduce-scatter: the chunks of all ranks together are the all-reduce's bits
+    for i, (name, ref) in enumerate(want):
+        if isinstance(ref, list):
+            assert b"".join(results[r][i][1] for r in range(world)) == b"".join(ref), name

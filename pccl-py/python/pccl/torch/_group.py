@@ -248,6 +248,121 @@ class ProcessGroup(dist.ProcessGroup):
         starts = [s for s in (self._reduce_start(t, op) for t in ts) if s is not None]
         return self._start(ts, starts)
 
+    def broadcast(self, tensors: Any, opts: Any = None) -> Work:
+        if isinstance(tensors, torch.Tensor):
+            tensors = [tensors]
+        t = _ops.single(tensors, "broadcast")
+        root = int(getattr(opts, "rootRank", 0)) if opts is not None else 0
+        if opts is not None and int(getattr(opts, "rootTensor", 0)) != 0:
+            raise pccl.InvalidArgumentError("broadcast: rootTensor must be 0 (one tensor per process)")
+        if not 0 <= root < self._size:
+            raise pccl.InvalidArgumentError(f"broadcast: root rank {root} is not in the group of {self._size}")
+        if t.numel() == 0:
+            return self._start([t], [])
+        return self._start([t], [self._coll("broadcast", t, t, root=root)])
+
+    def allgather(self, output_tensors: list[list[torch.Tensor]], input_tensors: list[torch.Tensor],
+                  opts: Any = None) -> Work:
+        """The list form: gathered into one buffer, then copied into the outputs (as gloo)."""
+        inp = _ops.single(input_tensors, "allgather")
+        if len(output_tensors) != 1:
+            raise pccl.InvalidArgumentError("allgather takes one output list per process")
+        outs = self._check_list(output_tensors[0], inp, "allgather")
+        if self._size == 1:
+            return self._start(outs, [], after=lambda: outs[0].copy_(inp.view_as(outs[0])))
+        flat = torch.empty((self._size * inp.numel(),), dtype=inp.dtype, device=inp.device)
+
+        def scatter_out() -> None:
+            for o, chunk in zip(outs, flat.chunk(self._size)):
+                o.copy_(chunk.view_as(o))
+
+        return self._start(outs, [self._coll("all_gather", inp, flat)] if inp.numel() else [], after=scatter_out)
+
+    def all_gather_single(self, output: torch.Tensor, input: torch.Tensor, opts: Any = None) -> Work:
+        self._check_gather_pair(output, input, "all_gather_into_tensor")
+        return self._gather_pairs([output], [input])
+
+    def all_gather_single_coalesced(self, outputs: list[torch.Tensor], inputs: list[torch.Tensor],
+                                    opts: Any = None) -> Work:
+        if len(outputs) != len(inputs):
+            raise pccl.InvalidArgumentError("all_gather_into_tensor_coalesced: as many outputs as inputs")
+        for o, i in zip(outputs, inputs):
+            self._check_gather_pair(o, i, "all_gather_into_tensor_coalesced")
+        return self._gather_pairs(list(outputs), list(inputs))
+
+    # torch's older names for the same calls.
+    _allgather_base = all_gather_single
+    allgather_into_tensor_coalesced = all_gather_single_coalesced
+
+    def reduce_scatter(self, output_tensors: list[torch.Tensor], input_tensors: list[list[torch.Tensor]],
+                       opts: Any = None) -> Work:
+        """The list form: the inputs are copied into one buffer (as gloo), then reduced."""
+        out = _ops.single(output_tensors, "reduce_scatter")
+        if len(input_tensors) != 1:
+            raise pccl.InvalidArgumentError("reduce_scatter takes one input list per process")
+        ins = self._check_list(input_tensors[0], out, "reduce_scatter")
+        op = _ops.reduce_op(_reduce_op_of(opts))
+        if self._size == 1:
+            return self._start([out], [], after=lambda: out.copy_(ins[0].view_as(out)))
+        flat = torch.cat([t.reshape(-1) for t in ins])
+        return self._start([out], [self._coll("reduce_scatter", flat, out, op=op)] if out.numel() else [])
+
+    def reduce_scatter_single(self, output: torch.Tensor, input: torch.Tensor, opts: Any = None) -> Work:
+        self._check_gather_pair(input, output, "reduce_scatter_tensor")
+        return self._scatter_pairs([output], [input], _ops.reduce_op(_reduce_op_of(opts)))
+
+    def reduce_scatter_single_coalesced(self, outputs: list[torch.Tensor], inputs: list[torch.Tensor],
+                                        opts: Any = None) -> Work:
+        if len(outputs) != len(inputs):
+            raise pccl.InvalidArgumentError("reduce_scatter_tensor_coalesced: as many outputs as inputs")
+        for o, i in zip(outputs, inputs):
+            self._check_gather_pair(i, o, "reduce_scatter_tensor_coalesced")
+        return self._scatter_pairs(list(outputs), list(inputs), _ops.reduce_op(_reduce_op_of(opts)))
+
+    _reduce_scatter_base = reduce_scatter_single
+    reduce_scatter_tensor_coalesced = reduce_scatter_single_coalesced
+
+    def _check_list(self, tensors: Sequence[Any], like: torch.Tensor, what: str) -> list[torch.Tensor]:
+        if len(tensors) != self._size:
+            raise pccl.InvalidArgumentError(f"{what}: the list has {len(tensors)} tensors, the group {self._size} ranks")
+        out = [_ops.check_tensor(t, what) for t in tensors]
+        for t in out:
+            _ops.same_kind(t, like, what)
+            if t.numel() != like.numel():
+                raise pccl.InvalidArgumentError(f"{what}: every tensor must have {like.numel()} elements")
+        return out
+
+    def _check_gather_pair(self, whole: Any, part: Any, what: str) -> None:
+        """`whole` has `size` times the elements of `part`, same dtype and device."""
+        _ops.check_tensor(whole, what)
+        _ops.check_tensor(part, what)
+        _ops.same_kind(whole, part, what)
+        if whole.numel() != self._size * part.numel():
+            raise pccl.InvalidArgumentError(
+                f"{what}: the large tensor must have world size ({self._size}) times the "
+                f"elements of the small one ({whole.numel()} vs {part.numel()})")
+
+    def _gather_pairs(self, outputs: list[torch.Tensor], inputs: list[torch.Tensor]) -> Work:
+        if self._size == 1:
+            return self._start(outputs, [], after=lambda: [o.copy_(i.view_as(o)) for o, i in zip(outputs, inputs)])
+        ops = [self._coll("all_gather", i, o) for o, i in zip(outputs, inputs) if i.numel()]
+        return self._start(outputs, ops)
+
+    def _scatter_pairs(self, outputs: list[torch.Tensor], inputs: list[torch.Tensor], op: pccl.ReduceOp) -> Work:
+        if self._size == 1:
+            return self._start(outputs, [], after=lambda: [o.copy_(i.view_as(o)) for o, i in zip(outputs, inputs)])
+        ops = [self._coll("reduce_scatter", i, o, op=op) for o, i in zip(outputs, inputs) if o.numel()]
+        return self._start(outputs, ops)
+
+    def _coll(self, kind: str, send: torch.Tensor, recv: torch.Tensor, **kw: Any) -> Callable[[int], Any]:
+        """The starter of one pccl collective: `kind` is all_gather, reduce_scatter or
+        broadcast; called with the op's tag, it starts the op and returns its handle."""
+        comm = self._comm
+        start = getattr(comm, f"{kind}_async")
+        if kind == "broadcast":
+            return lambda tag: start(send, root=kw["root"], tag=tag)
+        return lambda tag: start(send, recv, tag=tag, **kw)
+
     def barrier(self, opts: Any = None) -> Work:
         """Returns once every peer of the group has entered the barrier (an all-reduce of
         one byte, as ProcessGroupNCCL's)."""

@@ -48,17 +48,33 @@ class AsyncOp:
         self._start = start
         self._handle = start()
 
-    def finish(self, world: Callable[[], int]) -> int:
-        """Waits for the op (retrying it as long as `world()`, the group's live size, is
-        two or more); returns the group size it completed on, raises a backend error."""
+    def finish(self, world: Callable[[], int], expected: int) -> int:
+        """Waits for the op, running it again after a ring failure while `world()` (the
+        group's live size) is two or more; returns the group size it completed on. Raises
+        ``PeerLostError`` when it failed after the group shrank below `expected` (a
+        collective whose sizes depend on the group fails everywhere once it did), and the
+        backend error of the op's code otherwise."""
+        status = int(pccl.Result.INTERNAL_ERROR)
         for _ in range(_MAX_ATTEMPTS):
             ok, status, info = self._handle.wait()
             if ok:
                 return int(info.local_world_size)
-            if status not in _RETRYABLE or world() < 2:
+            live = world()
+            if status not in _RETRYABLE or live < 2:
+                if live != expected:
+                    raise peer_lost(live, expected, status)
                 raise backend_error("pccl collective failed", result=status)
             self._handle = self._start()
         raise backend_error(f"pccl collective failed {_MAX_ATTEMPTS} times", result=status)
+
+
+def peer_lost(ran_on: int, expected: int, status: Optional[int] = None) -> PeerLostError:
+    """The error of a collective that ran (or would have run) on fewer peers than the
+    group had at its last update_topology()."""
+    why = f" (pccl: {pccl.Result(status).name})" if status is not None else ""
+    return PeerLostError(
+        f"a peer left the run: the group had {expected} peers, the ring now has {ran_on}{why}; "
+        f"call update_topology() on every survivor before the next collective")
 
 
 class Work(dist.Work):
@@ -96,16 +112,12 @@ class Work(dist.Work):
         error: Optional[BaseException] = None
         for op in self._ops:
             try:
-                ran_on = op.finish(world)
+                ran_on = op.finish(world, self._expected_world)
             except BaseException as e:  # noqa: BLE001 - completes the work with it
                 error = error or e
                 continue
-            expected_world = self._expected_world
-            if ran_on != expected_world and error is None:
-                error = PeerLostError(
-                    f"a peer left the run: this collective ran on {ran_on} of the group's "
-                    f"{expected_world} peers; call update_topology() on every survivor before "
-                    f"the next collective")
+            if ran_on != self._expected_world and error is None:
+                error = peer_lost(ran_on, self._expected_world)
         self._ops = []
         if error is None and self._after is not None:
             try:
@@ -117,12 +129,13 @@ class Work(dist.Work):
         self._complete(error)
 
     def _complete(self, error: Optional[BaseException]) -> None:
+        # The future first: once wait() returns, get_future().value() must hold.
         self._error = error
-        self._done.set()
         if error is None:
             self._future.set_result(self._outputs)
         else:
             self._future.set_exception(error)
+        self._done.set()
 
     def wait(self, timeout: timedelta = timedelta(0)) -> bool:
         bound = timeout if timeout and timeout > timedelta(0) else self._timeout
