@@ -198,3 +198,60 @@ def test_env_master_required(monkeypatch):
     with pytest.raises(ValueError, match="PCCL_MASTER_ADDR"):
         dist.init_process_group(backend="pccl", store=store, rank=0, world_size=1)
     assert not dist.is_initialized()
+
+
+def test_wait_timeout_then_completes(pgs2):
+    """A work whose peer is late times out in wait() (CollectiveTimeoutError, a
+    DistBackendError); the op goes on and completes once the peer comes."""
+    a, b = pgs2
+    ta, tb = torch.ones(8), torch.full((8,), 2.0)
+    work = dist.all_reduce(ta, group=a, async_op=True)
+    with pytest.raises(pt.CollectiveTimeoutError) as e:
+        work.wait(timeout=timedelta(milliseconds=300))
+    assert isinstance(e.value, dist.DistBackendError) and not work.is_completed()
+    dist.all_reduce(tb, group=b)
+    assert work.wait(timeout=timedelta(seconds=30))
+    assert torch.equal(ta, torch.full((8,), 3.0)) and torch.equal(ta, tb)
+
+
+def test_peer_leaves_then_update_topology(master):
+    """A peer leaves a group of 3 between collectives: the next collective raises
+    PeerLostError on both survivors (torch's and pccl's exception types), the works'
+    futures carry it, and after update_topology() the group is the two survivors,
+    renumbered 0 and 1, and collectives run again."""
+    groups = torch_groups(master, 3)
+    leaver, survivors = groups[1], [groups[0], groups[2]]
+    try:
+        leaver.shutdown()
+
+        def step(pg):
+            t = torch.full((16,), float(pg.rank() + 1))
+            work = dist.all_reduce(t, group=pg, async_op=True)
+            with pytest.raises(pt.PeerLostError) as e:
+                work.wait()
+            assert isinstance(e.value, dist.DistBackendError) and isinstance(e.value, pccl.ConnectionLostError)
+            assert e.value.result == pccl.Result.RANK_CONNECTION_LOST
+            with pytest.raises(pt.PeerLostError):
+                work.get_future().wait()
+            assert pg.failure is not None and pg.size() == 3
+            with pytest.raises(pt.PeerLostError):  # still, until update_topology()
+                dist.all_reduce(t, group=pg)
+            pg.update_topology()
+            assert pg.failure is None
+            u = torch.full((16,), float(pg.rank() + 1))
+            dist.all_reduce(u, group=pg)
+            return pg.rank(), pg.size(), u
+
+        results = on_each(survivors, step)
+        assert sorted(r for r, _, _ in results) == [0, 1]
+        assert all(size == 2 for _, size, _ in results)
+        assert all(torch.equal(u, torch.full((16,), 3.0)) for _, _, u in results)
+    finally:
+        close_all(survivors)
+
+
+def test_import_without_torch_says_so(procs):
+    p = procs.start(["-c", "import sys; sys.modules['torch'] = None\n"
+                           "try:\n    import pccl.torch\nexcept ImportError as e:\n    print('ImportError:', e)\n"])
+    out, _ = p.communicate(timeout=60)
+    assert "ImportError: pccl.torch needs PyTorch" in out, out
