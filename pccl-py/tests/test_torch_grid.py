@@ -11,6 +11,7 @@ torch = pytest.importorskip("torch")
 import torch.distributed as dist  # noqa: E402
 
 import pccl.torch as pt  # noqa: E402
+from conftest import cuda_or_skip  # noqa: E402
 from torch_util import close_all, on_each, torch_groups  # noqa: E402
 
 OPS = {"SUM": dist.ReduceOp.SUM, "AVG": dist.ReduceOp.AVG, "PRODUCT": dist.ReduceOp.PRODUCT,
@@ -48,52 +49,59 @@ def reference(op: str, xs: list[torch.Tensor], dtype: torch.dtype) -> torch.Tens
 
 
 def as_bytes(t: torch.Tensor) -> bytes:
-    return t.contiguous().view(torch.uint8).numpy().tobytes()
+    return t.contiguous().cpu().view(torch.uint8).numpy().tobytes()
 
 
-def rank_program(pg) -> list[tuple[str, bytes]]:
+def rank_program(pg, device: str = "cpu") -> list[tuple[str, bytes]]:
     """What each rank runs: every collective, in the same order on every rank."""
     r, n = pg.rank(), pg.size()
+
+    def inputs(rank: int, case: int, numel: int = NUMEL) -> torch.Tensor:
+        return values(rank, case, numel).to(device)
+
+    def empty(numel: int, dtype: torch.dtype) -> torch.Tensor:
+        return torch.empty(numel, dtype=dtype, device=device)
+
     out: list[tuple[str, bytes]] = []
     case = 0
     for dtype in pt.SUPPORTED_DTYPES:
         for name, op in OPS.items():
             case += 1
-            t = values(r, case).to(dtype)
+            t = inputs(r, case).to(dtype)
             dist.all_reduce(t, op=op, group=pg)
             out.append((f"all_reduce {dtype} {name}", as_bytes(t)))
 
             case += 1
-            ts = [values(r, case, k).to(dtype) for k in (1, NUMEL, 3)]
+            ts = [inputs(r, case, k).to(dtype) for k in (1, NUMEL, 3)]
             dist.all_reduce_coalesced(ts, op=op, group=pg)
             out.append((f"all_reduce_coalesced {dtype} {name}", b"".join(as_bytes(t) for t in ts)))
 
             case += 1
-            x = values(r, case, n * NUMEL).to(dtype)
-            y = torch.empty(NUMEL, dtype=dtype)
+            x = inputs(r, case, n * NUMEL).to(dtype)
+            y = empty(NUMEL, dtype)
             dist.reduce_scatter_tensor(y, x, op=op, group=pg)
             out.append((f"reduce_scatter_tensor {dtype} {name}", as_bytes(y)))
 
             case += 1
-            xs = list(values(r, case, n * NUMEL).to(dtype).chunk(n))
-            y = torch.empty(NUMEL, dtype=dtype)
+            xs = list(inputs(r, case, n * NUMEL).to(dtype).chunk(n))
+            y = empty(NUMEL, dtype)
             dist.reduce_scatter(y, xs, op=op, group=pg)
             out.append((f"reduce_scatter {dtype} {name}", as_bytes(y)))
 
         case += 1
-        x = values(r, case).to(dtype)
-        y = torch.empty(n * NUMEL, dtype=dtype)
+        x = inputs(r, case).to(dtype)
+        y = empty(n * NUMEL, dtype)
         dist.all_gather_into_tensor(y, x, group=pg)
         out.append((f"all_gather_into_tensor {dtype}", as_bytes(y)))
 
         case += 1
-        ys = [torch.empty(NUMEL, dtype=dtype) for _ in range(n)]
-        dist.all_gather(ys, values(r, case).to(dtype), group=pg)
+        ys = [empty(NUMEL, dtype) for _ in range(n)]
+        dist.all_gather(ys, inputs(r, case).to(dtype), group=pg)
         out.append((f"all_gather {dtype}", b"".join(as_bytes(y) for y in ys)))
 
         case += 1
-        xs = [values(r, case, k).to(dtype) for k in (2, NUMEL)]
-        ys = [torch.empty(n * x.numel(), dtype=dtype) for x in xs]
+        xs = [inputs(r, case, k).to(dtype) for k in (2, NUMEL)]
+        ys = [empty(n * x.numel(), dtype) for x in xs]
         with dist._coalescing_manager(group=pg, async_ops=True) as cm:
             for x, y in zip(xs, ys):
                 dist.all_gather_into_tensor(y, x, group=pg)
@@ -102,7 +110,7 @@ def rank_program(pg) -> list[tuple[str, bytes]]:
 
         for root in range(n):
             case += 1
-            t = values(r, case).to(dtype)
+            t = inputs(r, case).to(dtype)
             dist.broadcast(t, group_src=root, group=pg)
             out.append((f"broadcast {dtype} root {root}", as_bytes(t)))
     dist.barrier(group=pg)
@@ -140,9 +148,19 @@ def expected(n: int) -> list[tuple[str, bytes]]:
 @pytest.mark.timeout(240)
 @pytest.mark.parametrize("world", [2, 3, 4])
 def test_every_collective_op_and_dtype(master, world):
+    check_grid(master, world, "cpu")
+
+
+@pytest.mark.timeout(240)
+def test_every_collective_op_and_dtype_cuda(master):
+    cuda_or_skip(torch)
+    check_grid(master, 2, "cuda")
+
+
+def check_grid(master, world: int, device: str) -> None:
     groups = torch_groups(master, world)
     try:
-        results = on_each(groups, rank_program, timeout=200)
+        results = on_each(groups, lambda pg: rank_program(pg, device), timeout=200)
     finally:
         close_all(groups)
     want = expected(world)
