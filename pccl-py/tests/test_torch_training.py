@@ -4,16 +4,15 @@ killed by SIGKILL mid-training. Parameters are compared bit for bit across ranks
 
 from __future__ import annotations
 
-import os
-import signal
 import socket
-import threading
 import time
 from pathlib import Path
 
 import pytest
 
 torch = pytest.importorskip("torch")
+
+from conftest import Child, finish  # noqa: E402
 
 PEER = str(Path(__file__).with_name("torch_train_peer.py"))
 
@@ -24,41 +23,15 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-class Rank:
-    """A rank process whose output lines a thread collects."""
-
-    def __init__(self, procs, args, name):
-        self.name = name
-        self.p = procs.start([PEER, *args])
-        self.lines: list[str] = []
-        self.thread = threading.Thread(target=self._read, daemon=True)
-        self.thread.start()
-
-    def _read(self):
-        for line in self.p.stdout:
-            self.lines.append(line.rstrip())
-
-    def output(self) -> str:
-        return f"--- {self.name} (exit {self.p.poll()}) ---\n" + "\n".join(self.lines[-30:])
+class Rank(Child):
+    """One rank's process."""
 
     def steps(self) -> int:
         return sum(1 for line in list(self.lines) if line.startswith("step ") and " world " in line)
 
 
-def finish(ranks, timeout):
-    deadline = time.monotonic() + timeout
-    for r in ranks:
-        try:
-            r.p.wait(timeout=max(1.0, deadline - time.monotonic()))
-        except Exception:
-            pytest.fail("ranks did not finish in time\n" + "\n".join(q.output() for q in ranks))
-        r.thread.join(5)
-    for r in ranks:
-        assert r.p.returncode == 0, "\n".join(q.output() for q in ranks)
-
-
 def start_ranks(procs, master, tmp_path, scenario, world, extra=lambda i: []):
-    return [Rank(procs, [scenario, "--master", master.listen_address, "--world", str(world),
+    return [Rank(procs, [PEER, scenario, "--master", master.listen_address, "--world", str(world),
                          "--out", str(tmp_path / f"{scenario}{i}.pt"), *extra(i)], f"{scenario}{i}")
             for i in range(world)]
 
@@ -96,8 +69,7 @@ def test_ddp_survives_a_killed_rank(master, procs, tmp_path):
         if time.monotonic() > deadline or any(r.p.poll() not in (None,) for r in ranks):
             pytest.fail("no progress before the kill\n" + "\n".join(r.output() for r in ranks))
         time.sleep(0.05)
-    os.killpg(victim.p.pid, signal.SIGKILL)
-    victim.p.wait(timeout=10)
+    victim.kill()
     survivors = [ranks[0], ranks[2]]
     finish(survivors, 200)
     a, b = (torch.load(tmp_path / f"ft{i}.pt") for i in (0, 2))
