@@ -255,3 +255,33 @@ def test_import_without_torch_says_so(procs):
                            "try:\n    import pccl.torch\nexcept ImportError as e:\n    print('ImportError:', e)\n"])
     out, _ = p.communicate(timeout=60)
     assert "ImportError: pccl.torch needs PyTorch" in out, out
+
+
+def test_init_process_group_rank_is_the_runs(master):
+    """init_process_group with pccl://: the run decides the rank (a different requested
+    one is warned about), the default group is a pccl.torch.ProcessGroup, and
+    destroy_process_group leaves the run."""
+    url = f"pccl://{master.listen_address}?bind=127.0.0.1:0"
+    with pytest.warns(UserWarning, match="authoritative"):
+        dist.init_process_group(backend="pccl", init_method=url, world_size=1, rank=3)
+    try:
+        pg = dist.group.WORLD
+        assert isinstance(pg, pt.ProcessGroup) and dist.get_backend() == "pccl"
+        assert (dist.get_rank(), dist.get_world_size()) == (0, 1)
+        t = torch.arange(4.0)
+        dist.all_reduce(t)
+        dist.barrier()
+        assert torch.equal(t, torch.arange(4.0))
+    finally:
+        dist.destroy_process_group()
+    with pytest.raises(pccl.InvalidUsageError):
+        pg.allreduce([t])
+
+
+def test_from_communicator(group2):
+    """A group over communicators connected through the pccl API."""
+    pgs = sorted((pt.ProcessGroup.from_communicator(c) for c in group2), key=lambda pg: pg.rank())
+    assert [pg.rank() for pg in pgs] == [0, 1] and all(pg.size() == 2 for pg in pgs)
+    ts = [torch.full((5,), float(pg.rank())) for pg in pgs]
+    on_each(pgs, lambda pg: dist.all_reduce(ts[pg.rank()], op=dist.ReduceOp.MAX, group=pg))
+    assert torch.equal(ts[0], torch.ones(5)) and torch.equal(ts[1], torch.ones(5))
