@@ -126,6 +126,11 @@ pub enum Error {
     /// An argument is invalid on its own (null, zero, out of range, mismatched sizes).
     #[error("invalid argument: {0}")]
     InvalidArgument(&'static str),
+    /// An argument does not fit the ring the op ran on: buffers sized for another world
+    /// size or rank, a broadcast root that is not a rank. Its code is `InvalidArgument`;
+    /// the other peers of the op fail with `InvalidUsage` (their op's shapes differ).
+    #[error("invalid argument: {0}")]
+    ArgumentMismatch(String),
     /// The call is not allowed in the current state (before connect, tag in flight, ...).
     #[error("invalid usage: {0}")]
     InvalidUsage(String),
@@ -167,7 +172,7 @@ impl Error {
         match self {
             Self::NotInitialized => ResultCode::NotInitialized,
             Self::Internal(_) => ResultCode::InternalError,
-            Self::InvalidArgument(_) => ResultCode::InvalidArgument,
+            Self::InvalidArgument(_) | Self::ArgumentMismatch(_) => ResultCode::InvalidArgument,
             Self::InvalidUsage(_) => ResultCode::InvalidUsage,
             Self::TooFewPeers => ResultCode::TooFewPeers,
             Self::MasterConnectionFailed(_) | Self::AuthenticationFailed(_) => {

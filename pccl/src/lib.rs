@@ -58,7 +58,7 @@ pub use shared_state::{SharedState, TensorInfo, tensor_hash};
 #[doc(hidden)]
 pub use topology::bandwidth::BANDWIDTH_TEST_DURATION;
 pub use types::{
-    Attribute, DataType, Device, PeerEntry, PeerId, ReduceDescriptor, ReduceInfo, ReduceOp,
+    Attribute, Collective, DataType, Device, PeerEntry, PeerId, ReduceDescriptor, ReduceInfo, ReduceOp,
     SyncInfo, SyncStrategy, Topology,
 };
 pub use types::{Quantization, QuantizationAlgorithm};

@@ -210,6 +210,74 @@ impl ReduceDescriptor {
     }
 }
 
+/// Which collective an op is (docs/ARCHITECTURE.md §5.1). Every data frame carries it, so
+/// peers that call different collectives with one tag fail with `Mismatch` everywhere.
+///
+/// Ranks are positions in the ring of the group's current topology
+/// ([`Topology::rank`]). For an op of `count` elements, the buffer is cut into one chunk
+/// per rank (equal chunks when `count` is a multiple of the world size; otherwise the
+/// first `count % world` chunks are one element larger).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+pub enum Collective {
+    /// Every rank ends with the reduction of every rank's `count` elements.
+    #[default]
+    AllReduce,
+    /// Every rank gives `count` elements; rank `r` ends with the reduction of chunk `r`.
+    ReduceScatter,
+    /// Rank `r` gives chunk `r` of a `count`-element buffer; every rank ends with all of it.
+    AllGather,
+    /// The rank at ring position `root` gives `count` elements; every rank ends with them.
+    Broadcast { root: u32 },
+}
+
+impl Collective {
+    /// The wire code of the kind (docs/PROTOCOL.md §4).
+    pub const fn code(self) -> u8 {
+        match self {
+            Self::AllReduce => 0,
+            Self::ReduceScatter => 1,
+            Self::AllGather => 2,
+            Self::Broadcast { .. } => 3,
+        }
+    }
+
+    /// The root rank of a broadcast, 0 for the other kinds.
+    pub const fn root(self) -> u32 {
+        match self {
+            Self::Broadcast { root } => root,
+            _ => 0,
+        }
+    }
+
+    /// The kind with this wire code and root; `None` for an unknown code or a root set on
+    /// a kind that has none.
+    pub fn from_wire(code: u8, root: u32) -> Option<Self> {
+        let kind = match code {
+            0 => Self::AllReduce,
+            1 => Self::ReduceScatter,
+            2 => Self::AllGather,
+            3 => return Some(Self::Broadcast { root }),
+            _ => return None,
+        };
+        (root == 0).then_some(kind)
+    }
+
+    /// Whether the kind reduces (and so takes a reduce op and quantization).
+    pub const fn reduces(self) -> bool {
+        matches!(self, Self::AllReduce | Self::ReduceScatter)
+    }
+
+    /// A name for messages and logs.
+    pub const fn name(self) -> &'static str {
+        match self {
+            Self::AllReduce => "all-reduce",
+            Self::ReduceScatter => "reduce-scatter",
+            Self::AllGather => "all-gather",
+            Self::Broadcast { .. } => "broadcast",
+        }
+    }
+}
+
 /// What a finished all-reduce reports.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct ReduceInfo {
@@ -253,6 +321,12 @@ impl Topology {
     /// Members of `group` in ring order.
     pub fn group_ring(&self, group: u32) -> Vec<&PeerEntry> {
         self.ring.iter().filter(|p| p.group == group).collect()
+    }
+
+    /// `id`'s rank in `group`: its position in the group's ring (the rank every
+    /// collective uses), if it is a member.
+    pub fn rank(&self, id: PeerId, group: u32) -> Option<usize> {
+        self.group_ring(group).iter().position(|p| p.id == id)
     }
 
     /// Whether `id` is accepted.

@@ -16,7 +16,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use pccl::wire::{ConnectionKind, DataHeader, Hello, StateRequest, ToMaster};
-use pccl::{DataType, PeerId, ReduceOp};
+use pccl::{Collective, DataType, PeerId, ReduceOp};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use serde::Serialize;
@@ -411,6 +411,7 @@ fn inject_bytes(rng: &mut ChaCha8Rng, t: &Target, ctx: &Ctx) -> Vec<u8> {
                     offset: (start * 4) as u64,
                     len: payload.len() as u32,
                     crc: crc32fast::hash(&payload),
+                    kind: Collective::AllReduce,
                 };
                 header.encode(&mut out);
                 out.extend_from_slice(&payload);

@@ -1,15 +1,23 @@
-//! The memory an all-reduce reads and writes. The user owns it; the op reads the send
+//! The memory a collective reads and writes. The user owns it; the op reads the send
 //! side and writes results, and nothing else (docs/ARCHITECTURE.md §5: the send buffer is never modified).
 
 use crate::types::DataType;
 
-/// Source and destination of one all-reduce, as bytes.
+/// Source and destination of one collective, as bytes.
 ///
-/// `send().len()` is the op's byte length; results are written with `write`, at offsets
-/// inside it. `commit` runs once the op has succeeded on every peer.
+/// For an all-reduce `send().len()` is the op's byte length and results are written with
+/// `write`, at offsets inside it. A reduce-scatter's results fill `recv_len()` bytes (its
+/// rank's chunk), an all-gather reads `send().len()` bytes (its rank's chunk); the op
+/// checks both lengths against the ring before it writes anything. `commit` runs once the
+/// op has succeeded on every peer.
 pub trait ReduceBuffers: Send {
     /// The input bytes.
     fn send(&self) -> &[u8];
+    /// Bytes the results may fill; `write` is only called inside them. The same as the
+    /// input's length unless the buffers say otherwise.
+    fn recv_len(&self) -> usize {
+        self.send().len()
+    }
     /// Stores result bytes at `offset`.
     fn write(&mut self, offset: usize, data: &[u8]);
     /// The op succeeded everywhere: results may now become visible.
@@ -28,7 +36,11 @@ macro_rules! element {
 element!(u8 => U8, i8 => I8, u16 => U16, i16 => I16, u32 => U32, i32 => I32, u64 => U64,
     i64 => I64, half::f16 => F16, half::bf16 => Bf16, f32 => F32, f64 => F64);
 
-/// Distinct send and receive slices of equal length.
+/// Distinct send and receive slices: of equal length for an all-reduce ([`new`]); of the
+/// lengths the collective relates ([`sized`]) for the others.
+///
+/// [`new`]: SliceBuffers::new
+/// [`sized`]: SliceBuffers::sized
 #[derive(Debug)]
 pub struct SliceBuffers<'a> {
     send: &'a [u8],
@@ -40,11 +52,21 @@ impl<'a> SliceBuffers<'a> {
     pub fn new(send: &'a [u8], recv: &'a mut [u8]) -> Option<Self> {
         (send.len() == recv.len()).then_some(Self { send, recv })
     }
+
+    /// Any lengths: the op checks them against its ring (a reduce-scatter's `recv` holds
+    /// its rank's chunk of `send`, an all-gather's `send` its rank's chunk of `recv`).
+    pub fn sized(send: &'a [u8], recv: &'a mut [u8]) -> Self {
+        Self { send, recv }
+    }
 }
 
 impl ReduceBuffers for SliceBuffers<'_> {
     fn send(&self) -> &[u8] {
         self.send
+    }
+
+    fn recv_len(&self) -> usize {
+        self.recv.len()
     }
 
     fn write(&mut self, offset: usize, data: &[u8]) {
@@ -83,7 +105,8 @@ impl ReduceBuffers for InPlaceBuffer<'_> {
     }
 }
 
-/// Owned buffers, for ops that outlive the caller's stack frame (`all_reduce_async`).
+/// Owned buffers, for ops that outlive the caller's stack frame (`all_reduce_async`,
+/// `collective_async`). `recv` may differ in length from `send` (see [`SliceBuffers::sized`]).
 #[derive(Debug, Clone, PartialEq)]
 pub struct OwnedBuffers {
     pub send: Vec<u8>,
@@ -99,11 +122,23 @@ impl OwnedBuffers {
             send,
         }
     }
+
+    /// Takes `send`; `recv` starts as `recv_count` zeroed elements.
+    pub fn with_recv<T: Element>(send: &[T], recv_count: usize) -> Self {
+        Self {
+            send: bytemuck::cast_slice(send).to_vec(),
+            recv: vec![0; recv_count * size_of::<T>()],
+        }
+    }
 }
 
 impl ReduceBuffers for OwnedBuffers {
     fn send(&self) -> &[u8] {
         &self.send
+    }
+
+    fn recv_len(&self) -> usize {
+        self.recv.len()
     }
 
     fn write(&mut self, offset: usize, data: &[u8]) {
@@ -114,6 +149,10 @@ impl ReduceBuffers for OwnedBuffers {
 impl<B: ReduceBuffers + ?Sized> ReduceBuffers for &mut B {
     fn send(&self) -> &[u8] {
         (**self).send()
+    }
+
+    fn recv_len(&self) -> usize {
+        (**self).recv_len()
     }
 
     fn write(&mut self, offset: usize, data: &[u8]) {

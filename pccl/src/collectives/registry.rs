@@ -449,6 +449,7 @@ mod tests {
             offset: 0,
             len: 4,
             crc: 0,
+            kind: crate::types::Collective::AllReduce,
         }
     }
 

@@ -33,7 +33,7 @@ use crate::net;
 use crate::net::sealed::{self, Secure};
 use crate::shared_state::{StateDoor, SyncHost};
 use crate::types::{
-    Attribute, PeerEntry, PeerId, ReduceDescriptor, ReduceInfo, ReduceOp, Topology,
+    Attribute, Collective, PeerEntry, PeerId, ReduceDescriptor, ReduceInfo, ReduceOp, Topology,
 };
 use crate::wire::{ConnectionKind, FailReason, Hello, ToMaster, VoteKind};
 use control::{Cmd, VoteAnswer};
@@ -61,19 +61,20 @@ pub(crate) struct Shared {
 }
 
 impl Shared {
-    /// Runs a started all-reduce to its verdict and records it in the stats.
+    /// Runs a started collective to its verdict and records it in the stats.
     pub(crate) async fn run_reduce<B: ReduceBuffers>(
         &self,
         started: ring::Started<Self>,
         bufs: &mut B,
         desc: ReduceDescriptor,
+        kind: Collective,
     ) -> Result<ReduceInfo> {
         let t0 = std::time::Instant::now();
-        let r = ring::run(started, bufs, desc).await;
+        let r = ring::run(started, bufs, desc, kind).await;
         let topology = self.registry.topology();
         let group = self.config.peer_group;
         self.stats
-            .record_reduce(&desc, t0.elapsed(), &r, &topology, self.me, group);
+            .record_reduce((&desc, kind), t0.elapsed(), &r, &topology, self.me, group);
         r
     }
 }
@@ -355,6 +356,16 @@ impl Communicator {
         Ok(self.topology()?.attribute(attr, self.config.peer_group))
     }
 
+    /// This peer's rank: its position in its group's ring of the current topology, the
+    /// rank every collective uses (0..`PeerGroupWorldSize`). It changes only when the
+    /// topology does (a peer joins, leaves or dies, or `optimize_topology` re-orders the
+    /// ring); read it again after a failed op before the retry.
+    pub fn rank(&self) -> Result<usize> {
+        self.topology()?
+            .rank(self.me, self.config.peer_group)
+            .ok_or_else(|| Error::InvalidUsage("this peer is not in the current ring".into()))
+    }
+
     /// Joint call: whether peers wait to be accepted. Every accepted peer must call it; all
     /// get the same answer. May run while async ops are in flight.
     pub fn are_peers_pending(&self) -> Result<bool> {
@@ -435,29 +446,89 @@ impl Communicator {
     /// Blocking all-reduce over any buffers.
     pub fn all_reduce_with<B: ReduceBuffers>(
         &self,
-        mut bufs: B,
+        bufs: B,
         desc: ReduceDescriptor,
     ) -> Result<ReduceInfo> {
-        no_runtime_here()?;
-        check_desc(&bufs, &desc)?;
-        let c = self.connected()?;
-        let started = ring::start(&c.shared, &desc)?;
-        c.rt.block_on(c.shared.run_reduce(started, &mut bufs, desc))
+        self.collective_with(bufs, desc, Collective::AllReduce)
     }
 
     /// Starts an all-reduce and returns at once; the handle's `wait` gives the buffers back.
     pub fn all_reduce_async<B: ReduceBuffers + 'static>(
         &self,
-        mut bufs: B,
+        bufs: B,
         desc: ReduceDescriptor,
     ) -> Result<AsyncReduce<B>> {
-        check_desc(&bufs, &desc)?;
+        self.collective_async(bufs, desc, Collective::AllReduce)
+    }
+
+    /// Blocking reduce-scatter (docs/ARCHITECTURE.md §5.1): `send` holds `world × n`
+    /// elements, `recv` `n`; rank `r` receives chunk `r` (elements `r·n .. (r+1)·n`)
+    /// reduced over every rank with `op` (`Avg` divides once, by the world size). Every
+    /// rank gets the bits an all-reduce of the same inputs leaves in that chunk. A `send`
+    /// whose length is not a multiple of the world size is split as an all-reduce splits
+    /// it: the first `len % world` chunks are one element larger.
+    pub fn reduce_scatter<T: Element>(
+        &self,
+        send: &[T],
+        recv: &mut [T],
+        op: ReduceOp,
+        tag: u64,
+    ) -> Result<ReduceInfo> {
+        let desc = ReduceDescriptor::new(send.len(), T::DTYPE, op).with_tag(tag);
+        let bufs = SliceBuffers::sized(bytemuck::cast_slice(send), bytemuck::cast_slice_mut(recv));
+        self.collective_with(bufs, desc, Collective::ReduceScatter)
+    }
+
+    /// Blocking all-gather: `send` holds `n` elements, `recv` `world × n`; block `r` of
+    /// `recv` is rank `r`'s `send`, the same bits on every rank.
+    pub fn all_gather<T: Element>(&self, send: &[T], recv: &mut [T], tag: u64) -> Result<ReduceInfo> {
+        let desc = ReduceDescriptor::new(recv.len(), T::DTYPE, ReduceOp::Sum).with_tag(tag);
+        let bufs = SliceBuffers::sized(bytemuck::cast_slice(send), bytemuck::cast_slice_mut(recv));
+        self.collective_with(bufs, desc, Collective::AllGather)
+    }
+
+    /// Blocking broadcast: rank `root`'s `buf` is copied into every rank's `buf`, bit for
+    /// bit. On failure `buf` is left untouched.
+    pub fn broadcast<T: Element>(&self, buf: &mut [T], root: usize, tag: u64) -> Result<ReduceInfo> {
+        let root = u32::try_from(root)
+            .map_err(|_| Error::InvalidArgument("broadcast root is out of range"))?;
+        let desc = ReduceDescriptor::new(buf.len(), T::DTYPE, ReduceOp::Sum).with_tag(tag);
+        let bufs = InPlaceBuffer::new(bytemuck::cast_slice_mut(buf));
+        self.collective_with(bufs, desc, Collective::Broadcast { root })
+    }
+
+    /// Blocking collective of kind `kind` over any buffers. `desc.count` is the element
+    /// count of the op's whole buffer: `send` of an all-reduce, reduce-scatter or
+    /// broadcast, `recv` of an all-gather. `desc.op` and `desc.quantization` apply to the
+    /// reducing kinds only (a non-reducing kind with a quantization is `InvalidArgument`).
+    pub fn collective_with<B: ReduceBuffers>(
+        &self,
+        mut bufs: B,
+        desc: ReduceDescriptor,
+        kind: Collective,
+    ) -> Result<ReduceInfo> {
+        no_runtime_here()?;
+        let desc = check_desc(&bufs, desc, kind)?;
+        let c = self.connected()?;
+        let started = ring::start(&c.shared, &desc)?;
+        c.rt.block_on(c.shared.run_reduce(started, &mut bufs, desc, kind))
+    }
+
+    /// Starts a collective (as [`collective_with`](Self::collective_with)) and returns at
+    /// once; the handle's `wait` gives the buffers back.
+    pub fn collective_async<B: ReduceBuffers + 'static>(
+        &self,
+        mut bufs: B,
+        desc: ReduceDescriptor,
+        kind: Collective,
+    ) -> Result<AsyncReduce<B>> {
+        let desc = check_desc(&bufs, desc, kind)?;
         let c = self.connected()?;
         let started = ring::start(&c.shared, &desc)?;
         self.async_in_flight.fetch_add(1, Ordering::SeqCst);
         let shared = c.shared.clone();
         let join = c.rt.spawn(async move {
-            let r = shared.run_reduce(started, &mut bufs, desc).await;
+            let r = shared.run_reduce(started, &mut bufs, desc, kind).await;
             (bufs, r)
         });
         Ok(AsyncReduce {
@@ -480,7 +551,7 @@ impl Communicator {
             return Err(Error::InvalidArgument("max_in_flight must be at least 1"));
         }
         for (b, d) in ops.iter() {
-            check_desc(b, d)?;
+            check_desc(b, *d, Collective::AllReduce)?;
         }
         let c = self.connected()?;
         c.rt.block_on(multiple::run(&c.shared, ops, max_in_flight))
@@ -632,17 +703,37 @@ impl<B> Drop for AsyncReduce<B> {
     }
 }
 
-fn check_desc<B: ReduceBuffers>(bufs: &B, desc: &ReduceDescriptor) -> Result<()> {
+/// Checks what can be checked before the op knows its ring (the rest: `ring::run`) and
+/// returns the descriptor the op runs with: a non-reducing kind always carries `Sum`, so
+/// peers that passed different (unused) ops do not fail with `Mismatch`.
+fn check_desc<B: ReduceBuffers>(
+    bufs: &B,
+    mut desc: ReduceDescriptor,
+    kind: Collective,
+) -> Result<ReduceDescriptor> {
     if desc.count == 0 {
         return Err(Error::InvalidArgument("count must be at least 1"));
     }
-    if desc.count.checked_mul(desc.dtype.size()) != Some(bufs.send().len()) {
+    // The buffer that holds the whole op: the receive side of an all-gather.
+    let whole = match kind {
+        Collective::AllGather => bufs.recv_len(),
+        _ => bufs.send().len(),
+    };
+    if desc.count.checked_mul(desc.dtype.size()) != Some(whole) {
         return Err(Error::InvalidArgument(
             "buffer length does not match count times the element size",
         ));
     }
-    crate::quant::validate(desc)?;
-    Ok(())
+    if !kind.reduces() {
+        if desc.quantization.is_some() {
+            return Err(Error::InvalidArgument(
+                "quantization applies to all-reduce and reduce-scatter only",
+            ));
+        }
+        desc.op = ReduceOp::Sum;
+    }
+    crate::quant::validate(&desc)?;
+    Ok(desc)
 }
 
 /// Blocking calls drive their own runtime; inside another one that would panic.

@@ -10,7 +10,7 @@ use std::task::{Context, Poll};
 use super::Shared;
 use crate::collectives::{ReduceBuffers, ring};
 use crate::error::{Error, Result};
-use crate::types::{Attribute, ReduceDescriptor, ReduceInfo};
+use crate::types::{Attribute, Collective, ReduceDescriptor, ReduceInfo};
 
 type Done<'a, B> = (usize, &'a mut (B, ReduceDescriptor), Result<ReduceInfo>);
 type OpFuture<'a, B> = Pin<Box<dyn Future<Output = Done<'a, B>> + Send + 'a>>;
@@ -32,7 +32,7 @@ pub(super) async fn run<B: ReduceBuffers>(
             let desc = op.1;
             match ring::start(shared, &desc) {
                 Ok(started) => running.push(Box::pin(async move {
-                    let r = shared.run_reduce(started, &mut op.0, desc).await;
+                    let r = shared.run_reduce(started, &mut op.0, desc, Collective::AllReduce).await;
                     (i, op, r)
                 })),
                 Err(e) => {

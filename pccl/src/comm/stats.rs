@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 
 use crate::error::{Error, Result};
-use crate::types::{PeerId, ReduceDescriptor, ReduceInfo, SyncInfo, Topology};
+use crate::types::{Collective, PeerId, ReduceDescriptor, ReduceInfo, SyncInfo, Topology};
 use crate::wire::{MAX_RECENT_OPS, PeerSummary};
 
 /// Recent all-reduces kept for [`CommStats::recent_all_reduces`].
@@ -68,6 +68,10 @@ pub struct LinkBandwidth {
 pub struct CommStats {
     /// All-reduces (blocking, async and batched) that succeeded / failed here.
     pub all_reduce: OpCounts,
+    /// Reduce-scatters, all-gathers and broadcasts that succeeded / failed here (their
+    /// bytes count in `tx_bytes`, `rx_bytes` and `neighbours`; the recent figures and
+    /// recovery times are the all-reduces' only).
+    pub collectives: OpCounts,
     /// Shared-state syncs that succeeded / failed here.
     pub shared_state_sync: OpCounts,
     /// Failed ops by result code name (`RankConnectionLost`, `InvalidUsage`, …).
@@ -118,16 +122,19 @@ impl Stats {
     /// An all-reduce ended after `took`; `topology` and `group` name its neighbours.
     pub(crate) fn record_reduce(
         &self,
-        desc: &ReduceDescriptor,
+        (desc, kind): (&ReduceDescriptor, Collective),
         took: Duration,
         result: &Result<ReduceInfo>,
         topology: &Topology,
         me: PeerId,
         group: u32,
     ) {
+        let all_reduce = kind == Collective::AllReduce;
         self.with(|s| match result {
             Ok(info) => {
-                s.snap.all_reduce.completed += 1;
+                if !all_reduce {
+                    s.snap.collectives.completed += 1;
+                }
                 s.snap.tx_bytes += info.tx_bytes;
                 s.snap.rx_bytes += info.rx_bytes;
                 let ring = topology.group_ring(group);
@@ -136,6 +143,10 @@ impl Stats {
                     s.neighbour(ring[(pos + 1) % n].id, info.tx_bytes, 0);
                     s.neighbour(ring[(pos + n - 1) % n].id, 0, info.rx_bytes);
                 }
+                if !all_reduce {
+                    return;
+                }
+                s.snap.all_reduce.completed += 1;
                 let bytes = desc.count as u64 * desc.dtype.size() as u64;
                 let secs = took.as_secs_f64().max(1e-9);
                 let n = f64::from(info.local_world_size.max(1));
@@ -160,7 +171,11 @@ impl Stats {
                 }
             }
             Err(e) => {
-                s.snap.all_reduce.failed += 1;
+                if all_reduce {
+                    s.snap.all_reduce.failed += 1;
+                } else {
+                    s.snap.collectives.failed += 1;
+                }
                 s.failure(e);
                 if matches!(e, Error::RankConnectionLost { .. }) {
                     s.lost_at.get_or_insert_with(Instant::now);
@@ -329,14 +344,14 @@ mod tests {
             tx_bytes: 2000,
             rx_bytes: 1500,
         });
-        s.record_reduce(&desc, Duration::from_millis(10), &ok, &t, ids[0], 0);
+        s.record_reduce((&desc, Collective::AllReduce), Duration::from_millis(10), &ok, &t, ids[0], 0);
         let lost = Err(Error::RankConnectionLost {
             tag: 0,
             reason: "gone".into(),
         });
-        s.record_reduce(&desc, Duration::from_millis(1), &lost, &t, ids[0], 0);
+        s.record_reduce((&desc, Collective::AllReduce), Duration::from_millis(1), &lost, &t, ids[0], 0);
         s.record_retry();
-        s.record_reduce(&desc, Duration::from_millis(20), &ok, &t, ids[0], 0);
+        s.record_reduce((&desc, Collective::AllReduce), Duration::from_millis(20), &ok, &t, ids[0], 0);
         let snap = s.snapshot();
         assert_eq!(
             snap.all_reduce,
@@ -387,7 +402,7 @@ mod tests {
                 tx_bytes: 1,
                 rx_bytes: 1,
             });
-            s.record_reduce(&desc, Duration::from_millis(1), &ok, &t, pair[0], 0);
+            s.record_reduce((&desc, Collective::AllReduce), Duration::from_millis(1), &ok, &t, pair[0], 0);
             s.record_links(&[(pair[1], 5)]);
         }
         let snap = s.snapshot();

@@ -9,6 +9,7 @@ use half::f16;
 
 use super::*;
 use crate::collectives::schedule::Schedule;
+use crate::types::Collective;
 
 const SEED: u64 = 0x9a4d_0c0d_e5ee_d006;
 
@@ -306,12 +307,13 @@ fn ring_case<W: Work>(
             .collect()
     };
     let inputs: Vec<Vec<W>> = (0..n).map(input).collect();
-    let sched = Schedule::new(n, 0, count, slice);
+    let sched = Schedule::new(Collective::AllReduce, n, 0, count, slice);
     for c in 0..n {
         for k in 0..sched.slices(c) {
             let rg = sched.slice(c, k);
             let parts: Vec<Vec<W>> = inputs.iter().map(|x| x[rg.clone()].to_vec()).collect();
-            let (got, budget) = simulate_slice(q, op, &parts, c);
+            // Chunk c starts at rank c + 1 (collectives/schedule.rs).
+            let (got, budget) = simulate_slice(q, op, &parts, (c + 1) % n);
             for (j, i) in rg.enumerate() {
                 let vals = (0..n).map(|r| inputs[r][i].to_f64());
                 let exact = match op {

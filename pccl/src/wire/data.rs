@@ -12,7 +12,7 @@ use bytes::BufMut;
 
 use super::codec::{Reader, WireError};
 use crate::quant::META_LEN;
-use crate::types::{DataType, Quantization, QuantizationAlgorithm, ReduceOp};
+use crate::types::{Collective, DataType, Quantization, QuantizationAlgorithm, ReduceOp};
 
 /// Frame type byte of a data frame.
 const DATA_FRAME: u8 = 1;
@@ -48,7 +48,7 @@ impl RingFrame {
     }
 }
 /// Encoded header size.
-pub const DATA_HEADER_LEN: usize = 1 + 8 + 8 + 4 + 8 + 1 + 1 + 1 + 2 + 4 + 8 + 4 + 4;
+pub const DATA_HEADER_LEN: usize = 1 + 8 + 8 + 4 + 8 + 1 + 1 + 1 + 2 + 4 + 8 + 4 + 4 + 1 + 4;
 /// Largest slice of source data one frame may carry.
 pub const MAX_SLICE_BYTES: usize = 64 << 20;
 /// Largest payload one frame may carry: a slice, plus quantization metadata.
@@ -69,7 +69,8 @@ pub struct DataHeader {
     /// The op's payload quantization (`None`: the payload is in `dtype`), so a peer that
     /// quantizes differently is detected. One byte: `algorithm << 4 | quantized dtype`, 0 for none.
     pub quant: Option<Quantization>,
-    /// Ring step (0..2n-2) the payload belongs to.
+    /// Ring step the payload belongs to (0..2n-2 for an all-reduce; 0..n-1 for the other
+    /// collectives).
     pub step: u16,
     /// Slice index within the chunk.
     pub slice: u32,
@@ -77,6 +78,10 @@ pub struct DataHeader {
     pub offset: u64,
     pub len: u32,
     pub crc: u32,
+    /// The collective (and a broadcast's root rank), so a peer that calls another
+    /// collective with the same tag is detected. Two fields on the wire: the kind's code
+    /// (one byte) and the root (`u32`, 0 for kinds without one).
+    pub kind: Collective,
 }
 
 impl DataHeader {
@@ -97,6 +102,8 @@ impl DataHeader {
         out.put_u64_le(self.offset);
         out.put_u32_le(self.len);
         out.put_u32_le(self.crc);
+        out.put_u8(self.kind.code());
+        out.put_u32_le(self.kind.root());
     }
 
     /// Decodes a header and checks its payload length against [`MAX_PAYLOAD_BYTES`].
@@ -119,6 +126,11 @@ impl DataHeader {
             offset: r.u64()?,
             len: r.u32()?,
             crc: r.u32()?,
+            kind: {
+                let code = r.u8()?;
+                Collective::from_wire(code, r.u32()?)
+                    .ok_or(WireError::InvalidValue("collective"))?
+            },
         };
         r.finish()?;
         if h.len as usize > MAX_PAYLOAD_BYTES {
@@ -164,13 +176,15 @@ mod tests {
         #[test]
         fn round_trip(tag: u64, epoch: u64, seq: u32, count: u64, d in 0u8..12, o in 0u8..5,
                       qa in 0u8..3, qd in 0u8..12,
-                      step: u16, slice: u32, offset: u64, len in 0u32..(MAX_PAYLOAD_BYTES as u32), crc: u32) {
+                      step: u16, slice: u32, offset: u64, len in 0u32..(MAX_PAYLOAD_BYTES as u32), crc: u32,
+                      k in 0u8..4, root: u32) {
             let quant = (qa > 0).then(|| Quantization {
                 algorithm: QuantizationAlgorithm::from_u8(qa).unwrap(),
                 dtype: DataType::from_u8(qd).unwrap(),
             });
             let h = DataHeader { tag, epoch, seq, count, dtype: DataType::from_u8(d).unwrap(),
-                op: ReduceOp::from_u8(o).unwrap(), quant, step, slice, offset, len, crc };
+                op: ReduceOp::from_u8(o).unwrap(), quant, step, slice, offset, len, crc,
+                kind: Collective::from_wire(k, if k == 3 { root } else { 0 }).unwrap() };
             let mut buf = Vec::new();
             h.encode(&mut buf);
             prop_assert_eq!(buf.len(), DATA_HEADER_LEN);
@@ -226,6 +240,7 @@ mod tests {
             offset: 0,
             len: u32::MAX,
             crc: 0,
+            kind: Collective::AllReduce,
         };
         let mut buf = Vec::new();
         h.encode(&mut buf);
@@ -253,6 +268,7 @@ mod tests {
             offset: 0,
             len: 25,
             crc: 0,
+            kind: Collective::AllReduce,
         };
         let mut buf = Vec::new();
         h.encode(&mut buf);
@@ -269,5 +285,42 @@ mod tests {
         let mut buf = Vec::new();
         h.encode(&mut buf);
         assert_eq!(buf[31], 0);
+    }
+
+    #[test]
+    fn collective_bytes_are_checked() {
+        let mut h = DataHeader {
+            tag: 0,
+            epoch: 0,
+            seq: 0,
+            count: 1,
+            dtype: DataType::F32,
+            op: ReduceOp::Sum,
+            quant: None,
+            step: 0,
+            slice: 0,
+            offset: 0,
+            len: 4,
+            crc: 0,
+            kind: Collective::Broadcast { root: 3 },
+        };
+        let mut buf = Vec::new();
+        h.encode(&mut buf);
+        assert_eq!(buf[54..], [3, 3, 0, 0, 0]);
+        assert_eq!(DataHeader::decode(&buf.clone().try_into().unwrap()), Ok(h));
+        // An unknown kind, and a root on a kind that has none, are refused.
+        for (code, root) in [(4u8, 0u8), (0xff, 0), (0, 1), (1, 1), (2, 7)] {
+            buf[54] = code;
+            buf[55] = root;
+            assert_eq!(
+                DataHeader::decode(&buf.clone().try_into().unwrap()),
+                Err(WireError::InvalidValue("collective")),
+                "{code} {root}"
+            );
+        }
+        h.kind = Collective::ReduceScatter;
+        let mut buf = Vec::new();
+        h.encode(&mut buf);
+        assert_eq!(buf[54..], [1, 0, 0, 0, 0]);
     }
 }

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use pccl::wire::{ConnectionKind, DATA_HEADER_LEN, DataHeader, HELLO_LEN, Hello, StateRequest};
 use pccl::{
-    Communicator, CommunicatorConfig, DataType, PeerId, ReduceOp, SharedState, SyncStrategy,
+    Collective, Communicator, CommunicatorConfig, DataType, PeerId, ReduceOp, SharedState, SyncStrategy,
     TensorInfo,
 };
 
@@ -179,6 +179,7 @@ fn frame(tag: u64, epoch: u64, seq: u32, step: u16, offset: u64, len: usize, fil
         offset,
         len: len as u32,
         crc: crc32fast::hash(&payload),
+        kind: Collective::AllReduce,
     };
     let mut out = Vec::with_capacity(DATA_HEADER_LEN + len);
     header.encode(&mut out);

@@ -33,8 +33,9 @@ pub(super) async fn exchange<H: RingHost, B: ReduceBuffers>(
     let op = OpFrames::new(st.key, desc, sched, host.checksums());
     let mut scratch = Scratch::default();
     let expected = sched.expected_frames();
-    let first = sched.send_chunk(0);
-    let first_slices = sched.slices(first);
+    let first = sched.first_chunk();
+    let first_slices = first.map_or(0, |c| sched.slices(c));
+    op.keep_input(bufs);
     let mut next_first = 0;
     let mut received = 0;
     let mut seen: HashSet<(u16, u32)> = HashSet::with_capacity(expected);
@@ -43,7 +44,7 @@ pub(super) async fn exchange<H: RingHost, B: ReduceBuffers>(
 
     loop {
         // Step-0 slices are made lazily, so at most a writer queue's worth is copied ahead.
-        if outgoing.is_empty() && next_first < first_slices {
+        if let Some(first) = first.filter(|_| outgoing.is_empty() && next_first < first_slices) {
             let frame = op.first_frame(bufs, host.bufs(), &mut scratch, first, next_first);
             outgoing.push_back(frame);
             next_first += 1;

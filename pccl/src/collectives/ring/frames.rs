@@ -2,6 +2,10 @@
 //! received frame against the schedule, and turning a received frame into the frame sent
 //! on (reduce, store, or both) on the plain and on the quantized path.
 //!
+//! Offsets in frames and in the schedule are in the op's buffer; the caller's buffers
+//! hold only part of it for some kinds (`Schedule::input`, `Schedule::output`), so reads
+//! and writes are shifted here.
+//!
 //! Payload buffers are moved, never copied: a received buffer is reduced in place and
 //! sent on, or stored and returned to the buffer pool.
 
@@ -16,7 +20,7 @@ use crate::collectives::bufpool::BufPool;
 use crate::collectives::link::OutFrame;
 use crate::collectives::reduce::{finish_avg, reduce_into};
 use crate::collectives::registry::OpKey;
-use crate::collectives::schedule::{Action, Schedule};
+use crate::collectives::schedule::Schedule;
 use crate::quant::{Codec, Scratch};
 use crate::types::{ReduceDescriptor, ReduceOp};
 use crate::wire::{DataHeader, FailReason};
@@ -85,6 +89,28 @@ impl<'a> OpFrames<'a> {
             offset: (range.start * self.size) as u64,
             len: self.wire_len(range.len()) as u32,
             crc,
+            kind: self.sched.kind,
+        }
+    }
+
+    /// The local input's bytes for `range` (elements of the op's buffer).
+    fn local<'b, B: ReduceBuffers>(&self, bufs: &'b B, range: &Range<usize>) -> &'b [u8] {
+        let base = self.sched.input().start;
+        &bufs.send()[(range.start - base) * self.size..(range.end - base) * self.size]
+    }
+
+    /// Where the result bytes for `range` (elements of the op's buffer) are written.
+    fn out_at(&self, range: &Range<usize>) -> usize {
+        (range.start - self.sched.output().start) * self.size
+    }
+
+    /// Writes the part of the result that is the local input unchanged (an all-gather's
+    /// own chunk, a broadcast root's buffer), before any frame moves.
+    pub(super) fn keep_input<B: ReduceBuffers>(&self, bufs: &mut B) {
+        if let Some(range) = self.sched.kept_input() {
+            let at = self.out_at(&range);
+            let data = self.local(bufs, &range).to_vec();
+            bufs.write(at, &data);
         }
     }
 
@@ -99,7 +125,7 @@ impl<'a> OpFrames<'a> {
         k: usize,
     ) -> OutFrame {
         let range = self.sched.slice(chunk, k);
-        let src = &bufs.send()[range.start * self.size..range.end * self.size];
+        let src = self.local(bufs, &range);
         let len = self.wire_len(range.len());
         let mut payload = pool.get(len);
         match self.codec {
@@ -131,6 +157,7 @@ impl<'a> OpFrames<'a> {
             || h.dtype != desc.dtype
             || h.op != desc.op
             || h.quant != quant
+            || h.kind != self.sched.kind
         {
             tracing::warn!(tag = h.tag, "peer called the op with different parameters");
             return Err(Local::Fail(FailReason::Mismatch));
@@ -139,10 +166,13 @@ impl<'a> OpFrames<'a> {
         let step = h.step as usize;
         let slice = h.slice as usize;
         let chunk = sched.recv_chunk(step);
-        let valid = step < sched.steps() && slice < sched.slices(chunk) && {
-            let r = sched.slice(chunk, slice);
-            h.offset == (r.start * self.size) as u64 && h.len as usize == self.wire_len(r.len())
-        };
+        let valid = chunk.is_some_and(|c| {
+            slice < sched.recv_slices(step) && {
+                let r = sched.slice(c, slice);
+                h.offset == (r.start * self.size) as u64
+                    && h.len as usize == self.wire_len(r.len())
+            }
+        });
         if !valid || !seen.insert((h.step, h.slice)) {
             tracing::warn!(
                 tag = h.tag,
@@ -154,7 +184,7 @@ impl<'a> OpFrames<'a> {
         }
         Ok(Checked {
             header: h,
-            range: sched.slice(chunk, slice),
+            range: sched.slice(chunk.expect("checked above"), slice),
         })
     }
 
@@ -170,31 +200,25 @@ impl<'a> OpFrames<'a> {
         let (h, range) = (&frame.header, &frame.range);
         let desc = self.desc;
         let step = h.step as usize;
-        let bytes = range.start * self.size..range.end * self.size;
-        let action = self.sched.action(step);
-        if matches!(action, Action::ReduceForward | Action::ReduceFinal) {
-            reduce_into(
-                desc.op,
-                desc.dtype,
-                &mut payload,
-                &bufs.send()[bytes.clone()],
-            );
+        let action = self.sched.action(step, h.slice as usize);
+        if action.reduces() {
+            reduce_into(desc.op, desc.dtype, &mut payload, self.local(bufs, range));
+            if action.stores() && desc.op == ReduceOp::Avg {
+                finish_avg(desc.dtype, &mut payload, self.sched.n);
+            }
         }
-        if action == Action::ReduceFinal && desc.op == ReduceOp::Avg {
-            finish_avg(desc.dtype, &mut payload, self.sched.n);
+        if action.stores() {
+            bufs.write(self.out_at(range), &payload);
         }
-        if action != Action::ReduceForward {
-            bufs.write(bytes.start, &payload);
-        }
-        if action == Action::Store {
+        if !action.forwards() {
             pool.put(payload);
             return None;
         }
         // Stored values travel unchanged, so their checksum does too.
-        let crc = if action == Action::StoreForward {
-            h.crc
-        } else {
+        let crc = if action.reduces() {
             self.crc(&payload)
+        } else {
+            h.crc
         };
         Some(OutFrame {
             header: self.header(step + 1, h.slice as usize, range, crc),
@@ -217,34 +241,30 @@ impl<'a> OpFrames<'a> {
     ) -> Option<OutFrame> {
         let (h, range) = (&frame.header, &frame.range);
         let step = h.step as usize;
-        let bytes = range.start * self.size..range.end * self.size;
-        let action = self.sched.action(step);
-        let (out, crc) = match action {
-            Action::ReduceForward | Action::ReduceFinal => {
-                let len = c.frame_len(range.len());
-                let mut out = pool.get(len);
-                out.resize(len, 0);
-                let last = action == Action::ReduceFinal;
-                let avg = (last && self.desc.op == ReduceOp::Avg).then_some(self.sched.n);
-                let local = &bufs.send()[bytes.clone()];
-                c.combine(&payload, local, avg, scratch, &mut out);
-                pool.put(payload);
-                if last {
-                    // The owner's result is the dequantization of the bytes it sends.
-                    bufs.write(bytes.start, c.decode(&out, range.len(), scratch));
-                }
-                let crc = self.crc(&out);
-                (out, crc)
+        let action = self.sched.action(step, h.slice as usize);
+        let (out, crc) = if action.reduces() {
+            let len = c.frame_len(range.len());
+            let mut out = pool.get(len);
+            out.resize(len, 0);
+            let last = action.stores();
+            let avg = (last && self.desc.op == ReduceOp::Avg).then_some(self.sched.n);
+            c.combine(&payload, self.local(bufs, range), avg, scratch, &mut out);
+            pool.put(payload);
+            if last {
+                // The owner's result is the dequantization of the bytes it sends (or, in a
+                // reduce-scatter, would send): quantized once, as in an all-reduce.
+                bufs.write(self.out_at(range), c.decode(&out, range.len(), scratch));
             }
-            Action::StoreForward | Action::Store => {
-                bufs.write(bytes.start, c.decode(&payload, range.len(), scratch));
-                if action == Action::Store {
-                    pool.put(payload);
-                    return None;
-                }
-                (payload, h.crc)
-            }
+            let crc = self.crc(&out);
+            (out, crc)
+        } else {
+            bufs.write(self.out_at(range), c.decode(&payload, range.len(), scratch));
+            (payload, h.crc)
         };
+        if !action.forwards() {
+            pool.put(out);
+            return None;
+        }
         Some(OutFrame {
             header: self.header(step + 1, h.slice as usize, range, crc),
             payload: out.freeze(),

@@ -22,7 +22,7 @@ use crate::collectives::bufpool::BufPool;
 use crate::collectives::link::{OutFrame, Pool};
 use crate::collectives::registry::{OpKey, Registry};
 use crate::error::{Error, Result};
-use crate::types::{PeerEntry, PeerId, ReduceDescriptor, ReduceInfo, Topology};
+use crate::types::{Collective, PeerEntry, PeerId, ReduceDescriptor, ReduceInfo, Topology};
 use crate::wire::{DataHeader, FailReason};
 
 /// Every test ends within this, or fails as hung.
@@ -109,8 +109,14 @@ pub(super) struct Staged {
 
 impl Staged {
     pub(super) fn new(send: Vec<u8>) -> Self {
+        let len = send.len();
+        Self::with_recv(send, len)
+    }
+
+    /// Results of `recv_len` bytes (a reduce-scatter's chunk, an all-gather's whole).
+    pub(super) fn with_recv(send: Vec<u8>, recv_len: usize) -> Self {
         Self {
-            staged: vec![0; send.len()],
+            staged: vec![0; recv_len],
             send,
             committed: None,
         }
@@ -120,6 +126,10 @@ impl Staged {
 impl ReduceBuffers for Staged {
     fn send(&self) -> &[u8] {
         &self.send
+    }
+
+    fn recv_len(&self) -> usize {
+        self.staged.len()
     }
 
     fn write(&mut self, offset: usize, data: &[u8]) {
@@ -133,6 +143,28 @@ impl ReduceBuffers for Staged {
 
 /// What every rank's op task hands back.
 pub(super) type Outcome = (Staged, Result<ReduceInfo>);
+
+/// One rank's call of an op: the collective, its descriptor, its input and how many
+/// result bytes its receive buffer holds.
+#[derive(Clone, Debug)]
+pub(super) struct Call {
+    pub(super) kind: Collective,
+    pub(super) desc: ReduceDescriptor,
+    pub(super) input: Vec<u8>,
+    pub(super) recv_len: usize,
+}
+
+impl Call {
+    /// An all-reduce call.
+    pub(super) fn all_reduce(desc: ReduceDescriptor, input: Vec<u8>) -> Self {
+        Self {
+            kind: Collective::AllReduce,
+            desc,
+            recv_len: input.len(),
+            input,
+        }
+    }
+}
 
 /// What the ranks, their wires and the master share.
 pub(super) struct World {
@@ -270,32 +302,43 @@ impl MemRing {
         *self.world.hosts[from].pool.lock().unwrap() = Some(Arc::new(Pool::new(writers, closed)));
     }
 
-    /// Starts one op on every live rank; the tasks hand back each rank's buffers and result.
+    /// Starts one all-reduce on every live rank; the tasks hand back each rank's buffers
+    /// and result.
     pub(super) fn start(
         &self,
         descs: &[ReduceDescriptor],
         inputs: Vec<Vec<u8>>,
     ) -> Vec<Option<JoinHandle<Outcome>>> {
+        self.start_calls(
+            descs
+                .iter()
+                .zip(inputs)
+                .map(|(d, x)| Call::all_reduce(*d, x))
+                .collect(),
+        )
+    }
+
+    /// Starts rank `r`'s `calls[r]` on every live rank.
+    pub(super) fn start_calls(&self, calls: Vec<Call>) -> Vec<Option<JoinHandle<Outcome>>> {
         let alive = self.world.alive.lock().unwrap().clone();
         // Every rank registers before any runs, as if every rank called the op before
         // the first frame or verdict. A rank registering later would take the next seq
         // (after a failure verdict) or the next epoch (after a rank vanished) and pair
         // with the others' retry, which this harness, waiting for every first outcome,
         // never starts.
-        let started: Vec<_> = (0..inputs.len())
-            .map(|r| alive[r].then(|| super::start(&self.world.hosts[r], &descs[r])))
+        let started: Vec<_> = (0..calls.len())
+            .map(|r| alive[r].then(|| super::start(&self.world.hosts[r], &calls[r].desc)))
             .collect();
         started
             .into_iter()
-            .zip(inputs)
+            .zip(calls)
             .enumerate()
-            .map(|(r, (started, input))| {
+            .map(|(r, (started, call))| {
                 let started = started?;
-                let desc = descs[r];
                 let task = tokio::spawn(async move {
-                    let mut bufs = Staged::new(input);
+                    let mut bufs = Staged::with_recv(call.input, call.recv_len);
                     let res = match started {
-                        Ok(st) => super::run(st, &mut bufs, desc).await,
+                        Ok(st) => super::run(st, &mut bufs, call.desc, call.kind).await,
                         Err(e) => Err(e),
                     };
                     (bufs, res)
@@ -306,13 +349,25 @@ impl MemRing {
             .collect()
     }
 
-    /// Runs one op on every live rank and waits for all of them (bounded by [`HANG`]).
+    /// Runs one all-reduce on every live rank and waits for all of them (bounded by
+    /// [`HANG`]).
     pub(super) async fn all_reduce(
         &self,
         descs: &[ReduceDescriptor],
         inputs: Vec<Vec<u8>>,
     ) -> Vec<Option<Outcome>> {
         let handles = self.start(descs, inputs);
+        self.outcomes(handles).await
+    }
+
+    /// Runs rank `r`'s `calls[r]` on every live rank and waits for all of them.
+    pub(super) async fn run_calls(&self, calls: Vec<Call>) -> Vec<Option<Outcome>> {
+        let handles = self.start_calls(calls);
+        self.outcomes(handles).await
+    }
+
+    /// Waits for every started rank (bounded by [`HANG`]).
+    async fn outcomes(&self, handles: Vec<Option<JoinHandle<Outcome>>>) -> Vec<Option<Outcome>> {
         let mut out = Vec::new();
         for (r, h) in handles.into_iter().enumerate() {
             out.push(match h {

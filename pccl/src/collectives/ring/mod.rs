@@ -1,4 +1,6 @@
-//! The ring all-reduce runner (docs/ARCHITECTURE.md §5).
+//! The ring runner of every collective (docs/ARCHITECTURE.md §5, §5.1): all-reduce,
+//! reduce-scatter, all-gather and broadcast share it; the schedule (`schedule.rs`) says
+//! which slices each kind moves, and everything below holds for all of them.
 //!
 //! Vocabulary: the buffer is split into one *chunk* per rank; each chunk into *slices*
 //! (pipeline units, `slice_bytes` at most); each slice travels as one frame on one of the
@@ -50,10 +52,11 @@ use std::time::Duration;
 use tokio::sync::mpsc;
 
 use super::ReduceBuffers;
+use super::link::Pool;
 use super::registry::{OpEvent, OpKey};
 use super::schedule::Schedule;
 use crate::error::{Error, Result};
-use crate::types::{ReduceDescriptor, ReduceInfo, Topology};
+use crate::types::{Collective, ReduceDescriptor, ReduceInfo, Topology};
 use crate::wire::FailReason;
 
 pub(crate) use host::RingHost;
@@ -90,11 +93,14 @@ pub(crate) fn start<H: RingHost>(host: &Arc<H>, desc: &ReduceDescriptor) -> Resu
     })
 }
 
-/// Runs a started op to its verdict.
+/// Runs a started op of kind `kind` to its verdict. `desc.count` is the element count
+/// of the op's whole buffer: the send buffer of a reduce-scatter, the receive buffer of
+/// an all-gather (`Schedule::input`, `Schedule::output` say what the buffers must hold).
 pub(crate) async fn run<H: RingHost, B: ReduceBuffers>(
     mut st: Started<H>,
     bufs: &mut B,
     desc: ReduceDescriptor,
+    kind: Collective,
 ) -> Result<ReduceInfo> {
     let host = st.host.clone();
     let ring = st.topology.group_ring(host.group());
@@ -109,12 +115,24 @@ pub(crate) async fn run<H: RingHost, B: ReduceBuffers>(
     }
     let next = ring[(rank + 1) % n].clone();
     let slice_elems = (host.slice_bytes() / desc.dtype.size()).max(1);
-    let sched = Schedule::new(n, rank, desc.count, slice_elems);
     let mut info = ReduceInfo {
         local_world_size: n as u32,
         ..ReduceInfo::default()
     };
-
+    // Buffers that do not fit this ring (sized for another world size, a root past its
+    // end) fail here; the other ranks wait for our frames, so the master hears of it and
+    // fails the op everywhere, and our seq of the tag stays in step with theirs.
+    let sched = match fit(kind, n, rank, &desc, slice_elems, bufs) {
+        Ok(sched) => sched,
+        Err(bad) => {
+            let failure = Some(FailReason::Mismatch);
+            host.report(st.key, failure);
+            // The verdict is a failure (ours, if no other came first): only the wait for
+            // it matters here.
+            let _ = await_verdict(&mut st, bufs, desc.tag, failure, None).await;
+            return Err(bad);
+        }
+    };
     // Opening the link to a new successor is the one wait outside the op's event stream:
     // a successor that stopped answering (frozen, not dead) would hold it for the whole
     // dial timeout after the master removed it. The removal ends it at once instead.
@@ -138,6 +156,53 @@ pub(crate) async fn run<H: RingHost, B: ReduceBuffers>(
         Err(Local::Abort(e)) => return Err(e),
     };
     host.report(st.key, failure);
+    await_verdict(&mut st, bufs, desc.tag, failure, pool).await?;
+    Ok(info)
+}
+
+/// The schedule of this rank's part, or why the caller's buffers do not fit it.
+fn fit<B: ReduceBuffers>(
+    kind: Collective,
+    n: usize,
+    rank: usize,
+    desc: &ReduceDescriptor,
+    slice_elems: usize,
+    bufs: &B,
+) -> Result<Schedule> {
+    if kind.root() as usize >= n {
+        return Err(Error::ArgumentMismatch(format!(
+            "broadcast root {} is not a rank of this ring of {n} peers",
+            kind.root()
+        )));
+    }
+    let sched = Schedule::new(kind, n, rank, desc.count, slice_elems);
+    let size = desc.dtype.size();
+    let (send, recv) = (sched.input().len() * size, sched.output().len() * size);
+    if bufs.send().len() != send || bufs.recv_len() != recv {
+        return Err(Error::ArgumentMismatch(format!(
+            "a {} of {} elements on rank {rank} of {n} takes {} send and {} receive \
+             elements; the buffers hold {} and {}",
+            kind.name(),
+            desc.count,
+            send / size,
+            recv / size,
+            bufs.send().len() / size,
+            bufs.recv_len() / size,
+        )));
+    }
+    Ok(sched)
+}
+
+/// Waits for the master's verdict on op `st` after this rank reported (`failure`), and
+/// commits the results on success.
+async fn await_verdict<H: RingHost, B: ReduceBuffers>(
+    st: &mut Started<H>,
+    bufs: &mut B,
+    tag: u64,
+    failure: Option<FailReason>,
+    pool: Option<Arc<Pool>>,
+) -> Result<()> {
+    let host = st.host.clone();
     // A frame counts as sent once it is queued on a connection; if the connection then
     // fails, the frames still queued or in flight on it are lost and the successor may
     // wait for them forever (it cannot tell which ops they belonged to). So until the
@@ -151,7 +216,7 @@ pub(crate) async fn run<H: RingHost, B: ReduceBuffers>(
                 biased;
                 ev = st.events.recv() => ev,
                 () = pool.closed() => {
-                    tracing::debug!(tag = desc.tag, "ring connection closed before the verdict");
+                    tracing::debug!(tag, "ring connection closed before the verdict");
                     host.report(st.key, Some(FailReason::PeerLost));
                     watch_pool = None;
                     continue;
@@ -160,9 +225,14 @@ pub(crate) async fn run<H: RingHost, B: ReduceBuffers>(
             None => st.events.recv().await,
         };
         match event {
-            Some(OpEvent::Verdict(None)) => {
+            Some(OpEvent::Verdict(None)) if failure.is_none() => {
                 bufs.commit();
-                return Ok(info);
+                return Ok(());
+            }
+            Some(OpEvent::Verdict(None)) => {
+                return Err(Error::Internal(
+                    "success verdict for an op this rank failed".into(),
+                ));
             }
             Some(OpEvent::Verdict(Some(f))) => {
                 if failure.is_some() && matches!(f, FailReason::PeerLost) {
@@ -170,7 +240,7 @@ pub(crate) async fn run<H: RingHost, B: ReduceBuffers>(
                     // it a moment so the retry runs on the new ring.
                     tokio::time::sleep(Duration::from_millis(20)).await;
                 }
-                return Err(verdict_error(desc.tag, f));
+                return Err(verdict_error(tag, f));
             }
             Some(OpEvent::Abort(e)) => return Err(e),
             Some(OpEvent::Frame { .. } | OpEvent::LinkLost) => {}
@@ -198,7 +268,8 @@ fn verdict_error(tag: u64, f: FailReason) -> Error {
             reason: "a peer received a corrupted frame".into(),
         },
         FailReason::Mismatch => Error::InvalidUsage(format!(
-            "peers called op {tag} with different counts, types, ops or quantization"
+            "peers called op {tag} with different counts, types, ops or quantization, \
+             different collectives or broadcast roots, or buffers that do not fit the ring"
         )),
     }
 }

@@ -10,7 +10,9 @@ use super::mem::{Fault, MemRing, Options, Outcome};
 use crate::collectives::schedule::Schedule;
 use crate::error::Error;
 use crate::quant::{Codec, Scratch};
-use crate::types::{DataType, Quantization, QuantizationAlgorithm, ReduceDescriptor, ReduceOp};
+use crate::types::{
+    Collective, DataType, Quantization, QuantizationAlgorithm, ReduceDescriptor, ReduceOp,
+};
 use crate::wire::FailReason;
 
 const TAG: u64 = 7;
@@ -60,23 +62,24 @@ fn reference_f32(op: ReduceOp, inputs: &[Vec<f32>]) -> Vec<u8> {
 }
 
 /// What the quantized ring computes, slice by slice, with the same codec: chunk `c`
-/// starts at rank `c`, each following rank combines its input into the frame, the owner
-/// divides for `Avg`; every rank's result is the decoding of the owner's bytes.
+/// starts at rank `c + 1`, each following rank combines its input into the frame, the
+/// owner (rank `c`) divides for `Avg`; every rank's result is the decoding of the owner's
+/// bytes.
 fn reference_quantized(desc: &ReduceDescriptor, inputs: &[Vec<u8>], slice_elems: usize) -> Vec<u8> {
     let n = inputs.len();
     let size = desc.dtype.size();
     let codec = Codec::new(desc).expect("quantized");
     let mut s = Scratch::default();
-    let sched = Schedule::new(n, 0, desc.count, slice_elems);
+    let sched = Schedule::new(Collective::AllReduce, n, 0, desc.count, slice_elems);
     let mut out = vec![0u8; desc.count * size];
     for c in 0..n {
         for k in 0..sched.slices(c) {
             let r = sched.slice(c, k);
             let b = r.start * size..r.end * size;
             let mut frame = vec![0u8; codec.frame_len(r.len())];
-            codec.encode(&inputs[c][b.clone()], &mut s, &mut frame);
+            codec.encode(&inputs[(c + 1) % n][b.clone()], &mut s, &mut frame);
             for g in 0..n - 1 {
-                let rank = (c + g + 1) % n;
+                let rank = (c + g + 2) % n;
                 let last = g == n - 2;
                 let avg = (last && desc.op == ReduceOp::Avg).then_some(n);
                 let mut next = vec![0u8; frame.len()];
@@ -538,7 +541,7 @@ fn an_op_dialling_a_removed_successor_ends_at_the_removal() {
         let started = super::start(&host, &desc).expect("start");
         let op = tokio::spawn(async move {
             let mut bufs = super::mem::Staged::new(bytes(&input_f32(0, 0, 1000)));
-            super::run(started, &mut bufs, desc).await
+            super::run(started, &mut bufs, desc, Collective::AllReduce).await
         });
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
         assert!(!op.is_finished(), "the op waits for its successor");
