@@ -44,7 +44,7 @@ def _group_size(comm: pccl.Communicator) -> int:
     return int(comm.get_attribute(pccl.Attribute.PEER_GROUP_WORLD_SIZE))
 
 
-def _joint(call: Callable[[], Any], what: str) -> Any:
+def _joint(call: Callable[[], Any]) -> Any:
     """Runs a joint call, again while a concurrent death makes it fail (retryable)."""
     for attempt in range(_TOPOLOGY_ATTEMPTS):
         try:
@@ -55,20 +55,28 @@ def _joint(call: Callable[[], Any], what: str) -> Any:
             time.sleep(0.05)
 
 
+def _formed(comm: pccl.Communicator, world_size: int) -> bool:
+    """Whether this peer's group has `world_size` peers, and so has every peer group of the
+    run (all groups of a run pass the same size: each is a replica of the others)."""
+    groups = int(comm.get_attribute(pccl.Attribute.NUM_DISTINCT_PEER_GROUPS))
+    total = int(comm.get_attribute(pccl.Attribute.GLOBAL_WORLD_SIZE))
+    return _group_size(comm) >= world_size and total >= world_size * groups
+
+
 def form_run(comm: pccl.Communicator, world_size: int, timeout: timedelta) -> None:
     """Admits waiting peers (joint ``update_topology`` calls with every accepted peer) until
-    this peer's group has at least `world_size` peers. Every accepted peer sees the same
-    size after each call, so all of them return after the same one; a peer accepted into a
-    run that is already large enough returns at once."""
+    the run is formed (`_formed`). Every accepted peer sees the same sizes after each call,
+    so all of them return after the same one; a peer accepted into a run that is already
+    large enough returns at once."""
     deadline = time.monotonic() + timeout.total_seconds()
-    while _group_size(comm) < world_size:
+    while not _formed(comm, world_size):
         if time.monotonic() > deadline:
             raise dist.DistNetworkError(
                 f"pccl: the run has {_group_size(comm)} of the {world_size} peers "
                 f"init_process_group asked for after {timeout}")
-        before = _group_size(comm)
-        _joint(comm.update_topology, "update_topology")
-        if _group_size(comm) == before:
+        before = int(comm.get_attribute(pccl.Attribute.GLOBAL_WORLD_SIZE))
+        _joint(comm.update_topology)
+        if int(comm.get_attribute(pccl.Attribute.GLOBAL_WORLD_SIZE)) == before:
             time.sleep(0.05)  # nobody was waiting yet
 
 
@@ -178,14 +186,14 @@ class ProcessGroup(dist.ProcessGroup):
         survivors, renumbered). Retries while a concurrent death makes it fail."""
         self._check_open()
         self._drain()
-        _joint(self._comm.update_topology, "update_topology")
+        _joint(self._comm.update_topology)
         self._refresh()
 
     def are_peers_pending(self) -> bool:
         """Joint call: whether peers wait to be admitted by ``update_topology()``."""
         self._check_open()
         self._drain()
-        return bool(_joint(self._comm.are_peers_pending, "are_peers_pending"))
+        return bool(_joint(self._comm.are_peers_pending))
 
     def optimize_topology(self) -> None:
         """Joint call: measures links and re-orders the ring (ranks change)."""
