@@ -126,6 +126,8 @@ class ProcessGroup(dist.ProcessGroup):
         self._tags = itertools.count()
         self._failure: Optional[BaseException] = None
         self._closed = False
+        self._group_name = f"pccl{next(_groups)}"
+        self._group_desc = "pccl"
         self._completer = Completer(f"pccl-torch-pg{next(_groups)}", self._live_size, self._note_failure)
 
     # --- identity -----------------------------------------------------------------------
@@ -147,6 +149,28 @@ class ProcessGroup(dist.ProcessGroup):
 
     def getSize(self) -> int:  # noqa: N802
         return self._size
+
+    # torch keeps a group's name and description in its backends, which this group (a
+    # Python ProcessGroup) has none of; DeviceMesh and FSDP read them.
+    def getGroupName(self) -> str:  # noqa: N802
+        return self._group_name
+
+    def setGroupName(self, name: str) -> None:  # noqa: N802
+        self._group_name = name
+
+    def getGroupDesc(self) -> str:  # noqa: N802
+        return self._group_desc
+
+    def setGroupDesc(self, desc: str) -> None:  # noqa: N802
+        self._group_desc = desc
+
+    @property
+    def group_name(self) -> str:
+        return self._group_name
+
+    @property
+    def group_desc(self) -> str:
+        return self._group_desc
 
     @property
     def communicator(self) -> pccl.Communicator:
