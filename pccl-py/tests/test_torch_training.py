@@ -62,7 +62,7 @@ def test_ddp_survives_a_killed_rank(master, procs, tmp_path):
     steps. Both survivors see the failure, update the topology and train on as a group of
     two, bit-identical at every step."""
     world = 3
-    ranks = start_ranks(procs, master, tmp_path, "ft", world, lambda i: ["--steps", "30", "--step-delay", "0.05"])
+    ranks = start_ranks(procs, master, tmp_path, "ft", world, lambda i: ["--steps", "30", "--step-delay", "0.01"])
     victim = ranks[1]
     deadline = time.monotonic() + 150
     while victim.steps() < 5:
@@ -77,6 +77,7 @@ def test_ddp_survives_a_killed_rank(master, procs, tmp_path):
     assert a["worlds"] == b["worlds"] and a["worlds"][0] == 3 and a["worlds"][-1] == 2
     assert a["failed"] >= 1 and b["failed"] >= 1
     assert len(a["digests"]) == 30
+    assert sorted([a["ranks"][-1], b["ranks"][-1]]) == [0, 1], "the survivors are renumbered"
 
 
 @pytest.mark.timeout(300)

@@ -93,7 +93,7 @@ def ft(args: argparse.Namespace) -> None:
     ddp = torch.nn.parallel.DistributedDataParallel(net, bucket_cap_mb=0.004)
     ddp.register_comm_hook(pg, pt.avg_hook)
     opt = torch.optim.SGD(net.parameters(), lr=0.05, momentum=0.9)
-    digests, worlds, failed = [], [], 0
+    digests, worlds, ranks, failed = [], [], [], 0
     step, deadline = 0, time.monotonic() + 120
     while step < args.steps:
         if time.monotonic() > deadline:
@@ -112,10 +112,11 @@ def ft(args: argparse.Namespace) -> None:
         opt.step()
         digests.append(digest(flat(net)))
         worlds.append(dist.get_world_size())
+        ranks.append(dist.get_rank())
         print(f"step {step} world {worlds[-1]} {digests[-1]}", flush=True)
         step += 1
         time.sleep(args.step_delay)
-    torch.save({"digests": digests, "worlds": worlds, "failed": failed}, args.out)
+    torch.save({"digests": digests, "worlds": worlds, "ranks": ranks, "failed": failed}, args.out)
     dist.destroy_process_group()
 
 
