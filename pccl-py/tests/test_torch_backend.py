@@ -285,3 +285,21 @@ def test_from_communicator(group2):
     ts = [torch.full((5,), float(pg.rank())) for pg in pgs]
     on_each(pgs, lambda pg: dist.all_reduce(ts[pg.rank()], op=dist.ReduceOp.MAX, group=pg))
     assert torch.equal(ts[0], torch.ones(5)) and torch.equal(ts[1], torch.ones(5))
+
+
+def test_init_with_torch_rendezvous_and_pccl_master_addr(master, monkeypatch):
+    """Any other rendezvous (here an explicit store, as torchrun's env:// gives one): the
+    backend finds the master through PCCL_MASTER_ADDR."""
+    monkeypatch.setenv("PCCL_MASTER_ADDR", master.listen_address)
+    monkeypatch.setenv("PCCL_P2P_BIND_ADDRESS", "127.0.0.1:0")
+    dist.init_process_group(backend="pccl", store=dist.HashStore(), rank=0, world_size=1)
+    try:
+        assert isinstance(dist.group.WORLD, pt.ProcessGroup)
+        assert (dist.get_rank(), dist.get_world_size()) == (0, 1)
+        t = torch.ones(3)
+        dist.all_reduce(t, op=dist.ReduceOp.AVG)
+        assert torch.equal(t, torch.ones(3))
+        with pytest.raises(ValueError, match="new_group"):
+            dist.new_group(ranks=[0])
+    finally:
+        dist.destroy_process_group()
