@@ -146,6 +146,28 @@ fn c_test(name: &str) -> PathBuf {
     )
 }
 
+/// A deadline `secs` from now, taken only once the library and every C test program are
+/// built: on a clean checkout the first test builds libpccl (minutes on a loaded 2-core
+/// machine), and that must not eat into another test's bound on what it runs.
+fn deadline_in(secs: u64) -> Instant {
+    static BUILT: OnceLock<()> = OnceLock::new();
+    BUILT.get_or_init(|| {
+        let dir = manifest_dir().join("tests/c");
+        let mut names: Vec<String> = std::fs::read_dir(&dir)
+            .expect("tests/c")
+            .filter_map(|e| {
+                let name = e.ok()?.file_name().into_string().ok()?;
+                Some(name.strip_suffix(".c")?.to_owned())
+            })
+            .collect();
+        names.sort();
+        for name in names {
+            c_test(&name);
+        }
+    });
+    Instant::now() + Duration::from_secs(secs)
+}
+
 fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
@@ -225,8 +247,9 @@ impl Proc {
             }
             assert!(
                 Instant::now() < deadline,
-                "{} did not finish in time",
-                self.name
+                "{} did not finish in time; its output so far: {:?}",
+                self.name,
+                self.lines()
             );
             thread::sleep(Duration::from_millis(20));
         }
@@ -338,7 +361,7 @@ fn steps_of(lines: &[String]) -> Vec<String> {
 
 /// Master and `world` hello-world peers, `steps` steps; digests must agree bit for bit.
 fn hello_world(world: usize, steps: usize, valgrind: bool) {
-    let deadline = Instant::now() + Duration::from_secs(if valgrind { 480 } else { 180 });
+    let deadline = deadline_in(if valgrind { 480 } else { 180 });
     let port = free_port();
     let master = start_master(port, valgrind);
     hello_peers_agree(port, world, steps, valgrind, deadline);
@@ -408,7 +431,7 @@ fn wait_for_steps(peers: &mut [Proc], steps: usize, deadline: Instant) {
 /// one is SIGKILLed mid-way; the survivors finish and agree bit for bit.
 fn async_with_a_killed_peer(valgrind: bool) {
     const WORLD: usize = 4;
-    let deadline = Instant::now() + Duration::from_secs(if valgrind { 480 } else { 180 });
+    let deadline = deadline_in(if valgrind { 480 } else { 180 });
     let exe = c_test("async_peer");
     let port = free_port();
     let master = start_master(port, valgrind);
@@ -468,7 +491,7 @@ fn args(name: &str, cxx: bool, valgrind: bool) {
     let mut cmd = command(&exe, valgrind);
     cmd.args([free_port().to_string(), free_port().to_string()]);
     let mut p = Proc::spawn(name, cmd);
-    p.expect_success(Instant::now() + Duration::from_secs(if valgrind { 300 } else { 120 }));
+    p.expect_success(deadline_in(if valgrind { 300 } else { 120 }));
     assert_eq!(p.lines().last().map(String::as_str), Some("OK"));
 }
 
@@ -497,7 +520,7 @@ fn every_function_checks_its_arguments_under_valgrind() {
 fn master_runs_without_pccl_init() {
     const WORLD: usize = 3;
     const STEPS: usize = 3;
-    let deadline = Instant::now() + Duration::from_secs(180);
+    let deadline = deadline_in(180);
     let port = free_port();
     let mut cmd = Command::new(c_test("master_no_init"));
     cmd.arg(port.to_string());
@@ -511,12 +534,12 @@ fn master_runs_without_pccl_init() {
 
 #[test]
 fn example_hello_runs() {
-    let deadline = Instant::now() + Duration::from_secs(120);
     let exe = compile(
         "hello",
         &[manifest_dir().join("../examples/c/hello.c")],
         false,
     );
+    let deadline = deadline_in(120);
     let port = free_port();
     let master = start_master(port, false);
     let mut peers: Vec<Proc> = (1..=3)
@@ -619,7 +642,7 @@ fn listening_addrs(pid: u32) -> Vec<std::net::SocketAddr> {
 /// the master) with `PCCL_LOG` as given; returns the listening addresses seen while it
 /// was connected and its stderr.
 fn run_bind_log(pccl_log: Option<&str>) -> (Vec<std::net::SocketAddr>, String, u16) {
-    let deadline = Instant::now() + Duration::from_secs(120);
+    let deadline = deadline_in(120);
     let (master_port, p2p_port) = (free_port(), free_port());
     let mut cmd = Command::new(c_test("bind_log"));
     cmd.args([master_port.to_string(), p2p_port.to_string()]);
@@ -710,7 +733,7 @@ type PeerSecurity<'a> = (&'a str, bool, &'a [(&'a str, &'a str)]);
 /// `hello_peer`s, each with its own secret argument and environment; their per-step
 /// digests must agree bit for bit.
 fn secret_peers_agree(port: u16, peers: &[PeerSecurity<'_>], steps: usize) {
-    let deadline = Instant::now() + Duration::from_secs(180);
+    let deadline = deadline_in(180);
     let exe = c_test("hello_peer");
     let world = peers.len();
     let mut procs: Vec<Proc> = peers
@@ -754,7 +777,7 @@ fn run_secret_setters_check_their_arguments() {
     let mut cmd = Command::new(c_test("secret"));
     cmd.args(["args", &free_port().to_string()]);
     let mut p = Proc::spawn("secret args", with_secret_env(cmd, &[]));
-    p.expect_success(Instant::now() + Duration::from_secs(60));
+    p.expect_success(deadline_in(60));
     assert_eq!(p.lines().last().map(String::as_str), Some("OK"));
 }
 
@@ -779,7 +802,7 @@ fn a_bad_secret_environment_is_refused_at_creation() {
         let mut cmd = Command::new(c_test("secret"));
         cmd.arg("env-refused");
         let mut p = Proc::spawn("secret env-refused", with_secret_env(cmd, vars));
-        p.expect_success(Instant::now() + Duration::from_secs(60));
+        p.expect_success(deadline_in(60));
         assert_eq!(p.lines().last().map(String::as_str), Some("OK"), "{vars:?}");
     }
 }
@@ -807,7 +830,7 @@ fn authenticated_run_with_setter_and_environment() {
         ],
         5,
     );
-    stop_master(master, Instant::now() + Duration::from_secs(60));
+    stop_master(master, deadline_in(60));
 }
 
 /// An encrypted run: the master's settings from the environment (`PCCL_RUN_SECRET`,
@@ -823,7 +846,7 @@ fn encrypted_run_with_setter_and_environment() {
         &[(SECRET, true, &[]), ("-", false, env), (SECRET, true, &[])],
         5,
     );
-    stop_master(master, Instant::now() + Duration::from_secs(60));
+    stop_master(master, deadline_in(60));
 }
 
 /// Mixed runs fail clearly: against a master with a secret, a peer with another secret
@@ -833,7 +856,7 @@ fn encrypted_run_with_setter_and_environment() {
 /// two right peers then all-reduce bit-identically. NEEDS the connection wiring.
 #[test]
 fn a_wrong_or_missing_secret_fails_connect() {
-    let deadline = Instant::now() + Duration::from_secs(120);
+    let deadline = deadline_in(120);
     let refused = |port: u16, secret: &str, vars: &[(&str, &str)]| {
         let mut cmd = Command::new(c_test("secret"));
         cmd.args(["refused", &port.to_string(), secret]);
@@ -893,7 +916,7 @@ fn restart_peers(port: u16, world: usize, steps: usize) -> Vec<Proc> {
 fn master_killed_and_restarted_mid_run() {
     const WORLD: usize = 4;
     const STEPS: usize = 60;
-    let deadline = Instant::now() + Duration::from_secs(180);
+    let deadline = deadline_in(180);
     let port = free_port();
     let mut master = start_master(port, false);
     let mut peers = restart_peers(port, WORLD, STEPS);
@@ -932,7 +955,7 @@ fn master_killed_and_restarted_mid_run() {
 #[test]
 fn master_gone_for_good_fails_within_the_timeout() {
     const WORLD: usize = 3;
-    let deadline = Instant::now() + Duration::from_secs(120);
+    let deadline = deadline_in(120);
     let port = free_port();
     let mut master = start_master(port, false);
     let exe = c_test("restart_peer");
