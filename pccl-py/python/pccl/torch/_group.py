@@ -36,8 +36,15 @@ _SHUTDOWN_WAIT = 10.0
 
 
 def _ring_rank(comm: pccl.Communicator) -> int:
-    """This peer's position in its group's ring (its rank)."""
-    return int(comm.get_attribute(pccl.Attribute.RANK))  # type: ignore[attr-defined]
+    """This peer's position in its group's ring (its rank): the communicator's rank query
+    (``comm.rank()``, or the ``RANK`` attribute, whichever this build of pccl has)."""
+    query = getattr(comm, "rank", None)
+    if callable(query):
+        return int(query())
+    attribute = getattr(pccl.Attribute, "RANK", None)
+    if attribute is None:
+        raise pccl.InternalError("this build of pccl has no rank query (Communicator.rank)")
+    return int(comm.get_attribute(attribute))
 
 
 def _group_size(comm: pccl.Communicator) -> int:
