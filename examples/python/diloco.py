@@ -1,10 +1,18 @@
-"""Synchronous DiLoCo over pccl on a small torch model with synthetic data.
+"""Synchronous DiLoCo over pccl's torch.distributed backend, on a small torch model with
+synthetic data.
 
 Each peer runs `--inner-steps` AdamW steps on its own data from the current outer
-parameters, all-reduces (averages) the pseudo-gradient `outer - local`, and applies it to
-the outer parameters with Nesterov SGD. The outer parameters and the outer momentum are
-the shared state: a newcomer receives them at its first sync, and every peer checks at
-each step that it holds the same bits as the others.
+parameters, averages the pseudo-gradient `outer - local` with `dist.all_reduce(op=AVG)`
+(the "pccl" backend), and applies it to the outer parameters with Nesterov SGD. The outer
+parameters and the outer momentum are pccl shared state: a newcomer receives them at its
+first sync, and every peer checks at each step that it holds the same bits as the others.
+
+The fault-tolerant recipe (pccl-py/README.md, "Fault-tolerant training loops"):
+
+- once per step, `pg.are_peers_pending()` -> `pg.update_topology()` admits newcomers;
+- a collective that a peer's death disrupts raises `pccl.torch.PeerLostError` on every
+  survivor: each calls `pg.update_topology()` (the group is now the survivors, renumbered)
+  and runs the step's all-reduce again.
 
 Peers may die (kill -9) or join at any time:
 
@@ -17,8 +25,10 @@ from __future__ import annotations
 import time
 
 import torch
+import torch.distributed as dist
 
 import pccl
+import pccl.torch
 from common import Data, base_args, flat, inner_steps, log, model, nesterov_, write_result
 
 
@@ -36,8 +46,11 @@ def main() -> None:
     named.update({f"momentum.{i}": t for i, t in enumerate(momentum)})
     state = pccl.SharedState([pccl.TensorInfo.from_torch(t, k) for k, t in named.items()])
 
-    comm = pccl.Communicator(args.master, peer_group=0, p2p_bind_address=args.bind)
-    comm.connect(n_attempts=15)
+    # world_size=1: join the run as it is (the run decides ranks and size).
+    dist.init_process_group("pccl", init_method=f"pccl://{args.master}?bind={args.bind}", world_size=1)
+    pg = dist.group.WORLD
+    assert isinstance(pg, pccl.torch.ProcessGroup)
+    comm = pg.communicator  # for the shared state
     log("connected")
 
     first = True
@@ -49,13 +62,13 @@ def main() -> None:
         if not first:
             # Joint calls: admit newcomers only when some are waiting.
             try:
-                if comm.are_peers_pending():
-                    comm.update_topology()
+                if pg.are_peers_pending():
+                    pg.update_topology()
             except pccl.PCCLError as e:
                 log("topology update failed, retrying:", e)
                 continue
         first = False
-        world = comm.get_attribute(pccl.Attribute.GLOBAL_WORLD_SIZE)
+        world = dist.get_world_size()
         if world < 2:
             time.sleep(0.1)  # alone: wait for peers
             continue
@@ -78,17 +91,19 @@ def main() -> None:
 
         with torch.no_grad():
             pseudo = flat([o - p for o, p in zip(outer, net.parameters())])
-        avg = torch.empty_like(pseudo)
-        while True:
+        avg = None
+        while world >= 2:
             try:
-                comm.all_reduce(pseudo, avg, op=pccl.ReduceOp.AVG)
+                avg = pseudo.clone()
+                dist.all_reduce(avg, op=dist.ReduceOp.AVG)
                 break
-            except pccl.PCCLError as e:
-                world = comm.get_attribute(pccl.Attribute.GLOBAL_WORLD_SIZE)
+            except pccl.torch.PcclBackendError as e:
+                # A peer died: every survivor gets here. Take on the smaller group (joint
+                # call of the survivors) and average again among them.
+                avg = None
+                pg.update_topology()
+                world = dist.get_world_size()
                 log(f"all-reduce failed ({e}); world is now {world}")
-                if world < 2:
-                    avg = None
-                    break
         if avg is not None:
             nesterov_(outer, momentum, avg, args.outer_lr, args.outer_momentum)
         with torch.no_grad():
@@ -108,6 +123,7 @@ def main() -> None:
         "hashes": {k: str(pccl.tensor_hash(t)) for k, t in named.items()},
         "world": world,  # when the run ended (peers leave right after)
     })
+    dist.destroy_process_group()
 
 
 if __name__ == "__main__":

@@ -150,6 +150,41 @@ class Procs:
                 pass
 
 
+class Child:
+    """A child process (started with `procs.start`) whose output lines a thread collects."""
+
+    def __init__(self, procs: Procs, args: Sequence[str], name: str) -> None:
+        self.name = name
+        self.p = procs.start(args)
+        self.lines: list[str] = []
+        self.thread = threading.Thread(target=self._read, daemon=True)
+        self.thread.start()
+
+    def _read(self) -> None:
+        assert self.p.stdout is not None
+        for line in self.p.stdout:
+            self.lines.append(line.rstrip())
+
+    def output(self) -> str:
+        return f"--- {self.name} (exit {self.p.poll()}) ---\n" + "\n".join(self.lines[-40:])
+
+    def kill(self) -> None:
+        os.killpg(self.p.pid, signal.SIGKILL)
+        self.p.wait(timeout=10)
+
+
+def finish(children: Sequence[Child], timeout: float) -> None:
+    """Waits (at most `timeout` s in all) for every child to exit; each must exit 0."""
+    deadline = time.monotonic() + timeout
+    for c in children:
+        try:
+            c.p.wait(timeout=max(1.0, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            pytest.fail(f"{c.name} did not finish\n" + "\n".join(q.output() for q in children))
+        c.thread.join(5)
+        assert c.p.returncode == 0, "\n".join(q.output() for q in children)
+
+
 @pytest.fixture
 def procs():
     p = Procs()

@@ -4,46 +4,25 @@ SIGKILL, newcomers join, and the final shared states are compared bit for bit.""
 from __future__ import annotations
 
 import json
-import os
-import signal
-import threading
 import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from conftest import EXAMPLES
+from conftest import EXAMPLES, Child, finish
 
 pytest.importorskip("torch")
 
 STEP_LINE = "step revision="
 
 
-class Peer:
-    """A child process whose output lines are collected by a thread."""
-
-    def __init__(self, procs, args, name):
-        self.name = name
-        self.p = procs.start(args)
-        self.lines: list[str] = []
-        self.thread = threading.Thread(target=self._read, daemon=True)
-        self.thread.start()
-
-    def _read(self):
-        for line in self.p.stdout:
-            self.lines.append(line.rstrip())
+class Peer(Child):
+    """An example's peer process."""
 
     def revision(self) -> int:
         revs = [int(l.split(STEP_LINE)[1].split()[0]) for l in list(self.lines) if STEP_LINE in l]
         return max(revs, default=-1)
-
-    def output(self) -> str:
-        return f"--- {self.name} ---\n" + "\n".join(self.lines[-40:])
-
-    def kill(self):
-        os.killpg(self.p.pid, signal.SIGKILL)
-        self.p.wait(timeout=10)
 
 
 def wait_for(pred, timeout, peers, what):
@@ -55,17 +34,6 @@ def wait_for(pred, timeout, peers, what):
         if time.monotonic() > deadline:
             pytest.fail(f"timed out waiting for {what}\n" + "\n".join(p.output() for p in peers))
         time.sleep(0.1)
-
-
-def finish(peers, timeout):
-    deadline = time.monotonic() + timeout
-    for p in peers:
-        try:
-            p.p.wait(timeout=max(1.0, deadline - time.monotonic()))
-        except Exception:
-            pytest.fail(f"{p.name} did not finish\n" + "\n".join(q.output() for q in peers))
-        p.thread.join(5)
-        assert p.p.returncode == 0, p.output()
 
 
 def load(path: Path):

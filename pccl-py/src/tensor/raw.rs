@@ -14,6 +14,7 @@ use pccl::{
 };
 
 use super::Loc;
+use super::pool::Staging;
 use crate::cuda::{self, Pinned};
 use crate::runtime::KeepAlive;
 
@@ -39,7 +40,7 @@ impl Region {
 /// Host memory owned by a buffer set.
 #[derive(Debug)]
 enum HostMem {
-    Heap(Vec<u8>),
+    Heap(Staging),
     Pinned(Pinned),
 }
 
@@ -58,10 +59,11 @@ impl HostMem {
         }
     }
 
-    /// A zeroed staging buffer for memory at `loc`.
+    /// A staging buffer for memory at `loc` (recycled host memory for the CPU, whose old
+    /// bytes are all overwritten before a commit reads them: `pool.rs`).
     fn staging(loc: Loc, len: usize) -> pccl::Result<Self> {
         Ok(match loc {
-            Loc::Cpu => Self::Heap(vec![0; len]),
+            Loc::Cpu => Self::Heap(Staging::take(len)),
             Loc::Cuda(ordinal) => Self::Pinned(Pinned::new(ordinal, len)?),
         })
     }
