@@ -116,6 +116,22 @@ fn collective_plan(
     Ok(info.into())
 }
 
+/// Starts a checked collective of kind `kind`; the handle's `wait` finishes it.
+fn collective_plan_async(
+    py: Python<'_>,
+    comm: Arc<pccl::Communicator>,
+    plan: Plan,
+    kind: pccl::Collective,
+    owner: Owner,
+) -> PyResult<AsyncReduceHandle> {
+    // Starting returns at once, except that a CUDA send tensor is copied first.
+    let op = blocking(py, KeepAlive::new(), move || {
+        let (bufs, desc) = plan.buffers()?;
+        comm.collective_async(bufs, desc, kind)
+    })?;
+    Ok(AsyncReduceHandle::new(op, owner))
+}
+
 #[pymethods]
 impl Communicator {
     /// A communicator for the master at `address` ("ip:port"); no I/O until `connect`.
@@ -418,6 +434,52 @@ impl Communicator {
         let kind = pccl::Collective::Broadcast { root };
         let plan = plan_collective(tensor, tensor, kind, pccl::ReduceOp::Sum, tag, None)?;
         collective_plan(py, self.comm()?, plan, kind)
+    }
+
+    /// pccl extension: `reduce_scatter` started at once; `wait()` on the handle ends it.
+    #[pyo3(signature = (send, recv, *, op, tag = 0, quantization_options = None))]
+    fn reduce_scatter_async(
+        &self,
+        py: Python<'_>,
+        send: &Bound<'_, PyAny>,
+        recv: &Bound<'_, PyAny>,
+        op: &Bound<'_, PyAny>,
+        tag: u64,
+        quantization_options: Option<&Bound<'_, QuantizationOptions>>,
+    ) -> PyResult<AsyncReduceHandle> {
+        let op = reduce_op(op)?;
+        let quant = quantization(quantization_options);
+        let kind = pccl::Collective::ReduceScatter;
+        let plan = plan_collective(send, recv, kind, op, tag, quant)?;
+        collective_plan_async(py, self.comm()?, plan, kind, self.owner)
+    }
+
+    /// pccl extension: `all_gather` started at once; `wait()` on the handle ends it.
+    #[pyo3(signature = (send, recv, *, tag = 0))]
+    fn all_gather_async(
+        &self,
+        py: Python<'_>,
+        send: &Bound<'_, PyAny>,
+        recv: &Bound<'_, PyAny>,
+        tag: u64,
+    ) -> PyResult<AsyncReduceHandle> {
+        let kind = pccl::Collective::AllGather;
+        let plan = plan_collective(send, recv, kind, pccl::ReduceOp::Sum, tag, None)?;
+        collective_plan_async(py, self.comm()?, plan, kind, self.owner)
+    }
+
+    /// pccl extension: `broadcast` started at once; `wait()` on the handle ends it.
+    #[pyo3(signature = (tensor, *, root, tag = 0))]
+    fn broadcast_async(
+        &self,
+        py: Python<'_>,
+        tensor: &Bound<'_, PyAny>,
+        root: u32,
+        tag: u64,
+    ) -> PyResult<AsyncReduceHandle> {
+        let kind = pccl::Collective::Broadcast { root };
+        let plan = plan_collective(tensor, tensor, kind, pccl::ReduceOp::Sum, tag, None)?;
+        collective_plan_async(py, self.comm()?, plan, kind, self.owner)
     }
 
     /// Leaves the run; later calls raise `InvalidUsageError`.
