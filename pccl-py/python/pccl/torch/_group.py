@@ -35,6 +35,12 @@ _groups = itertools.count()
 _SHUTDOWN_WAIT = 10.0
 
 
+def _overlap(a: torch.Tensor, b: torch.Tensor) -> bool:
+    """Whether the memory of two dense tensors overlaps."""
+    a0, b0 = a.data_ptr(), b.data_ptr()
+    return a0 < b0 + b.numel() * b.element_size() and b0 < a0 + a.numel() * a.element_size()
+
+
 def _ring_rank(comm: pccl.Communicator) -> int:
     """This peer's position in its group's ring (its rank): the communicator's rank query
     (``comm.rank()``, or the ``RANK`` attribute, whichever this build of pccl has)."""
@@ -398,6 +404,11 @@ class ProcessGroup(dist.ProcessGroup):
         broadcast; called with the op's tag, it starts the op and returns its handle."""
         comm = self._comm
         start = getattr(comm, f"{kind}_async")
+        if kind != "broadcast" and _overlap(send, recv):
+            # FSDP gathers a shard that is a view into the output (and may scatter into
+            # a view of the input); pccl refuses overlapping buffers, so the input is
+            # copied first, as gloo copies it too.
+            send = send.clone()
         if kind == "broadcast":
             return lambda tag: start(send, root=kw["root"], tag=tag)
         return lambda tag: start(send, recv, tag=tag, **kw)
