@@ -451,7 +451,7 @@ pub(crate) fn verdict_error(tag: u64, f: FailReason) -> Error {
             tag,
             reason: "a peer received a corrupted frame".into(),
         },
-        FailReason::Mismatch => Error::InvalidUsage(format!(
+        FailReason::Mismatch => Error::ArgumentMismatch(format!(
             "peers called op {tag} with different counts, types, ops or quantization, \
              different collectives or broadcast roots, or buffers that do not fit the ring"
         )),

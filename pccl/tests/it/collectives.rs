@@ -268,7 +268,7 @@ fn concurrent_tags_of_every_kind() {
 }
 
 fn mismatch(e: &Error) -> bool {
-    matches!(e, Error::InvalidUsage(m) if m.contains("different"))
+    matches!(e, Error::ArgumentMismatch(m) if m.contains("different"))
 }
 
 /// Retries a corrected call until it succeeds. A peer that receives a failure verdict

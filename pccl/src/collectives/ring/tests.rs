@@ -124,7 +124,7 @@ fn lost(e: &Error) -> bool {
 }
 
 fn mismatch(e: &Error) -> bool {
-    matches!(e, Error::InvalidUsage(m) if m.contains("different counts"))
+    matches!(e, Error::ArgumentMismatch(m) if m.contains("different counts"))
 }
 
 /// Runs `ops` plain f32 ops of one tag in a row (so the next op's frames arrive while the
