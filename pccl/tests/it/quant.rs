@@ -301,7 +301,7 @@ fn mismatched_quantization_fails_everywhere() {
         run(c, DataType::F32, ReduceOp::Sum, Some(q), &send, 9).1
     });
     for e in errs {
-        assert!(matches!(e, Err(Error::InvalidUsage(_))), "{e:?}");
+        assert!(matches!(e, Err(Error::ArgumentMismatch(_))), "{e:?}");
     }
     // The run is still usable afterwards.
     let ok = on_all(&comms, |_, c| {
