@@ -1,11 +1,13 @@
 #!/usr/bin/env bash
 # The install stage (README "Installing the C library"): installs pccl into fresh prefixes
 # with ./scripts/install and uses it as C and C++ users do.
-#   1. the layout: files, SONAME and version symlinks, manifest
+#   1. the layout: files, SONAME and version symlinks, manifest; the system libraries
+#      listed for libpccl.a are rustc's native-static-libs
 #   2. pkg-config (pccl, pccl-static) and find_package(pccl) (pccl::pccl, pccl::pccl_static):
 #      pccl-ffi/tests/install/consumer.c built as C99, C++17 and C++20, shared and static,
 #      checking the header's version macros against the version found, then run against
-#      the installed bin/pccl-master
+#      the installed bin/pccl-master; `pkg-config --static --libs pccl` (Libs.private)
+#      linking a static-only prefix
 #   3. examples/cpp built with CMake against the prefix: a master and 3 DiLoCo peers, one
 #      killed with SIGKILL, a newcomer (linked statically) joining; every survivor must end with the same
 #      bytes of shared state, no sync after the first having had to repair any, and a
@@ -114,6 +116,20 @@ cmp -s include/pccl.h "$P/include/pccl.h" || fail "the installed pccl.h differs"
 diff <(sort "$P/share/pccl/install_manifest.txt") <(find "$P" \( -type f -o -type l \) | sort) ||
     fail "the manifest and the installed files differ"
 echo "ok: layout, SONAME $soname, manifest"
+# The system libraries scripts/install lists for libpccl.a (pccl-static.pc's Libs, pccl.pc's
+# Libs.private, pccl::pccl_static's link interface) are still those rustc says it needs.
+native=$(cargo rustc --release --locked -p pccl-ffi --lib --crate-type staticlib -- \
+    --print native-static-libs 2>&1 | sed -n 's/.*native-static-libs: //p' | tail -1)
+[[ -n "$native" ]] || fail "rustc printed no native-static-libs"
+export PKG_CONFIG_PATH="$P/lib/pkgconfig"
+listed=$(pkg-config --libs pccl-static)
+[[ "$(echo $native)" == "$(echo ${listed#* })" ]] ||
+    fail "libpccl.a needs '$native'; scripts/install lists '${listed#* }'"
+[[ "$(echo $(pkg-config --static --libs pccl))" == "$(echo "-L$P/lib -lpccl $native")" ]] ||
+    fail "pkg-config --static --libs pccl: '$(pkg-config --static --libs pccl)'"
+grep -qF "INTERFACE_LINK_LIBRARIES \"$(echo $native | sed -e 's/-l//g' -e 's/ /;/g')\"" \
+    "$P/lib/cmake/pccl/pcclConfig.cmake" || fail "pccl::pccl_static's system libraries"
+echo "ok: libpccl.a's system libraries ($native) in pccl-static.pc, pccl.pc and pccl::pccl_static"
 
 # The installed master, for the consumers to join (port 0: it reports the port it got).
 start master "$P/bin/pccl-master" --listen 127.0.0.1:0
@@ -135,7 +151,6 @@ run_consumer() {
 }
 
 echo "==> 2a. pkg-config"
-export PKG_CONFIG_PATH="$P/lib/pkgconfig"
 [[ $(pkg-config --modversion pccl) == "$VERSION" ]] || fail "pkg-config --modversion pccl"
 [[ $(pkg-config --modversion pccl-static) == "$VERSION" ]] || fail "pkg-config --modversion pccl-static"
 mkdir -p "$T/pc"
@@ -157,7 +172,24 @@ for std in c99 c++17 c++20; do
         run_consumer "$exe" "$kind"
     done
 done
-echo "ok: pkg-config, C99 / C++17 / C++20, shared and static"
+# The usual static way too: `pkg-config --static`, whose Libs.private (pccl.pc) adds the
+# system libraries, in a prefix holding libpccl.a alone, as a static-only package would.
+S="$T/static-only"
+./scripts/install --prefix "$S" --no-build >"$T/static-only.log" 2>&1 || { cat "$T/static-only.log"; fail "install (static-only)"; }
+rm "$S"/lib/libpccl.so*
+# shellcheck disable=SC2046
+gcc -std=c99 "${WARN[@]}" -DPCCL_EXPECTED_VERSION="\"$VERSION\"" pccl-ffi/tests/install/consumer.c \
+    -o "$T/pc/c99_pc_static" $(PKG_CONFIG_PATH="$S/lib/pkgconfig" pkg-config --static --cflags --libs pccl)
+run_consumer "$T/pc/c99_pc_static" static
+# Without --static the link must fail (libpccl.a needs -lm at least), or the link above
+# would not show that Libs.private is complete.
+# shellcheck disable=SC2046
+if gcc -std=c99 -DPCCL_EXPECTED_VERSION="\"$VERSION\"" pccl-ffi/tests/install/consumer.c \
+    -o "$T/pc/c99_no_private" $(PKG_CONFIG_PATH="$S/lib/pkgconfig" pkg-config --cflags --libs pccl) \
+    >/dev/null 2>&1; then
+    fail "libpccl.a linked without pccl.pc's Libs.private: does it need no system library now?"
+fi
+echo "ok: pkg-config, C99 / C++17 / C++20, shared and static; pkg-config --static pccl (Libs.private)"
 
 echo "==> 2b. CMake find_package(pccl)"
 cmake -S pccl-ffi/tests/install -B "$T/cm" -DCMAKE_PREFIX_PATH="$P" -DPCCL_EXPECTED_VERSION="$VERSION" \
