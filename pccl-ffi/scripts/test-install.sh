@@ -13,7 +13,7 @@
 #      bytes of shared state, no sync after the first having had to repair any, and a
 #      loss below half the initial one
 #   4. reinstalling over an older install, DESTDIR staging, uninstalling
-# Installs cmake and pkg-config with apt-get when missing (as root on Debian/Ubuntu).
+# Installs cmake, pkg-config and g++ with apt-get when missing (as root on Debian/Ubuntu).
 # Usage: pccl-ffi/scripts/test-install.sh   (from any directory)
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/../.."
@@ -22,6 +22,7 @@ ROOT=$(pwd)
 missing=()
 command -v cmake >/dev/null 2>&1 || missing+=(cmake)
 command -v pkg-config >/dev/null 2>&1 || missing+=(pkg-config)
+command -v g++ >/dev/null 2>&1 || missing+=(g++) # the C++17/C++20 consumers and the example
 command -v readelf >/dev/null 2>&1 || missing+=(binutils)
 command -v python3 >/dev/null 2>&1 || missing+=(python3)
 if [[ ${#missing[@]} -gt 0 ]]; then
