@@ -96,6 +96,9 @@ pub(crate) async fn run(
                     "the master refused to take this peer back: {why}"
                 ));
             }
+            // A runtime shutting down for `close` ends the reader before this task sees
+            // the stop: that is a close, not a lost master.
+            Ended::Lost(_) if *stop.borrow() => break closed(),
             Ended::Lost(why) => why,
         };
         let limit = shared.config.master_reconnect_timeout;
