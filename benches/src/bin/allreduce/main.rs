@@ -240,6 +240,26 @@ fn parse_opts(args: &[String]) -> Result<Opts> {
     Ok(o)
 }
 
+/// With two ranks each element is `a + b`, which rounds the same in either order, so
+/// pccl's result must be bit-identical to gloo's: a check of both and of the inputs.
+fn same_as_gloo(n: usize, world: &table::World) -> Result<()> {
+    let Some(gloo) = world.get(&Impl::Gloo).filter(|_| n == 2) else {
+        return Ok(());
+    };
+    for (imp, per) in world.range(Impl::Pccl(Mode::Plain)..) {
+        for (bytes, m) in per {
+            let want = gloo.get(bytes).and_then(|g| g.crc);
+            ensure!(
+                m.crc == want,
+                "PARITY FAILURE: world 2, {}: {imp:?} crc {:08x?} != gloo crc {want:08x?}",
+                fmt_size(*bytes),
+                m.crc
+            );
+        }
+    }
+    Ok(())
+}
+
 fn parent(args: &[String]) -> Result<()> {
     let o = parse_opts(args)?;
     pccl::init_logging();
@@ -265,6 +285,9 @@ fn parent(args: &[String]) -> Result<()> {
     );
     table::print_header();
     let python = gloo::python(o.python.as_deref());
+    if !o.gloo {
+        println!("gloo: off (--no-gloo, or --quick without --gloo)");
+    }
     let gloo = o.gloo
         && match gloo::probe(&python) {
             Ok(()) => {
@@ -301,6 +324,7 @@ fn parent(args: &[String]) -> Result<()> {
             checked += res.len();
             world.insert(Impl::Pccl(mode), res);
         }
+        same_as_gloo(n, &world)?;
         table::print_world(n, &o.sizes, o.iters, &world, o.modes.len() > 1);
     }
     println!();

@@ -46,13 +46,15 @@ impl Impl {
 pub(crate) type World = BTreeMap<Impl, BTreeMap<usize, Measured>>;
 
 pub(crate) fn print_header() {
-    println!(
-        "busbw = bytes/time x 2(n-1)/n for the all-reduces, bytes/time per stream for the TCP \
-         rings; vs gloo, vs ceil (the threads ring) and x plain are busbw ratios; CPU s/GB = \
-         user+system CPU of all n workers over the timed calls / (bus factor x bytes x iters); \
-         peak RSS = largest one worker's VmHWM during the size, over bufs = that minus the \
-         2 x size of its own input and output buffers"
-    );
+    for line in [
+        "busbw = bytes/time x 2(n-1)/n for the all-reduces, bytes/time per stream for the TCP rings;",
+        "vs gloo, vs ceil (against tcp ring (threads)) and x plain are busbw ratios;",
+        "CPU s/GB = user+system CPU of all n workers in the timed calls / (bus factor x bytes x iters),",
+        "  CPU/gloo its ratio to gloo's; peak RSS = the largest VmHWM of one worker during the size,",
+        "  over bufs = that minus 2 x size (the worker's own input and output buffers)",
+    ] {
+        println!("{line}");
+    }
 }
 
 /// Prints world `n`'s table; `x_plain` adds the column comparing pccl modes to plain.

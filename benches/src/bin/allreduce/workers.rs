@@ -49,7 +49,7 @@ impl Workers {
             done: vec![false; n],
         };
         for i in 0..n {
-            let mut cmd = Command::new(&exe);
+            let mut cmd = Command::new(exe);
             for v in [SECRET_VAR, SECRET_FILE_VAR, ENCRYPT_VAR] {
                 cmd.env_remove(v);
             }
