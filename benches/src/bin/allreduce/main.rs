@@ -328,8 +328,14 @@ fn parent(args: &[String]) -> Result<()> {
         table::print_world(n, &o.sizes, o.iters, &world, o.modes.len() > 1);
     }
     println!();
+    let vs_gloo = if gloo && o.worlds.contains(&2) {
+        "; at world 2 pccl's is gloo's"
+    } else {
+        ""
+    };
     println!(
-        "parity ok ({checked} all-reduce configurations: every rank's result has the same crc32)"
+        "parity ok ({checked} all-reduce configurations: every rank's result has the same \
+         crc32{vs_gloo})"
     );
     Ok(())
 }
