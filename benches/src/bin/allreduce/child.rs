@@ -1,5 +1,6 @@
-//! What both worker kinds share, child side: their arguments, the link to the parent
-//! (stdin: `EXIT` or EOF ends the process) and the watchdog.
+//! What the worker kinds share, child side: their arguments, the link to the parent
+//! (stdin: `EXIT` or EOF ends the process), the watchdog and, for the two TCP ring
+//! ceilings, learning the ring successor's port.
 
 use std::io::{BufRead, Write};
 use std::net::SocketAddr;
@@ -74,6 +75,26 @@ pub(crate) fn link(deadline: Duration) -> mpsc::Receiver<String> {
         std::process::exit(4);
     });
     rx
+}
+
+/// Ring ceilings: announces `PORT port` (this worker's listener), then waits (bounded)
+/// for the parent's `PEERS p0 p1 ...` and returns the port of rank `rank + 1`.
+pub(crate) fn ring_successor(stdin: &mpsc::Receiver<String>, a: &Args, port: u16) -> Result<u16> {
+    let out = std::io::stdout();
+    writeln!(out.lock(), "PORT {port}")?;
+    out.lock().flush()?;
+    let peers = stdin
+        .recv_timeout(Duration::from_secs(60))
+        .context("no PEERS line from the parent")?;
+    let ports: Vec<u16> = peers
+        .strip_prefix("PEERS ")
+        .ok_or_else(|| anyhow!("expected PEERS, got {peers:?}"))?
+        .split_whitespace()
+        .map(str::parse)
+        .collect::<Result<_, _>>()
+        .context("PEERS line")?;
+    ensure!(ports.len() == a.world, "PEERS has {} ports", ports.len());
+    Ok(ports[(a.rank + 1) % a.world])
 }
 
 /// After `DONE`: idle until the parent's `EXIT` (handled by the stdin thread).

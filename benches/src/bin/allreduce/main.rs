@@ -1,8 +1,9 @@
-//! Ring all-reduce benchmark on loopback, one OS process per rank.
+//! Ring all-reduce benchmark on loopback, one OS process per rank, beside gloo and a raw
+//! TCP ring ceiling measured in the same run.
 //!
 //! ```text
 //! cargo run --release -p benches --bin allreduce [-- --worlds 2,3,4 --sizes 1M,16M,128M
-//!     --iters 10 --warmup 2 --pool 1 --no-ceiling --quick
+//!     --iters 10 --warmup 2 --pool 1 --no-ceiling --no-gloo --gloo --python PATH --quick
 //!     --modes plain,authenticated,encrypted | --secret | --encrypt]
 //! ```
 //!
@@ -11,48 +12,61 @@
 //! `http` is plain with the master's HTTP endpoints on and scraped (README, "Watching a
 //! run"), to show they cost the data path nothing.
 //! One secret is generated per run; each mode of a world gets a fresh master and workers,
-//! and the table's `mode` column and `x plain` ratio put the modes side by side.
+//! and the table's `x plain` column puts the modes side by side.
 //!
 //! The parent starts a [`MasterNode`](pccl::MasterNode) in-process on `127.0.0.1:0` and re-executes this
 //! binary `n` times in the hidden `--worker` mode. Workers connect, grow the run until it
 //! has `n` peers, then per size run warm-up all-reduces followed by the timed ones (f32,
-//! sum). The all-reduce itself is the barrier between iterations. Each worker prints one
-//! duration per timed iteration, then the crc32 of its result buffer.
+//! sum). The all-reduce itself is the barrier between iterations. Each worker reports per
+//! size one duration per timed iteration, its CPU time over the timed iterations, its peak
+//! RSS and the crc32 of its result buffer (`meter.rs`).
 //!
 //! Reported time: for every iteration the **maximum over workers** (the op is done when the
 //! slowest rank is done), then the **median over iterations**. `algbw = bytes / time`,
 //! `busbw = algbw * 2(n-1)/n`.
 //!
-//! The ceiling is measured in the same run by `n` processes in the hidden `--tcp-worker`
-//! mode: each streams `bytes` to its ring successor over one 127.0.0.1 TCP connection with
-//! `TCP_NODELAY` (tokio, as in pccl) while receiving `bytes` from its predecessor, all `n`
-//! at once. Reported: per-stream GB/s at the median (over iterations) of the slowest
-//! worker's iteration time. A ring all-reduce's busbw cannot exceed it.
+//! In the same run, per world (issue #14's yardstick):
+//! * `tcp ring (threads)`, the ceiling: `n` processes in the hidden `--thread-worker` mode,
+//!   each with one blocking sender and one blocking receiver thread, streaming `bytes` to
+//!   its ring successor over one 127.0.0.1 TCP connection with `TCP_NODELAY` in 4 MiB
+//!   `send`/`recv` calls while receiving `bytes` from its predecessor, all `n` at once.
+//!   Reported as per-stream GB/s; a ring all-reduce's busbw cannot exceed it.
+//! * `tcp ring (tokio)`: the same ring on a tokio runtime shaped like a communicator's
+//!   (`--tcp-worker`), to show what the runtime itself costs.
+//! * `gloo`: `n` Python processes running torch.distributed's gloo all-reduce on the same
+//!   inputs (`gloo.rs`, `benches/gloo_worker.py`); skipped with a `SKIPPED: gloo:` line when
+//!   the Python (`--python`, `$PCCL_BENCH_PYTHON`, the repository's `.venv`, `python3`)
+//!   cannot import torch.
 //!
 //! Workers are killed and reaped on every exit path of the parent (a guard), exit on their
 //! own when the parent goes away (stdin EOF) and carry a watchdog; every wait is bounded.
 //!
-//! This file is the command line and the table; `measure.rs` runs one world (the pccl
-//! all-reduce or the TCP ring) and reduces the workers' timings, `workers.rs` owns the
-//! child processes, and `child.rs`, `worker.rs` and `tcp_worker.rs` are the child side.
+//! This file is the command line and the order of the runs; `measure.rs` runs one world of
+//! pccl or of a TCP ring, `gloo.rs` one of gloo, `reports.rs` reduces the workers' reports,
+//! `table.rs` prints them, `workers.rs` owns the child processes, and `child.rs`,
+//! `meter.rs`, `worker.rs`, `thread_worker.rs` and `tcp_worker.rs` are the child side.
 
 mod child;
+mod gloo;
 mod measure;
+mod meter;
+mod reports;
+mod table;
 mod tcp_worker;
+mod thread_worker;
 mod worker;
 mod workers;
 
-use std::io::Write;
-use std::time::Duration;
-
 use anyhow::{Context, Result, anyhow, bail, ensure};
-use benches::{busbw_factor, fmt_size, gbps, parse_size};
+use benches::{fmt_size, parse_size};
 
-use measure::{ceiling_world, pccl_world};
+use measure::{Ceiling, ceiling_world, pccl_world};
+use table::Impl;
 
 const USAGE: &str = "\
 usage: allreduce [--worlds 2,3,4] [--sizes 1M,16M,128M] [--iters K] [--warmup W]
-                 [--pool N] [--threads N] [--slice BYTES] [--no-ceiling] [--quick]
+                 [--pool N] [--threads N] [--slice BYTES] [--no-ceiling]
+                 [--gloo | --no-gloo] [--python PATH] [--quick]
 
   --worlds     comma-separated world sizes (processes), each >= 2   [2,3,4]
   --sizes      comma-separated buffer sizes in bytes (K/M/G suffixes, multiple of 4)
@@ -62,17 +76,21 @@ usage: allreduce [--worlds 2,3,4] [--sizes 1M,16M,128M] [--iters K] [--warmup W]
   --pool       p2p_connection_pool_size (TCP connections per ring neighbour) [1]
   --threads    worker_threads of each communicator's runtime     [pccl default: 2]
   --slice      slice_bytes, the pipeline slice size (K/M suffixes) [pccl default: 1M]
-  --no-ceiling skip the raw TCP ring ceiling
+  --no-ceiling skip both raw TCP ring ceilings (threads and tokio)
+  --gloo       run gloo (the default except with --quick)
+  --no-gloo    skip gloo
+  --python     the Python whose torch runs gloo [$PCCL_BENCH_PYTHON, else the
+               repository's .venv/bin/python, else python3]
   --modes      comma-separated: plain, authenticated (auth), encrypted (encrypt),
                http (plain, the master serving /metrics, /api/run and the dashboard,
                both endpoints scraped 4 times a second)     [plain]
   --secret     same as --modes authenticated
   --encrypt    same as --modes encrypted
-  --quick      tiny run for CI: worlds 2,3, sizes 4K,256K, 3 iters, 1 warm-up
+  --quick      tiny run for CI: worlds 2,3, sizes 4K,256K, 3 iters, 1 warm-up, no gloo
 ";
 
 /// How the run is protected (SECURITY.md §6).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub(crate) enum Mode {
     Plain,
     Authenticated,
@@ -112,6 +130,8 @@ pub(crate) struct Opts {
     pub(crate) threads: Option<usize>,
     pub(crate) slice: Option<usize>,
     pub(crate) ceiling: bool,
+    pub(crate) gloo: bool,
+    pub(crate) python: Option<String>,
     pub(crate) modes: Vec<Mode>,
 }
 
@@ -126,6 +146,8 @@ impl Default for Opts {
             threads: None,
             slice: None,
             ceiling: true,
+            gloo: true,
+            python: None,
             modes: vec![Mode::Plain],
         }
     }
@@ -136,6 +158,7 @@ fn main() {
     let result = match args.first().map(String::as_str) {
         Some("--worker") => worker::run(&args[1..]),
         Some("--tcp-worker") => tcp_worker::run(&args[1..]),
+        Some("--thread-worker") => thread_worker::run(&args[1..]),
         _ => parent(&args),
     };
     if let Err(e) = result {
@@ -156,6 +179,7 @@ fn parse_opts(args: &[String]) -> Result<Opts> {
     let mut it = args.iter();
     let mut quick = false;
     let (mut worlds, mut sizes, mut iters, mut warmup) = (None, None, None, None);
+    let mut gloo = None;
     while let Some(a) = it.next() {
         let mut val = || it.next().ok_or_else(|| anyhow!("{a} needs a value"));
         match a.as_str() {
@@ -169,6 +193,9 @@ fn parse_opts(args: &[String]) -> Result<Opts> {
                 o.slice = Some(parse_size(val()?).ok_or_else(|| anyhow!("bad --slice"))?);
             }
             "--no-ceiling" => o.ceiling = false,
+            "--gloo" => gloo = Some(true),
+            "--no-gloo" => gloo = Some(false),
+            "--python" => o.python = Some(val()?.clone()),
             "--modes" => o.modes = parse_list(val()?, Mode::parse)?,
             "--secret" => o.modes = vec![Mode::Authenticated],
             "--encrypt" => o.modes = vec![Mode::Encrypted],
@@ -187,7 +214,10 @@ fn parse_opts(args: &[String]) -> Result<Opts> {
         o.sizes = vec![4 << 10, 256 << 10];
         o.iters = 3;
         o.warmup = 1;
+        // CI time must not grow: gloo only when asked for.
+        o.gloo = false;
     }
+    o.gloo = gloo.unwrap_or(o.gloo);
     o.worlds = worlds.unwrap_or(o.worlds);
     o.sizes = sizes.unwrap_or(o.sizes);
     o.iters = iters.unwrap_or(o.iters);
@@ -210,15 +240,24 @@ fn parse_opts(args: &[String]) -> Result<Opts> {
     Ok(o)
 }
 
-struct Row {
-    world: usize,
-    mode: Mode,
-    /// This row's time over the plain mode's, same world and size (when measured).
-    vs_plain: Option<f64>,
-    bytes: usize,
-    time: Duration,
-    ceiling: Option<Duration>,
-    crc: u32,
+/// With two ranks each element is `a + b`, which rounds the same in either order, so
+/// pccl's result must be bit-identical to gloo's: a check of both and of the inputs.
+fn same_as_gloo(n: usize, world: &table::World) -> Result<()> {
+    let Some(gloo) = world.get(&Impl::Gloo).filter(|_| n == 2) else {
+        return Ok(());
+    };
+    for (imp, per) in world.range(Impl::Pccl(Mode::Plain)..) {
+        for (bytes, m) in per {
+            let want = gloo.get(bytes).and_then(|g| g.crc);
+            ensure!(
+                m.crc == want,
+                "PARITY FAILURE: world 2, {}: {imp:?} crc {:08x?} != gloo crc {want:08x?}",
+                fmt_size(*bytes),
+                m.crc
+            );
+        }
+    }
+    Ok(())
 }
 
 fn parent(args: &[String]) -> Result<()> {
@@ -237,92 +276,66 @@ fn parent(args: &[String]) -> Result<()> {
         o.iters
     );
     println!(
-        "time = median over iterations of the slowest rank's time; GB/s = 1e9 B/s; \
-         tcp ring = per-stream GB/s with all n streams at once; x plain = busbw over the \
-         plain mode's (same world and size); modes: {}",
+        "time = median over iterations of the slowest rank's time; GB/s = 1e9 B/s; modes: {}",
         o.modes
             .iter()
             .map(|m| m.name())
             .collect::<Vec<_>>()
             .join(",")
     );
-    println!();
-    println!(
-        "{:>5} {:>8} {:>9} {:>11} {:>11} {:>11} {:>8} | {:>13} {:>9} | {:>8}",
-        "world",
-        "mode",
-        "bytes",
-        "median ms",
-        "algbw GB/s",
-        "busbw GB/s",
-        "x plain",
-        "tcp ring GB/s",
-        "busbw/tcp",
-        "crc32"
-    );
-    let mut rows = Vec::new();
-    for &n in &o.worlds {
-        let ceiling = if o.ceiling {
-            Some(ceiling_world(&o, n).with_context(|| format!("tcp ceiling, world {n}"))?)
-        } else {
-            None
+    table::print_header();
+    let python = gloo::python(o.python.as_deref());
+    if !o.gloo {
+        println!("gloo: off (--no-gloo, or --quick without --gloo)");
+    }
+    let gloo = o.gloo
+        && match gloo::probe(&python) {
+            Ok(()) => {
+                println!("gloo: torch from {}", python.display());
+                true
+            }
+            Err(why) => {
+                println!("SKIPPED: gloo: {why}");
+                false
+            }
         };
-        let mut plain = std::collections::BTreeMap::new();
+    let mut checked = 0;
+    for &n in &o.worlds {
+        let mut world = table::World::new();
+        if o.ceiling {
+            for (kind, imp) in [
+                (Ceiling::Threads, Impl::Threads),
+                (Ceiling::Tokio, Impl::Tokio),
+            ] {
+                let res = ceiling_world(&o, n, kind)
+                    .with_context(|| format!("{kind:?} tcp ceiling, world {n}"))?;
+                world.insert(imp, res);
+            }
+        }
+        if gloo {
+            let res = gloo::gloo_world(&o, n, &python)
+                .with_context(|| format!("gloo all-reduce, world {n}"))?;
+            checked += res.len();
+            world.insert(Impl::Gloo, res);
+        }
         for &mode in &o.modes {
             let res = pccl_world(&o, n, mode, &secret)
                 .with_context(|| format!("all-reduce, world {n}, {}", mode.name()))?;
-            for (bytes, (time, crc)) in res {
-                if mode == Mode::Plain {
-                    plain.insert(bytes, time);
-                }
-                let row = Row {
-                    world: n,
-                    mode,
-                    // Bandwidth ratio: plain time over this time.
-                    vs_plain: plain
-                        .get(&bytes)
-                        .map(|p: &Duration| p.as_secs_f64() / time.as_secs_f64()),
-                    bytes,
-                    time,
-                    ceiling: ceiling.as_ref().and_then(|c| c.get(&bytes).copied()),
-                    crc,
-                };
-                print_row(&row);
-                rows.push(row);
-            }
+            checked += res.len();
+            world.insert(Impl::Pccl(mode), res);
         }
+        same_as_gloo(n, &world)?;
+        table::print_world(n, &o.sizes, o.iters, &world, o.modes.len() > 1);
     }
     println!();
+    let vs_gloo = if gloo && o.worlds.contains(&2) {
+        "; at world 2 pccl's is gloo's"
+    } else {
+        ""
+    };
     println!(
-        "parity ok ({} configurations: every rank's result has the same crc32)",
-        rows.len()
+        "parity ok ({checked} all-reduce configurations: every rank's result has the same \
+         crc32{vs_gloo})"
     );
     Ok(())
-}
-
-fn print_row(r: &Row) {
-    let alg = gbps(r.bytes, r.time);
-    let bus = alg * busbw_factor(r.world);
-    let (tcp, ratio) = match r.ceiling {
-        Some(c) => {
-            let t = gbps(r.bytes, c);
-            (format!("{t:.3}"), format!("{:.2}", bus / t))
-        }
-        None => ("-".into(), "-".into()),
-    };
-    let vs = r.vs_plain.map_or_else(|| "-".into(), |v| format!("{v:.2}"));
-    println!(
-        "{:>5} {:>8} {:>9} {:>11.3} {:>11.3} {:>11.3} {:>8} | {:>13} {:>9} | {:08x}",
-        r.world,
-        r.mode.name(),
-        fmt_size(r.bytes),
-        r.time.as_secs_f64() * 1e3,
-        alg,
-        bus,
-        vs,
-        tcp,
-        ratio,
-        r.crc
-    );
-    let _ = std::io::stdout().flush();
 }

@@ -1,15 +1,15 @@
 //! One world of the benchmark, parent side: starts the workers of the pccl all-reduce (with
-//! a master in-process) or of the raw TCP ring, collects their per-iteration times and
-//! crc32s, and reduces them to the median over iterations of the slowest rank's time.
+//! a master in-process) or of one of the two raw TCP ring ceilings, and reduces their
+//! reports (`reports.rs`). The gloo world is in `gloo.rs`.
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result, anyhow, ensure};
-use benches::{fmt_size, median};
+use anyhow::{Context, Result, anyhow};
 use pccl::secure::{ENCRYPT_VAR, RunSecret, SECRET_VAR};
 use pccl::{MasterConfig, MasterNode};
 
+use crate::reports::{Measured, Reports};
 use crate::workers::Workers;
 use crate::{Mode, Opts};
 
@@ -42,52 +42,10 @@ pub(crate) fn worker_args(o: &Opts, n: usize, rank: usize, deadline: Duration) -
 }
 
 /// How long one world's run may take: generous (20 MB/s per process) plus fixed slack.
-fn world_budget(o: &Opts, n: usize) -> Duration {
+pub(crate) fn world_budget(o: &Opts, n: usize) -> Duration {
     let bytes: usize = o.sizes.iter().sum::<usize>() * (o.iters + o.warmup);
     let secs = 60 + (bytes as f64 * n as f64 / 20e6) as u64;
     Duration::from_secs(secs)
-}
-
-/// Per-iteration durations reported as `T <bytes> <iter> <nanos>`, keyed by bytes, one
-/// vector of iterations per worker.
-type Timings = BTreeMap<usize, Vec<Vec<Option<Duration>>>>;
-
-fn record_time(t: &mut Timings, o: &Opts, n: usize, w: usize, line: &str) -> Result<()> {
-    let mut p = line.split_whitespace().skip(1);
-    let mut next = || -> Result<u64> {
-        p.next()
-            .ok_or_else(|| anyhow!("short line {line:?}"))?
-            .parse()
-            .with_context(|| format!("bad line {line:?}"))
-    };
-    let (bytes, iter, nanos) = (next()? as usize, next()? as usize, next()?);
-    ensure!(iter < o.iters, "iteration {iter} out of range");
-    let per = t
-        .entry(bytes)
-        .or_insert_with(|| vec![vec![None; o.iters]; n]);
-    per[w][iter] = Some(Duration::from_nanos(nanos));
-    Ok(())
-}
-
-/// Median over iterations of the max over workers, per size.
-fn summarize(t: &Timings, o: &Opts) -> Result<BTreeMap<usize, Duration>> {
-    let mut out = BTreeMap::new();
-    for &bytes in &o.sizes {
-        let per = t
-            .get(&bytes)
-            .ok_or_else(|| anyhow!("no timings for {}", fmt_size(bytes)))?;
-        let mut worst = Vec::with_capacity(o.iters);
-        for k in 0..o.iters {
-            let mut m = Duration::ZERO;
-            for (w, its) in per.iter().enumerate() {
-                let d = its[k].ok_or_else(|| anyhow!("worker {w} missed iteration {k}"))?;
-                m = m.max(d);
-            }
-            worst.push(m);
-        }
-        out.insert(bytes, median(&worst).expect("iters >= 1"));
-    }
-    Ok(out)
 }
 
 /// One world of the pccl all-reduce in `mode`: master in-process, `n` worker processes.
@@ -98,7 +56,7 @@ pub(crate) fn pccl_world(
     n: usize,
     mode: Mode,
     secret: &str,
-) -> Result<BTreeMap<usize, (Duration, u32)>> {
+) -> Result<BTreeMap<usize, Measured>> {
     let mut mcfg = MasterConfig::new("127.0.0.1:0".parse().expect("literal address"));
     mcfg.heartbeat_timeout = Duration::from_secs(10);
     let mut env = Vec::new();
@@ -122,41 +80,11 @@ pub(crate) fn pccl_world(
         a.extend(worker_args(o, n, rank, budget + Duration::from_secs(30)));
         a
     })?;
-    let mut timings = Timings::new();
-    let mut crcs: BTreeMap<usize, Vec<Option<u32>>> = BTreeMap::new();
-    workers.collect(deadline, |w, line| {
-        match line.split_whitespace().next() {
-            Some("T") => record_time(&mut timings, o, n, w, line)?,
-            Some("CRC") => {
-                let mut p = line.split_whitespace().skip(1);
-                let bytes: usize = p.next().unwrap_or("").parse().context("CRC line")?;
-                let crc = u32::from_str_radix(p.next().unwrap_or(""), 16).context("CRC line")?;
-                crcs.entry(bytes).or_insert_with(|| vec![None; n])[w] = Some(crc);
-            }
-            _ => {}
-        }
-        Ok(())
-    })?;
+    let mut reports = Reports::new(n, o.iters);
+    workers.collect(deadline, |w, line| reports.line(w, line))?;
     workers.finish(Duration::from_secs(10))?;
     drop(master);
-    let times = summarize(&timings, o)?;
-    let mut out = BTreeMap::new();
-    for (bytes, time) in times {
-        let c = crcs
-            .get(&bytes)
-            .ok_or_else(|| anyhow!("no crc for {}", fmt_size(bytes)))?;
-        let first = c[0].ok_or_else(|| anyhow!("worker 0 sent no crc"))?;
-        for (w, x) in c.iter().enumerate() {
-            let x = x.ok_or_else(|| anyhow!("worker {w} sent no crc"))?;
-            ensure!(
-                x == first,
-                "PARITY FAILURE: world {n}, {}: worker {w} crc {x:08x} != worker 0 crc {first:08x}",
-                fmt_size(bytes)
-            );
-        }
-        out.insert(bytes, (time, first));
-    }
-    Ok(out)
+    reports.summarize(&o.sizes, true)
 }
 
 /// Polls `/api/run` and `/metrics` every 250 ms until dropped (the `http` mode).
@@ -210,12 +138,29 @@ impl Drop for Scraper {
     }
 }
 
-/// One world of the raw TCP ring: `n` processes stream to their successor at once.
-pub(crate) fn ceiling_world(o: &Opts, n: usize) -> Result<BTreeMap<usize, Duration>> {
+/// Which raw TCP ring ceiling.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Ceiling {
+    /// Blocking sender and receiver threads (`thread_worker.rs`), the yardstick.
+    Threads,
+    /// A tokio runtime like a pccl communicator's (`tcp_worker.rs`).
+    Tokio,
+}
+
+/// One world of a raw TCP ring: `n` processes stream to their successor at once.
+pub(crate) fn ceiling_world(
+    o: &Opts,
+    n: usize,
+    kind: Ceiling,
+) -> Result<BTreeMap<usize, Measured>> {
     let budget = world_budget(o, n);
     let deadline = Instant::now() + budget;
+    let flag = match kind {
+        Ceiling::Threads => "--thread-worker",
+        Ceiling::Tokio => "--tcp-worker",
+    };
     let mut workers = Workers::spawn(n, &[], |rank| {
-        let mut a = vec!["--tcp-worker".into()];
+        let mut a = vec![flag.into()];
         a.extend(worker_args(o, n, rank, budget + Duration::from_secs(30)));
         a
     })?;
@@ -233,13 +178,8 @@ pub(crate) fn ceiling_world(o: &Opts, n: usize) -> Result<BTreeMap<usize, Durati
         .map(|p| p.expect("all set").to_string())
         .collect();
     workers.send_all(&format!("PEERS {}", ports.join(" ")))?;
-    let mut timings = Timings::new();
-    workers.collect(deadline, |w, line| {
-        if line.starts_with("T ") {
-            record_time(&mut timings, o, n, w, line)?;
-        }
-        Ok(())
-    })?;
+    let mut reports = Reports::new(n, o.iters);
+    workers.collect(deadline, |w, line| reports.line(w, line))?;
     workers.finish(Duration::from_secs(10))?;
-    summarize(&timings, o)
+    reports.summarize(&o.sizes, false)
 }

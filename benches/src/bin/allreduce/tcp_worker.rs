@@ -1,15 +1,17 @@
-//! `--tcp-worker`: one rank of the raw TCP ring ceiling. It streams `bytes` to its ring
-//! successor over one `TCP_NODELAY` connection while receiving `bytes` from its
-//! predecessor, and prints `T bytes iter nanos` per timed iteration and `DONE`.
+//! `--tcp-worker`: one rank of the tokio TCP ring ceiling, `tcp ring (tokio)`. It streams
+//! `bytes` to its ring successor over one `TCP_NODELAY` connection while receiving `bytes`
+//! from its predecessor, on a tokio runtime shaped like a pccl communicator's, and prints
+//! per size its `T`, `CPU` and `RSS` lines (`meter.rs`), then `DONE`.
 
 use std::io::Write;
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result, anyhow, ensure};
+use anyhow::{Context, Result};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
 use crate::child;
+use crate::meter::SizeMeter;
 
 pub(crate) fn run(args: &[String]) -> Result<()> {
     let a = child::parse(args)?;
@@ -17,19 +19,7 @@ pub(crate) fn run(args: &[String]) -> Result<()> {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").context("bind")?;
     listener.set_nonblocking(true)?;
     let port = listener.local_addr()?.port();
-    println!("PORT {port}");
-    let peers = stdin
-        .recv_timeout(Duration::from_secs(60))
-        .context("no PEERS line from the parent")?;
-    let ports: Vec<u16> = peers
-        .strip_prefix("PEERS ")
-        .ok_or_else(|| anyhow!("expected PEERS, got {peers:?}"))?
-        .split_whitespace()
-        .map(str::parse)
-        .collect::<Result<_, _>>()
-        .context("PEERS line")?;
-    ensure!(ports.len() == a.world, "PEERS has {} ports", ports.len());
-    let next = ports[(a.rank + 1) % a.world];
+    let next = child::ring_successor(&stdin, &a, port)?;
 
     // The same runtime shape as a pccl communicator (multi-thread, 2 workers by default).
     let rt = tokio::runtime::Builder::new_multi_thread()
@@ -60,10 +50,11 @@ pub(crate) fn run(args: &[String]) -> Result<()> {
         let mut inc = inc;
         let stdout = std::io::stdout();
         for &bytes in &a.sizes {
+            let mut meter = SizeMeter::start(bytes);
             let mut sbuf = Some(vec![a.rank as u8; bytes]);
             let mut rbuf = vec![0u8; bytes];
             for k in 0..a.warmup + a.iters {
-                let t0 = Instant::now();
+                let mark = SizeMeter::begin();
                 let (mut o, s) = (out.take().expect("present"), sbuf.take().expect("present"));
                 let send = tokio::spawn(async move {
                     let r = o.write_all(&s).await;
@@ -71,18 +62,13 @@ pub(crate) fn run(args: &[String]) -> Result<()> {
                 });
                 inc.read_exact(&mut rbuf).await.context("ring receive")?;
                 let (o, s) = send.await?.context("ring send")?;
-                let dt = t0.elapsed();
+                if k >= a.warmup {
+                    meter.end(mark, k - a.warmup)?;
+                }
                 out = Some(o);
                 sbuf = Some(s);
-                if k >= a.warmup {
-                    writeln!(
-                        stdout.lock(),
-                        "T {bytes} {} {}",
-                        k - a.warmup,
-                        dt.as_nanos()
-                    )?;
-                }
             }
+            meter.finish()?;
         }
         writeln!(stdout.lock(), "DONE")?;
         stdout.lock().flush()?;

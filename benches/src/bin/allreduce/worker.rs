@@ -1,7 +1,7 @@
 //! `--worker`: one rank of the pccl all-reduce. It connects, grows the run until it has
 //! `world` peers, runs the warm-up and timed all-reduces per size, checks a sample of the
-//! result, and prints `T bytes iter nanos` per timed iteration, `CRC bytes crc` per size
-//! and `DONE`.
+//! result, and prints per size its `T`, `CPU` and `RSS` lines (`meter.rs`) and `CRC bytes
+//! crc`, then `DONE`.
 
 use std::io::Write;
 use std::time::{Duration, Instant};
@@ -11,6 +11,7 @@ use benches::fmt_size;
 use pccl::{Attribute, Communicator, CommunicatorConfig, Error, ReduceOp};
 
 use crate::child;
+use crate::meter::SizeMeter;
 
 /// A deterministic value in [-1, 1) with a full 24-bit mantissa, so that reduction
 /// order would change the bits: this is what makes the crc comparison meaningful.
@@ -60,6 +61,7 @@ pub(crate) fn run(args: &[String]) -> Result<()> {
     let out = std::io::stdout();
     let mut tag = 0u64;
     for &bytes in &a.sizes {
+        let mut meter = SizeMeter::start(bytes);
         let count = bytes / 4;
         let send: Vec<f32> = (0..count).map(|i| value(a.rank, i)).collect();
         let mut recv = vec![0f32; count];
@@ -69,12 +71,11 @@ pub(crate) fn run(args: &[String]) -> Result<()> {
             tag += 1;
         }
         for k in 0..a.iters {
-            let t0 = Instant::now();
+            let mark = SizeMeter::begin();
             comm.all_reduce(&send, &mut recv, ReduceOp::Sum, tag)
                 .context("timed all-reduce")?;
-            let dt = t0.elapsed();
+            meter.end(mark, k)?;
             tag += 1;
-            writeln!(out.lock(), "T {bytes} {k} {}", dt.as_nanos())?;
         }
         // Correctness on a sample (sums of n values in [-1, 1): f32 error far below 1e-5).
         let step = (count / 4096).max(1);
@@ -89,6 +90,7 @@ pub(crate) fn run(args: &[String]) -> Result<()> {
         }
         let crc = crc32fast::hash(bytemuck::cast_slice(&recv));
         writeln!(out.lock(), "CRC {bytes} {crc:08x}")?;
+        meter.finish()?;
     }
     writeln!(out.lock(), "DONE")?;
     out.lock().flush()?;

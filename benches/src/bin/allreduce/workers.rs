@@ -1,8 +1,9 @@
 //! The benchmark's child processes, parent side: spawns `n` copies of this binary in a
-//! worker mode, turns their stdout into one stream of `(worker, line)`, and ends them
+//! worker mode (or `n` gloo workers under Python), turns their stdout into one stream of `(worker, line)`, and ends them
 //! cleanly (`EXIT`, bounded wait) or, on every other path, kills and reaps them on drop.
 
 use std::io::{BufRead, BufReader, Write};
+use std::path::Path;
 use std::process::{Child, ChildStdin, Command, ExitStatus, Stdio};
 
 use pccl::secure::{ENCRYPT_VAR, SECRET_FILE_VAR, SECRET_VAR};
@@ -30,6 +31,16 @@ impl Workers {
         args: impl Fn(usize) -> Vec<String>,
     ) -> Result<Self> {
         let exe = std::env::current_exe().context("locate own executable")?;
+        Self::spawn_program(&exe, n, env, args)
+    }
+
+    /// [`Workers::spawn`], running `program` instead of this binary.
+    pub(crate) fn spawn_program(
+        exe: &Path,
+        n: usize,
+        env: &[(&'static str, String)],
+        args: impl Fn(usize) -> Vec<String>,
+    ) -> Result<Self> {
         let (tx, rx) = mpsc::channel();
         let mut w = Self {
             children: Vec::with_capacity(n),
@@ -38,7 +49,7 @@ impl Workers {
             done: vec![false; n],
         };
         for i in 0..n {
-            let mut cmd = Command::new(&exe);
+            let mut cmd = Command::new(exe);
             for v in [SECRET_VAR, SECRET_FILE_VAR, ENCRYPT_VAR] {
                 cmd.env_remove(v);
             }
@@ -52,7 +63,9 @@ impl Workers {
                 cmd.env("PCCL_LOG", "error");
             }
             // On error `w` drops here and reaps the children spawned so far.
-            let mut child = cmd.spawn().context("spawn worker")?;
+            let mut child = cmd
+                .spawn()
+                .with_context(|| format!("spawn worker {}", exe.display()))?;
             let stdout = child.stdout.take();
             w.stdins.push(child.stdin.take());
             w.children.push(child);
@@ -153,7 +166,7 @@ impl Drop for Workers {
 }
 
 /// Polls `c` until it exits or `timeout` passes.
-fn wait_timeout(c: &mut Child, timeout: Duration) -> Option<ExitStatus> {
+pub(crate) fn wait_timeout(c: &mut Child, timeout: Duration) -> Option<ExitStatus> {
     let deadline = Instant::now() + timeout;
     loop {
         match c.try_wait() {
