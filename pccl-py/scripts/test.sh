@@ -3,7 +3,8 @@
 # stubs against the native module and runs the pytest suite.
 # Usage: pccl-py/scripts/test.sh [pytest args...]   (from any directory)
 # PCCL_PY_NO_BUILD=1 skips the build and uses the wheel already installed in .venv
-# (scripts/test's second, authenticated pass).
+# (scripts/test's second, authenticated pass). PCCL_PY_TESTS names the test files or
+# directories to run (space-separated; default: all of pccl-py/tests).
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/../.."
 
@@ -24,7 +25,8 @@ echo "==> pytest"
 # the summary of scripts/test.
 JUNIT=$(mktemp)
 trap 'rm -f "$JUNIT"' EXIT
-"$PY" -m pytest pccl-py/tests -q -rs -p no:cacheprovider --timeout=300 --junitxml="$JUNIT" "$@"
+read -ra TESTS <<<"${PCCL_PY_TESTS:-pccl-py/tests}"
+"$PY" -m pytest "${TESTS[@]}" -q -rs -p no:cacheprovider --timeout=300 --junitxml="$JUNIT" "$@"
 "$PY" - "$JUNIT" <<'PYEOF'
 import ast, os, sys, xml.etree.ElementTree as ET
 
