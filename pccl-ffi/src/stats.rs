@@ -36,6 +36,13 @@ pub struct pcclCommStats_t {
     /// at most the 32 latest, and the latest one's duration in seconds (0: none).
     pub recoveries: u64,
     pub last_recovery_seconds: f64,
+    /// Reduce-scatters, all-gathers and broadcasts that succeeded / failed here.
+    pub reduce_scatter_completed: u64,
+    pub reduce_scatter_failed: u64,
+    pub all_gather_completed: u64,
+    pub all_gather_failed: u64,
+    pub broadcast_completed: u64,
+    pub broadcast_failed: u64,
 }
 
 /// pccl extension (not in PCCL 1.0): writes the communicator's counters to `*out`. Works
@@ -69,6 +76,12 @@ pub unsafe extern "C" fn pcclGetCommStats(
             last_all_reduce_seconds: last.map_or(0.0, |r| r.seconds),
             recoveries: s.recovery_seconds.len() as u64,
             last_recovery_seconds: s.recovery_seconds.last().copied().unwrap_or(0.0),
+            reduce_scatter_completed: s.reduce_scatter.completed,
+            reduce_scatter_failed: s.reduce_scatter.failed,
+            all_gather_completed: s.all_gather.completed,
+            all_gather_failed: s.all_gather.failed,
+            broadcast_completed: s.broadcast.completed,
+            broadcast_failed: s.broadcast.failed,
         };
         // SAFETY: writable by the contract.
         unsafe { out.write(stats) };

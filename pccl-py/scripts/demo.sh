@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Python demo: a master and 3 DiLoCo peers (examples/python/diloco.py) on loopback; one
 # peer is killed with SIGKILL mid-run and a new one joins, and the survivors finish with
-# bit-identical shared state. Builds and installs what it needs into .venv first.
+# bit-identical shared state. The master serves its live dashboard; its URL is printed
+# first. Builds and installs what it needs into .venv first.
 # Usage: pccl-py/scripts/demo.sh [--secret]   (--secret: an authenticated run)
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/../.."
@@ -25,7 +26,16 @@ cleanup() {
 trap cleanup EXIT
 
 PORT=$("$PY" -c "import socket; s=socket.socket(); s.bind(('127.0.0.1',0)); print(s.getsockname()[1])")
-"$PY" -m pccl.master --listen-address "127.0.0.1:$PORT" & PIDS+=($!)
+# The master's live dashboard (README, "Watching a run"): the usual port when it is free,
+# else any; the master prints its URL first.
+HTTP_PORT=$("$PY" -c "
+import socket
+s = socket.socket()
+try:
+    s.bind(('127.0.0.1', 9148)); print(9148)
+except OSError:
+    print(0)")
+"$PY" -m pccl.master --listen-address "127.0.0.1:$PORT" --http-address "127.0.0.1:$HTTP_PORT" & PIDS+=($!)
 sleep 1
 peer() {
     "$PY" examples/python/diloco.py --master "127.0.0.1:$PORT" --until-revision 60 \

@@ -67,6 +67,21 @@ int main(int argc, char **argv) {
                (unsigned long)crc32_of(buf, sizeof buf));
         fflush(stdout);
     }
+    {
+        /* pccl extension: each kind of collective is counted apart. */
+        pcclCommStats_t stats;
+        CHECK(pcclGetCommStats(comm, &stats));
+        FAIL_IF(stats.reduce_scatter_completed != (uint64_t)steps, "%lu reduce-scatters counted",
+                (unsigned long)stats.reduce_scatter_completed);
+        FAIL_IF(stats.all_gather_completed != (uint64_t)steps || stats.all_gather_failed != 0,
+                "%lu all-gathers counted (%lu failed)", (unsigned long)stats.all_gather_completed,
+                (unsigned long)stats.all_gather_failed);
+        FAIL_IF(stats.broadcast_completed != (uint64_t)(steps * world), "%lu broadcasts counted",
+                (unsigned long)stats.broadcast_completed);
+        FAIL_IF(stats.all_reduce_completed != 0, "%lu all-reduces counted",
+                (unsigned long)stats.all_reduce_completed);
+        FAIL_IF(stats.tx_bytes == 0 || stats.rx_bytes == 0, "no bytes counted");
+    }
     CHECK(pcclDestroyCommunicator(comm));
     return 0;
 }

@@ -68,10 +68,12 @@ pub struct LinkBandwidth {
 pub struct CommStats {
     /// All-reduces (blocking, async and batched) that succeeded / failed here.
     pub all_reduce: OpCounts,
-    /// Reduce-scatters, all-gathers and broadcasts that succeeded / failed here (their
-    /// bytes count in `tx_bytes`, `rx_bytes` and `neighbours`; the recent figures and
-    /// recovery times are the all-reduces' only).
-    pub collectives: OpCounts,
+    /// Reduce-scatters, all-gathers and broadcasts that succeeded / failed here, one
+    /// count per kind (their bytes count in `tx_bytes`, `rx_bytes` and `neighbours`; the
+    /// recent figures and recovery times are the all-reduces' only).
+    pub reduce_scatter: OpCounts,
+    pub all_gather: OpCounts,
+    pub broadcast: OpCounts,
     /// Shared-state syncs that succeeded / failed here.
     pub shared_state_sync: OpCounts,
     /// Failed ops by result code name (`RankConnectionLost`, `InvalidUsage`, …).
@@ -93,6 +95,18 @@ pub struct CommStats {
     pub shared_state_tx_bytes: u64,
     /// Links this peer measured, latest figure per target.
     pub link_bandwidth: Vec<LinkBandwidth>,
+}
+
+impl CommStats {
+    /// The counts of one kind of collective.
+    fn counts(&mut self, kind: Collective) -> &mut OpCounts {
+        match kind {
+            Collective::AllReduce => &mut self.all_reduce,
+            Collective::ReduceScatter => &mut self.reduce_scatter,
+            Collective::AllGather => &mut self.all_gather,
+            Collective::Broadcast { .. } => &mut self.broadcast,
+        }
+    }
 }
 
 /// The recorder a communicator and its tasks share.
@@ -132,9 +146,7 @@ impl Stats {
         let all_reduce = kind == Collective::AllReduce;
         self.with(|s| match result {
             Ok(info) => {
-                if !all_reduce {
-                    s.snap.collectives.completed += 1;
-                }
+                s.snap.counts(kind).completed += 1;
                 s.snap.tx_bytes += info.tx_bytes;
                 s.snap.rx_bytes += info.rx_bytes;
                 let ring = topology.group_ring(group);
@@ -146,7 +158,6 @@ impl Stats {
                 if !all_reduce {
                     return;
                 }
-                s.snap.all_reduce.completed += 1;
                 let bytes = desc.count as u64 * desc.dtype.size() as u64;
                 let secs = took.as_secs_f64().max(1e-9);
                 let n = f64::from(info.local_world_size.max(1));
@@ -171,11 +182,7 @@ impl Stats {
                 }
             }
             Err(e) => {
-                if all_reduce {
-                    s.snap.all_reduce.failed += 1;
-                } else {
-                    s.snap.collectives.failed += 1;
-                }
+                s.snap.counts(kind).failed += 1;
                 s.failure(e);
                 if matches!(e, Error::RankConnectionLost { .. }) {
                     s.lost_at.get_or_insert_with(Instant::now);
@@ -409,6 +416,45 @@ mod tests {
             s.take_summary().recent_op_micros.is_empty(),
             "durations are sent once"
         );
+    }
+
+    #[test]
+    fn each_kind_of_collective_is_counted_apart() {
+        let ids: Vec<PeerId> = (0..2).map(|_| PeerId::random()).collect();
+        let t = ring(&ids);
+        let s = Stats::default();
+        let desc = ReduceDescriptor::new(8, DataType::F32, ReduceOp::Sum);
+        let ok = || {
+            Ok(ReduceInfo {
+                local_world_size: 2,
+                tx_bytes: 16,
+                rx_bytes: 16,
+            })
+        };
+        let mismatch = || Err(Error::InvalidUsage("mismatch".into()));
+        let kinds = [
+            (Collective::AllReduce, 1, 0),
+            (Collective::ReduceScatter, 2, 1),
+            (Collective::AllGather, 3, 0),
+            (Collective::Broadcast { root: 1 }, 1, 2),
+        ];
+        for (kind, oks, fails) in kinds {
+            for r in (0..oks).map(|_| ok()).chain((0..fails).map(|_| mismatch())) {
+                s.record_reduce((&desc, kind), Duration::from_millis(1), &r, &t, ids[0], 0);
+            }
+        }
+        let snap = s.snapshot();
+        let counts = |completed, failed| OpCounts { completed, failed };
+        assert_eq!(snap.all_reduce, counts(1, 0));
+        assert_eq!(snap.reduce_scatter, counts(2, 1));
+        assert_eq!(snap.all_gather, counts(3, 0));
+        assert_eq!(snap.broadcast, counts(1, 2));
+        assert_eq!(snap.failures.get("InvalidUsage"), Some(&3));
+        // Every kind's bytes count; the recent figures are the all-reduce's only.
+        assert_eq!(snap.tx_bytes, 7 * 16);
+        assert_eq!(snap.recent_all_reduces.len(), 1);
+        let sum = s.take_summary();
+        assert_eq!((sum.reduces_ok, sum.reduces_failed), (1, 0));
     }
 
     #[test]

@@ -17,6 +17,7 @@ use serde_json::{Value, json};
 use tokio_tungstenite::tungstenite::Message;
 
 use crate::churn::{Peer, check_parity, wait_until};
+use crate::common::{cluster, on_all};
 
 /// A child process killed and reaped when the guard goes.
 struct Guard(Child);
@@ -148,24 +149,122 @@ fn shots() -> PathBuf {
         .join("dashboard")
 }
 
+/// Headless Chromium with one page open, driven over the DevTools protocol. Each call
+/// blocks on its own runtime, so the test may make blocking pccl calls in between.
+struct Browser {
+    cdp: Cdp,
+    rt: tokio::runtime::Runtime,
+    chrome: Guard,
+    profile: PathBuf,
+}
+
+impl Browser {
+    /// Opens `url`; `None` (with the reason printed and logged) when Chromium is missing.
+    fn open(url: &str, test: &str) -> Option<Self> {
+        let Some(browser) = chromium() else {
+            let line = format!(
+                "chromium: not on PATH and scripts/test could not install it (apt-get \
+                 install chromium) (pccl it dashboard::{test})"
+            );
+            eprintln!("SKIPPED: {line}");
+            if let Some(path) = std::env::var_os("PCCL_SKIP_LOG") {
+                use std::io::Write;
+                // One short append: lines from tests running in parallel stay whole.
+                std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(&path)
+                    .and_then(|mut f| f.write_all(format!("{line}\n").as_bytes()))
+                    .expect("append to PCCL_SKIP_LOG");
+            }
+            return None;
+        };
+        let profile =
+            std::env::temp_dir().join(format!("pccl-chromium-{}-{test}", std::process::id()));
+        let mut chrome = Command::new(browser)
+            .args([
+                "--headless=new",
+                "--no-sandbox",
+                "--disable-gpu",
+                "--disable-dev-shm-usage",
+                "--no-first-run",
+                "--remote-debugging-address=127.0.0.1",
+                "--remote-debugging-port=0",
+                "--window-size=1400,1300",
+            ])
+            .arg(format!("--user-data-dir={}", profile.display()))
+            .arg("about:blank")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn chromium");
+        let ws_url = first_line(&mut chrome, |l| {
+            l.strip_prefix("DevTools listening on ").map(str::to_string)
+        });
+        let chrome = Guard(chrome);
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let cdp = rt.block_on(async {
+            let (ws, _) = tokio_tungstenite::connect_async(ws_url.as_str())
+                .await
+                .expect("connect to the browser");
+            let mut cdp = Cdp {
+                ws,
+                next: 0,
+                session: None,
+            };
+            let target = cdp.call("Target.createTarget", json!({"url": url})).await;
+            let attached = cdp
+                .call(
+                    "Target.attachToTarget",
+                    json!({"targetId": target["targetId"], "flatten": true}),
+                )
+                .await;
+            cdp.session = attached["sessionId"].as_str().map(str::to_string);
+            cdp.call("Runtime.enable", json!({})).await;
+            cdp
+        });
+        Some(Self {
+            cdp,
+            rt,
+            chrome,
+            profile,
+        })
+    }
+
+    fn until(&mut self, what: &str, limit: Duration, expr: &str) -> Duration {
+        self.rt.block_on(self.cdp.until(what, limit, expr))
+    }
+
+    fn eval(&mut self, expr: &str) -> Value {
+        self.rt.block_on(self.cdp.eval(expr))
+    }
+
+    /// Saves a screenshot as `target/dashboard/<name>`.
+    fn screenshot(&mut self, name: &str) {
+        self.rt.block_on(self.cdp.screenshot(&shots().join(name)));
+    }
+}
+
+impl Drop for Browser {
+    fn drop(&mut self) {
+        // The browser first, then its profile (it writes there until it exits).
+        let _ = self.chrome.0.kill();
+        let _ = self.chrome.0.wait();
+        let _ = std::fs::remove_dir_all(&self.profile);
+    }
+}
+
 #[test]
 fn the_dashboard_shows_the_run_and_a_death_in_a_real_browser() {
-    let Some(browser) = chromium() else {
-        let line = "chromium: not on PATH and scripts/test could not install it (apt-get \
-                    install chromium) (pccl it dashboard::the_dashboard_shows_the_run_and_a_death_in_a_real_browser)";
-        eprintln!("SKIPPED: {line}");
-        if let Some(path) = std::env::var_os("PCCL_SKIP_LOG") {
-            use std::io::Write;
-            // One short append: lines from tests running in parallel stay whole.
-            std::fs::OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(&path)
-                .and_then(|mut f| f.write_all(format!("{line}\n").as_bytes()))
-                .expect("append to PCCL_SKIP_LOG");
-        }
+    const TEST: &str = "the_dashboard_shows_the_run_and_a_death_in_a_real_browser";
+    if chromium().is_none() {
+        // Browser::open says why.
+        assert!(Browser::open("", TEST).is_none());
         return;
-    };
+    }
     let mut master = Command::new(env!("CARGO_BIN_EXE_pccl-master"))
         .args(["--listen", "127.0.0.1:0", "--http", "127.0.0.1:0"])
         .stdout(Stdio::null())
@@ -200,104 +299,48 @@ fn the_dashboard_shows_the_run_and_a_death_in_a_real_browser() {
             .all(|p| p.steps().iter().filter(|s| s.world == 4).count() >= 5)
     });
 
-    let profile = std::env::temp_dir().join(format!("pccl-chromium-{}", std::process::id()));
-    let mut chrome = Command::new(browser)
-        .args([
-            "--headless=new",
-            "--no-sandbox",
-            "--disable-gpu",
-            "--disable-dev-shm-usage",
-            "--no-first-run",
-            "--remote-debugging-address=127.0.0.1",
-            "--remote-debugging-port=0",
-            "--window-size=1400,1300",
-        ])
-        .arg(format!("--user-data-dir={}", profile.display()))
-        .arg("about:blank")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn chromium");
-    let ws_url = first_line(&mut chrome, |l| {
-        l.strip_prefix("DevTools listening on ").map(str::to_string)
-    });
-    let _chrome = Guard(chrome);
+    let url = format!("http://{http}/");
+    let mut page = Browser::open(&url, TEST).expect("chromium is on PATH");
+    let limit = Duration::from_secs(20);
+    page.until(
+        "4 accepted peers in the table",
+        limit,
+        "document.querySelectorAll('#peers tr[data-state=accepted]').length === 4",
+    );
+    page.until(
+        "a ring of 4 nodes and 4 links",
+        limit,
+        "document.querySelectorAll('#ring svg circle.node').length === 4 \
+         && document.querySelectorAll('#ring svg line.link').length === 4",
+    );
+    page.until(
+        "throughput data in the chart",
+        limit,
+        "Number(document.getElementById('busbw-chart').dataset.points) > 0 \
+         && document.querySelectorAll('#busbw-chart canvas').length > 0",
+    );
+    page.until(
+        "join events",
+        limit,
+        "document.querySelectorAll('#events tr[data-kind=join]').length === 4",
+    );
+    page.screenshot("dashboard-4-peers.png");
 
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    rt.block_on(async {
-        let (ws, _) = tokio_tungstenite::connect_async(ws_url.as_str())
-            .await
-            .expect("connect to the browser");
-        let mut cdp = Cdp {
-            ws,
-            next: 0,
-            session: None,
-        };
-        let url = format!("http://{http}/");
-        let target = cdp.call("Target.createTarget", json!({"url": url})).await;
-        let attached = cdp
-            .call(
-                "Target.attachToTarget",
-                json!({"targetId": target["targetId"], "flatten": true}),
-            )
-            .await;
-        cdp.session = attached["sessionId"].as_str().map(str::to_string);
-        cdp.call("Runtime.enable", json!({})).await;
-
-        let limit = Duration::from_secs(20);
-        cdp.until(
-            "4 accepted peers in the table",
-            limit,
-            "document.querySelectorAll('#peers tr[data-state=accepted]').length === 4",
-        )
-        .await;
-        cdp.until(
-            "a ring of 4 nodes and 4 links",
-            limit,
-            "document.querySelectorAll('#ring svg circle.node').length === 4 \
-             && document.querySelectorAll('#ring svg line.link').length === 4",
-        )
-        .await;
-        cdp.until(
-            "throughput data in the chart",
-            limit,
-            "Number(document.getElementById('busbw-chart').dataset.points) > 0 \
-             && document.querySelectorAll('#busbw-chart canvas').length > 0",
-        )
-        .await;
-        cdp.until(
-            "join events",
-            limit,
-            "document.querySelectorAll('#events tr[data-kind=join]').length === 4",
-        )
-        .await;
-        cdp.screenshot(&shots().join("dashboard-4-peers.png")).await;
-
-        // kill -9 one peer: the page must follow within a few seconds.
-        let victim = peers.remove(2);
-        victim.signal("-9");
-        let took = cdp
-            .until(
-                "3 peers and a death event",
-                Duration::from_secs(5),
-                "document.querySelectorAll('#peers tr').length === 3 \
-                 && document.querySelectorAll('#ring svg circle.node').length === 3 \
-                 && document.querySelectorAll('#events tr[data-kind=death]').length === 1",
-            )
-            .await;
-        eprintln!("the page showed the death {took:?} after the kill");
-        let summary = cdp
-            .eval("document.getElementById('summary').dataset.world")
-            .await;
-        assert_eq!(summary, json!("3"));
-        cdp.screenshot(&shots().join("dashboard-after-kill.png"))
-            .await;
-    });
-    drop(rt);
-    let _ = std::fs::remove_dir_all(&profile);
+    // kill -9 one peer: the page must follow within a few seconds.
+    let victim = peers.remove(2);
+    victim.signal("-9");
+    let took = page.until(
+        "3 peers and a death event",
+        Duration::from_secs(5),
+        "document.querySelectorAll('#peers tr').length === 3 \
+         && document.querySelectorAll('#ring svg circle.node').length === 3 \
+         && document.querySelectorAll('#events tr[data-kind=death]').length === 1",
+    );
+    eprintln!("the page showed the death {took:?} after the kill");
+    let summary = page.eval("document.getElementById('summary').dataset.world");
+    assert_eq!(summary, json!("3"));
+    page.screenshot("dashboard-after-kill.png");
+    drop(page);
 
     // The peers' results stayed bit-identical throughout.
     wait_until(
@@ -311,4 +354,41 @@ fn the_dashboard_shows_the_run_and_a_death_in_a_real_browser() {
     );
     let compared = check_parity(&peers.iter().collect::<Vec<_>>());
     assert!(compared > 10, "too few steps compared: {compared}");
+}
+
+/// The bandwidth heatmap in the browser: it appears once `optimize_topology` measured the
+/// links, and when a peer whose links it shows leaves, it follows (here: back to saying
+/// none are measured) rather than keep the old matrix.
+#[test]
+fn the_heatmap_shows_measured_links_and_follows_departures() {
+    const TEST: &str = "the_heatmap_shows_measured_links_and_follows_departures";
+    if chromium().is_none() {
+        assert!(Browser::open("", TEST).is_none());
+        return;
+    }
+    let master = crate::master_http::http_master();
+    let http = master.http_addr().expect("http is on");
+    let mut comms = cluster(&master, 2);
+    on_all(&comms, |_, c| c.optimize_topology().unwrap());
+    let mut page = Browser::open(&format!("http://{http}/"), TEST).expect("chromium is on PATH");
+    page.until(
+        "a 2×2 heatmap with both measured links",
+        Duration::from_secs(20),
+        "(() => { const t = document.querySelector('#heatmap table'); \
+           if (!t) return false; \
+           const cells = [...t.querySelectorAll('td.cell')]; \
+           return t.dataset.links === '2' && cells.length === 4 \
+             && cells.filter((c) => c.textContent).length === 2; })()",
+    );
+    page.screenshot("dashboard-heatmap.png");
+    // One peer leaves: both links involved it, so none is left to show.
+    drop(comms.pop());
+    page.until(
+        "the heatmap cleared after the departure",
+        Duration::from_secs(10),
+        "!document.querySelector('#heatmap table') \
+         && document.getElementById('heatmap').textContent.includes('no links measured')",
+    );
+    let rows = page.eval("document.querySelectorAll('#peers tr').length");
+    assert_eq!(rows, json!(1));
 }

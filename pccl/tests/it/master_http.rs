@@ -205,6 +205,73 @@ fn metrics_match_what_the_peers_did() {
 }
 
 #[test]
+fn a_shared_state_sync_shows_its_revision_holder_and_bytes() {
+    let master = http_master();
+    let http = master.http_addr().unwrap();
+    let comms = cluster(&master, 3);
+    // Peer 2's `w` differs: it fetches that tensor (4,000 bytes) from a holder.
+    let out = on_all(&comms, |i, c| {
+        let mut w: Vec<f32> = (0..1000).map(|j| j as f32 * 0.5).collect();
+        if i == 2 {
+            w[17] = -1.0;
+        }
+        let mut step = vec![42u64];
+        let mut st = pccl::SharedState {
+            revision: 7,
+            tensors: vec![
+                pccl::TensorInfo::new("w", &mut w),
+                pccl::TensorInfo::new("step", &mut step),
+            ],
+        };
+        let info = c
+            .sync_shared_state(&mut st, pccl::SyncStrategy::EnforcePopular)
+            .unwrap();
+        (info, w, step)
+    });
+    for (i, (info, w, step)) in out.iter().enumerate() {
+        assert_eq!(
+            bytemuck::cast_slice::<f32, u8>(w),
+            bytemuck::cast_slice::<f32, u8>(&out[0].1),
+            "peer {i}"
+        );
+        assert_eq!(step, &out[0].2);
+        assert_eq!(info.rx_bytes, if i == 2 { 4000 } else { 0 }, "peer {i}");
+    }
+    let holders: Vec<String> = out
+        .iter()
+        .zip(&comms)
+        .filter(|((info, ..), _)| info.tx_bytes > 0)
+        .map(|(_, c)| c.id().hex())
+        .collect();
+    assert_eq!(holders.len(), 1, "one holder sent the tensor");
+    scrape_until(http, "the sync's figures", |s| {
+        value(s, "pccl_shared_state_syncs_total", &[("outcome", "ok")]) == Some(1.0)
+    });
+    let s = scrape(http);
+    assert_eq!(
+        value(&s, "pccl_shared_state_revision", &[("group", "0")]),
+        Some(7.0)
+    );
+    assert_eq!(
+        value(&s, "pccl_shared_state_transfer_bytes_total", &[]),
+        Some(4000.0)
+    );
+    let (_, body) = request(http, "GET", "/api/run");
+    let run: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let syncs: Vec<&str> = run["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["kind"] == "sync")
+        .map(|e| e["detail"].as_str().unwrap())
+        .collect();
+    assert_eq!(syncs.len(), 1, "{syncs:?}");
+    let want = format!("revision 7: 4000 bytes from {}", holders[0]);
+    assert!(syncs[0].ends_with(&want), "{} vs {want}", syncs[0]);
+    assert_eq!(run["totals"]["shared_state_transfer_bytes"], 4000);
+}
+
+#[test]
 fn the_dashboard_is_compiled_in_and_the_server_is_read_only() {
     let master = http_master();
     let http = master.http_addr().unwrap();

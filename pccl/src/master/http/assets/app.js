@@ -139,7 +139,15 @@ function drawEvents(run) {
 
 function drawHeatmap(run) {
   const box = $("heatmap");
-  if (!run.bandwidth.length) return;
+  // The links of a peer that left go with it: with none left, say so again rather than
+  // keep showing the old matrix.
+  if (!run.bandwidth.length) {
+    if (box.querySelector("table")) {
+      box.textContent = "";
+      box.append(el("p", { class: "muted" }, "no links measured yet (optimize_topology measures them)"));
+    }
+    return;
+  }
   const ids = [...new Set(run.bandwidth.flatMap((b) => [b.from, b.to]))].sort();
   const max = Math.max(...run.bandwidth.map((b) => b.bytes_per_s));
   const get = {};
