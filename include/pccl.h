@@ -296,6 +296,13 @@ typedef struct pcclCommStats_t {
     // at most the 32 latest, and the latest one's duration in seconds (0: none).
     uint64_t recoveries;
     double last_recovery_seconds;
+    // Reduce-scatters, all-gathers and broadcasts that succeeded / failed here.
+    uint64_t reduce_scatter_completed;
+    uint64_t reduce_scatter_failed;
+    uint64_t all_gather_completed;
+    uint64_t all_gather_failed;
+    uint64_t broadcast_completed;
+    uint64_t broadcast_failed;
 } pcclCommStats_t;
 
 // A peer's 128-bit identity.
