@@ -40,10 +40,22 @@ def test_stats_dict_and_metrics_agree():
             run_parallel([lambda i=i: comms[i].all_reduce(sends[i], outs[i], op=pccl.ReduceOp.SUM, tag=tag)
                           for i in range(2)])
             assert outs[0].tobytes() == outs[1].tobytes()
+        # One all-gather and two broadcasts: each kind of collective is counted apart.
+        mine = [np.full(4, i + 1, dtype=np.int64) for i in range(2)]
+        gathered = [np.zeros(8, dtype=np.int64) for _ in range(2)]
+        run_parallel([lambda i=i: comms[i].all_gather(mine[i], gathered[i], tag=10) for i in range(2)])
+        assert gathered[0].tobytes() == gathered[1].tobytes()
+        for k, root in enumerate((0, 1)):
+            bufs = [np.arange(5, dtype=np.float64) * (i + 1) for i in range(2)]
+            run_parallel([lambda i=i: comms[i].broadcast(bufs[i], root=root, tag=20 + k) for i in range(2)])
+            assert bufs[0].tobytes() == bufs[1].tobytes()
         for c in comms:
             s = c.stats()
             assert isinstance(s, dict)
             assert s["all_reduce"] == {"completed": 3, "failed": 0}
+            assert s["all_gather"] == {"completed": 1, "failed": 0}
+            assert s["broadcast"] == {"completed": 2, "failed": 0}
+            assert s["reduce_scatter"] == {"completed": 0, "failed": 0}
             assert len(s["recent_all_reduces"]) == 3
             assert all(r["busbw"] > 0 for r in s["recent_all_reduces"])
             assert s["tx_bytes"] > 0 and s["rx_bytes"] > 0

@@ -149,6 +149,30 @@ fn shots() -> PathBuf {
         .join("dashboard")
 }
 
+/// True, with the reason printed and logged for `scripts/test`'s summary, when Chromium
+/// is missing and `test` skips.
+fn no_chromium(test: &str) -> bool {
+    if chromium().is_some() {
+        return false;
+    }
+    let line = format!(
+        "chromium: not on PATH and scripts/test could not install it (apt-get install \
+         chromium) (pccl it dashboard::{test})"
+    );
+    eprintln!("SKIPPED: {line}");
+    if let Some(path) = std::env::var_os("PCCL_SKIP_LOG") {
+        use std::io::Write;
+        // One short append: lines from tests running in parallel stay whole.
+        std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&path)
+            .and_then(|mut f| f.write_all(format!("{line}\n").as_bytes()))
+            .expect("append to PCCL_SKIP_LOG");
+    }
+    true
+}
+
 /// Headless Chromium with one page open, driven over the DevTools protocol. Each call
 /// blocks on its own runtime, so the test may make blocking pccl calls in between.
 struct Browser {
@@ -159,26 +183,9 @@ struct Browser {
 }
 
 impl Browser {
-    /// Opens `url`; `None` (with the reason printed and logged) when Chromium is missing.
-    fn open(url: &str, test: &str) -> Option<Self> {
-        let Some(browser) = chromium() else {
-            let line = format!(
-                "chromium: not on PATH and scripts/test could not install it (apt-get \
-                 install chromium) (pccl it dashboard::{test})"
-            );
-            eprintln!("SKIPPED: {line}");
-            if let Some(path) = std::env::var_os("PCCL_SKIP_LOG") {
-                use std::io::Write;
-                // One short append: lines from tests running in parallel stay whole.
-                std::fs::OpenOptions::new()
-                    .create(true)
-                    .append(true)
-                    .open(&path)
-                    .and_then(|mut f| f.write_all(format!("{line}\n").as_bytes()))
-                    .expect("append to PCCL_SKIP_LOG");
-            }
-            return None;
-        };
+    /// Opens `url` in a fresh headless Chromium (`test` names its profile folder).
+    fn open(url: &str, test: &str) -> Self {
+        let browser = chromium().expect("chromium is on PATH");
         let profile =
             std::env::temp_dir().join(format!("pccl-chromium-{}-{test}", std::process::id()));
         let mut chrome = Command::new(browser)
@@ -226,12 +233,12 @@ impl Browser {
             cdp.call("Runtime.enable", json!({})).await;
             cdp
         });
-        Some(Self {
+        Self {
             cdp,
             rt,
             chrome,
             profile,
-        })
+        }
     }
 
     fn until(&mut self, what: &str, limit: Duration, expr: &str) -> Duration {
@@ -260,9 +267,7 @@ impl Drop for Browser {
 #[test]
 fn the_dashboard_shows_the_run_and_a_death_in_a_real_browser() {
     const TEST: &str = "the_dashboard_shows_the_run_and_a_death_in_a_real_browser";
-    if chromium().is_none() {
-        // Browser::open says why.
-        assert!(Browser::open("", TEST).is_none());
+    if no_chromium(TEST) {
         return;
     }
     let mut master = Command::new(env!("CARGO_BIN_EXE_pccl-master"))
@@ -300,7 +305,7 @@ fn the_dashboard_shows_the_run_and_a_death_in_a_real_browser() {
     });
 
     let url = format!("http://{http}/");
-    let mut page = Browser::open(&url, TEST).expect("chromium is on PATH");
+    let mut page = Browser::open(&url, TEST);
     let limit = Duration::from_secs(20);
     page.until(
         "4 accepted peers in the table",
@@ -362,15 +367,14 @@ fn the_dashboard_shows_the_run_and_a_death_in_a_real_browser() {
 #[test]
 fn the_heatmap_shows_measured_links_and_follows_departures() {
     const TEST: &str = "the_heatmap_shows_measured_links_and_follows_departures";
-    if chromium().is_none() {
-        assert!(Browser::open("", TEST).is_none());
+    if no_chromium(TEST) {
         return;
     }
     let master = crate::master_http::http_master();
     let http = master.http_addr().expect("http is on");
     let mut comms = cluster(&master, 2);
     on_all(&comms, |_, c| c.optimize_topology().unwrap());
-    let mut page = Browser::open(&format!("http://{http}/"), TEST).expect("chromium is on PATH");
+    let mut page = Browser::open(&format!("http://{http}/"), TEST);
     page.until(
         "a 2×2 heatmap with both measured links",
         Duration::from_secs(20),
