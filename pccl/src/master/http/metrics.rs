@@ -102,7 +102,7 @@ impl Metrics {
         );
         r.register_with_unit(
             "op_duration",
-            "All-reduce durations as the peers measured them",
+            "All-reduce durations as the peers measured them (at most 32 per peer per heartbeat, the latest: a sample when ops are faster)",
             Unit::Seconds,
             m.op_duration.clone(),
         );

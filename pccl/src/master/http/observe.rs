@@ -723,6 +723,73 @@ mod tests {
     }
 
     #[test]
+    fn a_verdict_counts_once_per_op_and_a_loss_times_the_recovery() {
+        let t0 = Instant::now();
+        let mut o = Observer::new(t0);
+        let state = MasterState::new(Duration::from_secs(5));
+        for conn in 1..=3 {
+            o.on_connect(t0, conn, PeerId([conn as u8; 16]), [127, 0, 0, 1].into());
+            let reg = ToMaster::Register {
+                group: 0,
+                p2p_port: 1,
+                advertise_ip: None,
+            };
+            o.on_message(t0, conn, &reg);
+            // Accepted (what `follow_ring` sets from the state's ring).
+            o.conns.get_mut(&conn).unwrap().accepted = true;
+        }
+        // The master tells every member the verdict of one op: it counts once.
+        let verdict = |seq, failure| FromMaster::OpVerdict {
+            tag: 9,
+            epoch: 1,
+            seq,
+            failure,
+        };
+        for (seq, failure) in [(0, Some(FailReason::Mismatch)), (1, None)] {
+            for conn in 1..=3 {
+                o.on_output(t0, &Output::Send(conn, verdict(seq, failure)));
+            }
+            o.after_step(t0, &state);
+        }
+        // A peer dies; its group's next successful op, 2 s later, ends the recovery.
+        o.on_disconnect(t0, 3, "connection closed");
+        let t1 = t0 + Duration::from_secs(2);
+        for conn in 1..=2 {
+            o.on_output(
+                t1,
+                &Output::Send(conn, verdict(2, Some(FailReason::PeerLost))),
+            );
+        }
+        o.after_step(t1, &state);
+        let t2 = t0 + Duration::from_secs(4);
+        for conn in 1..=2 {
+            o.on_output(t2, &Output::Send(conn, verdict(3, None)));
+        }
+        o.after_step(t2, &state);
+        let text = o.metrics_text();
+        let ops = |outcome| {
+            value(
+                &text,
+                &format!("pccl_ops_total{{group=\"0\",outcome=\"{outcome}\"}}"),
+            )
+        };
+        assert_eq!(ops("ok"), Some(2.0), "{text}");
+        assert_eq!(ops("failed"), Some(2.0), "{text}");
+        for reason in ["mismatch", "peer_lost"] {
+            let line = format!("pccl_op_failures_total{{reason=\"{reason}\"}}");
+            assert_eq!(value(&text, &line), Some(1.0), "{reason}: {text}");
+        }
+        assert_eq!(value(&text, "pccl_recovery_seconds_count"), Some(1.0));
+        assert_eq!(value(&text, "pccl_recovery_seconds_sum"), Some(4.0));
+        let kinds: Vec<&str> = o.events.iter().map(|e| e.kind).collect();
+        assert_eq!(kinds.iter().filter(|k| **k == "op_failed").count(), 2);
+        let run = o.run_json(t2);
+        assert_eq!(run["totals"]["ops_ok"], 2);
+        assert_eq!(run["totals"]["ops_failed"], 2);
+        assert_eq!(run["recovery_seconds"], serde_json::json!([4.0]));
+    }
+
+    #[test]
     fn events_and_links_stay_bounded_under_churn() {
         let t0 = Instant::now();
         let mut o = Observer::new(t0);
