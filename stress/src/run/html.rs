@@ -1,5 +1,5 @@
 //! The HTML report written beside `report.json` (STRESS.md): world size, step time,
-//! recovery times and the schedule's events on one time axis, drawn by uPlot (the charting
+//! recovery times, the schedule's events and the master's restarts on one time axis, drawn by uPlot (the charting
 //! library the master's dashboard vendors, MIT), whose script is embedded so the file
 //! works offline.
 
@@ -22,6 +22,8 @@ pub(crate) struct Timeline {
     steps: Vec<(f64, u32, f64)>,
     /// (seconds since the start, recovery ms)
     recoveries: Vec<(f64, f64)>,
+    /// What happened outside the schedule (the master killed and restarted), when.
+    marks: Vec<(f64, &'static str)>,
     /// Keep one step line in `stride` (doubles when the list is full).
     stride: u64,
     seen: u64,
@@ -33,8 +35,16 @@ impl Timeline {
             t0,
             steps: Vec::new(),
             recoveries: Vec::new(),
+            marks: Vec::new(),
             stride: 1,
             seen: 0,
+        }
+    }
+
+    /// Something not in the schedule happened now (`master_down`, `master_up`).
+    pub(crate) fn mark(&mut self, kind: &'static str) {
+        if self.marks.len() < MAX_POINTS {
+            self.marks.push((self.t0.elapsed().as_secs_f64(), kind));
         }
     }
 
@@ -67,7 +77,8 @@ struct Data<'a> {
     verdict: &'a str,
     steps: &'a [(f64, u32, f64)],
     recoveries: &'a [(f64, f64)],
-    events: Vec<(f64, &'static str, u32)>,
+    /// (seconds, kind, the slot it concerns; none for the master)
+    events: Vec<(f64, &'static str, Option<u32>)>,
 }
 
 fn kind(a: &Action) -> (&'static str, u32) {
@@ -92,8 +103,9 @@ pub(crate) fn render(title: &str, verdict: &str, timeline: &Timeline, events: &[
             .iter()
             .map(|e| {
                 let (k, slot) = kind(&e.action);
-                (e.at_ms as f64 / 1e3, k, slot)
+                (e.at_ms as f64 / 1e3, k, Some(slot))
             })
+            .chain(timeline.marks.iter().map(|(t, k)| (*t, *k, None)))
             .collect(),
     };
     // `</` cannot end the script element from inside the JSON.
@@ -126,8 +138,12 @@ const STYLE: &str = "body{font:14px system-ui,sans-serif;margin:20px}h1{font-siz
 
 const SCRIPT: &str = r##"
 const W = Math.min(1200, window.innerWidth - 40);
+// One time axis for every chart: from the start to the last thing recorded.
+const T_MAX = Math.max(1, ...DATA.steps.map((p) => p[0]), ...DATA.recoveries.map((p) => p[0]),
+  ...DATA.events.map((e) => e[0]));
 function chart(id, title, series, data, points) {
-  const opts = { title, width: W, height: 220, scales: { x: { time: false } },
+  const opts = { title, width: W, height: 220,
+    scales: { x: { time: false, range: () => [0, T_MAX] } },
     axes: [{ label: "seconds since the start" }, {}],
     series: [{ label: "t (s)" }].concat(series.map((s) => Object.assign({ width: 2 }, s,
       points ? { paths: () => null, points: { show: true, size: 8 } } : {}))) };
@@ -145,12 +161,12 @@ if (rec.length) {
 } else {
   document.getElementById("recovery").textContent = "recovery times: no op needed a retry";
 }
-const kinds = ["join", "kill", "freeze", "leave", "reset", "partition"];
-const colours = ["#2da44e", "#cf222e", "#0969da", "#8250df", "#bf8700", "#57606a"];
+const kinds = ["join", "kill", "freeze", "leave", "reset", "partition", "master_down", "master_up"];
+const colours = ["#2da44e", "#cf222e", "#0969da", "#8250df", "#bf8700", "#57606a", "#000000", "#6e7781"];
 const ev = DATA.events.slice().sort((a, b) => a[0] - b[0]);
 const xs = ev.map((e) => e[0]);
 const ys = kinds.map((k, i) => ev.map((e) => (e[1] === k ? i + 1 : null)));
-chart("events", "scheduled events (y: kind)", kinds.map((k, i) => ({ label: k, stroke: colours[i] })),
+chart("events", "events: the schedule's and the master's restarts (y: kind)", kinds.map((k, i) => ({ label: k, stroke: colours[i] })),
   [xs].concat(ys), true);
 "##;
 
@@ -182,6 +198,7 @@ mod tests {
         for step in 0..3 {
             t.step(&line(step, vec![5.0]));
         }
+        t.mark("master_down");
         let events = vec![Event {
             at_ms: 1500,
             action: Action::Kill(1),
@@ -192,6 +209,10 @@ mod tests {
         assert!(
             html.contains("[1.5,\"kill\",1]"),
             "events are on the time axis"
+        );
+        assert!(
+            html.contains(",\"master_down\",null]"),
+            "so are the master's restarts"
         );
         assert!(!html.contains("churn</script>"), "the title is escaped");
         assert_eq!(t.steps.len(), 3);

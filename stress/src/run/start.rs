@@ -92,6 +92,7 @@ impl Harness {
                 self.spawn_master()?;
                 self.master_restarted_at = Some(now);
                 self.counts.master_restarts += 1;
+                self.timeline.mark("master_up");
                 println!("master restarted on {}", self.master_addr);
             }
             Some(_) => {}
@@ -103,6 +104,7 @@ impl Harness {
                     if let Some(mut p) = self.master.take() {
                         p.kill(Duration::from_secs(5));
                     }
+                    self.timeline.mark("master_down");
                     for p in self.peers.values_mut() {
                         if let Fate::Evicting { may_stay, .. } = &mut p.fate {
                             *may_stay = true;
