@@ -1,7 +1,7 @@
 //! The HTML report written beside `report.json` (STRESS.md): world size, step time,
-//! recovery times, the schedule's events and the master's restarts on one time axis, drawn by uPlot (the charting
-//! library the master's dashboard vendors, MIT), whose script is embedded so the file
-//! works offline.
+//! recovery times, the schedule's events and the master's restarts on one time axis,
+//! drawn by uPlot (the charting library the master's dashboard vendors, MIT), whose script
+//! is embedded so the file works offline.
 
 use std::time::Instant;
 
