@@ -689,19 +689,24 @@ mod tests {
         assert!(o.history.len() <= MAX_SAMPLES);
     }
 
-    #[test]
-    fn closes_are_told_apart_by_their_reason() {
-        let t0 = Instant::now();
-        let mut o = Observer::new(t0);
+    /// Connections 1, 2 and 3 register in group 0.
+    fn join_three(o: &mut Observer, now: Instant) {
         for conn in 1..=3 {
-            o.on_connect(t0, conn, PeerId([conn as u8; 16]), [127, 0, 0, 1].into());
+            o.on_connect(now, conn, PeerId([conn as u8; 16]), [127, 0, 0, 1].into());
             let reg = ToMaster::Register {
                 group: 0,
                 p2p_port: 1,
                 advertise_ip: None,
             };
-            o.on_message(t0, conn, &reg);
+            o.on_message(now, conn, &reg);
         }
+    }
+
+    #[test]
+    fn closes_are_told_apart_by_their_reason() {
+        let t0 = Instant::now();
+        let mut o = Observer::new(t0);
+        join_three(&mut o, t0);
         let silent = format!("{} for 5s", crate::master::state::HEARTBEAT_DEATH);
         o.on_output(t0, &Output::Close(1, silent));
         o.on_output(t0, &Output::Close(2, "missed the proposal deadline".into()));
@@ -727,16 +732,10 @@ mod tests {
         let t0 = Instant::now();
         let mut o = Observer::new(t0);
         let state = MasterState::new(Duration::from_secs(5));
-        for conn in 1..=3 {
-            o.on_connect(t0, conn, PeerId([conn as u8; 16]), [127, 0, 0, 1].into());
-            let reg = ToMaster::Register {
-                group: 0,
-                p2p_port: 1,
-                advertise_ip: None,
-            };
-            o.on_message(t0, conn, &reg);
+        join_three(&mut o, t0);
+        for c in o.conns.values_mut() {
             // Accepted (what `follow_ring` sets from the state's ring).
-            o.conns.get_mut(&conn).unwrap().accepted = true;
+            c.accepted = true;
         }
         // The master tells every member the verdict of one op: it counts once.
         let verdict = |seq, failure| FromMaster::OpVerdict {
