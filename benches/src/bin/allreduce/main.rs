@@ -246,7 +246,12 @@ fn same_as_gloo(n: usize, world: &table::World) -> Result<()> {
     let Some(gloo) = world.get(&Impl::Gloo).filter(|_| n == 2) else {
         return Ok(());
     };
-    for (imp, per) in world.range(Impl::Pccl(Mode::Plain)..) {
+    for (imp, per) in world.range(
+        Impl::Pccl {
+            pass: 0,
+            mode: Mode::Plain,
+        }..,
+    ) {
         for (bytes, m) in per {
             let want = gloo.get(bytes).and_then(|g| g.crc);
             ensure!(
@@ -318,11 +323,12 @@ fn parent(args: &[String]) -> Result<()> {
             checked += res.len();
             world.insert(Impl::Gloo, res);
         }
-        for &mode in &o.modes {
+        for (i, &mode) in o.modes.iter().enumerate() {
             let res = pccl_world(&o, n, mode, &secret)
                 .with_context(|| format!("all-reduce, world {n}, {}", mode.name()))?;
             checked += res.len();
-            world.insert(Impl::Pccl(mode), res);
+            let pass = o.modes[..i].iter().filter(|m| **m == mode).count();
+            world.insert(Impl::Pccl { pass, mode }, res);
         }
         same_as_gloo(n, &world)?;
         table::print_world(n, &o.sizes, o.iters, &world, o.modes.len() > 1);

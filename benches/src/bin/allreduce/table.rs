@@ -17,7 +17,12 @@ pub(crate) enum Impl {
     /// The tokio TCP ring.
     Tokio,
     Gloo,
-    Pccl(Mode),
+    /// pccl in one mode; `pass` counts earlier runs of the same mode in this world, so
+    /// `--modes plain,http,plain,http` keeps all four rows, in the order they ran.
+    Pccl {
+        pass: usize,
+        mode: Mode,
+    },
 }
 
 impl Impl {
@@ -26,8 +31,17 @@ impl Impl {
             Self::Threads => "tcp ring (threads)".into(),
             Self::Tokio => "tcp ring (tokio)".into(),
             Self::Gloo => "gloo".into(),
-            Self::Pccl(Mode::Plain) => "pccl".into(),
-            Self::Pccl(m) => format!("pccl {}", m.name()),
+            Self::Pccl { pass, mode } => {
+                let name = match mode {
+                    Mode::Plain => "pccl".to_string(),
+                    m => format!("pccl {}", m.name()),
+                };
+                if pass == 0 {
+                    name
+                } else {
+                    format!("{name} #{}", pass + 1)
+                }
+            }
         }
     }
 
@@ -94,9 +108,17 @@ pub(crate) fn print_world(n: usize, sizes: &[usize], iters: usize, world: &World
             let Some(m) = per.get(&bytes) else { continue };
             let bw = busbw(imp);
             let cpu = cpu_per_gb(imp);
-            let plain = Impl::Pccl(Mode::Plain);
             let xp = match imp {
-                Impl::Pccl(_) if x_plain => {
+                // Against plain mode of the same pass (or the first, if it has none).
+                Impl::Pccl { pass, .. } if x_plain => {
+                    let plain = [pass, 0]
+                        .map(|pass| Impl::Pccl {
+                            pass,
+                            mode: Mode::Plain,
+                        })
+                        .into_iter()
+                        .find(|p| world.contains_key(p))
+                        .unwrap_or(imp);
                     format!(" {:>7}", ratio(bw, busbw(plain), imp == plain))
                 }
                 _ if x_plain => format!(" {:>7}", "-"),
