@@ -57,6 +57,8 @@ mod thread_worker;
 mod worker;
 mod workers;
 
+use std::time::Duration;
+
 use anyhow::{Context, Result, anyhow, bail, ensure};
 use benches::{fmt_size, parse_size};
 
@@ -83,7 +85,8 @@ usage: allreduce [--worlds 2,3,4] [--sizes 1M,16M,128M] [--iters K] [--warmup W]
                repository's .venv/bin/python, else python3]
   --modes      comma-separated: plain, authenticated (auth), encrypted (encrypt),
                http (plain, the master serving /metrics, /api/run and the dashboard,
-               both endpoints scraped 4 times a second)     [plain]
+               both endpoints scraped every --scrape-ms)     [plain]
+  --scrape-ms  the http mode's scrape interval in ms (the dashboard polls every 1000) [250]
   --secret     same as --modes authenticated
   --encrypt    same as --modes encrypted
   --quick      tiny run for CI: worlds 2,3, sizes 4K,256K, 3 iters, 1 warm-up, no gloo
@@ -130,6 +133,8 @@ pub(crate) struct Opts {
     pub(crate) threads: Option<usize>,
     pub(crate) slice: Option<usize>,
     pub(crate) ceiling: bool,
+    /// The http mode's interval between two scrapes of both endpoints.
+    pub(crate) scrape: Duration,
     pub(crate) gloo: bool,
     pub(crate) python: Option<String>,
     pub(crate) modes: Vec<Mode>,
@@ -146,6 +151,7 @@ impl Default for Opts {
             threads: None,
             slice: None,
             ceiling: true,
+            scrape: Duration::from_millis(250),
             gloo: true,
             python: None,
             modes: vec![Mode::Plain],
@@ -193,6 +199,9 @@ fn parse_opts(args: &[String]) -> Result<Opts> {
                 o.slice = Some(parse_size(val()?).ok_or_else(|| anyhow!("bad --slice"))?);
             }
             "--no-ceiling" => o.ceiling = false,
+            "--scrape-ms" => {
+                o.scrape = Duration::from_millis(val()?.parse().context("--scrape-ms")?)
+            }
             "--gloo" => gloo = Some(true),
             "--no-gloo" => gloo = Some(false),
             "--python" => o.python = Some(val()?.clone()),

@@ -71,8 +71,8 @@ pub(crate) fn pccl_world(
     }
     let master = MasterNode::start(mcfg).context("start master")?;
     let addr = master.local_addr();
-    // With --http, a dashboard's load and more: both endpoints scraped 4 times a second.
-    let _scraper = master.http_addr().map(Scraper::start);
+    // With --http, a dashboard's load or more: both endpoints scraped every `o.scrape`.
+    let _scraper = master.http_addr().map(|at| Scraper::start(at, o.scrape));
     let budget = world_budget(o, n);
     let deadline = Instant::now() + budget;
     let mut workers = Workers::spawn(n, &env, |rank| {
@@ -87,14 +87,14 @@ pub(crate) fn pccl_world(
     reports.summarize(&o.sizes, true)
 }
 
-/// Polls `/api/run` and `/metrics` every 250 ms until dropped (the `http` mode).
+/// Polls `/api/run` and `/metrics` every `interval` until dropped (the `http` mode).
 struct Scraper {
     stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
     thread: Option<std::thread::JoinHandle<u64>>,
 }
 
 impl Scraper {
-    fn start(at: std::net::SocketAddr) -> Self {
+    fn start(at: std::net::SocketAddr, interval: Duration) -> Self {
         use std::io::{Read, Write};
         use std::sync::atomic::Ordering;
         let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
@@ -117,7 +117,7 @@ impl Scraper {
                         answered += 1;
                     }
                 }
-                std::thread::sleep(Duration::from_millis(250));
+                std::thread::sleep(interval);
             }
             answered
         });
