@@ -43,14 +43,26 @@ pub fn loopback_cluster(
     addr: std::net::SocketAddr,
     n: usize,
 ) -> anyhow::Result<Vec<pccl::Communicator>> {
+    loopback_cluster_with(addr, n, |_| {})
+}
+
+/// [`loopback_cluster`] with each peer's config adjusted by `configure` first (a run
+/// secret, for one).
+pub fn loopback_cluster_with(
+    addr: std::net::SocketAddr,
+    n: usize,
+    configure: impl Fn(&mut pccl::CommunicatorConfig) + Clone + Send + 'static,
+) -> anyhow::Result<Vec<pccl::Communicator>> {
     use pccl::{Attribute, Communicator, CommunicatorConfig};
     let handles: Vec<_> = (0..n)
         .map(|_| {
+            let configure = configure.clone();
             std::thread::spawn(move || -> anyhow::Result<Communicator> {
                 let mut cfg = CommunicatorConfig::new(addr);
                 cfg.bind_ip = "127.0.0.1".parse()?;
                 cfg.p2p_port = 0;
                 cfg.connect_attempts = 20;
+                configure(&mut cfg);
                 let c = Communicator::new(cfg)?;
                 c.connect()?;
                 let end = std::time::Instant::now() + Duration::from_secs(60);
