@@ -9,7 +9,7 @@ use pccl::{Attribute, Collective, ReduceDescriptor, ReduceOp};
 use crate::comm::comm_ref;
 use crate::handle::{Out, pcclComm_t, read_in};
 use crate::panic::ffi_boundary;
-use crate::reduce::{RawBuffers, data_type, descriptor, reduce_info};
+use crate::reduce::{RawBuffers, data_type, descriptor, write_info};
 use crate::result::pcclResult_t;
 use crate::types::{RawDataType, pcclReduceDescriptor_t, pcclReduceInfo_t};
 
@@ -30,11 +30,14 @@ fn no_null(send: *const c_void, recv: *mut c_void) -> Result<(), pcclResult_t> {
 }
 
 /// Writes the op's figures to `info` (if given) on success.
-fn finish(result: pccl::ReduceInfo, info: Option<Out<pcclReduceInfo_t>>) {
-    if let Some(out) = info {
-        // SAFETY: writable by the caller's contract.
-        unsafe { out.write(reduce_info(result)) };
+/// A collective's `count` and `datatype` as the caller gave them: an unknown type or no
+/// elements is `pcclInvalidArgument`.
+fn elements(count: usize, datatype: RawDataType) -> Result<pccl::DataType, pcclResult_t> {
+    let dtype = data_type(datatype)?;
+    if count == 0 {
+        return Err(pcclResult_t::pcclInvalidArgument);
     }
+    Ok(dtype)
 }
 
 /// pccl extension (not in PCCL 1.0): blocking reduce-scatter. `sendbuf` holds
@@ -81,7 +84,7 @@ pub unsafe extern "C" fn pcclReduceScatter(
             bytes(d.count, size, 1)?,
         )?;
         d.count *= world;
-        finish(
+        write_info(
             comm.collective_with(bufs, d, Collective::ReduceScatter)?,
             info,
         );
@@ -113,10 +116,7 @@ pub unsafe extern "C" fn pcclAllGather(
         // SAFETY: forwarded contract.
         let state = unsafe { comm_ref(comm)? };
         let info = Out::optional(info)?;
-        let dtype = data_type(datatype)?;
-        if count == 0 {
-            return Err(pcclResult_t::pcclInvalidArgument);
-        }
+        let dtype = elements(count, datatype)?;
         no_null(sendbuf, recvbuf)?;
         let comm = state.comm();
         let world = comm.attribute(Attribute::PeerGroupWorldSize)?.max(1);
@@ -128,7 +128,7 @@ pub unsafe extern "C" fn pcclAllGather(
             bytes(count, size, world)?,
         )?;
         let d = ReduceDescriptor::new(count * world, dtype, ReduceOp::Sum).with_tag(tag);
-        finish(comm.collective_with(bufs, d, Collective::AllGather)?, info);
+        write_info(comm.collective_with(bufs, d, Collective::AllGather)?, info);
         Ok(())
     })
 }
@@ -158,16 +158,13 @@ pub unsafe extern "C" fn pcclBroadcast(
         // SAFETY: forwarded contract.
         let state = unsafe { comm_ref(comm)? };
         let info = Out::optional(info)?;
-        let dtype = data_type(datatype)?;
+        let dtype = elements(count, datatype)?;
         let root = u32::try_from(root).map_err(|_| pcclResult_t::pcclInvalidArgument)?;
-        if count == 0 {
-            return Err(pcclResult_t::pcclInvalidArgument);
-        }
         let len = bytes(count, dtype.size(), 1)?;
         let bufs = RawBuffers::sized(buf.cast_const(), len, buf, len)?;
         let d = ReduceDescriptor::new(count, dtype, ReduceOp::Sum).with_tag(tag);
         let kind = Collective::Broadcast { root };
-        finish(state.comm().collective_with(bufs, d, kind)?, info);
+        write_info(state.comm().collective_with(bufs, d, kind)?, info);
         Ok(())
     })
 }

@@ -208,11 +208,19 @@ pub(crate) fn descriptor(desc: &pcclReduceDescriptor_t) -> Result<ReduceDescript
     Ok(d)
 }
 
-pub(crate) fn reduce_info(info: ReduceInfo) -> pcclReduceInfo_t {
+fn reduce_info(info: ReduceInfo) -> pcclReduceInfo_t {
     pcclReduceInfo_t {
         local_world_size: info.local_world_size,
         tx_bytes: info.tx_bytes,
         rx_bytes: info.rx_bytes,
+    }
+}
+
+/// Writes a successful op's figures to the caller's optional `info`.
+pub(crate) fn write_info(result: ReduceInfo, info: Option<Out<pcclReduceInfo_t>>) {
+    if let Some(out) = info {
+        // SAFETY: writable by the caller's contract (checked by `Out::optional`).
+        unsafe { out.write(reduce_info(result)) };
     }
 }
 
@@ -245,10 +253,7 @@ pub unsafe extern "C" fn pcclAllReduce(
         let info = Out::optional(info)?;
         let (bufs, desc) = prepare(sendbuf, recvbuf, &desc)?;
         let result = state.comm().all_reduce_with(bufs, desc)?;
-        if let Some(out) = info {
-            // SAFETY: writable by the contract.
-            unsafe { out.write(reduce_info(result)) };
-        }
+        write_info(result, info);
         Ok(())
     })
 }
@@ -320,10 +325,7 @@ pub unsafe extern "C" fn pcclAwaitAsyncReduce(
             .ok_or(pcclResult_t::pcclInvalidArgument)?;
         let (_, result) = op.wait();
         let result = result?;
-        if let Some(out) = info {
-            // SAFETY: writable by the contract.
-            unsafe { out.write(reduce_info(result)) };
-        }
+        write_info(result, info);
         Ok(())
     })
 }
@@ -376,10 +378,7 @@ pub unsafe extern "C" fn pcclAllReduceMultipleWithRetry(
                 .comm()
                 .all_reduce_multiple_with_retry(&mut ops, max_in_flight)?
         };
-        if let Some(out) = info {
-            // SAFETY: writable by the contract.
-            unsafe { out.write(reduce_info(result)) };
-        }
+        write_info(result, info);
         Ok(())
     })
 }

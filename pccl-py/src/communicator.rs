@@ -81,23 +81,6 @@ impl Communicator {
     }
 }
 
-fn all_reduce_plan(
-    py: Python<'_>,
-    comm: Arc<pccl::Communicator>,
-    plan: Plan,
-) -> PyResult<ReduceInfo> {
-    let keep = Vec::new();
-    let info = blocking(py, keep, move || {
-        let (mut bufs, desc) = plan.buffers()?;
-        let info = comm.all_reduce_with(&mut bufs, desc)?;
-        match bufs.take_commit_error() {
-            Some(e) => Err(e),
-            None => Ok(info),
-        }
-    })?;
-    Ok(info.into())
-}
-
 /// Runs a checked collective of kind `kind` without the GIL.
 fn collective_plan(
     py: Python<'_>,
@@ -302,8 +285,7 @@ impl Communicator {
             operand_descriptor,
             quantization_options,
         )?;
-        let comm = self.comm()?;
-        all_reduce_plan(py, comm, plan)
+        collective_plan(py, self.comm()?, plan, pccl::Collective::AllReduce)
     }
 
     /// Starts an all-reduce and returns a handle at once; `handle.wait()` gives the result.
@@ -328,13 +310,8 @@ impl Communicator {
             operand_descriptor,
             quantization_options,
         )?;
-        let comm = self.comm()?;
-        // Starting returns at once, except that a CUDA send tensor is copied first.
-        let op = blocking(py, KeepAlive::new(), move || {
-            let (bufs, desc) = plan.buffers()?;
-            comm.all_reduce_async(bufs, desc)
-        })?;
-        Ok(AsyncReduceHandle::new(op, self.owner))
+        let kind = pccl::Collective::AllReduce;
+        collective_plan_async(py, self.comm()?, plan, kind, self.owner)
     }
 
     /// Runs every op, at most `max_in_flight` at once, retrying failed ones until all

@@ -210,6 +210,25 @@ mod tests {
         }
     }
 
+    /// A one-element f32 sum header of payload length `len`; tests change what they test.
+    fn header(len: u32) -> DataHeader {
+        DataHeader {
+            tag: 0,
+            epoch: 0,
+            seq: 0,
+            count: 1,
+            dtype: DataType::F32,
+            op: ReduceOp::Sum,
+            quant: None,
+            step: 0,
+            slice: 0,
+            offset: 0,
+            len,
+            crc: 0,
+            kind: Collective::AllReduce,
+        }
+    }
+
     #[test]
     fn keepalive_round_trip() {
         assert_eq!(RingFrame::decode(&KEEPALIVE), Ok(RingFrame::Keepalive));
@@ -227,21 +246,7 @@ mod tests {
 
     #[test]
     fn oversized_payload_rejected() {
-        let h = DataHeader {
-            tag: 0,
-            epoch: 0,
-            seq: 0,
-            count: 1,
-            dtype: DataType::F32,
-            op: ReduceOp::Sum,
-            quant: None,
-            step: 0,
-            slice: 0,
-            offset: 0,
-            len: u32::MAX,
-            crc: 0,
-            kind: Collective::AllReduce,
-        };
+        let h = header(u32::MAX);
         let mut buf = Vec::new();
         h.encode(&mut buf);
         assert!(matches!(
@@ -253,22 +258,11 @@ mod tests {
     #[test]
     fn quantization_byte_is_checked() {
         let mut h = DataHeader {
-            tag: 0,
-            epoch: 0,
-            seq: 0,
-            count: 1,
-            dtype: DataType::F32,
-            op: ReduceOp::Sum,
             quant: Some(Quantization::new(
                 QuantizationAlgorithm::MinMax,
                 DataType::U8,
             )),
-            step: 0,
-            slice: 0,
-            offset: 0,
-            len: 25,
-            crc: 0,
-            kind: Collective::AllReduce,
+            ..header(25)
         };
         let mut buf = Vec::new();
         h.encode(&mut buf);
@@ -290,19 +284,8 @@ mod tests {
     #[test]
     fn collective_bytes_are_checked() {
         let mut h = DataHeader {
-            tag: 0,
-            epoch: 0,
-            seq: 0,
-            count: 1,
-            dtype: DataType::F32,
-            op: ReduceOp::Sum,
-            quant: None,
-            step: 0,
-            slice: 0,
-            offset: 0,
-            len: 4,
-            crc: 0,
             kind: Collective::Broadcast { root: 3 },
+            ..header(4)
         };
         let mut buf = Vec::new();
         h.encode(&mut buf);

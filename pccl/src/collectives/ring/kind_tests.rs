@@ -5,9 +5,7 @@
 //! all fail, and the next op of the tag succeeds; a rank vanishing mid-op fails the op on
 //! every survivor. Each test is bounded by `mem::HANG`.
 
-use std::sync::Arc;
-
-use super::mem::{Call, Fault, MemRing, Options, Outcome, rt};
+use super::mem::{Call, MemRing, Options, Outcome, rt};
 use crate::error::Error;
 use crate::types::{
     Collective, DataType, Quantization, QuantizationAlgorithm, ReduceDescriptor, ReduceOp,
@@ -351,16 +349,7 @@ fn a_rank_vanishing_mid_op_fails_every_kind_on_every_survivor() {
             ];
             for (what, calls) in ops {
                 for after in [0, 5, 40] {
-                    let ring = MemRing::new(Options {
-                        fault: Arc::new(move |from, index, _| {
-                            if from == 1 && index == after {
-                                Fault::Vanish
-                            } else {
-                                Fault::Pass
-                            }
-                        }),
-                        ..Options::new(n)
-                    });
+                    let ring = MemRing::new(Options::vanishing(n, 1, after));
                     let out = ring.run_calls(calls.clone()).await;
                     assert!(out[1].is_none(), "rank 1 vanished");
                     all_failed(

@@ -224,6 +224,20 @@ impl Options {
             gone: Vec::new(),
         }
     }
+
+    /// `n` ranks where rank `rank` vanishes at its frame number `after` on its link.
+    pub(super) fn vanishing(n: usize, rank: usize, after: usize) -> Self {
+        Self {
+            fault: Arc::new(move |from, index, _| {
+                if from == rank && index == after {
+                    Fault::Vanish
+                } else {
+                    Fault::Pass
+                }
+            }),
+            ..Self::new(n)
+        }
+    }
 }
 
 fn peer(rank: usize) -> PeerId {

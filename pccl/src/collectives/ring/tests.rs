@@ -403,16 +403,7 @@ fn a_neighbour_vanishing_mid_op_ends_the_op_on_every_survivor() {
     rt().block_on(async {
         for n in 3..=4 {
             for after in [0, 5, 40] {
-                let ring = MemRing::new(Options {
-                    fault: Arc::new(move |from, index, _| {
-                        if from == 1 && index == after {
-                            Fault::Vanish
-                        } else {
-                            Fault::Pass
-                        }
-                    }),
-                    ..Options::new(n)
-                });
+                let ring = MemRing::new(Options::vanishing(n, 1, after));
                 let desc = ReduceDescriptor::new(2000, DataType::F32, ReduceOp::Sum).with_tag(TAG);
                 let inputs = (0..n).map(|r| bytes(&input_f32(r, 0, 2000))).collect();
                 let out = ring.all_reduce(&vec![desc; n], inputs).await;
