@@ -9,15 +9,21 @@
 //! them closes, which also ends frames for a future epoch that never comes
 //! (docs/PROTOCOL.md §4).
 //!
+//! Frames of a running op are bounded too: each takes one of the op's `INBOX_FRAMES`
+//! credits, given back when the op has used the frame, and a reader with no credit waits
+//! (docs/ARCHITECTURE.md §5, "Memory"). A running op always takes its next event, so the
+//! wait ends as fast as the op works through its frames.
+//!
 //! An op is named by (tag, epoch, seq): the epoch of the group membership its ring was
 //! computed from, and how many verdicts this tag has had in that epoch. All members of a
 //! group see the same verdicts in the same order, so they agree on seq without talking.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
 
 use bytes::BytesMut;
-use tokio::sync::{Notify, mpsc};
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, mpsc};
 
 use crate::error::Error;
 use crate::types::{PeerId, Topology};
@@ -31,14 +37,22 @@ pub(crate) struct OpKey {
     pub(crate) seq: u32,
 }
 
+/// Frames a running op holds from its predecessor before the reader waits: the op's
+/// share of the memory its frames take (with 1 MiB slices, 8 MiB), small against the
+/// writer queues and enough to keep the op busy while the reader fetches the next frame.
+pub(crate) const INBOX_FRAMES: usize = 8;
+
 /// What an op's task receives.
 #[derive(Debug)]
 pub(crate) enum OpEvent {
     /// A data frame from the ring predecessor; `crc_ok` false: the payload was corrupted.
+    /// `credit` is given back when the event is dropped (`None`: the frame was held as an
+    /// early frame, and counted there).
     Frame {
         header: DataHeader,
         payload: BytesMut,
         crc_ok: bool,
+        credit: Option<OwnedSemaphorePermit>,
     },
     /// The master's verdict on this op.
     Verdict(Option<FailReason>),
@@ -56,6 +70,15 @@ struct Slot {
     prev: PeerId,
     frames_open: bool,
     tx: mpsc::UnboundedSender<OpEvent>,
+    /// The op's inbox credits (`INBOX_FRAMES`).
+    credits: Arc<Semaphore>,
+}
+
+impl Drop for Slot {
+    /// A reader waiting for a credit of an op that is gone routes its frame afresh.
+    fn drop(&mut self) {
+        self.credits.close();
+    }
 }
 
 /// Names the connection a frame came on, so its early frames can be dropped when it
@@ -262,6 +285,7 @@ impl Registry {
                     header: b.header,
                     payload: b.payload,
                     crc_ok: b.crc_ok,
+                    credit: None,
                 });
             } else {
                 kept.push(b);
@@ -276,6 +300,7 @@ impl Registry {
                 prev,
                 frames_open: true,
                 tx,
+                credits: Arc::new(Semaphore::new(INBOX_FRAMES)),
             },
         );
         drop(g);
@@ -378,56 +403,89 @@ impl Registry {
         from: PeerId,
         crc_ok: bool,
     ) {
-        let mut payload = Some(payload);
+        let mut frame = Some(payload);
         loop {
             let notified = self.space.notified();
-            {
-                let mut g = self.lock();
-                let key = key_of(&header);
-                let stale = key.epoch < g.epoch
-                    || (key.epoch == g.epoch
-                        && key.seq < g.seq.get(&key.tag).copied().unwrap_or(0))
-                    || g.failed.is_some();
-                if stale {
-                    return;
-                }
-                if let Some(s) = g.slots.get(&key.tag)
-                    && s.key == key
-                    && s.frames_open
-                {
-                    if s.prev != from {
-                        tracing::warn!(%from, expected = %s.prev, "frame from a peer that is not our ring predecessor");
-                        return;
-                    }
-                    let _ = s.tx.send(OpEvent::Frame {
-                        header,
-                        payload: payload.take().expect("set"),
-                        crc_ok,
-                    });
-                    return;
-                }
-                // Counted as `start` and `purge` count it: by the memory actually held, a
-                // pooled buffer's whole capacity (a header's `len` need not match its
-                // payload unless a socket read it).
-                let held = payload.as_ref().map_or(0, |p| p.capacity());
-                let fits = g.buffered.len() < self.max_frames
-                    && g.buffered_bytes + held <= self.max_buffered;
-                if g.buffered.is_empty() || fits {
-                    g.buffered_bytes += held;
-                    g.buffered.push(Buffered {
-                        header,
-                        payload: payload.take().expect("set"),
-                        from,
-                        conn,
-                        crc_ok,
-                    });
-                    return;
+            match self.route(conn, header, &mut frame, from, crc_ok) {
+                Route::Done => return,
+                // The op has `INBOX_FRAMES` frames to work through: wait for it to finish
+                // one. Closed, the op is gone and the frame is routed afresh (early, stale
+                // or the next op's).
+                Route::NoCredit(credits) => drop(credits.acquire().await),
+                // Backpressure: stop reading this connection until an op drains the buffer.
+                Route::Full => {
+                    let _ = tokio::time::timeout(Duration::from_millis(100), notified).await;
                 }
             }
-            // Backpressure: stop reading this connection until an op drains the buffer.
-            let _ = tokio::time::timeout(std::time::Duration::from_millis(100), notified).await;
         }
     }
+
+    /// One attempt to route a frame: hands it to its op or holds it early (taking it out
+    /// of `frame`), drops it, or says what to wait for.
+    fn route(
+        &self,
+        conn: ConnId,
+        header: DataHeader,
+        frame: &mut Option<BytesMut>,
+        from: PeerId,
+        crc_ok: bool,
+    ) -> Route {
+        let mut g = self.lock();
+        let key = key_of(&header);
+        let stale = key.epoch < g.epoch
+            || (key.epoch == g.epoch && key.seq < g.seq.get(&key.tag).copied().unwrap_or(0))
+            || g.failed.is_some();
+        if stale {
+            return Route::Done;
+        }
+        if let Some(s) = g.slots.get(&key.tag)
+            && s.key == key
+            && s.frames_open
+        {
+            if s.prev != from {
+                tracing::warn!(%from, expected = %s.prev, "frame from a peer that is not our ring predecessor");
+                return Route::Done;
+            }
+            let Ok(credit) = s.credits.clone().try_acquire_owned() else {
+                return Route::NoCredit(s.credits.clone());
+            };
+            let _ = s.tx.send(OpEvent::Frame {
+                header,
+                payload: frame.take().expect("routed once"),
+                crc_ok,
+                credit: Some(credit),
+            });
+            return Route::Done;
+        }
+        // Counted as `start` and `purge` count it: by the memory actually held, a pooled
+        // buffer's whole capacity (a header's `len` need not match its payload unless a
+        // socket read it).
+        let held = frame.as_ref().map_or(0, |p| p.capacity());
+        let fits =
+            g.buffered.len() < self.max_frames && g.buffered_bytes + held <= self.max_buffered;
+        if !(g.buffered.is_empty() || fits) {
+            return Route::Full;
+        }
+        g.buffered_bytes += held;
+        g.buffered.push(Buffered {
+            header,
+            payload: frame.take().expect("routed once"),
+            from,
+            conn,
+            crc_ok,
+        });
+        Route::Done
+    }
+}
+
+/// What became of one attempt to route a frame.
+enum Route {
+    /// Delivered, held early, or dropped.
+    Done,
+    /// Its op has no inbox credit left: wait on these.
+    NoCredit(Arc<Semaphore>),
+    /// The early-frame buffer is full.
+    Full,
 }
 
 impl Inner {
@@ -545,6 +603,57 @@ mod tests {
         });
     }
 
+    /// A running op holds at most `INBOX_FRAMES` frames: the reader with one more waits
+    /// until the op has used one, and a reader still waiting when the op ends routes its
+    /// frame afresh (here: stale, dropped) instead of waiting for ever.
+    #[test]
+    fn a_running_op_holds_a_bounded_number_of_frames() {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        rt.block_on(async {
+            let reg = Arc::new(Registry::new(0, 1 << 20));
+            let prev = peer(3);
+            let (key, _, mut rx) = reg.start(7, |_| Some(prev)).expect("started");
+            let payload = || BytesMut::from(&[0u8; 4][..]);
+            for _ in 0..INBOX_FRAMES {
+                reg.deliver(header(0, 0), payload(), prev, true).await;
+            }
+            let deliver = |reg: &Arc<Registry>, seq: u32| {
+                let reg = reg.clone();
+                tokio::spawn(
+                    async move { reg.deliver(header(0, seq), payload(), prev, true).await },
+                )
+            };
+            let waiting = deliver(&reg, 0);
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            assert!(!waiting.is_finished(), "the reader waits for a credit");
+
+            drop(rx.recv().await.expect("a frame")); // the op used one frame
+            tokio::time::timeout(Duration::from_secs(5), waiting)
+                .await
+                .expect("the credit came back")
+                .expect("no panic");
+
+            let waiting = deliver(&reg, 0);
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            assert!(!waiting.is_finished(), "the inbox is full again");
+            reg.verdict(key, None);
+            reg.finish(key);
+            drop(rx);
+            tokio::time::timeout(Duration::from_secs(5), waiting)
+                .await
+                .expect("the end of the op releases the reader")
+                .expect("no panic");
+            assert_eq!(
+                reg.buffered().0,
+                0,
+                "the frame of a finished op is not held"
+            );
+        });
+    }
+
     /// A ring link that failed authentication fails the ops running from that
     /// predecessor, and nothing else: not another predecessor's op, not an op that
     /// already has every frame, not the next op (its sender fails it if its frames were
@@ -613,7 +722,7 @@ mod tests {
             }
             assert_eq!(reg.buffered().0, 3);
             let full = reg.deliver_on(b, header(99, 3), payload(), peer(1), true);
-            let waited = tokio::time::timeout(std::time::Duration::from_millis(300), full).await;
+            let waited = tokio::time::timeout(Duration::from_millis(300), full).await;
             assert!(waited.is_err(), "a fourth frame waits for room");
             assert_eq!(reg.buffered(), (3, 12), "bytes count what is held");
             reg.drop_conn(b);
@@ -629,7 +738,7 @@ mod tests {
             big.deliver_on(a, header(99, 0), BytesMut::with_capacity(12), peer(1), true)
                 .await;
             let over = big.deliver_on(a, header(99, 1), BytesMut::with_capacity(8), peer(1), true);
-            let waited = tokio::time::timeout(std::time::Duration::from_millis(300), over).await;
+            let waited = tokio::time::timeout(Duration::from_millis(300), over).await;
             assert!(
                 waited.is_err(),
                 "capacity, not length, counts against the bytes bound"

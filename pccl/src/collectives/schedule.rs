@@ -201,6 +201,16 @@ impl Schedule {
         }
     }
 
+    /// The step whose frames pace this rank's step-0 sends (docs/ARCHITECTURE.md §5,
+    /// "Memory"): the last, whose every slice set out as some rank's step-0 slice. `None`
+    /// for a broadcast, a chain with one sender, where nothing comes back to pace by.
+    pub(crate) fn pace_step(&self) -> Option<usize> {
+        match self.kind {
+            Collective::Broadcast { .. } => None,
+            _ => Some(self.steps() - 1),
+        }
+    }
+
     /// Frames this rank receives in the whole op.
     pub(crate) fn expected_frames(&self) -> usize {
         (0..self.steps()).map(|g| self.recv_slices(g)).sum()

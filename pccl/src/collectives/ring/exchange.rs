@@ -8,6 +8,7 @@
 use std::collections::{HashSet, VecDeque};
 
 use bytes::BytesMut;
+use tokio::sync::OwnedSemaphorePermit;
 
 use super::frames::{OpFrames, connections_for};
 use super::{Local, RingHost, Started};
@@ -19,6 +20,24 @@ use crate::error::Error;
 use crate::quant::Scratch;
 use crate::types::{ReduceDescriptor, ReduceInfo};
 use crate::wire::{DataHeader, FailReason};
+
+/// How many step-0 slices this rank may send beyond the frames it has received at the
+/// pace step, or `None` when nothing paces it. Every slice the ring carries set out as a
+/// step-0 slice, so this bounds the frames in flight in the ring at `n × window`, and the
+/// memory that holds them, however deep the sockets' buffers are (docs/ARCHITECTURE.md
+/// §5, "Memory"). Scaled with the connections: a pool is how a user asks for a long-fat
+/// pipe, whose bandwidth-delay product must fit in flight. At least 2 per connection:
+/// chunks differ by up to one slice, and the argument that the ring never stalls needs
+/// a window larger than that.
+pub(super) fn window(
+    sched: &Schedule,
+    conns: usize,
+    ahead_bytes: usize,
+    slice_bytes: usize,
+) -> Option<usize> {
+    let per_connection = (ahead_bytes / slice_bytes.max(1)).max(2);
+    sched.pace_step().map(|_| per_connection * conns)
+}
 
 /// Sends and receives every slice of this rank's part of the op.
 pub(super) async fn exchange<H: RingHost, B: ReduceBuffers>(
@@ -41,10 +60,16 @@ pub(super) async fn exchange<H: RingHost, B: ReduceBuffers>(
     let mut seen: HashSet<(u16, u32)> = HashSet::with_capacity(expected);
     let mut outgoing: VecDeque<OutFrame> = VecDeque::new();
     let conns = connections_for(pool.size(), sched.slices(0));
+    let window = window(sched, conns, host.ahead_bytes(), host.slice_bytes());
+    let mut paced = 0;
 
     loop {
-        // Step-0 slices are made lazily, so at most a writer queue's worth is copied ahead.
-        if let Some(first) = first.filter(|_| outgoing.is_empty() && next_first < first_slices) {
+        // Step-0 slices are made lazily, so at most a writer queue's worth is copied ahead,
+        // and within the window.
+        let room = window.is_none_or(|w| next_first < paced + w);
+        if let Some(first) =
+            first.filter(|_| room && outgoing.is_empty() && next_first < first_slices)
+        {
             let frame = op.first_frame(bufs, host.bufs(), &mut scratch, first, next_first);
             outgoing.push_back(frame);
             next_first += 1;
@@ -80,10 +105,13 @@ pub(super) async fn exchange<H: RingHost, B: ReduceBuffers>(
                 () = pool.closed() => return Err(Local::Fail(FailReason::PeerLost)),
             }
         };
-        let (h, payload) = frame_of(event)?;
+        let (h, payload, _credit) = frame_of(event)?;
         let frame = op.check(h, &mut seen)?;
         info.rx_bytes += payload.len() as u64;
         received += 1;
+        if Some(frame.header.step as usize) == sched.pace_step() {
+            paced += 1;
+        }
         if received == expected {
             host.registry().close_frames(op.key);
         }
@@ -98,15 +126,20 @@ pub(super) async fn exchange<H: RingHost, B: ReduceBuffers>(
 }
 
 /// The frame an event carries; any other event ends this rank's part of the op.
-fn frame_of(event: Option<OpEvent>) -> Result<(DataHeader, BytesMut), Local> {
+/// The frame's inbox credit comes with it: dropped once the frame is used, it lets the
+/// reader hand over the next one.
+fn frame_of(
+    event: Option<OpEvent>,
+) -> Result<(DataHeader, BytesMut, Option<OwnedSemaphorePermit>), Local> {
     match event {
         Some(OpEvent::Frame {
             header,
             payload,
             crc_ok,
+            credit,
         }) => {
             if crc_ok {
-                Ok((header, payload))
+                Ok((header, payload, credit))
             } else {
                 Err(Local::Fail(FailReason::Corrupt))
             }

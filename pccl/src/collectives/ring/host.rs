@@ -15,6 +15,10 @@ use crate::error::Error;
 use crate::types::{PeerEntry, PeerId};
 use crate::wire::FailReason;
 
+/// The default of [`RingHost::ahead_bytes`]: 32 MiB per connection keeps a long-fat pipe
+/// full (a pool is how a user asks for one) and bounds what a loopback ring holds.
+pub(crate) const AHEAD_BYTES_PER_CONNECTION: usize = 32 << 20;
+
 /// What a ring op needs from its host.
 ///
 /// Incoming side: frames from the ring predecessor, the master's verdict and aborts reach
@@ -33,6 +37,11 @@ pub(crate) trait RingHost: Send + Sync + 'static {
     fn registry(&self) -> &Registry;
     /// Reusable frame buffers.
     fn bufs(&self) -> &BufPool;
+    /// Bytes of step-0 slices an op may send per connection beyond what the frames it has
+    /// received at its pace step account for (`exchange::window`).
+    fn ahead_bytes(&self) -> usize {
+        AHEAD_BYTES_PER_CONNECTION
+    }
     /// Whether frames carry a CRC32 of their payload (not on links sealed with the run
     /// secret, whose tags cover every byte).
     fn checksums(&self) -> bool {

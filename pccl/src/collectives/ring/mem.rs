@@ -66,6 +66,7 @@ pub(super) struct MemHost {
     rank: usize,
     me: PeerId,
     slice_bytes: usize,
+    ahead_bytes: usize,
     registry: Registry,
     bufs: BufPool,
     pool: Mutex<Option<Arc<Pool>>>,
@@ -87,6 +88,10 @@ impl RingHost for MemHost {
 
     fn registry(&self) -> &Registry {
         &self.registry
+    }
+
+    fn ahead_bytes(&self) -> usize {
+        self.ahead_bytes
     }
 
     fn bufs(&self) -> &BufPool {
@@ -206,6 +211,9 @@ pub(super) struct Options {
     /// Connections per link.
     pub(super) conns: usize,
     pub(super) slice_bytes: usize,
+    /// `RingHost::ahead_bytes`: by default the smallest window (two slices per
+    /// connection), so every test also shows that the pacing never stalls a ring.
+    pub(super) ahead_bytes: usize,
     /// Seed of the re-ordering; `None`: each connection delivers in order.
     pub(super) shuffle: Option<u64>,
     pub(super) fault: Arc<FaultFn>,
@@ -219,6 +227,7 @@ impl Options {
             n,
             conns: 2,
             slice_bytes: 64,
+            ahead_bytes: 0,
             shuffle: None,
             fault: Arc::new(|_, _, _| Fault::Pass),
             gone: Vec::new(),
@@ -268,6 +277,7 @@ impl MemRing {
                     rank,
                     me: peer(rank),
                     slice_bytes: o.slice_bytes,
+                    ahead_bytes: o.ahead_bytes,
                     registry,
                     bufs: BufPool::new(o.slice_bytes),
                     pool: Mutex::new(None),

@@ -168,6 +168,52 @@ fn plain_ops_reach_parity_and_the_reference() {
     });
 }
 
+/// A rank sends its step-0 slices at most `window` ahead of the frames it has received
+/// at the pace step (the last), so what a ring holds in flight is bounded whatever the
+/// queues allow (docs/ARCHITECTURE.md §5, "Memory"). Seen on the wires: step-0 frames a
+/// rank has sent never exceed the pace-step frames sent to it plus the window. With the
+/// window removed, a rank fills its connection queues with step-0 slices first.
+#[test]
+fn step_0_slices_go_no_further_ahead_than_the_window() {
+    use std::sync::Mutex;
+    rt().block_on(async {
+        for (n, conns) in [(2, 1), (3, 1), (4, 2)] {
+            let count = 64 * 16 * n; // 64 slices of 16 floats per chunk
+            let sched = Schedule::new(Collective::AllReduce, n, 0, count, 16);
+            let pace = sched.pace_step().expect("an all-reduce is paced") as u16;
+            let window = super::exchange::window(&sched, conns, 0, 64).expect("paced");
+            // Per rank: step-0 frames it sent, pace-step frames sent to it, and the most
+            // step-0 frames it had out beyond those.
+            let seen = Arc::new(Mutex::new(vec![(0usize, 0usize, 0usize); n]));
+            let tally = seen.clone();
+            let ring = MemRing::new(Options {
+                conns,
+                fault: Arc::new(move |from, _, h| {
+                    let mut t = tally.lock().unwrap();
+                    if h.step == 0 {
+                        t[from].0 += 1;
+                    }
+                    if h.step == pace {
+                        t[(from + 1) % n].1 += 1;
+                    }
+                    let (sent, paced, _) = t[from];
+                    t[from].2 = t[from].2.max(sent.saturating_sub(paced));
+                    Fault::Pass
+                }),
+                ..Options::new(n)
+            });
+            plain_rounds(&ring, n, count, &[ReduceOp::Sum], &format!("n={n}")).await;
+            for (r, &(sent, _, ahead)) in seen.lock().unwrap().iter().enumerate() {
+                assert_eq!(sent, 64, "n={n}: rank {r} sent its whole first chunk");
+                assert!(
+                    ahead <= window,
+                    "n={n}: rank {r} had {ahead} step-0 slices out, window {window}"
+                );
+            }
+        }
+    });
+}
+
 #[test]
 fn reordered_frames_change_nothing() {
     let seed = 0x5eed_0001;
