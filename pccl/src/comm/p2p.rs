@@ -205,10 +205,8 @@ async fn write_loop(
         let mut payload = frame.payload;
         let write = async {
             match key.as_mut() {
-                None => {
-                    stream.write_all(&head).await?;
-                    stream.write_all(&payload).await?;
-                }
+                // One vectored write: the header does not go out as a segment of its own.
+                None => sealed::write_parts(&mut stream, &[&head, &payload]).await?,
                 // Authenticate-only: the shared payload is sealed as it is, no copy.
                 Some(k) if k.protection() == Protection::Authenticate => {
                     let tags = k
