@@ -24,7 +24,7 @@ use crate::{opt, opt_parse};
 fn worker(args: &[String]) -> Result<()> {
     let master = opt_parse(args, "--master")?.context("--master")?;
     let n: usize = opt_parse(args, "--n")?.context("--n")?;
-    let mib: usize = opt_parse(args, "--mib")?.unwrap_or(128);
+    let kib: usize = opt_parse(args, "--kib")?.unwrap_or(128 << 10);
     let iters: usize = opt_parse(args, "--iters")?.unwrap_or(3);
     let warmup: usize = opt_parse(args, "--warmup")?.unwrap_or(2);
     let mut cfg = CommunicatorConfig::new(master);
@@ -46,7 +46,7 @@ fn worker(args: &[String]) -> Result<()> {
             std::thread::sleep(Duration::from_millis(50));
         }
     }
-    let count = mib << 18;
+    let count = kib << 8;
     let send: Vec<f32> = (0..count).map(|i| (i % 251) as f32).collect();
     let mut recv = vec![0f32; count];
     let mut out = std::io::stdout().lock();
@@ -202,7 +202,12 @@ pub(crate) fn run(args: &[String]) -> Result<u8> {
     }
     let n: usize = opt_parse(args, "--peers")?.unwrap_or(2);
     let rtt: f64 = opt_parse(args, "--rtt-ms")?.unwrap_or(80.0);
-    let mib: usize = opt_parse(args, "--mib")?.unwrap_or(128);
+    // `--kib` for small ops (the master round trip's share of one op), else `--mib`.
+    let kib: usize = match opt_parse(args, "--kib")? {
+        Some(k) => k,
+        None => opt_parse::<usize>(args, "--mib")?.unwrap_or(128) << 10,
+    };
+    let master_rtt: f64 = opt_parse(args, "--master-rtt-ms")?.unwrap_or(0.0);
     let iters: usize = opt_parse(args, "--iters")?.unwrap_or(3);
     let warmup: usize = opt_parse(args, "--warmup")?.unwrap_or(2);
     let rate: u64 = opt_parse(args, "--rate-mbit")?.unwrap_or(0);
@@ -239,6 +244,7 @@ pub(crate) fn run(args: &[String]) -> Result<u8> {
             tcp_cc: opt(args, "--cc").unwrap_or_else(|| "bbr".into()),
             slow_start_after_idle: args.iter().any(|a| a == "--ssai"),
             tcp_buf_default: opt_parse(args, "--tcp-buf")?.unwrap_or(131_072),
+            master_delay_ms: master_rtt / 2.0,
         }),
     };
     let dir = Path::new("target/stress/lfp");
@@ -248,7 +254,7 @@ pub(crate) fn run(args: &[String]) -> Result<u8> {
     let (tx, rx) = mpsc::channel::<(u32, String)>();
     let wan = Wan::setup(&s, &run_id, &exe, &tx, dir)?;
     println!(
-        "long-fat pipe: {n} peers, RTT {rtt} ms between every pair, cap {}, {mib} MiB f32 sum, {iters} timed iterations",
+        "long-fat pipe: {n} peers, RTT {rtt} ms between every pair, {master_rtt} ms to the master, cap {}, {kib} KiB f32 sum, {iters} timed iterations",
         if rate > 0 {
             format!("{rate} Mbit/s")
         } else {
@@ -294,8 +300,8 @@ pub(crate) fn run(args: &[String]) -> Result<u8> {
                 &wan.addr(k).to_string(),
                 "--n",
                 &n.to_string(),
-                "--mib",
-                &mib.to_string(),
+                "--kib",
+                &kib.to_string(),
                 "--iters",
                 &iters.to_string(),
                 "--warmup",
@@ -361,7 +367,7 @@ pub(crate) fn run(args: &[String]) -> Result<u8> {
         let mut v: Vec<f64> = times.values().copied().collect();
         v.sort_by(f64::total_cmp);
         let ms = v[v.len() / 2];
-        let bytes = (mib << 20) as f64;
+        let bytes = (kib << 10) as f64;
         let alg = bytes * 8.0 / (ms / 1e3) / 1e9;
         let bus = alg * 2.0 * (n as f64 - 1.0) / n as f64;
         let busy = match (cpu0, cpu1) {
@@ -388,7 +394,7 @@ pub(crate) fn run(args: &[String]) -> Result<u8> {
     std::fs::write(
         dir.join("report.json"),
         serde_json::to_string_pretty(
-            &serde_json::json!({"peers": n, "rtt_ms": rtt, "mib": mib, "rate_mbit": rate, "rows": json, "tcp": tcp_rows}),
+            &serde_json::json!({"peers": n, "rtt_ms": rtt, "master_rtt_ms": master_rtt, "kib": kib, "rate_mbit": rate, "rows": json, "tcp": tcp_rows}),
         )?,
     )?;
     Ok(0)

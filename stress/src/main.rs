@@ -10,7 +10,7 @@
 //! pccl-stress --scenario stress/scenarios/ci-loopback.toml [--seed N] [--duration S]
 //!             [--steps N] [--report FILE] [--loopback] [--secret] [--encrypt]
 //! pccl-stress --cleanup                # remove every namespace a crashed WAN run left
-//! pccl-stress --lfp [--peers 2] [--rtt-ms 80] [--pools 1,4,16,32] [--mib 128]
+//! pccl-stress --lfp [--peers 2] [--rtt-ms 80] [--pools 1,4,16,32] [--mib 128 | --kib K] [--master-rtt-ms MS]
 //!             [--rate-mbit R] [--iters 3] [--warmup 2] [--tcp-secs 5] [--cc bbr] [--ssai]
 //! ```
 
@@ -35,7 +35,7 @@ const USAGE: &str = "usage: pccl-stress --scenario FILE [--seed N] [--duration S
                    [--secret] [--encrypt]   (authenticated / encrypted run, a fresh
                                              secret per run; also scenario keys)
        pccl-stress --cleanup
-       pccl-stress --lfp [--peers N] [--rtt-ms MS] [--pools 1,4,16,32] [--mib M]
+       pccl-stress --lfp [--peers N] [--rtt-ms MS] [--pools 1,4,16,32] [--mib M | --kib K] [--master-rtt-ms MS]
                    [--rate-mbit R] [--iters N] [--warmup N] [--tcp-secs S] [--cc CC]
                    [--ssai]";
 

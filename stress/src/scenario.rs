@@ -244,6 +244,10 @@ pub(crate) struct Wan {
     /// buffer a new connection starts with before autotuning (maxima are 64 MiB).
     #[serde(default = "d_buf")]
     pub(crate) tcp_buf_default: u64,
+    /// One-way delay between every peer and the master (which lives in the hub), in ms.
+    /// 0 (the default): the master answers at once, as a master beside one region would.
+    #[serde(default)]
+    pub(crate) master_delay_ms: f64,
 }
 
 fn d_buf() -> u64 {

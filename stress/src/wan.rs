@@ -303,6 +303,34 @@ impl Wan {
                 )?;
             }
         }
+        // The master's traffic is the hub's own (INPUT, OUTPUT), not forwarded.
+        let master_us = (w.master_delay_ms * 1000.0) as u64;
+        if master_us > 0 {
+            let next = self.queues.len() as u16;
+            let q = *self.queues.entry(master_us).or_insert(next);
+            for (chain, port) in [("INPUT", "--dport"), ("OUTPUT", "--sport")] {
+                nsh(
+                    HUB,
+                    &[
+                        "iptables",
+                        "-w",
+                        "-t",
+                        "mangle",
+                        "-A",
+                        chain,
+                        "-p",
+                        "tcp",
+                        port,
+                        &MASTER_PORT.to_string(),
+                        "-j",
+                        "NFQUEUE",
+                        "--queue-num",
+                        &q.to_string(),
+                        "--queue-bypass",
+                    ],
+                )?;
+            }
+        }
         if w.loss > 0.0 {
             nsh(
                 HUB,
