@@ -13,11 +13,13 @@
 //!   standard authentication-only use.
 //! - body, [`Protection::Encrypt`]: nonce `(1, n)`, plaintext = body, encrypted in place.
 //!
-//! The AEAD depends on the mode, for speed (measured by `benches/benches/secure.rs`):
-//! encrypting uses AES-256-GCM, whose stitched AES-NI/VAES + carry-less-multiply code in
-//! `ring` runs at several GB/s; authenticating only uses ChaCha20-Poly1305, because
-//! `ring` hashes GCM's associated data one 16-byte block per call (about 1.5 GB/s here)
-//! while its vectorised Poly1305 takes associated data at about twice that.
+//! Both modes use AES-256-GCM from AWS-LC (`aws-lc-rs`; FIPS-validated, maintained by
+//! AWS), whose AES-NI/VAES and (V)PCLMULQDQ code runs at ~25 GB/s for GMAC (associated
+//! data only) and ~10 GB/s encrypting on one core here (`benches/benches/secure.rs`).
+//! `ring` hashes GCM's associated data one 16-byte block per call (~1.5 GB/s) and its
+//! ChaCha20-Poly1305 takes it at ~2 GB/s, which made authenticate-only mode cost 40–50 %
+//! of a ring's bus bandwidth (BENCHMARKS.md). The two modes derive different keys
+//! (`Protection::key_label`).
 //!
 //! On the wire: `header ‖ header tag ‖ body ‖ body tag` ([`FRAME_OVERHEAD`] bytes more than
 //! today). The receiver expects exactly the next `n`: a replayed, reordered, dropped or
@@ -32,7 +34,7 @@
 
 use std::fmt;
 
-use ring::aead::{AES_256_GCM, Aad, Algorithm, CHACHA20_POLY1305, LessSafeKey, Nonce, UnboundKey};
+use aws_lc_rs::aead::{AES_256_GCM, Aad, LessSafeKey, Nonce, UnboundKey};
 
 /// Bytes in one tag.
 pub const TAG_LEN: usize = 16;
@@ -68,18 +70,10 @@ impl Protection {
         }
     }
 
-    /// The AEAD of this mode (see the module header for why they differ).
-    fn algorithm(self) -> &'static Algorithm {
-        match self {
-            Self::Authenticate => &CHACHA20_POLY1305,
-            Self::Encrypt => &AES_256_GCM,
-        }
-    }
-
     /// Names the AEAD in the frame keys' derivation, so the two modes never share a key.
     pub(super) fn key_label(self) -> &'static str {
         match self {
-            Self::Authenticate => "chacha20-poly1305",
+            Self::Authenticate => "aes-256-gmac",
             Self::Encrypt => "aes-256-gcm",
         }
     }
@@ -129,9 +123,8 @@ fn nonce(n: u64, part: u32) -> Nonce {
     Nonce::assume_unique_for_key(b)
 }
 
-fn aead_key(key: &[u8; 32], mode: Protection) -> LessSafeKey {
-    let alg = mode.algorithm();
-    LessSafeKey::new(UnboundKey::new(alg, key).expect("both AEADs take 32-byte keys"))
+fn aead_key(key: &[u8; 32]) -> LessSafeKey {
+    LessSafeKey::new(UnboundKey::new(&AES_256_GCM, key).expect("AES-256-GCM takes 32-byte keys"))
 }
 
 /// Seals the frames of one direction of one connection, in the order they are written.
@@ -153,7 +146,7 @@ impl fmt::Debug for SendKey {
 impl SendKey {
     pub(super) fn new(key: &[u8; 32], mode: Protection) -> Self {
         Self {
-            key: aead_key(key, mode),
+            key: aead_key(key),
             next: 0,
             mode,
         }
@@ -205,18 +198,18 @@ impl SendKey {
         tag(self.gmac_part(n, 0, header))
     }
 
-    fn gmac(&self, n: u64, body: &[u8]) -> ring::aead::Tag {
+    fn gmac(&self, n: u64, body: &[u8]) -> aws_lc_rs::aead::Tag {
         self.gmac_part(n, 1, body)
     }
 
-    fn gmac_part(&self, n: u64, part: u32, data: &[u8]) -> ring::aead::Tag {
+    fn gmac_part(&self, n: u64, part: u32, data: &[u8]) -> aws_lc_rs::aead::Tag {
         self.key
             .seal_in_place_separate_tag(nonce(n, part), Aad::from(data), &mut [])
             .expect("associated data is far below the AEAD's length limit")
     }
 }
 
-fn tag(t: ring::aead::Tag) -> Tag {
+fn tag(t: aws_lc_rs::aead::Tag) -> Tag {
     let mut out = [0u8; TAG_LEN];
     out.copy_from_slice(t.as_ref());
     out
@@ -251,7 +244,7 @@ impl fmt::Debug for RecvKey {
 impl RecvKey {
     pub(super) fn new(key: &[u8; 32], mode: Protection) -> Self {
         Self {
-            key: aead_key(key, mode),
+            key: aead_key(key),
             next: 0,
             mode,
             expect: Expect::Header,
@@ -270,9 +263,8 @@ impl RecvKey {
         let r = self.key.open_in_place_separate_tag(
             nonce(self.next, 0),
             Aad::from(header),
-            ring::aead::Tag::from(*tag),
+            tag,
             &mut [],
-            0..,
         );
         self.after(r.is_ok(), Expect::Body)
     }
@@ -281,16 +273,15 @@ impl RecvKey {
     /// whose header was just opened. On `Err` the body's content is unspecified.
     pub fn open_body(&mut self, body: &mut [u8], tag: &Tag) -> Result<(), AuthError> {
         self.ready(Expect::Body)?;
-        let t = ring::aead::Tag::from(*tag);
         let n = nonce(self.next, 1);
         let ok = match self.mode {
             Protection::Authenticate => self
                 .key
-                .open_in_place_separate_tag(n, Aad::from(&*body), t, &mut [], 0..)
+                .open_in_place_separate_tag(n, Aad::from(&*body), tag, &mut [])
                 .is_ok(),
             Protection::Encrypt => self
                 .key
-                .open_in_place_separate_tag(n, Aad::empty(), t, body, 0..)
+                .open_in_place_separate_tag(n, Aad::empty(), tag, body)
                 .is_ok(),
         };
         self.after(ok, Expect::Header)?;
