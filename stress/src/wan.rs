@@ -272,64 +272,19 @@ impl Wan {
         // One-way delays: one NFQUEUE per distinct delay (FIFO per queue).
         for src in 0..n {
             for d in 0..n {
-                if src == d {
-                    continue;
-                }
                 let us = self.pair_delay_us(w, src, d);
-                if us == 0 {
-                    continue;
+                if src != d && us > 0 {
+                    let (s, d) = (self.addr(src).to_string(), self.addr(d).to_string());
+                    self.delay("FORWARD", &["-s", &s, "-d", &d], us)?;
                 }
-                let next = self.queues.len() as u16;
-                let q = *self.queues.entry(us).or_insert(next);
-                nsh(
-                    HUB,
-                    &[
-                        "iptables",
-                        "-w",
-                        "-t",
-                        "mangle",
-                        "-A",
-                        "FORWARD",
-                        "-s",
-                        &self.addr(src).to_string(),
-                        "-d",
-                        &self.addr(d).to_string(),
-                        "-j",
-                        "NFQUEUE",
-                        "--queue-num",
-                        &q.to_string(),
-                        "--queue-bypass",
-                    ],
-                )?;
             }
         }
         // The master's traffic is the hub's own (INPUT, OUTPUT), not forwarded.
         let master_us = (w.master_delay_ms * 1000.0) as u64;
         if master_us > 0 {
-            let next = self.queues.len() as u16;
-            let q = *self.queues.entry(master_us).or_insert(next);
-            for (chain, port) in [("INPUT", "--dport"), ("OUTPUT", "--sport")] {
-                nsh(
-                    HUB,
-                    &[
-                        "iptables",
-                        "-w",
-                        "-t",
-                        "mangle",
-                        "-A",
-                        chain,
-                        "-p",
-                        "tcp",
-                        port,
-                        &MASTER_PORT.to_string(),
-                        "-j",
-                        "NFQUEUE",
-                        "--queue-num",
-                        &q.to_string(),
-                        "--queue-bypass",
-                    ],
-                )?;
-            }
+            let port = MASTER_PORT.to_string();
+            self.delay("INPUT", &["-p", "tcp", "--dport", &port], master_us)?;
+            self.delay("OUTPUT", &["-p", "tcp", "--sport", &port], master_us)?;
         }
         if w.loss > 0.0 {
             nsh(
@@ -351,6 +306,17 @@ impl Wan {
             )?;
         }
         Ok(())
+    }
+
+    /// Sends the hub's packets in `chain` that match `matching` through the NFQUEUE of
+    /// delay `us` (one queue per distinct delay).
+    fn delay(&mut self, chain: &str, matching: &[&str], us: u64) -> Result<()> {
+        let next = self.queues.len() as u16;
+        let q = self.queues.entry(us).or_insert(next).to_string();
+        let mut args = vec!["iptables", "-w", "-t", "mangle", "-A", chain];
+        args.extend_from_slice(matching);
+        args.extend_from_slice(&["-j", "NFQUEUE", "--queue-num", &q, "--queue-bypass"]);
+        nsh(HUB, &args)
     }
 
     fn pair_rate(&self, w: &crate::scenario::Wan, src: usize, d: usize) -> u64 {

@@ -527,7 +527,7 @@ fn key_of(h: &DataHeader) -> OpKey {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::types::{DataType, PeerEntry, ReduceOp};
+    use crate::types::PeerEntry;
 
     fn peer(i: u8) -> PeerId {
         PeerId([i; 16])
@@ -539,15 +539,7 @@ mod tests {
             epoch,
             seq,
             count: 4,
-            dtype: DataType::F32,
-            op: ReduceOp::Sum,
-            quant: None,
-            step: 0,
-            slice: 0,
-            offset: 0,
-            len: 4,
-            crc: 0,
-            kind: crate::types::Collective::AllReduce,
+            ..DataHeader::sample(4)
         }
     }
 

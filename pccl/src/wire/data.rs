@@ -167,6 +167,28 @@ fn decode_quant(v: u8) -> Result<Option<Quantization>, WireError> {
 }
 
 #[cfg(test)]
+impl DataHeader {
+    /// A one-element f32 sum header of payload length `len`; tests change what they test.
+    pub(crate) fn sample(len: u32) -> Self {
+        Self {
+            tag: 0,
+            epoch: 0,
+            seq: 0,
+            count: 1,
+            dtype: DataType::F32,
+            op: ReduceOp::Sum,
+            quant: None,
+            step: 0,
+            slice: 0,
+            offset: 0,
+            len,
+            crc: 0,
+            kind: Collective::AllReduce,
+        }
+    }
+}
+
+#[cfg(test)]
 mod tests {
     use proptest::prelude::*;
 
@@ -210,25 +232,6 @@ mod tests {
         }
     }
 
-    /// A one-element f32 sum header of payload length `len`; tests change what they test.
-    fn header(len: u32) -> DataHeader {
-        DataHeader {
-            tag: 0,
-            epoch: 0,
-            seq: 0,
-            count: 1,
-            dtype: DataType::F32,
-            op: ReduceOp::Sum,
-            quant: None,
-            step: 0,
-            slice: 0,
-            offset: 0,
-            len,
-            crc: 0,
-            kind: Collective::AllReduce,
-        }
-    }
-
     #[test]
     fn keepalive_round_trip() {
         assert_eq!(RingFrame::decode(&KEEPALIVE), Ok(RingFrame::Keepalive));
@@ -246,7 +249,7 @@ mod tests {
 
     #[test]
     fn oversized_payload_rejected() {
-        let h = header(u32::MAX);
+        let h = DataHeader::sample(u32::MAX);
         let mut buf = Vec::new();
         h.encode(&mut buf);
         assert!(matches!(
@@ -262,7 +265,7 @@ mod tests {
                 QuantizationAlgorithm::MinMax,
                 DataType::U8,
             )),
-            ..header(25)
+            ..DataHeader::sample(25)
         };
         let mut buf = Vec::new();
         h.encode(&mut buf);
@@ -285,7 +288,7 @@ mod tests {
     fn collective_bytes_are_checked() {
         let mut h = DataHeader {
             kind: Collective::Broadcast { root: 3 },
-            ..header(4)
+            ..DataHeader::sample(4)
         };
         let mut buf = Vec::new();
         h.encode(&mut buf);

@@ -61,6 +61,7 @@ pub(super) async fn exchange<H: RingHost, B: ReduceBuffers>(
     let mut outgoing: VecDeque<OutFrame> = VecDeque::new();
     let conns = connections_for(pool.size(), sched.slices(0));
     let window = window(sched, conns, host.ahead_bytes(), host.slice_bytes());
+    let pace_step = sched.pace_step();
     let mut paced = 0;
 
     loop {
@@ -109,7 +110,7 @@ pub(super) async fn exchange<H: RingHost, B: ReduceBuffers>(
         let frame = op.check(h, &mut seen)?;
         info.rx_bytes += payload.len() as u64;
         received += 1;
-        if Some(frame.header.step as usize) == sched.pace_step() {
+        if Some(frame.header.step as usize) == pace_step {
             paced += 1;
         }
         if received == expected {
