@@ -1,7 +1,10 @@
 #!/usr/bin/env bash
 # Builds the pccl wheel with pip (maturin as the build backend) and installs it into a
 # virtual environment at .venv (kept between runs, so torch is downloaded once per
-# machine). Used by test.sh and demo.sh. Usage: pccl-py/scripts/setup.sh   (from any directory)
+# machine). Used by test.sh and demo.sh.
+# Usage: pccl-py/scripts/setup.sh [--deps-only]   (from any directory)
+# --deps-only creates .venv and installs the Python packages but builds no wheel:
+# scripts/test runs it in the background while the Rust code compiles.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/../.."
 
@@ -16,6 +19,9 @@ if ! "$PY" -c "import maturin, pytest, pytest_timeout, numpy, torch, mypy, prome
     echo "==> installing maturin, pytest, numpy, torch, mypy, prometheus-client into $VENV"
     "$PY" -m pip install --quiet --upgrade pip
     "$PY" -m pip install --quiet maturin pytest pytest-timeout numpy torch mypy prometheus-client
+fi
+if [[ "${1:-}" == "--deps-only" ]]; then
+    exit 0
 fi
 
 # As a user's `pip install ./pccl-py` builds it (README "Installing pccl"): pip runs the
