@@ -24,12 +24,12 @@ use tracing::Instrument;
 
 use super::gate::Gate;
 use crate::collectives::bufpool::BufPool;
-use crate::collectives::link::{OutFrame, Pool};
+use crate::collectives::link::{Connection, OutFrame, Pool, Sealer};
 use crate::collectives::registry::{ConnId, Registry};
 use crate::error::Error;
 use crate::net::sealed::{self, Secure};
 use crate::net::{self, ConnectionError};
-use crate::secure::{Protection, RecvKey, SendKey};
+use crate::secure::{RecvKey, SealError};
 use crate::shared_state::StateDoor;
 use crate::types::{PeerEntry, PeerId};
 use crate::wire::{ConnectionKind, DATA_HEADER_LEN, Hello, KEEPALIVE, RingFrame};
@@ -134,11 +134,18 @@ impl P2p {
         for (stream, keys) in streams {
             let (tx, rx) = mpsc::channel(WRITE_QUEUE);
             let span = tracing::debug_span!("p2p-writer", to = %peer.id);
-            let key = keys.map(|k| k.send);
+            let sealer: Option<Sealer> = keys.map(|k| Arc::new(Mutex::new(k.send)));
             tokio::spawn(
-                write_loop(stream, key, rx, closed.clone(), self.bufs.clone()).instrument(span),
+                write_loop(
+                    stream,
+                    sealer.clone(),
+                    rx,
+                    closed.clone(),
+                    self.bufs.clone(),
+                )
+                .instrument(span),
             );
-            writers.push(tx);
+            writers.push(Connection { queue: tx, sealer });
         }
         tracing::debug!(to = %peer.id, n = writers.len(), "p2p pool open");
         Ok(Pool::new(writers, closed))
@@ -147,7 +154,7 @@ impl P2p {
 
 async fn write_loop(
     stream: TcpStream,
-    mut key: Option<SendKey>,
+    sealer: Option<Sealer>,
     mut rx: mpsc::Receiver<OutFrame>,
     closed: watch::Sender<bool>,
     bufs: Arc<BufPool>,
@@ -179,15 +186,21 @@ async fn write_loop(
             _ = &mut keepalive => None,
         };
         let Some(frame) = frame else {
-            if last_sent.elapsed() >= KEEPALIVE_INTERVAL {
-                let write = async {
-                    match key.as_mut() {
-                        Some(k) => sealed::write_frame(&mut stream, k, &KEEPALIVE, &mut []).await,
-                        None => Ok(stream.write_all(&KEEPALIVE).await?),
+            // Only an idle connection needs one: a queued frame is about to go.
+            let wire = if last_sent.elapsed() >= KEEPALIVE_INTERVAL && rx.is_empty() {
+                match keepalive_wire(sealer.as_ref(), &rx) {
+                    Ok(w) => w,
+                    Err(e) => {
+                        tracing::debug!(error = %e, "cannot seal a p2p keepalive");
+                        break;
                     }
-                };
+                }
+            } else {
+                None
+            };
+            if let Some(wire) = wire {
                 let res = tokio::select! {
-                    r = write => r,
+                    r = stream.write_all(&wire) => r,
                     _ = net::stopped(&mut closed_rx) => break,
                     _ = &mut hung_up => break,
                 };
@@ -202,36 +215,20 @@ async fn write_loop(
         };
         head.clear();
         frame.header.encode(&mut head);
-        let mut payload = frame.payload;
+        let payload = frame.payload;
         let write = async {
-            match key.as_mut() {
+            match (&frame.tags, &sealer) {
                 // One vectored write: the header does not go out as a segment of its own.
-                None => sealed::write_parts(&mut stream, &[&head, &payload]).await?,
-                // Authenticate-only: the shared payload is sealed as it is, no copy.
-                Some(k) if k.protection() == Protection::Authenticate => {
-                    let tags = k
-                        .seal_shared(&head, &payload)
-                        .map_err(|e| ConnectionError::Handshake(e.to_string()))?;
-                    let parts: [&[u8]; 4] = [&head, &tags.header, &payload, &tags.body];
-                    sealed::write_parts(&mut stream, &parts).await?;
+                (None, None) => sealed::write_parts(&mut stream, &[&head, &payload]).await,
+                // Sealed as it was queued (link.rs).
+                (Some(t), Some(_)) => {
+                    let parts: [&[u8]; 4] = [&head, &t.header, &payload, &t.body];
+                    sealed::write_parts(&mut stream, &parts).await
                 }
-                // Encrypting: in place when the payload is ours alone, else in a copy
-                // from the pool.
-                Some(k) => {
-                    let mut body = match std::mem::take(&mut payload).try_into_mut() {
-                        Ok(m) => m,
-                        Err(shared) => {
-                            let mut m = bufs.get(shared.len());
-                            m.extend_from_slice(&shared);
-                            m
-                        }
-                    };
-                    let r = sealed::write_frame(&mut stream, k, &head, &mut body).await;
-                    payload = body.freeze();
-                    r?;
-                }
+                _ => Err(std::io::Error::other(
+                    "a frame sealed for another kind of connection",
+                )),
             }
-            Ok::<_, ConnectionError>(())
         };
         let res = tokio::select! {
             r = write => r,
@@ -246,6 +243,25 @@ async fn write_loop(
         bufs.recycle(payload);
     }
     let _ = closed.send(true);
+}
+
+/// The bytes of a keepalive: the bare frame, or on a protected connection the frame and
+/// its tags, sealed under the lock every frame is sealed under and only while nothing is
+/// queued, so it takes the counter of the next frame written (link.rs). `None`: a frame
+/// was queued meanwhile, and that frame is the keepalive.
+fn keepalive_wire(
+    sealer: Option<&Sealer>,
+    queue: &mpsc::Receiver<OutFrame>,
+) -> Result<Option<Vec<u8>>, SealError> {
+    let Some(sealer) = sealer else {
+        return Ok(Some(KEEPALIVE.to_vec()));
+    };
+    let mut key = sealer.lock().unwrap_or_else(|e| e.into_inner());
+    if !queue.is_empty() {
+        return Ok(None);
+    }
+    let tags = key.seal(&KEEPALIVE, &mut [])?;
+    Ok(Some([&KEEPALIVE[..], &tags.header, &tags.body].concat()))
 }
 
 /// Binds the p2p listener: on `port` exactly, or scanning upward from it.

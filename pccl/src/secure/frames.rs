@@ -209,6 +209,15 @@ impl SendKey {
     }
 }
 
+#[cfg(test)]
+impl SendKey {
+    /// Both ends of one direction under a fixed key, for tests elsewhere in the crate.
+    pub(crate) fn pair_for_tests(mode: Protection) -> (Self, RecvKey) {
+        let key = [7u8; 32];
+        (Self::new(&key, mode), RecvKey::new(&key, mode))
+    }
+}
+
 fn tag(t: aws_lc_rs::aead::Tag) -> Tag {
     let mut out = [0u8; TAG_LEN];
     out.copy_from_slice(t.as_ref());

@@ -95,7 +95,11 @@ pub(super) async fn exchange<H: RingHost, B: ReduceBuffers>(
                     };
                     let frame = outgoing.pop_front().expect("front exists");
                     info.tx_bytes += frame.payload.len() as u64;
-                    permit.send(frame);
+                    if let Err(e) = permit.send(frame, host.bufs()) {
+                        tracing::warn!(error = %e, "cannot seal a ring frame");
+                        pool.close();
+                        return Err(Local::Fail(FailReason::PeerLost));
+                    }
                     continue;
                 }
             }

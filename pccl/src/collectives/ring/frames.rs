@@ -137,10 +137,7 @@ impl<'a> OpFrames<'a> {
         }
         let payload = payload.freeze();
         let crc = self.crc(&payload);
-        OutFrame {
-            header: self.header(0, k, &range, crc),
-            payload,
-        }
+        OutFrame::new(self.header(0, k, &range, crc), payload)
     }
 
     /// Checks a received frame against our own schedule and returns it with its element
@@ -219,10 +216,10 @@ impl<'a> OpFrames<'a> {
         } else {
             h.crc
         };
-        Some(OutFrame {
-            header: self.header(step + 1, h.slice as usize, range, crc),
-            payload: payload.freeze(),
-        })
+        Some(OutFrame::new(
+            self.header(step + 1, h.slice as usize, range, crc),
+            payload.freeze(),
+        ))
     }
 
     /// Quantized path: the same steps with codec `c` in between (see the module header
@@ -264,10 +261,10 @@ impl<'a> OpFrames<'a> {
             pool.put(out);
             return None;
         }
-        Some(OutFrame {
-            header: self.header(step + 1, h.slice as usize, range, crc),
-            payload: out.freeze(),
-        })
+        Some(OutFrame::new(
+            self.header(step + 1, h.slice as usize, range, crc),
+            out.freeze(),
+        ))
     }
 }
 

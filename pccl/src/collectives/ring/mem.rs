@@ -19,7 +19,7 @@ use tokio::task::{AbortHandle, JoinHandle};
 use super::RingHost;
 use crate::collectives::ReduceBuffers;
 use crate::collectives::bufpool::BufPool;
-use crate::collectives::link::{OutFrame, Pool};
+use crate::collectives::link::{Connection, OutFrame, Pool};
 use crate::collectives::registry::{OpKey, Registry};
 use crate::error::{Error, Result};
 use crate::types::{Collective, PeerEntry, PeerId, ReduceDescriptor, ReduceInfo, Topology};
@@ -310,7 +310,10 @@ impl MemRing {
         let mut writers = Vec::new();
         for conn in 0..o.conns {
             let (tx, rx) = mpsc::channel(16);
-            writers.push(tx);
+            writers.push(Connection {
+                queue: tx,
+                sealer: None,
+            });
             if o.gone.contains(&to) {
                 continue; // nobody reads: the queue's receiver is dropped at once
             }
