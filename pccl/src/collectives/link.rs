@@ -27,9 +27,17 @@ use crate::wire::{DATA_HEADER_LEN, DataHeader};
 pub(crate) struct OutFrame {
     pub(crate) header: DataHeader,
     pub(crate) payload: Bytes,
-    /// Set as the frame is queued on a protected connection, whose writer sends them
-    /// after the header and the payload (then encrypted, if the connection encrypts).
-    pub(crate) tags: Option<FrameTags>,
+    /// Set as the frame is queued on a protected connection (the payload then encrypted,
+    /// if the connection encrypts).
+    pub(crate) seal: Option<Seal>,
+}
+
+/// What sealing adds to a frame. The writer sends `head ‖ tags.header ‖ payload ‖
+/// tags.body`: the header bytes go out exactly as they were authenticated, encoded once.
+#[derive(Debug)]
+pub(crate) struct Seal {
+    pub(crate) head: [u8; DATA_HEADER_LEN],
+    pub(crate) tags: FrameTags,
 }
 
 impl OutFrame {
@@ -38,7 +46,7 @@ impl OutFrame {
         Self {
             header,
             payload,
-            tags: None,
+            seal: None,
         }
     }
 }
@@ -98,7 +106,7 @@ impl Permit<'_> {
                 tags?
             }
         };
-        frame.tags = Some(tags);
+        frame.seal = Some(Seal { head, tags });
         self.room.send(frame);
         Ok(())
     }
@@ -182,12 +190,13 @@ mod tests {
             rt.block_on(async {
                 for _ in 0..THREADS * FRAMES {
                     let f = rx.recv().await.unwrap();
+                    let seal = f.seal.expect("sealed as queued");
                     let mut head = [0u8; DATA_HEADER_LEN];
                     f.header.encode(&mut &mut head[..]);
-                    let tags = f.tags.expect("sealed as queued");
-                    recv.open_header(&head, &tags.header).unwrap();
+                    assert_eq!(seal.head, head, "the sealed header bytes are the header's");
+                    recv.open_header(&seal.head, &seal.tags.header).unwrap();
                     let mut body = f.payload.to_vec();
-                    recv.open_body(&mut body, &tags.body).unwrap();
+                    recv.open_body(&mut body, &seal.tags.body).unwrap();
                     assert_eq!(body.len(), f.header.len as usize);
                     assert!(
                         body.iter().all(|&b| b == body[0]),

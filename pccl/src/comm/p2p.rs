@@ -213,16 +213,18 @@ async fn write_loop(
             keepalive.as_mut().reset(last_sent + KEEPALIVE_INTERVAL);
             continue;
         };
-        head.clear();
-        frame.header.encode(&mut head);
         let payload = frame.payload;
         let write = async {
-            match (&frame.tags, &sealer) {
+            match (&frame.seal, &sealer) {
                 // One vectored write: the header does not go out as a segment of its own.
-                (None, None) => sealed::write_parts(&mut stream, &[&head, &payload]).await,
+                (None, None) => {
+                    head.clear();
+                    frame.header.encode(&mut head);
+                    sealed::write_parts(&mut stream, &[&head, &payload]).await
+                }
                 // Sealed as it was queued (link.rs).
-                (Some(t), Some(_)) => {
-                    let parts: [&[u8]; 4] = [&head, &t.header, &payload, &t.body];
+                (Some(s), Some(_)) => {
+                    let parts: [&[u8]; 4] = [&s.head, &s.tags.header, &payload, &s.tags.body];
                     sealed::write_parts(&mut stream, &parts).await
                 }
                 _ => Err(std::io::Error::other(
