@@ -451,7 +451,9 @@ fn frames_round_trip_in_both_modes() {
             let w = seal(&mut tx, b"a header", &body);
             match mode {
                 Protection::Authenticate => assert_eq!(w.body, body, "sent as is"),
-                Protection::Encrypt if len > 0 => assert_ne!(w.body, body, "encrypted"),
+                // A 1-byte ciphertext equals its plaintext once in 256 keys (the keys are
+                // fresh each run): only longer bodies can show encryption for certain.
+                Protection::Encrypt if len >= 16 => assert_ne!(w.body, body, "encrypted"),
                 Protection::Encrypt => {}
             }
             assert_eq!(open(&mut rx, &w).unwrap(), body, "{mode:?} {len}");
