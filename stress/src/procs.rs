@@ -5,7 +5,7 @@
 //! SIGKILL (which also ends stopped processes). Children also get `PR_SET_PDEATHSIG`, so a
 //! harness killed with -9 takes them along, and workers exit on stdin EOF.
 
-use std::fs::File;
+use std::fs::OpenOptions;
 use std::io::{BufRead, BufReader};
 use std::os::unix::process::CommandExt;
 use std::process::{Child, ChildStdin, Command, ExitStatus, Stdio};
@@ -101,15 +101,19 @@ pub(crate) struct Proc {
 
 impl Proc {
     /// Spawns `cmd` in a new process group. Each stdout line goes to `lines` as
-    /// `(tag, line)`; stderr goes to `stderr_to`.
+    /// `(tag, line)`; stderr is appended to `stderr_to`, so a restarted master or a
+    /// slot's next peer keeps the log of the one before.
     pub(crate) fn spawn(
         mut cmd: Command,
         tag: u32,
         lines: Sender<(u32, String)>,
         stderr_to: &std::path::Path,
     ) -> Result<Self> {
-        let err =
-            File::create(stderr_to).with_context(|| format!("creating {}", stderr_to.display()))?;
+        let err = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(stderr_to)
+            .with_context(|| format!("opening {}", stderr_to.display()))?;
         cmd.stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::from(err))

@@ -256,7 +256,7 @@ impl Communicator {
                 door: shared.door.clone(),
                 handshake_timeout: config.handshake_timeout,
                 max_payload: config.slice_bytes + crate::quant::META_LEN,
-                pending: Arc::new(tokio::sync::Semaphore::new(config.max_pending_connections)),
+                pending: net::slots::SharedSlots::new(config.max_pending_connections),
                 idle_timeout: config.p2p_idle_timeout,
                 idle_closed: shared.idle_closed.clone(),
             };

@@ -18,7 +18,7 @@ use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, watch};
+use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 use tracing::Instrument;
 
@@ -28,6 +28,7 @@ use crate::collectives::link::{Connection, OutFrame, Pool, Sealer};
 use crate::collectives::registry::{ConnId, Registry};
 use crate::error::Error;
 use crate::net::sealed::{self, Secure};
+use crate::net::slots::{SharedSlots, Slot};
 use crate::net::{self, ConnectionError};
 use crate::secure::{RecvKey, SealError};
 use crate::shared_state::StateDoor;
@@ -287,8 +288,9 @@ pub(crate) struct Inbound {
     pub(crate) handshake_timeout: Duration,
     /// Largest data frame payload a predecessor sends: our slice plus quantization metadata.
     pub(crate) max_payload: usize,
-    /// One permit per connection that is not identified yet.
-    pub(crate) pending: Arc<Semaphore>,
+    /// One slot per connection that is not identified yet, shared fairly among source
+    /// addresses (`net::slots`).
+    pub(crate) pending: Arc<SharedSlots>,
     /// A ring connection on which nothing arrives for this long, while we wait to read
     /// it, is closed.
     pub(crate) idle_timeout: Duration,
@@ -317,7 +319,7 @@ pub(crate) async fn accept_loop(
             },
             _ = net::stopped(&mut stop) => return,
         };
-        let Ok(permit) = inbound.pending.clone().try_acquire_owned() else {
+        let Some((slot, eviction)) = inbound.pending.take(addr.ip()) else {
             drop(stream);
             // Rate-limited: a stranger opening connections in a loop must not flood the log.
             if let Some(n) = refusals.hit() {
@@ -336,8 +338,15 @@ pub(crate) async fn accept_loop(
         let span = tracing::debug_span!("p2p-reader", %addr);
         tokio::spawn(
             async move {
-                if let Err(e) = serve_inbound(stream, addr, conn, permit, &inbound, stop).await {
-                    tracing::warn!(error = %e, "p2p connection dropped");
+                tokio::select! {
+                    served = serve_inbound(stream, addr, conn, slot, &inbound, stop) => {
+                        if let Err(e) = served {
+                            tracing::warn!(error = %e, "p2p connection dropped");
+                        }
+                    }
+                    () = eviction.wait() => {
+                        tracing::debug!("unidentified p2p connection evicted for one from a lighter address");
+                    }
                 }
                 inbound.registry.drop_conn(conn);
             }
@@ -350,7 +359,7 @@ async fn serve_inbound(
     mut stream: TcpStream,
     addr: SocketAddr,
     conn: ConnId,
-    permit: OwnedSemaphorePermit,
+    slot: Slot,
     inbound: &Inbound,
     mut stop: watch::Receiver<bool>,
 ) -> Result<(), ConnectionError> {
@@ -390,7 +399,7 @@ async fn serve_inbound(
         None => None,
         Some(sec) => {
             // The dialler must prove the static key the master listed for the id it
-            // claims; until it has, nothing is read or served and the permit is held.
+            // claims; until it has, nothing is read or served and the slot is held.
             let left = deadline.saturating_duration_since(Instant::now());
             match sealed::respond(
                 &mut stream,
@@ -411,7 +420,7 @@ async fn serve_inbound(
             }
         }
     };
-    drop(permit);
+    drop(slot);
     match hello.kind {
         ConnectionKind::Benchmark => crate::topology::bandwidth::sink(stream, keys).await,
         ConnectionKind::SharedState => {

@@ -7,7 +7,7 @@
 //! beyond that a new connection is closed at once (SECURITY.md §3). Registered peers do
 //! not count, so an attacker filling those slots delays newcomers but never the run.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -22,6 +22,7 @@ use tracing::Instrument;
 use super::Command;
 use super::state::{ConnId, MasterState, Output, Timeouts};
 use crate::net::sealed::{self, Secure};
+use crate::net::slots::{Admit, FairSlots};
 use crate::net::{self, ConnectionError};
 use crate::secure::{RecvKey, SendKey};
 use crate::types::PeerId;
@@ -65,8 +66,9 @@ pub(crate) async fn serve(
 ) {
     let master_id = PeerId::random();
     // Accepted connections that have not registered yet: each holds a slot of
-    // `max_unregistered` until it registers or goes.
-    let mut unregistered: HashSet<ConnId> = HashSet::new();
+    // `max_unregistered`, shared fairly among addresses (`net::slots`), until it
+    // registers or goes.
+    let mut unregistered: FairSlots<ConnId> = FairSlots::new(limits.max_unregistered);
     let mut refusals = net::Throttle::new(Duration::from_secs(1));
     let (inbox_tx, mut inbox) = mpsc::unbounded_channel::<Input>();
     let mut state = MasterState::with_timeouts(timeouts);
@@ -98,22 +100,34 @@ pub(crate) async fn serve(
                         continue;
                     }
                 };
-                if unregistered.len() >= limits.max_unregistered {
-                    // Dropping the stream closes it before anything is read or written.
-                    drop(stream);
-                    if let Some(n) = refusals.hit() {
-                        tracing::warn!(
-                            %addr,
-                            refused = n,
-                            limit = limits.max_unregistered,
-                            "too many unregistered connections: new ones are closed at once"
-                        );
-                    }
-                    continue;
-                }
                 next_conn += 1;
                 let conn = next_conn;
-                unregistered.insert(conn);
+                match unregistered.admit(conn, addr.ip()) {
+                    Admit::Admitted => {}
+                    Admit::Evicted(victim) => {
+                        // Its address holds the most slots: it makes room for another.
+                        let why = "evicted: unregistered while its address held the most slots";
+                        tracing::debug!(conn = victim, why, "closing connection");
+                        writers.remove(&victim);
+                        if let Some(r) = readers.remove(&victim) {
+                            r.abort();
+                        }
+                        state.handle_disconnect(victim, why);
+                    }
+                    Admit::Refused => {
+                        // Dropping the stream closes it before anything is read or written.
+                        drop(stream);
+                        if let Some(n) = refusals.hit() {
+                            tracing::warn!(
+                                %addr,
+                                refused = n,
+                                limit = limits.max_unregistered,
+                                "too many unregistered connections: new ones are closed at once"
+                            );
+                        }
+                        continue;
+                    }
+                }
                 let span = tracing::info_span!("conn", conn, %addr);
                 let task = tokio::spawn(
                     connection(conn, stream, addr.ip(), master_id, limits.secure.clone(), inbox_tx.clone())
@@ -135,13 +149,13 @@ pub(crate) async fn serve(
                         let register = matches!(msg, ToMaster::Register { .. } | ToMaster::Rejoin(_));
                         state.handle_message(now, conn, msg);
                         if register && state.is_registered(conn) {
-                            unregistered.remove(&conn);
+                            unregistered.release(conn);
                         }
                     }
                     Input::Disconnected(conn, why) => {
                         writers.remove(&conn);
                         readers.remove(&conn);
-                        unregistered.remove(&conn);
+                        unregistered.release(conn);
                         state.handle_disconnect(conn, &why);
                     }
                 }
@@ -169,7 +183,7 @@ pub(crate) async fn serve(
                 Output::Close(conn, why) => {
                     tracing::info!(conn, %why, "closing connection");
                     writers.remove(&conn);
-                    unregistered.remove(&conn);
+                    unregistered.release(conn);
                     if let Some(r) = readers.remove(&conn) {
                         r.abort();
                     }

@@ -98,6 +98,9 @@ pub struct MasterState {
     ring: Vec<PeerId>,
     /// Registered peers waiting to be accepted, in arrival order.
     pending: Vec<PeerId>,
+    /// Newcomers a failed proposal turned away, and when they may be proposed again
+    /// (`proposal::Backoff`): one that cannot get in must not fail every update.
+    turned_away: BTreeMap<PeerId, proposal::Backoff>,
     group_epochs: BTreeMap<u32, u64>,
     /// Source of epochs and proposal ids; strictly increasing.
     counter: u64,
@@ -147,6 +150,7 @@ impl MasterState {
             peers: BTreeMap::new(),
             ring: Vec::new(),
             pending: Vec::new(),
+            turned_away: BTreeMap::new(),
             group_epochs: BTreeMap::new(),
             counter: 0,
             calls: 0,

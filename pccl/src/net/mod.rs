@@ -5,6 +5,7 @@
 
 mod framed;
 pub(crate) mod sealed;
+pub(crate) mod slots;
 pub(crate) mod socket;
 
 use std::io;

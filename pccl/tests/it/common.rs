@@ -18,6 +18,16 @@ pub(crate) fn master_with(heartbeat_timeout: Duration) -> MasterNode {
     MasterNode::start(cfg).expect("master starts")
 }
 
+/// A socket whose source address is `ip` (any 127/8 address is local on Linux): a
+/// stranger on another host, as far as the listener can tell.
+pub(crate) fn connect_from(ip: &str, to: SocketAddr) -> std::net::TcpStream {
+    let sock = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    let from: SocketAddr = format!("{ip}:0").parse().unwrap();
+    sock.bind(&from.into()).unwrap();
+    sock.connect(&to.into()).unwrap();
+    sock.into()
+}
+
 pub(crate) fn config(master: SocketAddr) -> CommunicatorConfig {
     let mut c = CommunicatorConfig::new(master);
     c.bind_ip = "127.0.0.1".parse().unwrap();

@@ -14,7 +14,7 @@ use pccl::{
     SyncStrategy, TensorInfo,
 };
 
-use crate::common::{cluster_with, config, master, on_all};
+use crate::common::{cluster_with, config, connect_from, master, on_all};
 
 const HANDSHAKE: Duration = Duration::from_secs(2);
 
@@ -163,6 +163,54 @@ fn unidentified_connections_beyond_the_bound_are_closed_at_once() {
     s.read_exact(&mut theirs).expect("a member is served again");
 }
 
+/// (b') A flood of unidentified connections from one address cannot lock members out:
+/// once it holds every slot, a member dialling from another address evicts the flood's
+/// oldest connection and is served, while the flood's further connections are refused.
+#[test]
+fn a_flood_from_one_address_cannot_lock_members_out() {
+    let m = master();
+    let comms = cluster_with(2, |_| {
+        let mut c = hardened(&m);
+        c.max_pending_connections = 4;
+        // Long enough that the flood outlasts the test if nothing evicts it.
+        c.handshake_timeout = Duration::from_secs(30);
+        c
+    });
+    let (_, addr, pred, _) = target(&comms);
+    let mut flood: Vec<TcpStream> = (0..4).map(|_| connect_from("127.0.0.77", addr)).collect();
+    // The listener takes connections in arrival order: once the fifth from the flooding
+    // address is closed at once, the four before it hold every slot.
+    let mut fifth = connect_from("127.0.0.77", addr);
+    let start = Instant::now();
+    assert_eq!(drain_until_closed(&mut fifth, Duration::from_secs(2)), 0);
+    assert!(
+        start.elapsed() < Duration::from_secs(2),
+        "not closed at once"
+    );
+    // A member from another address is served at once...
+    let start = Instant::now();
+    let mut s = connect_from("127.0.0.1", addr);
+    s.write_all(&hello(ConnectionKind::Benchmark, pred))
+        .unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let mut theirs = [0u8; HELLO_LEN];
+    s.read_exact(&mut theirs)
+        .expect("a member is served while the flood holds every slot");
+    assert!(start.elapsed() < Duration::from_secs(2), "served late");
+    // ...because the flood's oldest connection gave up its slot, and only that one.
+    assert_eq!(drain_until_closed(&mut flood[0], Duration::from_secs(2)), 0);
+    for f in &mut flood[1..] {
+        f.set_read_timeout(Some(Duration::from_millis(200)))
+            .unwrap();
+        let r = f.read(&mut [0u8; 1]);
+        assert!(
+            matches!(&r, Err(e) if e.kind() == std::io::ErrorKind::WouldBlock),
+            "a younger flood connection was closed: {r:?}"
+        );
+    }
+    exact_everywhere(&comms, 4, 0xf100d);
+}
+
 /// A data frame with a valid CRC: `len` bytes of `fill`.
 fn frame(tag: u64, epoch: u64, seq: u32, step: u16, offset: u64, len: usize, fill: u8) -> Vec<u8> {
     let payload = vec![fill; len];
@@ -255,15 +303,6 @@ fn future_epoch_frames_never_pin_memory() {
         comms[who].early_frames() == (0, 0)
     });
     exact_everywhere(&comms, 3, 11);
-}
-
-/// A socket whose source address is `ip` (any 127/8 address is local on Linux).
-fn connect_from(ip: &str, to: SocketAddr) -> TcpStream {
-    let sock = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
-    let from: SocketAddr = format!("{ip}:0").parse().unwrap();
-    sock.bind(&from.into()).unwrap();
-    sock.connect(&to.into()).unwrap();
-    sock.into()
 }
 
 /// (d) A stranger, the successor's id, and the predecessor's id from another address

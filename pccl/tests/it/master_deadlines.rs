@@ -17,7 +17,7 @@ use pccl::{Communicator, MasterConfig, MasterNode, PeerId, ReduceOp};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
-use crate::common::{cluster, config, grow, on_all};
+use crate::common::{cluster, config, connect_from, grow, on_all};
 
 const HEARTBEAT_EVERY: Duration = Duration::from_millis(200);
 /// Scheduling slack on a loaded machine, on top of a configured bound.
@@ -49,7 +49,12 @@ fn recv(s: &mut TcpStream) -> Option<FromMaster> {
 
 /// A control connection to the master, hello exchanged.
 fn control(master: SocketAddr, me: PeerId) -> TcpStream {
-    let mut s = TcpStream::connect(master).unwrap();
+    control_from("127.0.0.1", master, me)
+}
+
+/// [`control`] from source address `ip`.
+fn control_from(ip: &str, master: SocketAddr, me: PeerId) -> TcpStream {
+    let mut s = connect_from(ip, master);
     s.write_all(
         &Hello {
             kind: ConnectionKind::Control,
@@ -378,4 +383,59 @@ fn unregistered_connections_beyond_the_bound_are_closed_at_once() {
     let comms = grow(comms, config(m.local_addr()));
     exact_sums(&comms, 2, 23);
     assert_eq!(m.unregistered_connections(), 0);
+}
+
+/// Connections that say hello and never register, all from one address, cannot lock
+/// newcomers out: once they hold every slot, a newcomer from another address evicts the
+/// oldest of them and joins, while the flood's further connections are refused.
+#[test]
+fn a_flood_of_unregistered_connections_from_one_address_cannot_lock_newcomers_out() {
+    const CAP: usize = 4;
+    let m = master_with(|c| {
+        c.max_unregistered_connections = CAP;
+        // Long enough that the flood outlasts the test if nothing evicts it.
+        c.registration_timeout = Duration::from_secs(60);
+    });
+    let comms = cluster(&m, 2);
+    let holders: Vec<_> = (0..CAP as u8)
+        .map(|i| {
+            let s = control_from("127.0.0.77", m.local_addr(), PeerId([0xD0 + i; 16]));
+            heartbeat_until_closed(s, Duration::from_secs(40))
+        })
+        .collect();
+    wait_for("every slot to be held", SLACK, || {
+        m.unregistered_connections() == CAP
+    });
+    // One more from the flooding address is closed at once, its hello unanswered.
+    let mut s = connect_from("127.0.0.77", m.local_addr());
+    let _ = s.write_all(
+        &Hello {
+            kind: ConnectionKind::Control,
+            peer: PeerId([0xE0; 16]),
+        }
+        .encode(),
+    );
+    s.set_read_timeout(Some(SLACK)).unwrap();
+    match s.read(&mut [0u8; HELLO_LEN]) {
+        Ok(0) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => {}
+        other => panic!("a connection beyond the bound was served: {other:?}"),
+    }
+    // A newcomer from 127.0.0.1 joins while the flood holds every slot...
+    let started = Instant::now();
+    let comms = grow(comms, config(m.local_addr()));
+    assert!(started.elapsed() < Duration::from_secs(20), "joined late");
+    exact_sums(&comms, 3, 29);
+    // ...because the flood's oldest connection gave up its slot, and only that one.
+    let first = holders[0]
+        .recv_timeout(SLACK)
+        .expect("the oldest flood connection is closed");
+    assert!(first.closed_at.is_some());
+    for rx in &holders[1..] {
+        assert!(
+            rx.try_recv().is_err(),
+            "a younger flood connection was closed"
+        );
+    }
+    assert_eq!(m.unregistered_connections(), CAP - 1);
 }

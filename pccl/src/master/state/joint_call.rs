@@ -45,7 +45,7 @@ impl MasterState {
         }
         match first {
             VoteKind::ArePeersPending => {
-                let pending = !self.pending.is_empty();
+                let pending = self.pending.iter().any(|p| self.may_propose(*p));
                 for p in votes.keys() {
                     self.send_peer(*p, FromMaster::PeersPending { call, pending });
                 }

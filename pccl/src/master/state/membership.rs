@@ -68,9 +68,7 @@ impl MasterState {
         let Some(rec) = self.peers.remove(&peer) else {
             return;
         };
-        if let Some(r) = &mut self.recovery {
-            r.claims.remove(&peer);
-        }
+        self.claimant_left(peer);
         self.bandwidth.retain(|(a, b), _| *a != peer && *b != peer);
         if matches!(self.topology_phase, TopologyPhase::Measuring { .. })
             && self.ring.contains(&peer)

@@ -3,9 +3,15 @@
 //! the ring is committed. One failed dial, one death, or one peer silent past the
 //! proposal deadline (evicted, `deadlines`): the proposal is aborted and the old ring
 //! stays.
+//!
+//! A newcomer turned away by a failed dial waits out a backoff before it is proposed
+//! again, however soon it re-registers: each failed proposal fails every member's
+//! `update_topology`, so a newcomer that cannot get in (its neighbour's listener is
+//! flooded, a firewall drops it) must not hold the run in a loop of failed updates
+//! (docs/ARCHITECTURE.md §3, "Admission backoff").
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use super::phase::TopologyPhase;
 use super::{MasterState, Output};
@@ -23,10 +29,73 @@ pub(crate) struct Proposal {
     pub(super) deadline: Option<Instant>,
 }
 
+/// The wait after a newcomer's first failed admission; each further failure doubles it.
+const BACKOFF_FIRST: Duration = Duration::from_millis(250);
+/// The longest wait between two admissions of one newcomer.
+const BACKOFF_MAX: Duration = Duration::from_secs(8);
+/// A newcomer not turned away again for this long starts over from `BACKOFF_FIRST`.
+const BACKOFF_FORGET: Duration = Duration::from_secs(60);
+/// At most this many turned-away newcomers are remembered (a stranger could register
+/// under ever new ids); beyond it the one turned away longest ago is forgotten.
+const BACKOFF_ENTRIES: usize = 1024;
+
+/// How long a turned-away newcomer waits before its next proposal.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Backoff {
+    failures: u32,
+    /// Not proposed before this.
+    until: Instant,
+    /// When it was last turned away.
+    at: Instant,
+}
+
 impl MasterState {
-    /// Starts admitting every waiting peer: all dial their new ring neighbour first.
+    /// Whether waiting peer `peer` may be part of the next proposal: it is not inside the
+    /// backoff of an earlier failed admission.
+    pub(super) fn may_propose(&self, peer: PeerId) -> bool {
+        match (self.turned_away.get(&peer), self.clock) {
+            (Some(b), Some(now)) => now >= b.until,
+            _ => true,
+        }
+    }
+
+    /// Records that newcomer `peer` was turned away now; its next proposal waits.
+    fn back_off(&mut self, peer: PeerId) {
+        let Some(now) = self.clock else {
+            return;
+        };
+        self.turned_away
+            .retain(|_, b| now.saturating_duration_since(b.at) < BACKOFF_FORGET);
+        let failures = self.turned_away.get(&peer).map_or(0, |b| b.failures) + 1;
+        if failures == 1 && self.turned_away.len() >= BACKOFF_ENTRIES {
+            let oldest = self.turned_away.iter().min_by_key(|(_, b)| b.at);
+            if let Some(id) = oldest.map(|(id, _)| *id) {
+                self.turned_away.remove(&id);
+            }
+        }
+        let wait = BACKOFF_FIRST
+            .saturating_mul(1 << (failures - 1).min(16))
+            .min(BACKOFF_MAX);
+        let until = now.checked_add(wait).unwrap_or(now);
+        tracing::info!(%peer, failures, ?wait, "newcomer turned away: backing off");
+        self.turned_away.insert(
+            peer,
+            Backoff {
+                failures,
+                until,
+                at: now,
+            },
+        );
+    }
+
+    /// Starts admitting every waiting peer outside its backoff: all dial their new ring
+    /// neighbour first.
     pub(super) fn propose(&mut self) {
-        if self.pending.is_empty() {
+        let (newcomers, deferred): (Vec<PeerId>, Vec<PeerId>) = std::mem::take(&mut self.pending)
+            .into_iter()
+            .partition(|p| self.may_propose(*p));
+        self.pending = deferred;
+        if newcomers.is_empty() {
             for p in self.ring.clone() {
                 self.send_peer(
                     p,
@@ -38,7 +107,6 @@ impl MasterState {
             }
             return;
         }
-        let newcomers = std::mem::take(&mut self.pending);
         let mut ring = self.ring.clone();
         ring.extend(newcomers.iter().copied());
         let mut epochs = self.group_epochs.clone();
@@ -118,6 +186,9 @@ impl MasterState {
             return;
         };
         self.ring = p.topology.ring.iter().map(|e| e.id).collect();
+        for n in &p.newcomers {
+            self.turned_away.remove(n);
+        }
         for (g, e) in &p.topology.group_epochs {
             if self.group_epochs.insert(*g, *e) != Some(*e) {
                 self.reset_group_ops(*g);
@@ -140,8 +211,8 @@ impl MasterState {
     }
 
     /// Gives up on the proposal: accepted peers get a retryable failure. Newcomers are
-    /// turned away when the failure may be theirs (an unreachable newcomer must not block
-    /// every later update); otherwise they wait for the next update.
+    /// turned away, and back off, when the failure may be theirs (an unreachable newcomer
+    /// must not block every later update); otherwise they wait for the next update.
     pub(super) fn abort_proposal(&mut self, why: &str, kick_newcomers: bool) {
         let Some(p) = self.take_proposal() else {
             return;
@@ -161,6 +232,7 @@ impl MasterState {
                 continue;
             };
             if kick_newcomers {
+                self.back_off(n);
                 self.outputs
                     .push_back(Output::Close(conn, format!("not admitted: {why}")));
                 self.handle_disconnect(conn, why);

@@ -20,7 +20,11 @@
 //! - **decisions some peers missed are given again**: an op verdict, a joint-call answer
 //!   or a sync result that one peer received is sent, unchanged, to every peer still
 //!   waiting for it (matched by op key, call id and sync round), before anything new is
-//!   decided; so every peer sees every decision, in the same order;
+//!   decided; so every peer sees every decision, in the same order. What a peer that
+//!   re-registered and then left during the recovery saw counts too: the old master may
+//!   have told it alone, and the others must not decide otherwise (a verdict it alone
+//!   received, given up with its claim, made the survivors fail and retry an op it had
+//!   finished);
 //! - what was undecided goes on: op votes and joint-call votes are counted again, a
 //!   transfer every participant reports in progress is resumed, a sync whose plans only
 //!   some peers got fails for all of them alike, and reports wait for a new election;
@@ -53,6 +57,9 @@ use crate::wire::{
 /// Messages one re-registered peer may send before the run is rebuilt: an `OpDone` per op
 /// it can have in flight, plus a few joint-call and sync messages.
 const MAX_QUEUED_PER_PEER: usize = MAX_REJOIN_OPS + 16;
+/// Claims of peers that left during one recovery kept for the decisions they saw; beyond
+/// this (only churn far beyond any real run's makes so many) the latest are dropped.
+const MAX_DEPARTED: usize = 256;
 /// The largest id a claim may carry: far above any real run (2^62 ops), far enough below
 /// `u64::MAX` that counting on from it never overflows.
 const MAX_CLAIMED_ID: u64 = 1 << 62;
@@ -64,6 +71,9 @@ pub(crate) struct Recovery {
     pub(super) deadline: Option<Instant>,
     /// What each re-registered member claims.
     pub(super) claims: BTreeMap<PeerId, Rejoin>,
+    /// Claims of members that re-registered and then left: no longer a say in who is in
+    /// the ring, but the decisions they saw are facts (module docs).
+    departed: Vec<Rejoin>,
     /// Messages that arrived meanwhile, in order, and how many per connection.
     queued: Vec<(ConnId, ToMaster)>,
     queued_per_conn: BTreeMap<ConnId, usize>,
@@ -114,6 +124,7 @@ impl MasterState {
             self.recovery = Some(Recovery {
                 deadline: self.deadline_in(self.timeouts.recovery_window),
                 claims: BTreeMap::new(),
+                departed: Vec::new(),
                 queued: Vec::new(),
                 queued_per_conn: BTreeMap::new(),
             });
@@ -161,6 +172,22 @@ impl MasterState {
         ];
         for r in rounds.into_iter().flatten() {
             self.rounds = self.rounds.max(r);
+        }
+    }
+
+    /// Peer `peer` left while the run was being rebuilt: its claim no longer names a
+    /// member, but what it was told still counts.
+    pub(super) fn claimant_left(&mut self, peer: PeerId) {
+        let Some(r) = &mut self.recovery else {
+            return;
+        };
+        let Some(claim) = r.claims.remove(&peer) else {
+            return;
+        };
+        if r.departed.len() < MAX_DEPARTED {
+            r.departed.push(claim);
+        } else {
+            tracing::warn!(%peer, "too many peers left during the recovery: its claim is dropped");
         }
     }
 
@@ -224,6 +251,8 @@ impl MasterState {
             return;
         };
         let claims = rec.claims;
+        // Every claim that says what the old master decided, departed ones included.
+        let told: Vec<&Rejoin> = claims.values().chain(&rec.departed).collect();
 
         // The ring: per group, the winning view's members that came back as members. A
         // peer the view lists that came back as a newcomer never saw the Commit that
@@ -269,8 +298,8 @@ impl MasterState {
             .collect();
 
         // Verdicts some peers missed, before the commit (they belong to the old epochs).
-        let decided: BTreeMap<(u64, u64, u32), Option<FailReason>> = claims
-            .values()
+        let decided: BTreeMap<(u64, u64, u32), Option<FailReason>> = told
+            .iter()
             .flat_map(|c| c.verdicts.iter())
             .map(|v| ((v.tag, v.epoch, v.seq), v.failure))
             .collect();
@@ -319,11 +348,11 @@ impl MasterState {
             }
         }
 
-        self.rebuild_votes(&claims, &members);
+        self.rebuild_votes(&told, &members);
         let groups: Vec<u32> = self.group_epochs.keys().copied().collect();
         let mut reports = Vec::new();
         for g in groups {
-            reports.extend(self.rebuild_sync(g, &claims, &members));
+            reports.extend(self.rebuild_sync(g, &told, &members));
         }
 
         for p in refused {
@@ -401,15 +430,11 @@ impl MasterState {
     /// vote in (`Memory::committed`). Only a successful `update_topology` admits a peer
     /// into a run that has members (an empty run admits its first peer alone, and nobody
     /// waits on a call there), so that call's answer was `TopologyUpdated(Ok)`.
-    fn rebuild_votes(
-        &mut self,
-        claims: &BTreeMap<PeerId, Rejoin>,
-        members: &BTreeMap<PeerId, &Rejoin>,
-    ) {
-        let top = claims.values().map(|c| c.call).max().unwrap_or(0);
+    fn rebuild_votes(&mut self, told: &[&Rejoin], members: &BTreeMap<PeerId, &Rejoin>) {
+        let top = told.iter().map(|c| c.call).max().unwrap_or(0);
         let admitted = Answer::TopologyUpdated(Ok(()));
-        let last = claims
-            .values()
+        let last = told
+            .iter()
             .filter(|c| c.call == top)
             .find_map(|c| c.answer.as_ref())
             .or_else(|| (top > 0).then_some(&admitted))
@@ -436,7 +461,7 @@ impl MasterState {
     fn rebuild_sync(
         &mut self,
         g: u32,
-        claims: &BTreeMap<PeerId, Rejoin>,
+        told: &[&Rejoin],
         members: &BTreeMap<PeerId, &Rejoin>,
     ) -> Vec<(ConnId, ToMaster)> {
         let in_group: Vec<(PeerId, &Rejoin)> = members
@@ -444,8 +469,8 @@ impl MasterState {
             .filter(|(p, _)| self.peers.get(p).is_some_and(|rec| rec.group == g))
             .map(|(p, c)| (*p, *c))
             .collect();
-        let results: BTreeMap<u64, &Result<(), String>> = claims
-            .values()
+        let results: BTreeMap<u64, &Result<(), String>> = told
+            .iter()
             .filter(|c| c.group == g)
             .filter_map(|c| c.result.as_ref().map(|(r, res)| (*r, res)))
             .collect();

@@ -1,6 +1,8 @@
 //! Scenarios of admission and joint calls: peers join through topology updates, a
 //! death during a proposal fails the update, mismatched joint calls are rejected.
 
+use std::time::Duration;
+
 use super::harness::Harness;
 use crate::master::state::ConnId;
 use crate::wire::{FromMaster, ToMaster, VoteKind};
@@ -113,4 +115,82 @@ fn expect_nobody_pending(h: &mut Harness, conns: &[ConnId]) {
             "conn {c}"
         );
     }
+}
+
+/// A newcomer whose dial fails is turned away; however soon it registers again, it is
+/// not proposed until its backoff (250 ms, then doubled) has passed, so the members'
+/// joint calls in between see nobody pending and their run goes on.
+#[test]
+fn a_turned_away_newcomer_backs_off_before_its_next_proposal() {
+    let mut h = Harness::new().accepted(2);
+    let members = [0, 1];
+    let c = h.join(2, 0);
+    let mut conn = 2;
+    for (failure, wait_ms) in [(1u32, 250u64), (2, 500), (3, 1000)] {
+        h.vote_all(&members, VoteKind::UpdateTopology);
+        let id = Harness::proposal_in(&h.take_quiet(conn));
+        h.msg(
+            conn,
+            ToMaster::P2pReady {
+                proposal: id,
+                ok: false,
+            },
+        );
+        assert!(
+            h.is_closed(conn),
+            "failure {failure}: the newcomer is turned away"
+        );
+        for m in members {
+            let msgs = h.take_quiet(m);
+            assert!(
+                msgs.iter()
+                    .any(|x| matches!(x, FromMaster::TopologyUpdated { result: Err(_), .. })),
+                "{msgs:?}"
+            );
+        }
+        // It registers again at once, under the same id, on a new connection.
+        conn += 1;
+        h.connect(conn, c);
+        h.msg(
+            conn,
+            ToMaster::Register {
+                group: 0,
+                p2p_port: 40000,
+                advertise_ip: None,
+            },
+        );
+        assert_eq!(h.m.pending(), &[c]);
+        // Inside its backoff it is not pending for the members, and an update proposes
+        // nobody: it succeeds at once.
+        h.elapsed += Duration::from_millis(wait_ms - 1);
+        h.vote_all(&members, VoteKind::ArePeersPending);
+        expect_nobody_pending(&mut h, &members);
+        h.vote_all(&members, VoteKind::UpdateTopology);
+        for m in members {
+            assert_eq!(
+                h.take_quiet(m),
+                vec![FromMaster::TopologyUpdated {
+                    call: 0,
+                    result: Ok(())
+                }]
+            );
+        }
+        assert!(!h.m.proposal_in_flight());
+        // Once it has passed, the newcomer is pending again.
+        h.elapsed += Duration::from_millis(1);
+        h.vote_all(&members, VoteKind::ArePeersPending);
+        for m in members {
+            assert_eq!(
+                h.take_quiet(m),
+                vec![FromMaster::PeersPending {
+                    call: 0,
+                    pending: true
+                }]
+            );
+        }
+    }
+    // Admitted at last: a later failure would start over from the first backoff.
+    let ids = [h.ids[&0], h.ids[&1]];
+    h.update(&members, &[conn]);
+    assert_eq!(h.m.ring(), &[ids[0], ids[1], c]);
 }

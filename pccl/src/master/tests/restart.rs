@@ -189,6 +189,64 @@ fn a_verdict_one_peer_missed_is_given_again_and_seqs_go_on() {
     assert!(h.closed.is_empty(), "{:?}", h.closed);
 }
 
+/// The old master's verdict reached peer 0 alone; peer 0 re-registers, then dies before
+/// the run is rebuilt. Its claim leaves the ring, but the verdict it was told still
+/// reaches the survivors, who had finished the op: they must not fail and retry an op
+/// that succeeded (found by `pccl-stress`, a parity violation between a peer that
+/// reported the op done and survivors that retried it in a smaller ring).
+#[test]
+fn a_verdict_only_a_peer_that_left_during_the_recovery_saw_is_given_again() {
+    let t = Timeouts {
+        recovery_window: Duration::from_secs(2),
+        ..Timeouts::default()
+    };
+    let mut h = Harness::with_timeouts(t);
+    let mut told = claim(0, view(&[0, 1, 2], 5));
+    told.verdicts = vec![OpRecord {
+        tag: 9,
+        epoch: 5,
+        seq: 2,
+        failure: None,
+    }];
+    let waiting = |c: u64| {
+        let mut r = claim(c, view(&[0, 1, 2], 5));
+        r.ops = vec![OpClaim {
+            tag: 9,
+            epoch: 5,
+            seq: 2,
+            done: Some(None),
+        }];
+        r
+    };
+    h.rejoin(0, told);
+    h.rejoin(1, waiting(1));
+    h.disconnect(0);
+    h.rejoin(2, waiting(2));
+    // Peer 0 is named by every view but will not come back: the window ends the wait.
+    h.run_until(&[1, 2], Duration::from_millis(2_100));
+    assert!(!h.m.recovering());
+    assert_eq!(h.m.ring(), &[id(1), id(2)]);
+    for c in [1, 2] {
+        let msgs = h.take_quiet(c);
+        assert_eq!(
+            msgs[0],
+            FromMaster::OpVerdict {
+                tag: 9,
+                epoch: 5,
+                seq: 2,
+                failure: None
+            },
+            "peer {c}: the verdict first, before the commit: {msgs:?}"
+        );
+        assert!(epoch_of(&msgs) > 7, "a new epoch without peer 0");
+        let verdicts = msgs
+            .iter()
+            .filter(|m| matches!(m, FromMaster::OpVerdict { .. }))
+            .count();
+        assert_eq!(verdicts, 1, "peer {c}: {msgs:?}");
+    }
+}
+
 #[test]
 fn an_op_both_finished_is_decided_by_the_new_master() {
     let mut h = Harness::new();
