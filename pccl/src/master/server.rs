@@ -44,6 +44,16 @@ enum Input {
     Disconnected(ConnId, String),
 }
 
+impl Input {
+    fn conn(&self) -> ConnId {
+        match self {
+            Self::Connected { conn, .. } | Self::Message(conn, _) | Self::Disconnected(conn, _) => {
+                *conn
+            }
+        }
+    }
+}
+
 /// Bounds of the serving loop itself (the state machine's are in [`Timeouts`]).
 #[derive(Clone, Debug)]
 pub(crate) struct Limits {
@@ -136,6 +146,11 @@ pub(crate) async fn serve(
                 readers.insert(conn, task);
             }
             Some(input) = inbox.recv() => {
+                if !readers.contains_key(&input.conn()) {
+                    // Queued before its reader was aborted (closed or evicted): nothing
+                    // of that connection is left to act on.
+                    continue;
+                }
                 let now = Instant::now().into_std();
                 if let Some(o) = &limits.observer {
                     observe_input(&mut o.lock().unwrap_or_else(|e| e.into_inner()), now, &input);
