@@ -53,6 +53,14 @@ pub(super) fn two_peer_claims(edit: impl Fn(&mut Rejoin)) -> Vec<Rejoin> {
         .collect()
 }
 
+/// A master whose recovery window is 2 s.
+fn two_second_window() -> Harness {
+    Harness::with_timeouts(Timeouts {
+        recovery_window: Duration::from_secs(2),
+        ..Timeouts::default()
+    })
+}
+
 fn epoch_of(msgs: &[FromMaster]) -> u64 {
     Harness::commit_of(msgs).group_epoch(0).expect("group 0")
 }
@@ -85,11 +93,7 @@ fn an_intact_ring_keeps_its_epoch_and_later_ids_continue_above_every_claim() {
 
 #[test]
 fn a_missing_peer_is_dropped_after_the_window_with_a_new_epoch() {
-    let t = Timeouts {
-        recovery_window: Duration::from_secs(2),
-        ..Timeouts::default()
-    };
-    let mut h = Harness::with_timeouts(t);
+    let mut h = two_second_window();
     h.rejoin(0, claim(0, view(&[0, 1, 2], 5)));
     h.rejoin(1, claim(1, view(&[0, 1, 2], 5)));
     assert!(h.m.recovering());
@@ -196,11 +200,7 @@ fn a_verdict_one_peer_missed_is_given_again_and_seqs_go_on() {
 /// reported the op done and survivors that retried it in a smaller ring).
 #[test]
 fn a_verdict_only_a_peer_that_left_during_the_recovery_saw_is_given_again() {
-    let t = Timeouts {
-        recovery_window: Duration::from_secs(2),
-        ..Timeouts::default()
-    };
-    let mut h = Harness::with_timeouts(t);
+    let mut h = two_second_window();
     let mut told = claim(0, view(&[0, 1, 2], 5));
     told.verdicts = vec![OpRecord {
         tag: 9,
