@@ -93,10 +93,18 @@ impl<K: Ord + Debug, V: PartialEq + Debug> Ledger<K, V> {
 }
 
 impl Sim {
-    /// Whether peer `i` still lives (for the ledgers).
+    /// Whether what peer `i` was told still binds (for the ledgers): it lives, or it died
+    /// after its claim reached the master in charge, which must then honour what the
+    /// claim says it was told (§14, rule 3) — a verdict only it had received, given up
+    /// with its claim, once made survivors fail an op it had seen succeed.
     pub(super) fn alive(&self) -> impl Fn(usize) -> bool + use<> {
-        let alive: Vec<bool> = self.peers.iter().map(|p| p.life.alive()).collect();
-        move |i| alive[i]
+        let master = self.stats.crashes;
+        let binds: Vec<bool> = self
+            .peers
+            .iter()
+            .map(|p| p.life.alive() || p.claimed_in == Some(master))
+            .collect();
+        move |i| binds[i]
     }
 
     /// How likely a crash is now: higher while something is open, so that crashes often
@@ -190,6 +198,9 @@ impl Sim {
         let claim = p.memory.claim(in_flight, &topology);
         if claim.accepted {
             self.stats.rejoins += 1;
+            // The claim is read below, into the recovery (honest members are never
+            // refused here: `drain` checks it).
+            p.claimed_in = Some(self.stats.crashes);
         }
         p.conn = conn;
         p.life = Life::Active;

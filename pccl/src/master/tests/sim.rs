@@ -110,6 +110,9 @@ pub(super) struct SimPeer {
     /// id only its witnesses knew may be given again once they are all gone.
     pub(super) admitted: bool,
     pub(super) admitted_call: (u64, u64),
+    /// The master (counted by crashes) its member's claim reached: while that master
+    /// lasts, what the claim says it was told binds the run even after this peer dies.
+    pub(super) claimed_in: Option<u64>,
     pub(super) last_commit: Option<Topology>,
     /// Its group's epoch in the last Commit.
     pub(super) epoch: u64,
@@ -430,6 +433,7 @@ impl Sim {
             accepted: false,
             admitted: false,
             admitted_call: (0, 0),
+            claimed_in: None,
             last_commit: None,
             epoch: 0,
             seq: BTreeMap::new(),
