@@ -105,15 +105,17 @@ fn mismatched_joint_calls_are_rejected_for_everybody() {
 
 /// Each of `conns` got exactly one answer to its `ArePeersPending` call: nobody waits.
 fn expect_nobody_pending(h: &mut Harness, conns: &[ConnId]) {
+    let nobody = FromMaster::PeersPending {
+        call: 0,
+        pending: false,
+    };
+    expect_each(h, conns, &nobody);
+}
+
+/// Each of `conns` got exactly `want` (heartbeat acks aside).
+fn expect_each(h: &mut Harness, conns: &[ConnId], want: &FromMaster) {
     for &c in conns {
-        assert_eq!(
-            h.take_quiet(c),
-            vec![FromMaster::PeersPending {
-                call: 0,
-                pending: false
-            }],
-            "conn {c}"
-        );
+        assert_eq!(h.take_quiet(c), vec![want.clone()], "conn {c}");
     }
 }
 
@@ -166,28 +168,20 @@ fn a_turned_away_newcomer_backs_off_before_its_next_proposal() {
         h.vote_all(&members, VoteKind::ArePeersPending);
         expect_nobody_pending(&mut h, &members);
         h.vote_all(&members, VoteKind::UpdateTopology);
-        for m in members {
-            assert_eq!(
-                h.take_quiet(m),
-                vec![FromMaster::TopologyUpdated {
-                    call: 0,
-                    result: Ok(())
-                }]
-            );
-        }
+        let updated = FromMaster::TopologyUpdated {
+            call: 0,
+            result: Ok(()),
+        };
+        expect_each(&mut h, &members, &updated);
         assert!(!h.m.proposal_in_flight());
         // Once it has passed, the newcomer is pending again.
         h.elapsed += Duration::from_millis(1);
         h.vote_all(&members, VoteKind::ArePeersPending);
-        for m in members {
-            assert_eq!(
-                h.take_quiet(m),
-                vec![FromMaster::PeersPending {
-                    call: 0,
-                    pending: true
-                }]
-            );
-        }
+        let pending = FromMaster::PeersPending {
+            call: 0,
+            pending: true,
+        };
+        expect_each(&mut h, &members, &pending);
     }
     // Admitted at last: a later failure would start over from the first backoff.
     let ids = [h.ids[&0], h.ids[&1]];

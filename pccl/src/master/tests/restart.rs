@@ -53,6 +53,14 @@ pub(super) fn two_peer_claims(edit: impl Fn(&mut Rejoin)) -> Vec<Rejoin> {
         .collect()
 }
 
+/// The success verdict of op (tag 9, epoch 5, seq 2) that only some peers received.
+const VERDICT_9_5_2: FromMaster = FromMaster::OpVerdict {
+    tag: 9,
+    epoch: 5,
+    seq: 2,
+    failure: None,
+};
+
 /// A master whose recovery window is 2 s.
 fn two_second_window() -> Harness {
     Harness::with_timeouts(Timeouts {
@@ -155,13 +163,7 @@ fn a_verdict_one_peer_missed_is_given_again_and_seqs_go_on() {
     h.rejoin(1, claims[1].clone());
     let msgs = h.take_quiet(1);
     assert_eq!(
-        msgs[0],
-        FromMaster::OpVerdict {
-            tag: 9,
-            epoch: 5,
-            seq: 2,
-            failure: None
-        },
+        msgs[0], VERDICT_9_5_2,
         "the verdict first, before the commit: {msgs:?}"
     );
     assert!(matches!(msgs[1], FromMaster::Commit { .. }));
@@ -229,13 +231,7 @@ fn a_verdict_only_a_peer_that_left_during_the_recovery_saw_is_given_again() {
     for c in [1, 2] {
         let msgs = h.take_quiet(c);
         assert_eq!(
-            msgs[0],
-            FromMaster::OpVerdict {
-                tag: 9,
-                epoch: 5,
-                seq: 2,
-                failure: None
-            },
+            msgs[0], VERDICT_9_5_2,
             "peer {c}: the verdict first, before the commit: {msgs:?}"
         );
         assert!(epoch_of(&msgs) > 7, "a new epoch without peer 0");
