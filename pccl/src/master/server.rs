@@ -4,8 +4,10 @@
 //!
 //! It also bounds what a stranger can hold: at most `max_unregistered` connections may be
 //! accepted and not yet registered (in their hello, or between hello and `Register`);
-//! beyond that a new connection is closed at once (SECURITY.md §3). Registered peers do
-//! not count, so an attacker filling those slots delays newcomers but never the run.
+//! the slots are shared fairly among source addresses (`net::slots`: a connection from a
+//! lighter address evicts the heaviest address's oldest) and any other new connection is
+//! closed at once (SECURITY.md §3). Registered peers do not count, so one address filling
+//! those slots delays nobody else and never the run.
 
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -118,10 +120,7 @@ pub(crate) async fn serve(
                         // Its address holds the most slots: it makes room for another.
                         let why = "evicted: unregistered while its address held the most slots";
                         tracing::debug!(conn = victim, why, "closing connection");
-                        writers.remove(&victim);
-                        if let Some(r) = readers.remove(&victim) {
-                            r.abort();
-                        }
+                        end_connection(victim, &mut writers, &mut readers);
                         state.handle_disconnect(victim, why);
                     }
                     Admit::Refused => {
@@ -197,11 +196,8 @@ pub(crate) async fn serve(
                 }
                 Output::Close(conn, why) => {
                     tracing::info!(conn, %why, "closing connection");
-                    writers.remove(&conn);
                     unregistered.release(conn);
-                    if let Some(r) = readers.remove(&conn) {
-                        r.abort();
-                    }
+                    end_connection(conn, &mut writers, &mut readers);
                 }
             }
         }
@@ -214,6 +210,19 @@ pub(crate) async fn serve(
             .store(unregistered.len(), Ordering::Relaxed);
     }
     for r in readers.values() {
+        r.abort();
+    }
+}
+
+/// Stops serving `conn`: no more writes, and its reader is aborted (whatever it had queued
+/// in the inbox is dropped there, see `serve`).
+fn end_connection(
+    conn: ConnId,
+    writers: &mut HashMap<ConnId, mpsc::UnboundedSender<FromMaster>>,
+    readers: &mut HashMap<ConnId, JoinHandle<()>>,
+) {
+    writers.remove(&conn);
+    if let Some(r) = readers.remove(&conn) {
         r.abort();
     }
 }
