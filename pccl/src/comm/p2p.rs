@@ -17,6 +17,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
@@ -24,9 +25,10 @@ use tracing::Instrument;
 
 use super::gate::Gate;
 use crate::collectives::bufpool::BufPool;
-use crate::collectives::link::{Connection, OutFrame, Pool, Sealer};
+use crate::collectives::link::{Connection, Line, OutFrame, Pool, Sealer};
 use crate::collectives::registry::{ConnId, Registry};
 use crate::error::Error;
+use crate::net::parts::{self, Parts};
 use crate::net::sealed::{self, Secure};
 use crate::net::slots::{SharedSlots, Slot};
 use crate::net::{self, ConnectionError};
@@ -136,135 +138,142 @@ impl P2p {
             let (tx, rx) = mpsc::channel(WRITE_QUEUE);
             let span = tracing::debug_span!("p2p-writer", to = %peer.id);
             let sealer: Option<Sealer> = keys.map(|k| Arc::new(Mutex::new(k.send)));
-            tokio::spawn(
-                write_loop(
-                    stream,
-                    sealer.clone(),
-                    rx,
-                    closed.clone(),
-                    self.bufs.clone(),
-                )
-                .instrument(span),
-            );
-            writers.push(Connection { queue: tx, sealer });
+            let (rd, wr) = stream.into_split();
+            let wr = Arc::new(wr);
+            let line = Arc::new(Line::new(wr.clone()));
+            let writer = Writer {
+                socket: wr,
+                line: line.clone(),
+                sealer: sealer.clone(),
+                bufs: self.bufs.clone(),
+            };
+            tokio::spawn(writer.run(rd, rx, closed.clone()).instrument(span));
+            writers.push(Connection {
+                queue: tx,
+                line: Some(line),
+                sealer,
+            });
         }
         tracing::debug!(to = %peer.id, n = writers.len(), "p2p pool open");
         Ok(Pool::new(writers, closed))
     }
 }
 
-async fn write_loop(
-    stream: TcpStream,
+/// What the writer writes next.
+enum Job {
+    /// A frame it took off the queue (maybe begun by the thread that queued it).
+    Frame(OutFrame),
+    /// A keepalive on the idle line it claimed.
+    Keepalive(Vec<u8>),
+}
+
+/// The writing side of one ring connection: writes what the threads that queue frames
+/// could not write themselves (link.rs, [`Line`]), and keepalives while it is idle.
+struct Writer {
+    socket: Arc<OwnedWriteHalf>,
+    line: Arc<Line>,
     sealer: Option<Sealer>,
-    mut rx: mpsc::Receiver<OutFrame>,
-    closed: watch::Sender<bool>,
     bufs: Arc<BufPool>,
-) {
-    let (mut rd, mut stream) = stream.into_split();
-    // The acceptor never writes after its hello: the read side ending means it closed the
-    // connection (it refused us, or we left its topology), so the pool is closed at once and
-    // the next op dials afresh instead of losing its first frames to a dead socket.
-    let hung_up = async move {
-        let mut byte = [0u8; 1];
-        let _ = rd.read(&mut byte).await;
-    };
-    tokio::pin!(hung_up);
-    let mut closed_rx = closed.subscribe();
-    let mut head = Vec::with_capacity(DATA_HEADER_LEN);
-    // The keepalive timer is reset only when it fires, so a busy connection pays one
-    // clock read per frame and no timer operation.
-    let mut last_sent = Instant::now();
-    let keepalive = tokio::time::sleep_until(last_sent + KEEPALIVE_INTERVAL);
-    tokio::pin!(keepalive);
-    loop {
-        let frame = tokio::select! {
-            f = rx.recv() => match f { Some(f) => Some(f), None => break },
-            _ = net::stopped(&mut closed_rx) => break,
-            _ = &mut hung_up => {
-                tracing::debug!("the successor closed a ring connection");
-                break;
-            }
-            _ = &mut keepalive => None,
+}
+
+impl Writer {
+    async fn run(
+        self,
+        mut rd: OwnedReadHalf,
+        mut rx: mpsc::Receiver<OutFrame>,
+        closed: watch::Sender<bool>,
+    ) {
+        // The acceptor never writes after its hello: the read side ending means it closed
+        // the connection (it refused us, or we left its topology), so the pool is closed at
+        // once and the next op dials afresh instead of losing its first frames to a dead
+        // socket.
+        let hung_up = async move {
+            let mut byte = [0u8; 1];
+            let _ = rd.read(&mut byte).await;
         };
-        let Some(frame) = frame else {
-            // Only an idle connection needs one: a queued frame is about to go.
-            let wire = if last_sent.elapsed() >= KEEPALIVE_INTERVAL && rx.is_empty() {
-                match keepalive_wire(sealer.as_ref(), &rx) {
-                    Ok(w) => w,
+        tokio::pin!(hung_up);
+        let mut closed_rx = closed.subscribe();
+        let keepalive = tokio::time::sleep(KEEPALIVE_INTERVAL);
+        tokio::pin!(keepalive);
+        loop {
+            let frame = tokio::select! {
+                f = rx.recv() => match f { Some(f) => Some(f), None => break },
+                _ = net::stopped(&mut closed_rx) => break,
+                _ = &mut hung_up => {
+                    tracing::debug!("the successor closed a ring connection");
+                    break;
+                }
+                _ = &mut keepalive => None,
+            };
+            let job = match frame {
+                Some(f) => {
+                    self.line.take();
+                    Job::Frame(f)
+                }
+                None => match self.keepalive() {
+                    Ok(Ok(wire)) => Job::Keepalive(wire),
+                    Ok(Err(due)) => {
+                        keepalive.as_mut().reset(Instant::from_std(due));
+                        continue;
+                    }
                     Err(e) => {
                         tracing::debug!(error = %e, "cannot seal a p2p keepalive");
                         break;
                     }
-                }
-            } else {
-                None
+                },
             };
-            if let Some(wire) = wire {
-                let res = tokio::select! {
-                    r = stream.write_all(&wire) => r,
-                    _ = net::stopped(&mut closed_rx) => break,
-                    _ = &mut hung_up => break,
-                };
-                if let Err(e) = res {
-                    tracing::debug!(error = %e, "p2p keepalive failed");
+            let mut head = [0u8; DATA_HEADER_LEN];
+            let (parts, skip): ([&[u8]; 4], usize) = match &job {
+                Job::Frame(f) if f.seal.is_some() != self.sealer.is_some() => {
+                    tracing::debug!("a frame sealed for another kind of connection");
                     break;
                 }
-                last_sent = Instant::now();
+                Job::Frame(f) => (f.parts(&mut head), f.written),
+                Job::Keepalive(w) => ([w, &[], &[], &[]], 0),
+            };
+            let mut rest = Parts::new(&parts, skip);
+            let res = tokio::select! {
+                r = parts::write_shared(&self.socket, &mut rest) => r,
+                _ = net::stopped(&mut closed_rx) => break,
+                _ = &mut hung_up => break,
+            };
+            if let Err(e) = res {
+                tracing::debug!(error = %e, "p2p write failed");
+                break;
             }
-            keepalive.as_mut().reset(last_sent + KEEPALIVE_INTERVAL);
-            continue;
-        };
-        let payload = frame.payload;
-        let write = async {
-            match (&frame.seal, &sealer) {
-                // One vectored write: the header does not go out as a segment of its own.
-                (None, None) => {
-                    head.clear();
-                    frame.header.encode(&mut head);
-                    sealed::write_parts(&mut stream, &[&head, &payload]).await
-                }
-                // Sealed as it was queued (link.rs).
-                (Some(s), Some(_)) => {
-                    let parts: [&[u8]; 4] = [&s.head, &s.tags.header, &payload, &s.tags.body];
-                    sealed::write_parts(&mut stream, &parts).await
-                }
-                _ => Err(std::io::Error::other(
-                    "a frame sealed for another kind of connection",
-                )),
+            self.line.done();
+            match job {
+                Job::Frame(f) => self.bufs.recycle(f.payload),
+                Job::Keepalive(_) => keepalive
+                    .as_mut()
+                    .reset(Instant::now() + KEEPALIVE_INTERVAL),
             }
-        };
-        let res = tokio::select! {
-            r = write => r,
-            _ = net::stopped(&mut closed_rx) => break,
-            _ = &mut hung_up => break,
-        };
-        if let Err(e) = res {
-            tracing::debug!(error = %e, "p2p write failed");
-            break;
         }
-        last_sent = Instant::now();
-        bufs.recycle(payload);
+        // Nobody writes a byte more: the successor sees the connection end now, not when
+        // the last op lets go of the pool.
+        self.line.close();
+        net::socket::shut_down((*self.socket).as_ref());
+        let _ = closed.send(true);
     }
-    let _ = closed.send(true);
-}
 
-/// The bytes of a keepalive: the bare frame, or on a protected connection the frame and
-/// its tags, sealed under the lock every frame is sealed under and only while nothing is
-/// queued, so it takes the counter of the next frame written (link.rs). `None`: a frame
-/// was queued meanwhile, and that frame is the keepalive.
-fn keepalive_wire(
-    sealer: Option<&Sealer>,
-    queue: &mpsc::Receiver<OutFrame>,
-) -> Result<Option<Vec<u8>>, SealError> {
-    let Some(sealer) = sealer else {
-        return Ok(Some(KEEPALIVE.to_vec()));
-    };
-    let mut key = sealer.lock().unwrap_or_else(|e| e.into_inner());
-    if !queue.is_empty() {
-        return Ok(None);
+    /// The bytes of a keepalive, with the idle line claimed for them: the bare frame, or on
+    /// a protected connection the frame and its tags, sealed under the lock every frame is
+    /// sealed under, so it takes the counter of the next frame written (link.rs).
+    /// `Ok(Err(due))`: the line is not idle; look again at `due`.
+    fn keepalive(&self) -> Result<Result<Vec<u8>, std::time::Instant>, SealError> {
+        let Some(sealer) = &self.sealer else {
+            return Ok(self
+                .line
+                .claim_idle(KEEPALIVE_INTERVAL)
+                .map(|()| KEEPALIVE.to_vec()));
+        };
+        let mut key = sealer.lock().unwrap_or_else(|e| e.into_inner());
+        if let Err(due) = self.line.claim_idle(KEEPALIVE_INTERVAL) {
+            return Ok(Err(due));
+        }
+        let tags = key.seal(&KEEPALIVE, &mut [])?;
+        Ok(Ok([&KEEPALIVE[..], &tags.header, &tags.body].concat()))
     }
-    let tags = key.seal(&KEEPALIVE, &mut [])?;
-    Ok(Some([&KEEPALIVE[..], &tags.header, &tags.body].concat()))
 }
 
 /// Binds the p2p listener: on `port` exactly, or scanning upward from it.

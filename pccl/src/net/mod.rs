@@ -4,6 +4,7 @@
 //! lengths bounded before allocation.
 
 mod framed;
+pub(crate) mod parts;
 pub(crate) mod sealed;
 pub(crate) mod slots;
 pub(crate) mod socket;

@@ -6,12 +6,12 @@
 //! header (a length above all), and the body's tag before the body is used; a failure
 //! breaks the connection's receive key, and the caller closes the connection.
 
-use std::io::IoSlice;
 use std::time::Duration;
 
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite};
 
 use super::ConnectionError;
+use super::parts::write_all;
 use crate::secure::{
     self, Binding, Handshake, Protection, PublicKey, RecvKey, RunSecret, SendKey, Session,
     StaticKeypair, TAG_LEN, Tag,
@@ -163,43 +163,6 @@ pub(crate) async fn dial_link(
     Ok((stream, Some(keys)))
 }
 
-/// Writes all of `parts` in as few system calls as the socket allows.
-pub(crate) async fn write_parts<W: AsyncWrite + Unpin>(
-    w: &mut W,
-    parts: &[&[u8]],
-) -> std::io::Result<()> {
-    let mut idx = 0;
-    let mut off = 0;
-    // Each round writes at least one byte or fails, so this ends after at most the total
-    // length rounds.
-    while idx < parts.len() {
-        if off == parts[idx].len() {
-            idx += 1;
-            off = 0;
-            continue;
-        }
-        let mut slices = Vec::with_capacity(parts.len() - idx);
-        slices.push(IoSlice::new(&parts[idx][off..]));
-        slices.extend(parts[idx + 1..].iter().map(|p| IoSlice::new(p)));
-        let mut n = w.write_vectored(&slices).await?;
-        if n == 0 {
-            return Err(std::io::ErrorKind::WriteZero.into());
-        }
-        while n > 0 && idx < parts.len() {
-            let left = parts[idx].len() - off;
-            if n >= left {
-                n -= left;
-                idx += 1;
-                off = 0;
-            } else {
-                off += n;
-                n = 0;
-            }
-        }
-    }
-    Ok(())
-}
-
 /// Seals and writes one frame whose body we may change (encrypted in place when the
 /// connection encrypts).
 pub(crate) async fn write_frame<W: AsyncWrite + Unpin>(
@@ -209,7 +172,7 @@ pub(crate) async fn write_frame<W: AsyncWrite + Unpin>(
     body: &mut [u8],
 ) -> Result<(), ConnectionError> {
     let tags = key.seal(header, body).map_err(seal_err)?;
-    write_parts(w, &[header, &tags.header, body, &tags.body]).await?;
+    write_all(w, &[header, &tags.header, body, &tags.body]).await?;
     Ok(())
 }
 
@@ -228,7 +191,7 @@ pub(crate) async fn write_frame_shared<W: AsyncWrite + Unpin>(
         return write_frame(w, key, header, scratch).await;
     }
     let tags = key.seal_shared(header, body).map_err(seal_err)?;
-    write_parts(w, &[header, &tags.header, body, &tags.body]).await?;
+    write_all(w, &[header, &tags.header, body, &tags.body]).await?;
     Ok(())
 }
 

@@ -20,3 +20,9 @@ pub(crate) fn tune(stream: &TcpStream, user_timeout: Duration) -> std::io::Resul
     sock.set_keepalive(true)?;
     Ok(())
 }
+
+/// Ends both directions of a connection now, whoever else still holds its socket: the
+/// other side reads the end at once.
+pub(crate) fn shut_down(stream: &TcpStream) {
+    let _ = SockRef::from(stream).shutdown(std::net::Shutdown::Both);
+}

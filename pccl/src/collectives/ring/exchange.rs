@@ -58,7 +58,7 @@ pub(super) async fn exchange<H: RingHost, B: ReduceBuffers>(
     let mut next_first = 0;
     let mut received = 0;
     let mut seen: HashSet<(u16, u32)> = HashSet::with_capacity(expected);
-    let mut outgoing: VecDeque<OutFrame> = VecDeque::new();
+    let mut outgoing: VecDeque<Out> = VecDeque::new();
     let conns = connections_for(pool.size(), sched.slices(0));
     let window = window(sched, conns, host.ahead_bytes(), host.slice_bytes());
     let pace_step = sched.pace_step();
@@ -71,8 +71,18 @@ pub(super) async fn exchange<H: RingHost, B: ReduceBuffers>(
         if let Some(first) =
             first.filter(|_| room && outgoing.is_empty() && next_first < first_slices)
         {
-            let frame = op.first_frame(bufs, host.bufs(), &mut scratch, first, next_first);
-            outgoing.push_back(frame);
+            outgoing.push_back(match op.codec {
+                // Read from the caller's buffer as it is sent (link.rs, `send_slice`).
+                None => Out::First(first, next_first),
+                Some(c) => Out::Frame(op.first_frame(
+                    c,
+                    bufs,
+                    host.bufs(),
+                    &mut scratch,
+                    first,
+                    next_first,
+                )),
+            });
             next_first += 1;
         }
         if received == expected && outgoing.is_empty() {
@@ -82,9 +92,7 @@ pub(super) async fn exchange<H: RingHost, B: ReduceBuffers>(
         // for may depend on them: the op cannot finish (docs/ARCHITECTURE.md §5, "Lost
         // frames"), so it fails now rather than waiting for what will not come.
         let event = if let Some(front) = outgoing.front() {
-            // Slices of one step are striped over the connections; the next step of a slice
-            // goes to the next connection.
-            let idx = (front.header.step as usize + front.header.slice as usize) % conns;
+            let idx = front.connection() % conns;
             tokio::select! {
                 biased;
                 ev = st.events.recv() => ev,
@@ -93,10 +101,19 @@ pub(super) async fn exchange<H: RingHost, B: ReduceBuffers>(
                     let Ok(permit) = permit else {
                         return Err(Local::Fail(FailReason::PeerLost));
                     };
-                    let frame = outgoing.pop_front().expect("front exists");
-                    info.tx_bytes += frame.payload.len() as u64;
-                    if let Err(e) = permit.send(frame, host.bufs()) {
-                        tracing::warn!(error = %e, "cannot seal a ring frame");
+                    let sent = match outgoing.pop_front().expect("front exists") {
+                        Out::Frame(frame) => {
+                            info.tx_bytes += frame.payload.len() as u64;
+                            permit.send(frame, host.bufs())
+                        }
+                        Out::First(chunk, k) => {
+                            let (header, payload) = op.first_slice(bufs, chunk, k);
+                            info.tx_bytes += payload.len() as u64;
+                            permit.send_slice(header, payload, host.bufs())
+                        }
+                    };
+                    if let Err(e) = sent {
+                        tracing::warn!(error = %e, "cannot send a ring frame");
                         pool.close();
                         return Err(Local::Fail(FailReason::PeerLost));
                     }
@@ -125,7 +142,26 @@ pub(super) async fn exchange<H: RingHost, B: ReduceBuffers>(
             None => op.forward_plain(bufs, host.bufs(), &frame, payload),
         };
         if let Some(frame) = forward {
-            outgoing.push_back(frame);
+            outgoing.push_back(Out::Frame(frame));
+        }
+    }
+}
+
+/// A frame this rank owes its successor.
+enum Out {
+    /// Made from a received frame, or a quantized step-0 slice.
+    Frame(OutFrame),
+    /// Step-0 slice `k` of chunk `chunk`, read from the caller's buffer when it is sent.
+    First(usize, usize),
+}
+
+impl Out {
+    /// Which connection of the pool it goes on, before wrapping: slices of one step are
+    /// striped over the connections, and the next step of a slice goes to the next one.
+    fn connection(&self) -> usize {
+        match self {
+            Self::Frame(f) => f.header.step as usize + f.header.slice as usize,
+            Self::First(_, k) => *k,
         }
     }
 }

@@ -114,10 +114,11 @@ impl<'a> OpFrames<'a> {
         }
     }
 
-    /// The step-0 frame of slice `k` of chunk `chunk`: the local input, quantized if the
-    /// op is.
+    /// The quantized step-0 frame of slice `k` of chunk `chunk` (plain ones are sent
+    /// straight from the caller's buffer: `first_slice`).
     pub(super) fn first_frame<B: ReduceBuffers>(
         &self,
+        c: Codec,
         bufs: &B,
         pool: &BufPool,
         scratch: &mut Scratch,
@@ -125,19 +126,25 @@ impl<'a> OpFrames<'a> {
         k: usize,
     ) -> OutFrame {
         let range = self.sched.slice(chunk, k);
-        let src = self.local(bufs, &range);
-        let len = self.wire_len(range.len());
+        let len = c.frame_len(range.len());
         let mut payload = pool.get(len);
-        match self.codec {
-            Some(c) => {
-                payload.resize(len, 0);
-                c.encode(src, scratch, &mut payload);
-            }
-            None => payload.extend_from_slice(src),
-        }
-        let payload = payload.freeze();
+        payload.resize(len, 0);
+        c.encode(self.local(bufs, &range), scratch, &mut payload);
         let crc = self.crc(&payload);
-        OutFrame::new(self.header(0, k, &range, crc), payload)
+        OutFrame::new(self.header(0, k, &range, crc), payload.freeze())
+    }
+
+    /// The header and payload of the plain step-0 frame of slice `k` of chunk `chunk`:
+    /// the local input itself, never copied here (link.rs, `Permit::send_slice`).
+    pub(super) fn first_slice<'b, B: ReduceBuffers>(
+        &self,
+        bufs: &'b B,
+        chunk: usize,
+        k: usize,
+    ) -> (DataHeader, &'b [u8]) {
+        let range = self.sched.slice(chunk, k);
+        let payload = self.local(bufs, &range);
+        (self.header(0, k, &range, self.crc(payload)), payload)
     }
 
     /// Checks a received frame against our own schedule and returns it with its element

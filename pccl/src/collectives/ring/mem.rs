@@ -312,6 +312,7 @@ impl MemRing {
             let (tx, rx) = mpsc::channel(16);
             writers.push(Connection {
                 queue: tx,
+                line: None,
                 sealer: None,
             });
             if o.gone.contains(&to) {
