@@ -1,136 +1,210 @@
 //! The ring's outgoing side, as the ring engine sees it: the connections to its ring
-//! successor, each a bounded queue of frames, plus one flag that says the set is closed.
+//! successor, plus one flag that says the set is closed.
 //!
-//! Whoever owns the sockets (the communicator's p2p module) creates a [`Pool`] from the
-//! sending ends and drains each receiving end into a socket; tests drain them in memory.
-//! The bounded queues are the back-pressure: a ring that runs ahead of its slowest
-//! connection waits in [`Pool::reserve`].
+//! The op writes its frames to the sockets itself ([`Pool::send`]), on the thread that made
+//! each payload a moment before, while it is still in that core's cache, and with no
+//! hand-off to another thread per frame (docs/ARCHITECTURE.md §5, "Writes"). A plain
+//! step-0 slice is written straight from the caller's send buffer ([`Payload::Input`]):
+//! nothing copies it in user space. Several ops may share a connection, so each takes the
+//! connection's [`Line`] for one frame at a time: the bytes of two frames never
+//! interleave. A socket that takes nothing now makes the op wait for it to drain, among
+//! the op's other waits, so the op keeps taking its frames meanwhile; what it has written
+//! of a frame is kept with the line, so the op resumes where it stopped.
 //!
-//! On a protected connection (a run secret, docs/PROTOCOL.md §1.3) a frame is sealed as it
-//! is queued, by the thread that made its payload a moment before: the MAC (or the
-//! encryption) reads the payload while it is still in that core's cache, where the
-//! connection's writer, on another thread, would fetch it from memory first. Sealing
-//! takes the connection's [`Sealer`] lock and queues the frame before letting go, so the
-//! queue's order is the key's counter order, which the receiver checks.
+//! On a protected connection (a run secret, docs/PROTOCOL.md §1.3) a frame is sealed by
+//! the op that holds the line, right before its first byte is written, so the order the
+//! key's counter is taken in is the order frames are written in, which the receiver checks.
+//! The connection's writer task writes keepalives only while it holds the idle line.
 //!
-//! For the same reason, and to spare a hand-off to the writer per frame, the thread that
-//! queues a frame writes it to the socket itself when nothing is queued or being written
-//! ahead of it and the socket takes it without waiting ([`Line`]; docs/ARCHITECTURE.md §5,
-//! "Writes"). Only what the socket does not take at once goes through the queue, and a
-//! step-0 slice is then the only payload copied out of the caller's buffer
-//! ([`Permit::send_slice`]).
+//! Tests drain connections in memory instead ([`Connection::Queue`]): a bounded queue of
+//! frames per connection.
 
+use std::future::Future;
+use std::io::{self, IoSlice};
+use std::ops::Range;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use tokio::sync::{mpsc, watch};
+#[cfg(test)]
+use tokio::sync::mpsc;
+use tokio::sync::{Notify, watch};
 
 use super::bufpool::BufPool;
-use crate::net::parts::{Parts, TryWrite, write_now};
+use crate::net::parts::Parts;
 use crate::secure::{FrameTags, Protection, SealError, SendKey};
 use crate::wire::{DATA_HEADER_LEN, DataHeader};
 
-/// One frame to send.
+/// Where a frame's payload is.
 #[derive(Debug)]
-pub(crate) struct OutFrame {
+pub(crate) enum Payload {
+    /// A buffer of its own (a received frame reduced or stored, a quantized slice).
+    Owned(Bytes),
+    /// These bytes of the caller's send buffer (a plain step-0 slice).
+    Input(Range<usize>),
+}
+
+/// One frame the op owes its successor.
+#[derive(Debug)]
+pub(crate) struct Outgoing {
     pub(crate) header: DataHeader,
-    pub(crate) payload: Bytes,
-    /// Set as the frame is queued on a protected connection (the payload then encrypted,
-    /// if the connection encrypts).
-    pub(crate) seal: Option<Seal>,
-    /// Bytes of the frame's wire form already written to the socket by the thread that
-    /// queued it: the writer sends the rest.
-    pub(crate) written: usize,
+    pub(crate) payload: Payload,
+    /// Set when the op takes the line of a protected connection for it.
+    seal: Option<Seal>,
 }
 
-/// What sealing adds to a frame. The writer sends `head ‖ tags.header ‖ payload ‖
-/// tags.body`: the header bytes go out exactly as they were authenticated, encoded once.
+/// What sealing adds to a frame: it goes out as `head ‖ tags.header ‖ payload ‖
+/// tags.body`, the header bytes exactly as they were authenticated, encoded once.
 #[derive(Debug)]
-pub(crate) struct Seal {
-    pub(crate) head: [u8; DATA_HEADER_LEN],
-    pub(crate) tags: FrameTags,
+struct Seal {
+    head: [u8; DATA_HEADER_LEN],
+    tags: FrameTags,
 }
 
-impl OutFrame {
-    /// A frame not sealed yet.
-    pub(crate) fn new(header: DataHeader, payload: Bytes) -> Self {
+impl Outgoing {
+    pub(crate) fn new(header: DataHeader, payload: Payload) -> Self {
         Self {
             header,
             payload,
             seal: None,
-            written: 0,
         }
     }
 
-    /// The frame's wire form, in parts; `head` holds the encoded header of a plain frame.
-    pub(crate) fn parts<'a>(&'a self, head: &'a mut [u8; DATA_HEADER_LEN]) -> [&'a [u8]; 4] {
-        wire_parts(&self.header, self.seal.as_ref(), &self.payload, head)
+    /// Payload bytes, out of `input` (the caller's send buffer) for an input slice.
+    fn body<'a>(&'a self, input: &'a [u8]) -> &'a [u8] {
+        match &self.payload {
+            Payload::Owned(b) => b,
+            Payload::Input(r) => &input[r.clone()],
+        }
     }
-}
 
-/// A frame's wire form: `header ‖ payload` plain, `head ‖ tag ‖ payload ‖ tag` sealed.
-fn wire_parts<'a>(
-    header: &DataHeader,
-    seal: Option<&'a Seal>,
-    payload: &'a [u8],
-    head: &'a mut [u8; DATA_HEADER_LEN],
-) -> [&'a [u8]; 4] {
-    match seal {
-        Some(s) => [&s.head, &s.tags.header, payload, &s.tags.body],
-        None => {
-            header.encode(&mut &mut head[..]);
-            [&head[..], payload, &[], &[]]
+    /// The payload in a buffer of its own, copied into a pooled one if it is an input slice.
+    fn take_owned(&mut self, input: &[u8], bufs: &BufPool) -> Bytes {
+        match std::mem::replace(&mut self.payload, Payload::Owned(Bytes::new())) {
+            Payload::Owned(b) => b,
+            Payload::Input(r) => {
+                let mut copy = bufs.get(r.len());
+                copy.extend_from_slice(&input[r]);
+                copy.freeze()
+            }
+        }
+    }
+
+    /// Seals the frame under `key` (an encrypted payload in a buffer of its own, copied
+    /// from `bufs` if others share it).
+    fn seal(&mut self, key: &mut SendKey, input: &[u8], bufs: &BufPool) -> Result<(), SealError> {
+        let mut head = [0u8; DATA_HEADER_LEN];
+        self.header.encode(&mut &mut head[..]);
+        let tags = match key.protection() {
+            Protection::Authenticate => key.seal_shared(&head, self.body(input))?,
+            Protection::Encrypt => {
+                let mut mine = match self.take_owned(input, bufs).try_into_mut() {
+                    Ok(mine) => mine,
+                    Err(shared) => {
+                        let mut copy = bufs.get(shared.len());
+                        copy.extend_from_slice(&shared);
+                        copy
+                    }
+                };
+                let tags = key.seal(&head, &mut mine);
+                self.payload = Payload::Owned(mine.freeze());
+                tags?
+            }
+        };
+        self.seal = Some(Seal { head, tags });
+        Ok(())
+    }
+
+    /// The frame's wire form: `header ‖ payload` plain, `head ‖ tag ‖ payload ‖ tag`
+    /// sealed; `head` holds the encoded header of a plain frame.
+    fn parts<'a>(&'a self, input: &'a [u8], head: &'a mut [u8; DATA_HEADER_LEN]) -> [&'a [u8]; 4] {
+        let body = self.body(input);
+        match &self.seal {
+            Some(s) => [&s.head, &s.tags.header, body, &s.tags.body],
+            None => {
+                self.header.encode(&mut &mut head[..]);
+                [&head[..], body, &[], &[]]
+            }
         }
     }
 }
 
-/// The sending key of one protected connection, shared by everyone who queues frames on
-/// it and by its writer, which seals its keepalives under the same lock, and only once it
-/// holds the idle line ([`Line::claim_idle`]), so they too take their counter in the order
-/// they are written.
-pub(crate) type Sealer = Arc<Mutex<SendKey>>;
+/// A frame as an in-memory connection carries it (tests).
+#[cfg(test)]
+#[derive(Debug)]
+pub(crate) struct OutFrame {
+    pub(crate) header: DataHeader,
+    pub(crate) payload: Bytes,
+}
 
-/// The socket of one connection, shared by its writer task and the threads that queue
-/// frames on it. Whoever writes holds the line: a queuing thread for one non-blocking
-/// write under the lock, and only while nothing is queued or being written (else its
-/// frame would overtake them); the writer from taking a frame off the queue until it has
-/// written all of it. So the bytes of two frames never interleave, and frames go out in
-/// the order they were queued. Lock order: a connection's [`Sealer`], then its line.
+/// The sending key of one protected connection.
+pub(crate) type Sealer = Mutex<SendKey>;
+
+/// A socket's write side, as a line writes it: tried without waiting, and waited on.
+pub(crate) trait Socket: Send + Sync + std::fmt::Debug {
+    /// Writes what the socket takes now; `WouldBlock` when it takes nothing.
+    fn try_write_vectored(&self, bufs: &[IoSlice<'_>]) -> io::Result<usize>;
+    /// Resolves once the socket may take more.
+    fn writable(&self) -> Pin<Box<dyn Future<Output = io::Result<()>> + Send + '_>>;
+}
+
+impl Socket for tokio::net::tcp::OwnedWriteHalf {
+    fn try_write_vectored(&self, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
+        Self::try_write_vectored(self, bufs)
+    }
+
+    fn writable(&self) -> Pin<Box<dyn Future<Output = io::Result<()>> + Send + '_>> {
+        Box::pin(Self::writable(self))
+    }
+}
+
+/// Who holds a line: an op's [`Lease`], or the writer task for a keepalive.
+type Holder = u64;
+
+/// The keepalive writer's holder id; leases count up from 1.
+const KEEPALIVE: Holder = 0;
+
+/// One connection's socket and the right to write it. Whoever writes holds the line for
+/// one whole frame: an op from the first byte (or the seal) of its frame to the last,
+/// across its waits for the socket; the writer task for a keepalive. Only the holder
+/// seals, so the key's counter order is the write order.
 #[derive(Debug)]
 pub(crate) struct Line {
-    socket: Arc<dyn TryWrite>,
+    socket: Arc<dyn Socket>,
+    sealer: Option<Sealer>,
     state: Mutex<LineState>,
+    /// Woken when the line is let go or closed.
+    free: Notify,
 }
 
 #[derive(Debug)]
 struct LineState {
-    /// Frames sent into the queue and not yet taken by the writer.
-    queued: usize,
-    /// The writer is writing something it took.
-    busy: bool,
-    /// The writer has stopped: nobody writes any more.
+    holder: Option<Holder>,
+    /// Bytes of the holder's frame written so far; `started` once it is sealed or its
+    /// first byte is out: from then on only its holder may go on writing the line.
+    written: usize,
+    started: bool,
+    /// The connection failed or was closed: nobody writes it any more.
     closed: bool,
     /// When the last frame or keepalive was written whole.
     last_sent: Instant,
 }
 
-impl LineState {
-    fn free(&self) -> bool {
-        self.queued == 0 && !self.busy && !self.closed
-    }
-}
-
 impl Line {
-    pub(crate) fn new(socket: Arc<dyn TryWrite>) -> Self {
+    pub(crate) fn new(socket: Arc<dyn Socket>, sealer: Option<SendKey>) -> Self {
         Self {
             socket,
+            sealer: sealer.map(Mutex::new),
             state: Mutex::new(LineState {
-                queued: 0,
-                busy: false,
+                holder: None,
+                written: 0,
+                started: false,
                 closed: false,
                 last_sent: Instant::now(),
             }),
+            free: Notify::new(),
         }
     }
 
@@ -138,20 +212,102 @@ impl Line {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// The writer took a frame off the queue and writes it now.
-    pub(crate) fn take(&self) {
-        let mut st = self.lock();
-        st.queued = st.queued.saturating_sub(1);
-        st.busy = true;
+    /// Waits until `who` holds the line; fails once the line is closed.
+    async fn take(&self, who: Holder) -> Result<(), SendError> {
+        loop {
+            let notified = self.free.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            {
+                let mut st = self.lock();
+                if st.closed {
+                    return Err(SendError::Closed);
+                }
+                match st.holder {
+                    None => {
+                        st.holder = Some(who);
+                        return Ok(());
+                    }
+                    Some(h) if h == who => return Ok(()),
+                    Some(_) => {}
+                }
+            }
+            notified.await;
+        }
     }
 
-    /// The writer claims the idle line for a keepalive: only when nothing is queued or
-    /// being written and nothing has gone out for `interval`. `Err` says when the next
-    /// one may be due.
-    pub(crate) fn claim_idle(&self, interval: Duration) -> Result<(), Instant> {
+    /// `who` wrote its frame whole and lets the line go.
+    fn done(&self, who: Holder) {
+        let mut st = self.lock();
+        if st.holder == Some(who) {
+            (st.holder, st.written, st.started) = (None, 0, false);
+            st.last_sent = Instant::now();
+        }
+        drop(st);
+        self.free.notify_waiters();
+    }
+
+    /// Lets go of a line `who` may hold; `true` if it held it with a frame begun, which
+    /// can never be finished now.
+    fn abandon(&self, who: Holder) -> bool {
+        let mut st = self.lock();
+        if st.holder != Some(who) {
+            return false;
+        }
+        let broken = st.started;
+        (st.holder, st.written, st.started) = (None, 0, false);
+        drop(st);
+        self.free.notify_waiters();
+        broken
+    }
+
+    /// Writes `frame` whole while `who` holds the line, from where an earlier attempt of
+    /// the same holder stopped (an op's wait for the socket may be cut short by its other
+    /// waits). Seals it first on a protected connection.
+    async fn write(
+        &self,
+        frame: &mut Outgoing,
+        input: &[u8],
+        bufs: &BufPool,
+    ) -> Result<(), SendError> {
+        if let Some(sealer) = &self.sealer
+            && frame.seal.is_none()
+        {
+            self.lock().started = true; // the counter is taken: this frame must go next
+            frame.seal(
+                &mut sealer.lock().unwrap_or_else(|e| e.into_inner()),
+                input,
+                bufs,
+            )?;
+        }
+        let mut head = [0u8; DATA_HEADER_LEN];
+        self.write_held(&frame.parts(input, &mut head)).await
+    }
+
+    /// Writes `parts` while holding the line, resuming after the bytes already written.
+    async fn write_held(&self, parts: &[&[u8]]) -> Result<(), SendError> {
+        let mut rest = Parts::new(parts, self.lock().written);
+        while !rest.is_done() {
+            match self.socket.try_write_vectored(&rest.slices()) {
+                Ok(n) => {
+                    rest.wrote(n)?;
+                    let mut st = self.lock();
+                    st.written += n;
+                    st.started = true;
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => self.socket.writable().await?,
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Ok(())
+    }
+
+    /// The writer claims the idle line for a keepalive: only when nobody holds it and
+    /// nothing has gone out for `interval`. `Err` says when to look again.
+    fn claim_idle(&self, interval: Duration) -> Result<(), Instant> {
         let mut st = self.lock();
         let now = Instant::now();
-        if !st.free() {
+        if st.holder.is_some() {
             // A frame is on its way: it is the keepalive, and resets the clock.
             return Err(now + interval);
         }
@@ -159,30 +315,58 @@ impl Line {
         if now < due {
             return Err(due);
         }
-        st.busy = true;
+        st.holder = Some(KEEPALIVE);
         Ok(())
     }
 
-    /// The writer wrote all of what it took or claimed.
-    pub(crate) fn done(&self) {
-        let mut st = self.lock();
-        st.busy = false;
-        st.last_sent = Instant::now();
+    /// Writes a keepalive (`frame`: the bare keepalive bytes, sealed here on a protected
+    /// connection) if the line has been idle for `interval`; else says when to look again.
+    pub(crate) async fn keepalive(
+        &self,
+        frame: &[u8],
+        interval: Duration,
+    ) -> Result<Result<(), Instant>, SendError> {
+        if let Err(due) = self.claim_idle(interval) {
+            return Ok(Err(due));
+        }
+        let wire = match &self.sealer {
+            None => frame.to_vec(),
+            Some(sealer) => {
+                let mut key = sealer.lock().unwrap_or_else(|e| e.into_inner());
+                let tags = key.seal(frame, &mut [])?;
+                [frame, &tags.header[..], &tags.body[..]].concat()
+            }
+        };
+        self.write_held(&[&wire]).await?;
+        self.done(KEEPALIVE);
+        Ok(Ok(()))
     }
 
-    /// The writer stopped: frames queued from now on are dropped with the queue.
+    /// The connection ended: nobody writes it any more, and whoever waits for it fails.
     pub(crate) fn close(&self) {
         self.lock().closed = true;
+        self.free.notify_waiters();
     }
 }
 
-/// One connection: its queue, its socket (none where tests drain the queue in memory)
-/// and, when protected, its key.
+/// One connection to the successor.
 #[derive(Debug)]
-pub(crate) struct Connection {
-    pub(crate) queue: mpsc::Sender<OutFrame>,
-    pub(crate) line: Option<Arc<Line>>,
-    pub(crate) sealer: Option<Sealer>,
+pub(crate) enum Connection {
+    /// A socket the op writes itself.
+    Socket(Arc<Line>),
+    /// A bounded queue drained in memory (tests).
+    #[cfg(test)]
+    Queue(mpsc::Sender<OutFrame>),
+}
+
+impl Connection {
+    fn line(&self) -> Option<&Line> {
+        match self {
+            Self::Socket(line) => Some(line),
+            #[cfg(test)]
+            Self::Queue(_) => None,
+        }
+    }
 }
 
 /// The connections to one successor.
@@ -193,137 +377,37 @@ pub(crate) struct Pool {
     closed: watch::Sender<bool>,
 }
 
-/// Room for one frame on one connection of a [`Pool`].
-#[derive(Debug)]
-pub(crate) struct Permit<'a> {
-    room: mpsc::Permit<'a, OutFrame>,
-    line: Option<&'a Line>,
-    sealer: Option<&'a Sealer>,
-}
-
-/// A frame's payload as the sender holds it.
-enum Body<'a> {
-    Owned(Bytes),
-    /// Part of the caller's buffer: copied only if it must wait in the queue.
-    Borrowed(&'a [u8]),
-}
-
-impl Body<'_> {
-    fn bytes(&self) -> &[u8] {
-        match self {
-            Body::Owned(b) => b,
-            Body::Borrowed(s) => s,
-        }
-    }
-
-    fn into_owned(self, bufs: &BufPool) -> Bytes {
-        match self {
-            Body::Owned(b) => b,
-            Body::Borrowed(s) => {
-                let mut copy = bufs.get(s.len());
-                copy.extend_from_slice(s);
-                copy.freeze()
-            }
-        }
-    }
-}
-
-/// Why a frame could not be sent: the connection cannot carry another one, and the
-/// caller closes the pool.
+/// Why a frame could not be sent: the connection cannot carry another one.
 #[derive(Debug, thiserror::Error)]
 pub(crate) enum SendError {
+    #[error("the connection is closed")]
+    Closed,
     #[error("cannot seal a frame: {0}")]
     Seal(#[from] SealError),
     #[error("cannot write a frame: {0}")]
-    Io(#[from] std::io::Error),
+    Io(#[from] io::Error),
 }
 
-impl Permit<'_> {
-    /// Sends `frame`, sealed first when the connection is protected (an encrypted
-    /// payload that others still share is encrypted in a copy from `bufs`).
-    pub(crate) fn send(self, frame: OutFrame, bufs: &BufPool) -> Result<(), SendError> {
-        self.send_body(frame.header, Body::Owned(frame.payload), bufs)
-    }
+/// One op's right to take the lines of a [`Pool`]. Dropped, it lets go of any line it
+/// still holds; if that line carries a frame it began and cannot finish now (the op
+/// ended early), the pool is closed: the successor would read the next frame's bytes as
+/// the rest of this one.
+#[derive(Debug)]
+pub(crate) struct Lease<'a> {
+    pool: &'a Pool,
+    who: Holder,
+}
 
-    /// Sends a frame whose payload is `payload`, a part of the caller's buffer: copied
-    /// only when the socket does not take the whole frame at once, or to be encrypted.
-    pub(crate) fn send_slice(
-        self,
-        header: DataHeader,
-        payload: &[u8],
-        bufs: &BufPool,
-    ) -> Result<(), SendError> {
-        self.send_body(header, Body::Borrowed(payload), bufs)
-    }
-
-    fn send_body(
-        self,
-        header: DataHeader,
-        body: Body<'_>,
-        bufs: &BufPool,
-    ) -> Result<(), SendError> {
-        let Some(sealer) = self.sealer else {
-            return self.deliver(header, None, body, bufs);
-        };
-        let mut head = [0u8; DATA_HEADER_LEN];
-        header.encode(&mut &mut head[..]);
-        // Held until the frame is written or queued: counter order is write order.
-        let mut key = sealer.lock().unwrap_or_else(|e| e.into_inner());
-        let (tags, body) = match key.protection() {
-            Protection::Authenticate => (key.seal_shared(&head, body.bytes())?, body),
-            Protection::Encrypt => {
-                let mut mine = match body.into_owned(bufs).try_into_mut() {
-                    Ok(mine) => mine,
-                    Err(shared) => {
-                        let mut copy = bufs.get(shared.len());
-                        copy.extend_from_slice(&shared);
-                        copy
-                    }
-                };
-                let tags = key.seal(&head, &mut mine)?;
-                (tags, Body::Owned(mine.freeze()))
-            }
-        };
-        self.deliver(header, Some(Seal { head, tags }), body, bufs)
-    }
-
-    /// Writes the frame now if the line is free and the socket takes it whole; else
-    /// queues it, with what was written of it.
-    fn deliver(
-        self,
-        header: DataHeader,
-        seal: Option<Seal>,
-        body: Body<'_>,
-        bufs: &BufPool,
-    ) -> Result<(), SendError> {
-        let mut written = 0;
-        let mut line = self.line.map(|l| (l, l.lock()));
-        if let Some((l, st)) = &mut line
-            && st.free()
-        {
-            let mut head = [0u8; DATA_HEADER_LEN];
-            let parts = wire_parts(&header, seal.as_ref(), body.bytes(), &mut head);
-            let mut rest = Parts::new(&parts, 0);
-            written = write_now(&*l.socket, &mut rest)?;
-            if rest.is_done() {
-                st.last_sent = Instant::now();
-                drop(line);
-                if let Body::Owned(b) = body {
-                    bufs.recycle(b);
-                }
-                return Ok(());
-            }
+impl Drop for Lease<'_> {
+    fn drop(&mut self) {
+        let mut broken = false;
+        for line in self.pool.conns.iter().filter_map(Connection::line) {
+            broken |= line.abandon(self.who);
         }
-        if let Some((_, st)) = &mut line {
-            st.queued += 1;
+        if broken {
+            tracing::debug!("an op ended with a frame half written: closing the pool");
+            self.pool.close();
         }
-        self.room.send(OutFrame {
-            header,
-            payload: body.into_owned(bufs),
-            seal,
-            written,
-        });
-        Ok(())
     }
 }
 
@@ -342,21 +426,55 @@ impl Pool {
         self.conns.len()
     }
 
-    /// Waits for room on connection `index % size`; fails if that connection is gone.
-    pub(crate) async fn reserve(
+    /// A lease for one op.
+    pub(crate) fn lease(&self) -> Lease<'_> {
+        static NEXT: AtomicU64 = AtomicU64::new(KEEPALIVE + 1);
+        Lease {
+            pool: self,
+            who: NEXT.fetch_add(1, Ordering::Relaxed),
+        }
+    }
+
+    /// Sends `frame` on connection `index % size`, waiting for its line and its socket;
+    /// `input` is the caller's send buffer (for [`Payload::Input`]). Cancelled (the op
+    /// turned to another event), the lease keeps the line and the next call with the
+    /// same frame goes on where this one stopped. On success the frame's own buffer is
+    /// back in `bufs`.
+    pub(crate) async fn send(
         &self,
+        lease: &Lease<'_>,
         index: usize,
-    ) -> Result<Permit<'_>, mpsc::error::SendError<()>> {
-        let conn = &self.conns[index % self.conns.len()];
-        Ok(Permit {
-            room: conn.queue.reserve().await?,
-            line: conn.line.as_deref(),
-            sealer: conn.sealer.as_ref(),
-        })
+        frame: &mut Outgoing,
+        input: &[u8],
+        bufs: &BufPool,
+    ) -> Result<(), SendError> {
+        match &self.conns[index % self.conns.len()] {
+            Connection::Socket(line) => {
+                line.take(lease.who).await?;
+                line.write(frame, input, bufs).await?;
+                line.done(lease.who);
+                if let Payload::Owned(b) =
+                    std::mem::replace(&mut frame.payload, Payload::Input(0..0))
+                {
+                    bufs.recycle(b);
+                }
+                Ok(())
+            }
+            #[cfg(test)]
+            Connection::Queue(queue) => {
+                let room = queue.reserve().await.map_err(|_| SendError::Closed)?;
+                room.send(OutFrame {
+                    header: frame.header,
+                    payload: frame.take_owned(input, bufs),
+                });
+                Ok(())
+            }
+        }
     }
 
     pub(crate) fn close(&self) {
-        let _ = self.closed.send(true);
+        // Stored even when nobody watches yet (`send` would drop it).
+        self.closed.send_replace(true);
     }
 
     /// Resolves once the pool is closed.
@@ -368,25 +486,33 @@ impl Pool {
 
 #[cfg(test)]
 mod tests {
-    use std::io::{self, IoSlice};
-
     use super::*;
+    use crate::secure::{TAG_LEN, Tag};
     use crate::wire::RingFrame;
 
-    /// A socket that takes a pseudo-random number of bytes per call, often none.
+    /// A socket that takes a pseudo-random number of bytes per call, often none, and is
+    /// "writable" again after a yield.
     #[derive(Debug)]
     struct Fickle {
         state: Mutex<(u64, Vec<u8>)>,
     }
 
-    impl TryWrite for Fickle {
+    impl Fickle {
+        fn new() -> Arc<Self> {
+            Arc::new(Self {
+                state: Mutex::new((0x9e37_79b9_7f4a_7c15, Vec::new())),
+            })
+        }
+    }
+
+    impl Socket for Fickle {
         fn try_write_vectored(&self, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
             let mut st = self.state.lock().unwrap();
             st.0 ^= st.0 << 13;
             st.0 ^= st.0 >> 7;
             st.0 ^= st.0 << 17;
             let mut take = match st.0 % 4 {
-                0 => return Err(io::ErrorKind::WouldBlock.into()),
+                0 => 0,
                 1 => (st.0 >> 8) as usize % 100,
                 _ => (st.0 >> 8) as usize % 5000,
             };
@@ -401,148 +527,176 @@ mod tests {
             }
             Ok(n)
         }
-    }
 
-    /// Threads write frames straight to a socket that often takes only part of one, and
-    /// queue the rest for a writer: every frame arrives whole, each thread's in the order
-    /// it sent them, whether its payload was its own or borrowed.
-    #[test]
-    fn direct_writes_and_the_writer_never_interleave_frames() {
-        const THREADS: usize = 4;
-        const FRAMES: usize = 300;
-        let rt = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .enable_all()
-            .build()
-            .unwrap();
-        let socket = Arc::new(Fickle {
-            state: Mutex::new((0x9e37_79b9_7f4a_7c15, Vec::new())),
-        });
-        let line = Arc::new(Line::new(socket.clone()));
-        let (queue, mut rx) = mpsc::channel::<OutFrame>(4);
-        let pool = Arc::new(Pool::new(
-            vec![Connection {
-                queue,
-                line: Some(line.clone()),
-                sealer: None,
-            }],
-            watch::channel(false).0,
-        ));
-        let bufs = Arc::new(BufPool::new(1 << 20));
-        let writer = {
-            let (line, socket) = (line.clone(), socket.clone());
-            rt.spawn(async move {
-                while let Some(f) = rx.recv().await {
-                    line.take();
-                    let mut head = [0u8; DATA_HEADER_LEN];
-                    let parts = f.parts(&mut head);
-                    let mut rest = Parts::new(&parts, f.written);
-                    while !rest.is_done() {
-                        write_now(&*socket, &mut rest).unwrap();
-                        tokio::task::yield_now().await;
-                    }
-                    line.done();
-                }
+        fn writable(&self) -> Pin<Box<dyn Future<Output = io::Result<()>> + Send + '_>> {
+            Box::pin(async {
+                tokio::task::yield_now().await;
+                Ok(())
             })
-        };
-        let producers: Vec<_> = (0..THREADS)
-            .map(|t| {
-                let (pool, bufs) = (pool.clone(), bufs.clone());
-                rt.spawn(async move {
-                    for i in 0..FRAMES {
-                        let body = vec![t as u8; 1 + (i * 997) % 6000];
-                        let mut header = DataHeader::sample(body.len() as u32);
-                        (header.tag, header.slice) = (t as u64, i as u32);
-                        let room = pool.reserve(0).await.unwrap();
-                        if i % 2 == 0 {
-                            room.send_slice(header, &body, &bufs).unwrap();
-                        } else {
-                            room.send(OutFrame::new(header, body.into()), &bufs).unwrap();
-                        }
-                    }
-                })
-            })
-            .collect();
-        rt.block_on(async {
-            for p in producers {
-                p.await.unwrap();
-            }
-        });
-        drop(pool);
-        rt.block_on(writer).unwrap();
-        let wire = std::mem::take(&mut socket.state.lock().unwrap().1);
-        let mut next = [0u32; THREADS];
-        let mut at = 0;
-        while at < wire.len() {
-            let head: [u8; DATA_HEADER_LEN] = wire[at..at + DATA_HEADER_LEN].try_into().unwrap();
-            let RingFrame::Data(h) = RingFrame::decode(&head).unwrap() else {
-                panic!("not a data frame at byte {at}");
-            };
-            let t = h.tag as usize;
-            assert_eq!(h.slice, next[t], "thread {t}'s frames in order");
-            next[t] += 1;
-            at += DATA_HEADER_LEN;
-            let body = &wire[at..at + h.len as usize];
-            assert!(body.iter().all(|&b| b == t as u8), "frame {} of {t} whole", h.slice);
-            at += h.len as usize;
         }
-        assert_eq!(next, [FRAMES as u32; THREADS], "every frame arrived");
     }
 
-    /// Ops on several threads queue frames on one protected connection at once: the
-    /// receiver opens every frame in queue order, because sealing (which takes the next
-    /// counter) and queuing happen under one lock.
-    #[test]
-    fn frames_sealed_on_many_threads_open_in_queue_order() {
-        const THREADS: usize = 4;
-        const FRAMES: usize = 200;
-        let rt = tokio::runtime::Builder::new_multi_thread()
+    /// Takes `room` bytes, then never again.
+    #[derive(Debug)]
+    struct Stuck {
+        room: Mutex<usize>,
+    }
+
+    impl Socket for Stuck {
+        fn try_write_vectored(&self, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
+            let mut room = self.room.lock().unwrap();
+            let n = bufs.iter().map(|b| b.len()).sum::<usize>().min(*room);
+            *room -= n;
+            if n == 0 {
+                return Err(io::ErrorKind::WouldBlock.into());
+            }
+            Ok(n)
+        }
+
+        fn writable(&self) -> Pin<Box<dyn Future<Output = io::Result<()>> + Send + '_>> {
+            Box::pin(std::future::pending())
+        }
+    }
+
+    fn rt() -> tokio::runtime::Runtime {
+        tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .enable_all()
             .build()
-            .unwrap();
-        for mode in [Protection::Authenticate, Protection::Encrypt] {
-            let (send, mut recv) = SendKey::pair_for_tests(mode);
-            let (queue, mut rx) = mpsc::channel(4);
-            let sealer = Some(Arc::new(Mutex::new(send)));
+            .unwrap()
+    }
+
+    /// Reads `n` bytes off `wire` at `at`.
+    fn take<'a>(wire: &'a [u8], at: &mut usize, n: usize) -> &'a [u8] {
+        *at += n;
+        &wire[*at - n..*at]
+    }
+
+    /// Ops on several threads share one connection whose socket often takes only part of
+    /// a frame, and their waits for it are cut short at random: every frame arrives whole
+    /// and in each op's order, plain, authenticated and encrypted (every sealed frame
+    /// opens in write order: sealing goes with holding the line), whether its payload
+    /// was its own or the caller's input.
+    #[test]
+    fn ops_sharing_a_connection_never_interleave_frames() {
+        const OPS: usize = 4;
+        const FRAMES: usize = 150;
+        let rt = rt();
+        for mode in [
+            None,
+            Some(Protection::Authenticate),
+            Some(Protection::Encrypt),
+        ] {
+            let (send, mut recv) = match mode {
+                Some(m) => {
+                    let (s, r) = SendKey::pair_for_tests(m);
+                    (Some(s), Some(r))
+                }
+                None => (None, None),
+            };
+            let socket = Fickle::new();
+            let line = Arc::new(Line::new(socket.clone(), send));
             let pool = Arc::new(Pool::new(
-                vec![Connection {
-                    queue,
-                    line: None,
-                    sealer,
-                }],
+                vec![Connection::Socket(line)],
                 watch::channel(false).0,
             ));
-            let bufs = Arc::new(BufPool::new(4096));
-            for t in 0..THREADS {
-                let (pool, bufs) = (pool.clone(), bufs.clone());
-                rt.spawn(async move {
-                    for i in 0..FRAMES {
-                        let payload = Bytes::from(vec![t as u8; 64 + i]);
-                        let frame =
-                            OutFrame::new(DataHeader::sample(payload.len() as u32), payload);
-                        let room = pool.reserve(0).await.unwrap();
-                        room.send(frame, &bufs).unwrap();
-                    }
-                });
-            }
+            let bufs = Arc::new(BufPool::new(1 << 20));
+            let ops: Vec<_> = (0..OPS)
+                .map(|t| {
+                    let (pool, bufs) = (pool.clone(), bufs.clone());
+                    rt.spawn(async move {
+                        let input = vec![t as u8; 6000];
+                        let lease = pool.lease();
+                        for i in 0..FRAMES {
+                            let len = 1 + (i * 997) % 6000;
+                            let mut header = DataHeader::sample(len as u32);
+                            (header.tag, header.slice) = (t as u64, i as u32);
+                            let payload = if i % 2 == 0 {
+                                Payload::Input(6000 - len..6000)
+                            } else {
+                                Payload::Owned(vec![t as u8; len].into())
+                            };
+                            let mut frame = Outgoing::new(header, payload);
+                            loop {
+                                tokio::select! {
+                                    r = pool.send(&lease, 0, &mut frame, &input, &bufs) => {
+                                        r.unwrap();
+                                        break;
+                                    }
+                                    () = tokio::task::yield_now() => {}
+                                }
+                            }
+                        }
+                    })
+                })
+                .collect();
             rt.block_on(async {
-                for _ in 0..THREADS * FRAMES {
-                    let f = rx.recv().await.unwrap();
-                    let seal = f.seal.expect("sealed as queued");
-                    let mut head = [0u8; DATA_HEADER_LEN];
-                    f.header.encode(&mut &mut head[..]);
-                    assert_eq!(seal.head, head, "the sealed header bytes are the header's");
-                    recv.open_header(&seal.head, &seal.tags.header).unwrap();
-                    let mut body = f.payload.to_vec();
-                    recv.open_body(&mut body, &seal.tags.body).unwrap();
-                    assert_eq!(body.len(), f.header.len as usize);
-                    assert!(
-                        body.iter().all(|&b| b == body[0]),
-                        "{mode:?}: plaintext back"
-                    );
+                for op in ops {
+                    op.await.unwrap();
                 }
             });
+            assert!(!pool.is_closed());
+            let wire = std::mem::take(&mut socket.state.lock().unwrap().1);
+            let mut next = [0u32; OPS];
+            let mut at = 0;
+            while at < wire.len() {
+                let head: [u8; DATA_HEADER_LEN] =
+                    take(&wire, &mut at, DATA_HEADER_LEN).try_into().unwrap();
+                if let Some(r) = &mut recv {
+                    let tag: Tag = take(&wire, &mut at, TAG_LEN).try_into().unwrap();
+                    r.open_header(&head, &tag).unwrap();
+                }
+                let RingFrame::Data(h) = RingFrame::decode(&head).unwrap() else {
+                    panic!("{mode:?}: not a data frame at byte {at}");
+                };
+                let mut body = take(&wire, &mut at, h.len as usize).to_vec();
+                if let Some(r) = &mut recv {
+                    let tag: Tag = take(&wire, &mut at, TAG_LEN).try_into().unwrap();
+                    r.open_body(&mut body, &tag).unwrap();
+                }
+                let t = h.tag as usize;
+                assert_eq!(h.slice, next[t], "{mode:?}: op {t}'s frames in order");
+                next[t] += 1;
+                assert!(
+                    body.iter().all(|&b| b == t as u8),
+                    "{mode:?}: frame {} of op {t} whole",
+                    h.slice
+                );
+            }
+            assert_eq!(next, [FRAMES as u32; OPS], "{mode:?}: every frame arrived");
+        }
+    }
+
+    /// An op that ends with a frame half written closes the pool (the successor could
+    /// not tell its bytes from the next frame's); one that ends holding an untouched line
+    /// lets it go, and the next op uses it.
+    #[test]
+    fn an_op_that_leaves_a_frame_half_written_closes_the_pool() {
+        let rt = rt();
+        for (room, closes) in [(10, true), (0, false)] {
+            let line = Arc::new(Line::new(
+                Arc::new(Stuck {
+                    room: Mutex::new(room),
+                }),
+                None,
+            ));
+            let pool = Pool::new(
+                vec![Connection::Socket(line.clone())],
+                watch::channel(false).0,
+            );
+            let bufs = BufPool::new(1 << 20);
+            rt.block_on(async {
+                let lease = pool.lease();
+                let mut frame = Outgoing::new(
+                    DataHeader::sample(100),
+                    Payload::Owned(vec![1u8; 100].into()),
+                );
+                let sent = pool.send(&lease, 0, &mut frame, &[], &bufs);
+                let waited = tokio::time::timeout(Duration::from_millis(50), sent).await;
+                assert!(waited.is_err(), "the socket never drains");
+            });
+            assert_eq!(pool.is_closed(), closes, "{room} bytes written");
+            assert!(line.lock().holder.is_none(), "the line is let go");
         }
     }
 }

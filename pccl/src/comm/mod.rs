@@ -227,7 +227,7 @@ impl Communicator {
                 config.max_buffered_bytes,
                 config.max_buffered_frames,
             )),
-            p2p: P2p::new(me, config.pool_size, bufs.clone(), secure.clone()),
+            p2p: P2p::new(me, config.pool_size, secure.clone()),
             bufs,
             door: Arc::default(),
             gate: Arc::new(Gate::new(me, config.peer_group)),

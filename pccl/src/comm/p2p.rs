@@ -19,28 +19,25 @@ use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{mpsc, watch};
+use tokio::sync::watch;
 use tokio::time::Instant;
 use tracing::Instrument;
 
 use super::gate::Gate;
 use crate::collectives::bufpool::BufPool;
-use crate::collectives::link::{Connection, Line, OutFrame, Pool, Sealer};
+use crate::collectives::link::{Connection, Line, Pool};
 use crate::collectives::registry::{ConnId, Registry};
 use crate::error::Error;
-use crate::net::parts::{self, Parts};
 use crate::net::sealed::{self, Secure};
 use crate::net::slots::{SharedSlots, Slot};
 use crate::net::{self, ConnectionError};
-use crate::secure::{RecvKey, SealError};
+use crate::secure::RecvKey;
 use crate::shared_state::StateDoor;
 use crate::types::{PeerEntry, PeerId};
 use crate::wire::{ConnectionKind, DATA_HEADER_LEN, Hello, KEEPALIVE, RingFrame};
 
 /// How long a p2p dial or handshake may take.
 const DIAL_TIMEOUT: Duration = Duration::from_secs(5);
-/// Frames queued per connection before the op waits for the socket.
-const WRITE_QUEUE: usize = 16;
 /// A ring connection that has carried nothing for this long gets a keepalive. Part of the
 /// protocol: an acceptor's idle timeout must be well above it (docs/PROTOCOL.md §4.1).
 pub(crate) const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(1);
@@ -51,7 +48,6 @@ pub(crate) struct P2p {
     me: PeerId,
     pool_size: usize,
     pools: Mutex<HashMap<PeerId, Arc<Pool>>>,
-    bufs: Arc<BufPool>,
     /// Serialises dials so two ops never open two pools to one peer.
     dialing: tokio::sync::Mutex<()>,
     /// The run secret and our key pair, in an authenticated run.
@@ -59,15 +55,9 @@ pub(crate) struct P2p {
 }
 
 impl P2p {
-    pub(crate) fn new(
-        me: PeerId,
-        pool_size: usize,
-        bufs: Arc<BufPool>,
-        secure: Option<Secure>,
-    ) -> Self {
+    pub(crate) fn new(me: PeerId, pool_size: usize, secure: Option<Secure>) -> Self {
         Self {
             me,
-            bufs,
             secure,
             pool_size: pool_size.max(1),
             pools: Mutex::new(HashMap::new()),
@@ -135,54 +125,32 @@ impl P2p {
         let (closed, _) = watch::channel(false);
         let mut writers = Vec::with_capacity(streams.len());
         for (stream, keys) in streams {
-            let (tx, rx) = mpsc::channel(WRITE_QUEUE);
             let span = tracing::debug_span!("p2p-writer", to = %peer.id);
-            let sealer: Option<Sealer> = keys.map(|k| Arc::new(Mutex::new(k.send)));
             let (rd, wr) = stream.into_split();
             let wr = Arc::new(wr);
-            let line = Arc::new(Line::new(wr.clone()));
+            let line = Arc::new(Line::new(wr.clone(), keys.map(|k| k.send)));
             let writer = Writer {
                 socket: wr,
                 line: line.clone(),
-                sealer: sealer.clone(),
-                bufs: self.bufs.clone(),
             };
-            tokio::spawn(writer.run(rd, rx, closed.clone()).instrument(span));
-            writers.push(Connection {
-                queue: tx,
-                line: Some(line),
-                sealer,
-            });
+            tokio::spawn(writer.run(rd, closed.clone()).instrument(span));
+            writers.push(Connection::Socket(line));
         }
         tracing::debug!(to = %peer.id, n = writers.len(), "p2p pool open");
         Ok(Pool::new(writers, closed))
     }
 }
 
-/// What the writer writes next.
-enum Job {
-    /// A frame it took off the queue (maybe begun by the thread that queued it).
-    Frame(OutFrame),
-    /// A keepalive on the idle line it claimed.
-    Keepalive(Vec<u8>),
-}
-
-/// The writing side of one ring connection: writes what the threads that queue frames
-/// could not write themselves (link.rs, [`Line`]), and keepalives while it is idle.
+/// The task that watches one ring connection the ops write (link.rs, [`Line`]): it writes
+/// a keepalive while the line is idle, and when the successor hangs up or the pool is
+/// closed it closes the line and shuts the socket down.
 struct Writer {
     socket: Arc<OwnedWriteHalf>,
     line: Arc<Line>,
-    sealer: Option<Sealer>,
-    bufs: Arc<BufPool>,
 }
 
 impl Writer {
-    async fn run(
-        self,
-        mut rd: OwnedReadHalf,
-        mut rx: mpsc::Receiver<OutFrame>,
-        closed: watch::Sender<bool>,
-    ) {
+    async fn run(self, mut rd: OwnedReadHalf, closed: watch::Sender<bool>) {
         // The acceptor never writes after its hello: the read side ending means it closed
         // the connection (it refused us, or we left its topology), so the pool is closed at
         // once and the next op dials afresh instead of losing its first frames to a dead
@@ -193,60 +161,27 @@ impl Writer {
         };
         tokio::pin!(hung_up);
         let mut closed_rx = closed.subscribe();
-        let keepalive = tokio::time::sleep(KEEPALIVE_INTERVAL);
-        tokio::pin!(keepalive);
+        let mut due = Instant::now() + KEEPALIVE_INTERVAL;
         loop {
-            let frame = tokio::select! {
-                f = rx.recv() => match f { Some(f) => Some(f), None => break },
+            let keepalive = async {
+                tokio::time::sleep_until(due).await;
+                self.line.keepalive(&KEEPALIVE, KEEPALIVE_INTERVAL).await
+            };
+            let sent = tokio::select! {
+                r = keepalive => r,
                 _ = net::stopped(&mut closed_rx) => break,
                 _ = &mut hung_up => {
                     tracing::debug!("the successor closed a ring connection");
                     break;
                 }
-                _ = &mut keepalive => None,
             };
-            let job = match frame {
-                Some(f) => {
-                    self.line.take();
-                    Job::Frame(f)
-                }
-                None => match self.keepalive() {
-                    Ok(Ok(wire)) => Job::Keepalive(wire),
-                    Ok(Err(due)) => {
-                        keepalive.as_mut().reset(Instant::from_std(due));
-                        continue;
-                    }
-                    Err(e) => {
-                        tracing::debug!(error = %e, "cannot seal a p2p keepalive");
-                        break;
-                    }
-                },
-            };
-            let mut head = [0u8; DATA_HEADER_LEN];
-            let (parts, skip): ([&[u8]; 4], usize) = match &job {
-                Job::Frame(f) if f.seal.is_some() != self.sealer.is_some() => {
-                    tracing::debug!("a frame sealed for another kind of connection");
+            match sent {
+                Ok(Ok(())) => due = Instant::now() + KEEPALIVE_INTERVAL,
+                Ok(Err(next)) => due = Instant::from_std(next),
+                Err(e) => {
+                    tracing::debug!(error = %e, "p2p keepalive failed");
                     break;
                 }
-                Job::Frame(f) => (f.parts(&mut head), f.written),
-                Job::Keepalive(w) => ([w, &[], &[], &[]], 0),
-            };
-            let mut rest = Parts::new(&parts, skip);
-            let res = tokio::select! {
-                r = parts::write_shared(&self.socket, &mut rest) => r,
-                _ = net::stopped(&mut closed_rx) => break,
-                _ = &mut hung_up => break,
-            };
-            if let Err(e) = res {
-                tracing::debug!(error = %e, "p2p write failed");
-                break;
-            }
-            self.line.done();
-            match job {
-                Job::Frame(f) => self.bufs.recycle(f.payload),
-                Job::Keepalive(_) => keepalive
-                    .as_mut()
-                    .reset(Instant::now() + KEEPALIVE_INTERVAL),
             }
         }
         // Nobody writes a byte more: the successor sees the connection end now, not when
@@ -254,25 +189,6 @@ impl Writer {
         self.line.close();
         net::socket::shut_down((*self.socket).as_ref());
         let _ = closed.send(true);
-    }
-
-    /// The bytes of a keepalive, with the idle line claimed for them: the bare frame, or on
-    /// a protected connection the frame and its tags, sealed under the lock every frame is
-    /// sealed under, so it takes the counter of the next frame written (link.rs).
-    /// `Ok(Err(due))`: the line is not idle; look again at `due`.
-    fn keepalive(&self) -> Result<Result<Vec<u8>, std::time::Instant>, SealError> {
-        let Some(sealer) = &self.sealer else {
-            return Ok(self
-                .line
-                .claim_idle(KEEPALIVE_INTERVAL)
-                .map(|()| KEEPALIVE.to_vec()));
-        };
-        let mut key = sealer.lock().unwrap_or_else(|e| e.into_inner());
-        if let Err(due) = self.line.claim_idle(KEEPALIVE_INTERVAL) {
-            return Ok(Err(due));
-        }
-        let tags = key.seal(&KEEPALIVE, &mut [])?;
-        Ok(Ok([&KEEPALIVE[..], &tags.header, &tags.body].concat()))
     }
 }
 

@@ -13,7 +13,7 @@ use tokio::sync::OwnedSemaphorePermit;
 use super::frames::{OpFrames, connections_for};
 use super::{Local, RingHost, Started};
 use crate::collectives::ReduceBuffers;
-use crate::collectives::link::{OutFrame, Pool};
+use crate::collectives::link::{Outgoing, Pool, SendError};
 use crate::collectives::registry::OpEvent;
 use crate::collectives::schedule::Schedule;
 use crate::error::Error;
@@ -58,30 +58,22 @@ pub(super) async fn exchange<H: RingHost, B: ReduceBuffers>(
     let mut next_first = 0;
     let mut received = 0;
     let mut seen: HashSet<(u16, u32)> = HashSet::with_capacity(expected);
-    let mut outgoing: VecDeque<Out> = VecDeque::new();
+    let mut outgoing: VecDeque<Outgoing> = VecDeque::new();
+    let lease = pool.lease();
     let conns = connections_for(pool.size(), sched.slices(0));
     let window = window(sched, conns, host.ahead_bytes(), host.slice_bytes());
     let pace_step = sched.pace_step();
     let mut paced = 0;
 
     loop {
-        // Step-0 slices are made lazily, so at most a writer queue's worth is copied ahead,
-        // and within the window.
+        // Step-0 slices are made lazily, one at a time, and within the window.
         let room = window.is_none_or(|w| next_first < paced + w);
         if let Some(first) =
             first.filter(|_| room && outgoing.is_empty() && next_first < first_slices)
         {
             outgoing.push_back(match op.codec {
-                // Read from the caller's buffer as it is sent (link.rs, `send_slice`).
-                None => Out::First(first, next_first),
-                Some(c) => Out::Frame(op.first_frame(
-                    c,
-                    bufs,
-                    host.bufs(),
-                    &mut scratch,
-                    first,
-                    next_first,
-                )),
+                None => op.first_slice(bufs, first, next_first),
+                Some(c) => op.first_frame(c, bufs, host.bufs(), &mut scratch, first, next_first),
             });
             next_first += 1;
         }
@@ -91,40 +83,39 @@ pub(super) async fn exchange<H: RingHost, B: ReduceBuffers>(
         // A closed pool may have lost frames we counted as sent, and the frames we wait
         // for may depend on them: the op cannot finish (docs/ARCHITECTURE.md §5, "Lost
         // frames"), so it fails now rather than waiting for what will not come.
-        let event = if let Some(front) = outgoing.front() {
-            let idx = front.connection() % conns;
+        let step = if let Some(front) = outgoing.front_mut() {
+            // Slices of one step are striped over the connections; the next step of a slice
+            // goes to the next connection.
+            let idx = (front.header.step as usize + front.header.slice as usize) % conns;
+            let len = front.header.len;
+            // Writing first: a frame the socket takes now goes out before the op turns to
+            // its next event (which the op takes whenever the socket is full).
             tokio::select! {
                 biased;
-                ev = st.events.recv() => ev,
+                sent = pool.send(&lease, idx, front, bufs.send(), host.bufs()) => Step::Sent(sent.map(|()| len)),
+                ev = st.events.recv() => Step::Event(ev),
                 () = pool.closed() => return Err(Local::Fail(FailReason::PeerLost)),
-                permit = pool.reserve(idx) => {
-                    let Ok(permit) = permit else {
-                        return Err(Local::Fail(FailReason::PeerLost));
-                    };
-                    let sent = match outgoing.pop_front().expect("front exists") {
-                        Out::Frame(frame) => {
-                            info.tx_bytes += frame.payload.len() as u64;
-                            permit.send(frame, host.bufs())
-                        }
-                        Out::First(chunk, k) => {
-                            let (header, payload) = op.first_slice(bufs, chunk, k);
-                            info.tx_bytes += payload.len() as u64;
-                            permit.send_slice(header, payload, host.bufs())
-                        }
-                    };
-                    if let Err(e) = sent {
-                        tracing::warn!(error = %e, "cannot send a ring frame");
-                        pool.close();
-                        return Err(Local::Fail(FailReason::PeerLost));
-                    }
-                    continue;
-                }
             }
         } else {
             tokio::select! {
                 biased;
-                ev = st.events.recv() => ev,
+                ev = st.events.recv() => Step::Event(ev),
                 () = pool.closed() => return Err(Local::Fail(FailReason::PeerLost)),
+            }
+        };
+        let event = match step {
+            Step::Event(ev) => ev,
+            Step::Sent(Ok(len)) => {
+                info.tx_bytes += u64::from(len);
+                outgoing.pop_front();
+                continue;
+            }
+            Step::Sent(Err(e)) => {
+                if !matches!(e, SendError::Closed) {
+                    tracing::warn!(error = %e, "cannot send a ring frame");
+                }
+                pool.close();
+                return Err(Local::Fail(FailReason::PeerLost));
             }
         };
         let (h, payload, _credit) = frame_of(event)?;
@@ -142,28 +133,16 @@ pub(super) async fn exchange<H: RingHost, B: ReduceBuffers>(
             None => op.forward_plain(bufs, host.bufs(), &frame, payload),
         };
         if let Some(frame) = forward {
-            outgoing.push_back(Out::Frame(frame));
+            outgoing.push_back(frame);
         }
     }
 }
 
-/// A frame this rank owes its successor.
-enum Out {
-    /// Made from a received frame, or a quantized step-0 slice.
-    Frame(OutFrame),
-    /// Step-0 slice `k` of chunk `chunk`, read from the caller's buffer when it is sent.
-    First(usize, usize),
-}
-
-impl Out {
-    /// Which connection of the pool it goes on, before wrapping: slices of one step are
-    /// striped over the connections, and the next step of a slice goes to the next one.
-    fn connection(&self) -> usize {
-        match self {
-            Self::Frame(f) => f.header.step as usize + f.header.slice as usize,
-            Self::First(_, k) => *k,
-        }
-    }
+/// What the op's wait ended with.
+enum Step {
+    /// The front frame was written whole (its payload bytes), or cannot be.
+    Sent(Result<u32, SendError>),
+    Event(Option<OpEvent>),
 }
 
 /// The frame an event carries; any other event ends this rank's part of the op.

@@ -17,7 +17,7 @@ use bytes::BytesMut;
 use super::Local;
 use crate::collectives::ReduceBuffers;
 use crate::collectives::bufpool::BufPool;
-use crate::collectives::link::OutFrame;
+use crate::collectives::link::{Outgoing, Payload};
 use crate::collectives::reduce::{finish_avg, reduce_into};
 use crate::collectives::registry::OpKey;
 use crate::collectives::schedule::Schedule;
@@ -114,7 +114,7 @@ impl<'a> OpFrames<'a> {
         }
     }
 
-    /// The quantized step-0 frame of slice `k` of chunk `chunk` (plain ones are sent
+    /// The quantized step-0 frame of slice `k` of chunk `chunk` (plain ones are written
     /// straight from the caller's buffer: `first_slice`).
     pub(super) fn first_frame<B: ReduceBuffers>(
         &self,
@@ -124,27 +124,32 @@ impl<'a> OpFrames<'a> {
         scratch: &mut Scratch,
         chunk: usize,
         k: usize,
-    ) -> OutFrame {
+    ) -> Outgoing {
         let range = self.sched.slice(chunk, k);
         let len = c.frame_len(range.len());
         let mut payload = pool.get(len);
         payload.resize(len, 0);
         c.encode(self.local(bufs, &range), scratch, &mut payload);
         let crc = self.crc(&payload);
-        OutFrame::new(self.header(0, k, &range, crc), payload.freeze())
+        Outgoing::new(
+            self.header(0, k, &range, crc),
+            Payload::Owned(payload.freeze()),
+        )
     }
 
-    /// The header and payload of the plain step-0 frame of slice `k` of chunk `chunk`:
-    /// the local input itself, never copied here (link.rs, `Permit::send_slice`).
-    pub(super) fn first_slice<'b, B: ReduceBuffers>(
+    /// The plain step-0 frame of slice `k` of chunk `chunk`: the local input itself,
+    /// written straight from the caller's buffer (link.rs, `Payload::Input`).
+    pub(super) fn first_slice<B: ReduceBuffers>(
         &self,
-        bufs: &'b B,
+        bufs: &B,
         chunk: usize,
         k: usize,
-    ) -> (DataHeader, &'b [u8]) {
+    ) -> Outgoing {
         let range = self.sched.slice(chunk, k);
-        let payload = self.local(bufs, &range);
-        (self.header(0, k, &range, self.crc(payload)), payload)
+        let base = self.sched.input().start;
+        let bytes = (range.start - base) * self.size..(range.end - base) * self.size;
+        let crc = self.crc(&bufs.send()[bytes.clone()]);
+        Outgoing::new(self.header(0, k, &range, crc), Payload::Input(bytes))
     }
 
     /// Checks a received frame against our own schedule and returns it with its element
@@ -199,7 +204,7 @@ impl<'a> OpFrames<'a> {
         pool: &BufPool,
         frame: &Checked,
         mut payload: BytesMut,
-    ) -> Option<OutFrame> {
+    ) -> Option<Outgoing> {
         let (h, range) = (&frame.header, &frame.range);
         let desc = self.desc;
         let step = h.step as usize;
@@ -223,9 +228,9 @@ impl<'a> OpFrames<'a> {
         } else {
             h.crc
         };
-        Some(OutFrame::new(
+        Some(Outgoing::new(
             self.header(step + 1, h.slice as usize, range, crc),
-            payload.freeze(),
+            Payload::Owned(payload.freeze()),
         ))
     }
 
@@ -241,7 +246,7 @@ impl<'a> OpFrames<'a> {
         scratch: &mut Scratch,
         frame: &Checked,
         payload: BytesMut,
-    ) -> Option<OutFrame> {
+    ) -> Option<Outgoing> {
         let (h, range) = (&frame.header, &frame.range);
         let step = h.step as usize;
         let action = self.sched.action(step, h.slice as usize);
@@ -268,9 +273,9 @@ impl<'a> OpFrames<'a> {
             pool.put(out);
             return None;
         }
-        Some(OutFrame::new(
+        Some(Outgoing::new(
             self.header(step + 1, h.slice as usize, range, crc),
-            out.freeze(),
+            Payload::Owned(out.freeze()),
         ))
     }
 }

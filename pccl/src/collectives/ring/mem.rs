@@ -310,11 +310,7 @@ impl MemRing {
         let mut writers = Vec::new();
         for conn in 0..o.conns {
             let (tx, rx) = mpsc::channel(16);
-            writers.push(Connection {
-                queue: tx,
-                line: None,
-                sealer: None,
-            });
+            writers.push(Connection::Queue(tx));
             if o.gone.contains(&to) {
                 continue; // nobody reads: the queue's receiver is dropped at once
             }
