@@ -39,7 +39,8 @@ pub(crate) struct OpKey {
 
 /// Frames a running op holds from its predecessor before the reader waits: the op's
 /// share of the memory its frames take (with 1 MiB slices, 8 MiB), small against the
-/// writer queues and enough to keep the op busy while the reader fetches the next frame.
+/// window of step-0 slices (docs/ARCHITECTURE.md §5, "Memory") and enough to keep the op
+/// busy while the reader fetches the next frame.
 pub(crate) const INBOX_FRAMES: usize = 8;
 
 /// What an op's task receives.

@@ -206,10 +206,9 @@ async fn await_verdict<H: RingHost, B: ReduceBuffers>(
     pool: Option<Arc<Pool>>,
 ) -> Result<()> {
     let host = st.host.clone();
-    // A frame counts as sent once it is queued on a connection; if the connection then
-    // fails, the frames still queued or in flight on it are lost and the successor may
-    // wait for them forever (it cannot tell which ops they belonged to). So until the
-    // verdict, a closed pool turns our "done" into a failure: the master fails the op
+    // A frame counts as sent once it is written to a connection; if the connection then
+    // fails, the frames in flight on it are lost and the successor may wait for them
+    // forever (it cannot tell which ops they belonged to). So until the verdict, a closed pool turns our "done" into a failure: the master fails the op
     // everywhere unless it has already decided it, in which case every frame arrived and
     // the late report is ignored as stale (docs/ARCHITECTURE.md §5, "Lost frames").
     let mut watch_pool = pool.filter(|_| failure.is_none());
