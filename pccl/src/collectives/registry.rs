@@ -405,14 +405,18 @@ impl Registry {
         crc_ok: bool,
     ) {
         let mut frame = Some(payload);
+        let mut waited: Option<OwnedSemaphorePermit> = None;
         loop {
             let notified = self.space.notified();
-            match self.route(conn, header, &mut frame, from, crc_ok) {
+            match self.route(conn, header, &mut frame, from, crc_ok, &mut waited) {
                 Route::Done => return,
                 // The op has `INBOX_FRAMES` frames to work through: wait for it to finish
-                // one. Closed, the op is gone and the frame is routed afresh (early, stale
-                // or the next op's).
-                Route::NoCredit(credits) => drop(credits.acquire().await),
+                // one, and keep that credit for this frame. (Dropping it and trying again
+                // livelocks: the semaphore hands a freed credit straight to the next
+                // waiting reader, so with two or more readers waiting none ever finds one
+                // free.) Closed, the op is gone and the frame is routed afresh (early,
+                // stale or the next op's).
+                Route::NoCredit(credits) => waited = credits.acquire_owned().await.ok(),
                 // Backpressure: stop reading this connection until an op drains the buffer.
                 Route::Full => {
                     let _ = tokio::time::timeout(Duration::from_millis(100), notified).await;
@@ -430,6 +434,7 @@ impl Registry {
         frame: &mut Option<BytesMut>,
         from: PeerId,
         crc_ok: bool,
+        waited: &mut Option<OwnedSemaphorePermit>,
     ) -> Route {
         let mut g = self.lock();
         let key = key_of(&header);
@@ -447,8 +452,13 @@ impl Registry {
                 tracing::warn!(%from, expected = %s.prev, "frame from a peer that is not our ring predecessor");
                 return Route::Done;
             }
-            let Ok(credit) = s.credits.clone().try_acquire_owned() else {
-                return Route::NoCredit(s.credits.clone());
+            // The credit this reader waited for, if it is this op's; else a free one.
+            let credit = match waited.take() {
+                Some(c) if Arc::ptr_eq(c.semaphore(), &s.credits) => c,
+                _ => match s.credits.clone().try_acquire_owned() {
+                    Ok(c) => c,
+                    Err(_) => return Route::NoCredit(s.credits.clone()),
+                },
             };
             let _ = s.tx.send(OpEvent::Frame {
                 header,
@@ -651,6 +661,48 @@ mod tests {
     /// predecessor, and nothing else: not another predecessor's op, not an op that
     /// already has every frame, not the next op (its sender fails it if its frames were
     /// lost).
+    /// Several readers (one per connection of a pool) wait for credits of one op: every
+    /// credit the op gives back lets one of them deliver. (Readers that dropped the
+    /// credit they waited for and tried again passed it round among themselves for ever:
+    /// a long-fat-pipe run over 16 connections hung so.)
+    #[test]
+    fn readers_waiting_for_credits_all_deliver_as_the_op_works() {
+        const READERS: u32 = 2 * INBOX_FRAMES as u32;
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .expect("runtime");
+        rt.block_on(async {
+            let reg = Arc::new(Registry::new(0, 1 << 20));
+            let prev = peer(3);
+            let (_key, _, mut rx) = reg.start(7, |_| Some(prev)).expect("started");
+            let payload = || BytesMut::from(&[0u8; 4][..]);
+            for _ in 0..INBOX_FRAMES {
+                reg.deliver(header(0, 0), payload(), prev, true).await;
+            }
+            let readers: Vec<_> = (0..READERS)
+                .map(|_| {
+                    let reg = reg.clone();
+                    tokio::spawn(async move {
+                        reg.deliver(header(0, 0), payload(), prev, true).await;
+                    })
+                })
+                .collect();
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            let used = tokio::time::timeout(Duration::from_secs(5), async {
+                for _ in 0..INBOX_FRAMES + READERS as usize {
+                    drop(rx.recv().await.expect("a frame")); // the op used one
+                }
+            })
+            .await;
+            assert!(used.is_ok(), "every waiting reader delivered its frame");
+            for r in readers {
+                r.await.expect("no panic");
+            }
+        });
+    }
+
     #[test]
     fn a_failed_link_fails_the_running_ops_from_its_peer() {
         let reg = Registry::new(0, 1 << 20);
