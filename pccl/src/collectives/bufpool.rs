@@ -36,6 +36,13 @@ impl BufPool {
         reused.unwrap_or_else(|| BytesMut::with_capacity(self.capacity))
     }
 
+    /// A buffer holding a copy of `data`.
+    pub(crate) fn copy_of(&self, data: &[u8]) -> BytesMut {
+        let mut copy = self.get(data.len());
+        copy.extend_from_slice(data);
+        copy
+    }
+
     /// Returns a buffer to the pool.
     pub(crate) fn put(&self, mut buf: BytesMut) {
         if buf.capacity() != self.capacity {

@@ -84,11 +84,7 @@ impl Outgoing {
     fn take_owned(&mut self, input: &[u8], bufs: &BufPool) -> Bytes {
         match std::mem::replace(&mut self.payload, Payload::Owned(Bytes::new())) {
             Payload::Owned(b) => b,
-            Payload::Input(r) => {
-                let mut copy = bufs.get(r.len());
-                copy.extend_from_slice(&input[r]);
-                copy.freeze()
-            }
+            Payload::Input(r) => bufs.copy_of(&input[r]).freeze(),
         }
     }
 
@@ -100,14 +96,10 @@ impl Outgoing {
         let tags = match key.protection() {
             Protection::Authenticate => key.seal_shared(&head, self.body(input))?,
             Protection::Encrypt => {
-                let mut mine = match self.take_owned(input, bufs).try_into_mut() {
-                    Ok(mine) => mine,
-                    Err(shared) => {
-                        let mut copy = bufs.get(shared.len());
-                        copy.extend_from_slice(&shared);
-                        copy
-                    }
-                };
+                let mut mine = self
+                    .take_owned(input, bufs)
+                    .try_into_mut()
+                    .unwrap_or_else(|shared| bufs.copy_of(&shared));
                 let tags = key.seal(&head, &mut mine);
                 self.payload = Payload::Owned(mine.freeze());
                 tags?
@@ -148,6 +140,8 @@ pub(crate) trait Socket: Send + Sync + std::fmt::Debug {
     fn try_write_vectored(&self, bufs: &[IoSlice<'_>]) -> io::Result<usize>;
     /// Resolves once the socket may take more.
     fn writable(&self) -> Pin<Box<dyn Future<Output = io::Result<()>> + Send + '_>>;
+    /// Ends the connection in both directions now, whoever still holds the socket.
+    fn shut_down(&self);
 }
 
 impl Socket for tokio::net::tcp::OwnedWriteHalf {
@@ -157,6 +151,10 @@ impl Socket for tokio::net::tcp::OwnedWriteHalf {
 
     fn writable(&self) -> Pin<Box<dyn Future<Output = io::Result<()>> + Send + '_>> {
         Box::pin(Self::writable(self))
+    }
+
+    fn shut_down(&self) {
+        crate::net::socket::shut_down(self.as_ref());
     }
 }
 
@@ -342,9 +340,11 @@ impl Line {
         Ok(Ok(()))
     }
 
-    /// The connection ended: nobody writes it any more, and whoever waits for it fails.
+    /// The connection ended: nobody writes it any more, whoever waits for it fails, and
+    /// the successor sees the end now, not when the last op lets go of the pool.
     pub(crate) fn close(&self) {
         self.lock().closed = true;
+        self.socket.shut_down();
         self.free.notify_waiters();
     }
 }
@@ -534,6 +534,8 @@ mod tests {
                 Ok(())
             })
         }
+
+        fn shut_down(&self) {}
     }
 
     /// Takes `room` bytes, then never again.
@@ -556,6 +558,8 @@ mod tests {
         fn writable(&self) -> Pin<Box<dyn Future<Output = io::Result<()>> + Send + '_>> {
             Box::pin(std::future::pending())
         }
+
+        fn shut_down(&self) {}
     }
 
     fn rt() -> tokio::runtime::Runtime {

@@ -584,7 +584,6 @@ mod tests {
             let prev = peer(3);
             let (key, _, mut rx) = reg.start(7, |_| Some(prev)).expect("started");
             assert_eq!((key.epoch, key.seq), (5, 0));
-            let payload = || BytesMut::from(&[0u8; 4][..]);
             reg.deliver(header(5, 1), payload(), prev, true).await; // next op's
             reg.deliver(header(4, 0), payload(), prev, true).await; // an old epoch's
             reg.deliver(header(5, 0), payload(), peer(2), true).await; // not our predecessor
@@ -606,6 +605,20 @@ mod tests {
         });
     }
 
+    fn payload() -> BytesMut {
+        BytesMut::from(&[0u8; 4][..])
+    }
+
+    /// A registry with op 7 running, its predecessor `peer(3)`, and its inbox full.
+    async fn full_inbox() -> (Arc<Registry>, OpKey, mpsc::UnboundedReceiver<OpEvent>) {
+        let reg = Arc::new(Registry::new(0, 1 << 20));
+        let (key, _, rx) = reg.start(7, |_| Some(peer(3))).expect("started");
+        for _ in 0..INBOX_FRAMES {
+            reg.deliver(header(0, 0), payload(), peer(3), true).await;
+        }
+        (reg, key, rx)
+    }
+
     /// A running op holds at most `INBOX_FRAMES` frames: the reader with one more waits
     /// until the op has used one, and a reader still waiting when the op ends routes its
     /// frame afresh (here: stale, dropped) instead of waiting for ever.
@@ -616,13 +629,8 @@ mod tests {
             .build()
             .expect("runtime");
         rt.block_on(async {
-            let reg = Arc::new(Registry::new(0, 1 << 20));
+            let (reg, key, mut rx) = full_inbox().await;
             let prev = peer(3);
-            let (key, _, mut rx) = reg.start(7, |_| Some(prev)).expect("started");
-            let payload = || BytesMut::from(&[0u8; 4][..]);
-            for _ in 0..INBOX_FRAMES {
-                reg.deliver(header(0, 0), payload(), prev, true).await;
-            }
             let deliver = |reg: &Arc<Registry>, seq: u32| {
                 let reg = reg.clone();
                 tokio::spawn(
@@ -657,10 +665,6 @@ mod tests {
         });
     }
 
-    /// A ring link that failed authentication fails the ops running from that
-    /// predecessor, and nothing else: not another predecessor's op, not an op that
-    /// already has every frame, not the next op (its sender fails it if its frames were
-    /// lost).
     /// Several readers (one per connection of a pool) wait for credits of one op: every
     /// credit the op gives back lets one of them deliver. (Readers that dropped the
     /// credit they waited for and tried again passed it round among themselves for ever:
@@ -674,13 +678,8 @@ mod tests {
             .build()
             .expect("runtime");
         rt.block_on(async {
-            let reg = Arc::new(Registry::new(0, 1 << 20));
+            let (reg, _key, mut rx) = full_inbox().await;
             let prev = peer(3);
-            let (_key, _, mut rx) = reg.start(7, |_| Some(prev)).expect("started");
-            let payload = || BytesMut::from(&[0u8; 4][..]);
-            for _ in 0..INBOX_FRAMES {
-                reg.deliver(header(0, 0), payload(), prev, true).await;
-            }
             let readers: Vec<_> = (0..READERS)
                 .map(|_| {
                     let reg = reg.clone();
@@ -703,6 +702,10 @@ mod tests {
         });
     }
 
+    /// A ring link that failed authentication fails the ops running from that
+    /// predecessor, and nothing else: not another predecessor's op, not an op that
+    /// already has every frame, not the next op (its sender fails it if its frames were
+    /// lost).
     #[test]
     fn a_failed_link_fails_the_running_ops_from_its_peer() {
         let reg = Registry::new(0, 1 << 20);
@@ -759,7 +762,6 @@ mod tests {
             .expect("runtime");
         rt.block_on(async {
             let reg = Registry::with_frame_bound(0, 1 << 20, 3);
-            let payload = || BytesMut::from(&[0u8; 4][..]);
             let (a, b) = (ConnId(1), ConnId(2));
             for seq in 0..3 {
                 reg.deliver_on(a, header(99, seq), payload(), peer(1), true)

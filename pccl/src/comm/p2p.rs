@@ -17,7 +17,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::net::tcp::OwnedReadHalf;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tokio::time::Instant;
@@ -127,12 +127,8 @@ impl P2p {
         for (stream, keys) in streams {
             let span = tracing::debug_span!("p2p-writer", to = %peer.id);
             let (rd, wr) = stream.into_split();
-            let wr = Arc::new(wr);
-            let line = Arc::new(Line::new(wr.clone(), keys.map(|k| k.send)));
-            let writer = Writer {
-                socket: wr,
-                line: line.clone(),
-            };
+            let line = Arc::new(Line::new(Arc::new(wr), keys.map(|k| k.send)));
+            let writer = Writer { line: line.clone() };
             tokio::spawn(writer.run(rd, closed.clone()).instrument(span));
             writers.push(Connection::Socket(line));
         }
@@ -143,9 +139,8 @@ impl P2p {
 
 /// The task that watches one ring connection the ops write (link.rs, [`Line`]): it writes
 /// a keepalive while the line is idle, and when the successor hangs up or the pool is
-/// closed it closes the line and shuts the socket down.
+/// closed it closes the line (which shuts the socket down).
 struct Writer {
-    socket: Arc<OwnedWriteHalf>,
     line: Arc<Line>,
 }
 
@@ -184,10 +179,7 @@ impl Writer {
                 }
             }
         }
-        // Nobody writes a byte more: the successor sees the connection end now, not when
-        // the last op lets go of the pool.
         self.line.close();
-        net::socket::shut_down((*self.socket).as_ref());
         let _ = closed.send(true);
     }
 }

@@ -93,10 +93,16 @@ impl<'a> OpFrames<'a> {
         }
     }
 
+    /// Where the local input's bytes for `range` (elements of the op's buffer) are in
+    /// the caller's send buffer.
+    fn input_bytes(&self, range: &Range<usize>) -> Range<usize> {
+        let base = self.sched.input().start;
+        (range.start - base) * self.size..(range.end - base) * self.size
+    }
+
     /// The local input's bytes for `range` (elements of the op's buffer).
     fn local<'b, B: ReduceBuffers>(&self, bufs: &'b B, range: &Range<usize>) -> &'b [u8] {
-        let base = self.sched.input().start;
-        &bufs.send()[(range.start - base) * self.size..(range.end - base) * self.size]
+        &bufs.send()[self.input_bytes(range)]
     }
 
     /// Where the result bytes for `range` (elements of the op's buffer) are written.
@@ -146,10 +152,11 @@ impl<'a> OpFrames<'a> {
         k: usize,
     ) -> Outgoing {
         let range = self.sched.slice(chunk, k);
-        let base = self.sched.input().start;
-        let bytes = (range.start - base) * self.size..(range.end - base) * self.size;
-        let crc = self.crc(&bufs.send()[bytes.clone()]);
-        Outgoing::new(self.header(0, k, &range, crc), Payload::Input(bytes))
+        let crc = self.crc(self.local(bufs, &range));
+        Outgoing::new(
+            self.header(0, k, &range, crc),
+            Payload::Input(self.input_bytes(&range)),
+        )
     }
 
     /// Checks a received frame against our own schedule and returns it with its element
