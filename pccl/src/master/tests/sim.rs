@@ -106,10 +106,9 @@ pub(super) struct SimPeer {
     /// Has received a Commit listing itself.
     pub(super) accepted: bool,
     /// The simulator has given it its place in the user program (see `on_send`), at the
-    /// Commit of this (master, joint call): masters are counted by crashes, since a call
-    /// id only its witnesses knew may be given again once they are all gone.
+    /// first Commit of this master (counted by crashes) that listed it.
     pub(super) admitted: bool,
-    pub(super) admitted_call: (u64, u64),
+    pub(super) admitted_by: u64,
     /// The master (counted by crashes) its member's claim reached: while that master
     /// lasts, what the claim says it was told binds the run even after this peer dies.
     pub(super) claimed_in: Option<u64>,
@@ -432,7 +431,7 @@ impl Sim {
             to_master,
             accepted: false,
             admitted: false,
-            admitted_call: (0, 0),
+            admitted_by: 0,
             claimed_in: None,
             last_commit: None,
             epoch: 0,
@@ -570,7 +569,7 @@ impl Sim {
                     }
                 }
             }
-            FromMaster::Commit { topology, call } => {
+            FromMaster::Commit { topology, .. } => {
                 let p = &self.peers[i];
                 ensure!(
                     topology.contains(p.id),
@@ -583,11 +582,15 @@ impl Sim {
                 if p.hostile && !p.admitted {
                     self.stats.hostile_admitted += 1;
                 }
-                // A Commit that never arrived does not admit: a later call of a new
-                // master does (while it waits, no call can complete without it).
-                let at = (self.stats.crashes, *call);
-                if !p.admitted || (!p.accepted && p.admitted_call != at) {
-                    self.admit(i, at);
+                // A Commit that never arrived does not admit: a later Commit of a new
+                // master does (while it waits, no call can complete without it). A
+                // later Commit of the same master (a death while the first is on its
+                // way) does not: the first arrives, and by then the members that
+                // admitted the peer may have had their answer, so their open votes no
+                // longer tell its place.
+                let master = self.stats.crashes;
+                if !p.admitted || (!p.accepted && p.admitted_by != master) {
+                    self.admit(i, master);
                 }
             }
             FromMaster::Propose { topology, .. } => {
@@ -611,7 +614,7 @@ impl Sim {
     /// the call the old members are waiting on right now (they all voted for it, and
     /// their answer is produced after the Commit). The first peer of an empty run starts
     /// the program anywhere: it is alone.
-    pub(super) fn admit(&mut self, i: usize, at: (u64, u64)) {
+    pub(super) fn admit(&mut self, i: usize, master: u64) {
         let me = self.peers[i].id;
         let pos = self
             .master
@@ -630,8 +633,9 @@ impl Sim {
             self.stats.admitted += 1;
         }
         p.admitted = true;
-        p.admitted_call = at;
+        p.admitted_by = master;
         p.pos = pos;
+        self.log(|| format!("admit peer {i} by master {master} pos {pos}"));
     }
 
     pub(super) fn peer_by_id(&self, id: PeerId) -> &SimPeer {
