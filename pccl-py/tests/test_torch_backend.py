@@ -171,6 +171,23 @@ def test_group_of_one(master):
         dist.all_reduce(t, group=pg)
 
 
+def test_exit_shuts_open_groups_down(master):
+    """Groups a program leaves open are shut down at its exit, before the interpreter
+    finalizes: the completer threads have ended (a daemon thread still inside torch's C++
+    when Python finalizes aborts the process) and the groups are closed."""
+    from pccl.torch import _group
+
+    groups = torch_groups(master, 2)
+    on_each(groups, lambda pg: dist.all_reduce(torch.ones(4), group=pg))
+    threads = [pg._completer._thread for pg in groups]
+    assert all(t.is_alive() for t in threads)
+    _group._shutdown_at_exit()  # what atexit runs
+    assert not any(t.is_alive() for t in threads)
+    assert not list(_group._open_groups)
+    with pytest.raises(pccl.InvalidUsageError):
+        dist.all_reduce(torch.ones(4), group=groups[0])
+
+
 def test_cuda_tensors(pgs2):
     cuda_or_skip(torch)
     g = torch.Generator().manual_seed(0)

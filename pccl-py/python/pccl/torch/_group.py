@@ -11,10 +11,12 @@ included) and completed by the group's completer thread (``_work.py``)."""
 
 from __future__ import annotations
 
+import atexit
 import itertools
 import threading
 import time
 import warnings
+import weakref
 from datetime import timedelta
 from typing import Any, Callable, Optional, Sequence
 
@@ -31,8 +33,20 @@ DEFAULT_TIMEOUT = timedelta(minutes=30)
 # Attempts of one update_topology() call that a concurrent death made fail (retryable).
 _TOPOLOGY_ATTEMPTS = 8
 _groups = itertools.count()
-# Seconds shutdown() waits for collectives in flight before it closes the communicator.
+# Seconds shutdown() waits for collectives in flight before it closes the communicator,
+# and then for the completer thread to exit.
 _SHUTDOWN_WAIT = 10.0
+# Groups not shut down yet; the program's exit shuts them down (`_shutdown_at_exit`).
+_open_groups: weakref.WeakSet[ProcessGroup] = weakref.WeakSet()
+
+
+@atexit.register
+def _shutdown_at_exit() -> None:
+    """Shuts down the groups a program leaves open when it exits, before the interpreter
+    finalizes: each leaves the run, and its completer thread ends while Python still runs
+    (``Completer.stop`` says why that matters)."""
+    for pg in list(_open_groups):
+        pg.shutdown()
 
 
 def _overlap(a: torch.Tensor, b: torch.Tensor) -> bool:
@@ -142,6 +156,7 @@ class ProcessGroup(dist.ProcessGroup):
         self._group_name = f"pccl{next(_groups)}"
         self._group_desc = "pccl"
         self._completer = Completer(f"pccl-torch-pg{next(_groups)}", self._live_size, self._note_failure)
+        _open_groups.add(self)
 
     # --- identity -----------------------------------------------------------------------
 
@@ -429,9 +444,11 @@ class ProcessGroup(dist.ProcessGroup):
         ``pccl.InvalidUsageError``."""
         if not self._closed:
             self._closed = True
-            self._completer.drain(min(_SHUTDOWN_WAIT, self._timeout.total_seconds()))
-            self._completer.stop()
-            self._comm.close()
+            wait = min(_SHUTDOWN_WAIT, self._timeout.total_seconds())
+            self._completer.drain(wait)
+            self._comm.close()  # ops still in flight fail now, so the completer can end
+            self._completer.stop(wait)
+            _open_groups.discard(self)
 
     def abort(self) -> None:
         self.shutdown()

@@ -190,8 +190,20 @@ class Completer:
         with self._idle:
             return self._idle.wait_for(lambda: self._pending == 0, timeout)
 
-    def stop(self) -> None:
+    def stop(self, timeout: float) -> bool:
+        """Ends the thread after the works submitted before; waits up to `timeout` seconds
+        for it to exit (unless called on it) and returns whether it did.
+
+        The thread is a daemon (a program that never shuts its group down still exits),
+        so it must be gone before the interpreter finalizes: a daemon thread that takes the
+        GIL during finalization is ended where it stands, and inside torch's C++ (a
+        ``Work``'s destructor releases and retakes the GIL) that ends the process with
+        ``std::terminate``."""
         self._queue.put(None)
+        if threading.current_thread() is self._thread:
+            return False
+        self._thread.join(timeout)
+        return not self._thread.is_alive()
 
     def _loop(self) -> None:
         while True:
@@ -199,6 +211,9 @@ class Completer:
             if work is None:
                 return
             work._run(self._world, self._on_error)
+            # Dropped now rather than when the next get() returns: after the last work
+            # that may be during the interpreter's finalization (see `stop`).
+            del work
             with self._idle:
                 self._pending -= 1
                 self._idle.notify_all()
