@@ -122,6 +122,11 @@ pub struct MasterState {
     /// Each group's sync phase; a group absent here is `SyncPhase::Idle`.
     syncs: BTreeMap<u32, SyncPhase>,
     sync_history: BTreeMap<u32, History>,
+    /// Members whose sync a recovery ended (`recovery::rebuild_sync`) while their
+    /// `SyncDone` was still to come: a receiver sends it once its fetch ends, even when
+    /// the result got there first, so that one `SyncDone` is stale and ignored. A report
+    /// clears the mark: the stale `SyncDone` is sent before the next report, if at all.
+    stale_sync_done: BTreeSet<PeerId>,
     /// Measured throughput (bytes/s) from one peer to another.
     bandwidth: BTreeMap<(PeerId, PeerId), u64>,
     outputs: VecDeque<Output>,
@@ -163,6 +168,7 @@ impl MasterState {
             op_seq: BTreeMap::new(),
             syncs: BTreeMap::new(),
             sync_history: BTreeMap::new(),
+            stale_sync_done: BTreeSet::new(),
             bandwidth: BTreeMap::new(),
             outputs: VecDeque::new(),
             #[cfg(test)]

@@ -69,6 +69,7 @@ impl MasterState {
             return;
         };
         self.claimant_left(peer);
+        self.stale_sync_done.remove(&peer);
         self.bandwidth.retain(|(a, b), _| *a != peer && *b != peer);
         if matches!(self.topology_phase, TopologyPhase::Measuring { .. })
             && self.ring.contains(&peer)

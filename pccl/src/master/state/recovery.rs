@@ -27,7 +27,8 @@
 //!   finished);
 //! - what was undecided goes on: op votes and joint-call votes are counted again, a
 //!   transfer every participant reports in progress is resumed, a sync whose plans only
-//!   some peers got fails for all of them alike, and reports wait for a new election;
+//!   some peers got fails for all of them alike (the `SyncDone` a receiver still fetching
+//!   sends afterwards is ignored), and reports wait for a new election;
 //! - the sync history (who synced last, at which revision) is the highest round any
 //!   member reports, so the revision rule and "no revision goes backwards" hold across
 //!   the restart.
@@ -492,6 +493,9 @@ impl MasterState {
                         if res.is_ok() {
                             synced.insert(*p, (*round, *revision));
                         }
+                        if done.is_none() {
+                            self.stale_sync_done.insert(*p);
+                        }
                         let result = (*res).clone();
                         self.send_peer(
                             *p,
@@ -559,9 +563,14 @@ impl MasterState {
             self.try_finish_sync(g);
             return Vec::new();
         }
-        // Plans went out and not everyone got theirs: nobody may go on alone.
+        // Plans went out and not everyone got theirs: nobody may go on alone. A receiver
+        // still fetching sends its `SyncDone` all the same (`shared_state::sync`): it is
+        // stale when it arrives, not a report of a sync the peer is not part of.
         let why = "the master restarted while this sync was being planned; retry it";
-        for (p, r, _, _) in &planned {
+        for (p, r, _, done) in &planned {
+            if done.is_none() {
+                self.stale_sync_done.insert(*p);
+            }
             let result = Err(why.to_string());
             self.send_peer(*p, FromMaster::SyncResult { round: *r, result });
         }

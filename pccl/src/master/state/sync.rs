@@ -40,6 +40,7 @@ impl MasterState {
         let Some(group) = self.ring.contains(&peer).then(|| self.peers[&peer].group) else {
             return self.violation(conn, "synced before being accepted");
         };
+        self.stale_sync_done.remove(&peer);
         if !self.syncs.contains_key(&group) {
             let deadline = self.deadline_in(self.timeouts.sync_report);
             self.set_sync_phase(
@@ -131,6 +132,10 @@ impl MasterState {
     }
 
     pub(super) fn on_sync_done(&mut self, conn: ConnId, peer: PeerId, ok: bool) {
+        if self.stale_sync_done.remove(&peer) {
+            tracing::debug!(%peer, "stale SyncDone of a sync the recovery ended");
+            return;
+        }
         let Some(group) = self.peers.get(&peer).map(|p| p.group) else {
             return self.violation(conn, "reported a sync it is not part of");
         };

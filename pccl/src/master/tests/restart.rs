@@ -330,6 +330,60 @@ fn a_sync_whose_plans_only_some_got_fails_for_all() {
     }
 }
 
+/// Found by the simulator with master crashes: peer 0 had its plan and was fetching when
+/// the master died; peer 1 had reported but got no plan, so the new master fails the
+/// round for both. Peer 0's fetch ends after that and it sends `SyncDone`, as every
+/// receiver does: stale, not a report of a sync it is not part of. Its next sync counts.
+#[test]
+fn a_sync_done_of_a_sync_the_recovery_failed_is_stale() {
+    let mut h = Harness::new();
+    let report = || ToMaster::SyncReport {
+        revision: 4,
+        strategy: crate::types::SyncStrategy::EnforcePopular,
+        tensors: Vec::new(),
+    };
+    let claims = two_peer_claims(|c| {
+        c.sync = if c.p2p_port == 48149 {
+            SyncClaim::Planned {
+                round: 2,
+                revision: 4,
+                done: None,
+            }
+        } else {
+            SyncClaim::Reported {
+                revision: 4,
+                strategy: crate::types::SyncStrategy::EnforcePopular,
+                tensors: Vec::new(),
+            }
+        };
+    });
+    h.rejoin(0, claims[0].clone());
+    h.rejoin(1, claims[1].clone());
+    h.msg(0, ToMaster::SyncDone { ok: true });
+    assert!(h.closed.is_empty(), "{:?}", h.closed);
+    for c in 0..2 {
+        h.take_quiet(c);
+        h.msg(c, report());
+    }
+    // The retry is planned; its `SyncDone`s count.
+    for c in 0..2 {
+        let msgs = h.take_quiet(c);
+        assert!(
+            msgs.iter()
+                .any(|m| matches!(m, FromMaster::SyncPlan { .. })),
+            "conn {c}: {msgs:?}"
+        );
+        h.msg(c, ToMaster::SyncDone { ok: true });
+    }
+    for c in 0..2 {
+        assert!(h.take_quiet(c).contains(&FromMaster::SyncResult {
+            round: 0,
+            result: Ok(())
+        }));
+    }
+    assert!(h.closed.is_empty(), "{:?}", h.closed);
+}
+
 #[test]
 fn a_sync_result_one_peer_missed_is_given_again_and_history_follows() {
     let mut h = Harness::new();

@@ -200,6 +200,7 @@ impl Sim {
         let group = self.peers[i].group;
         self.peers[i].memory.sync_ended(round, result.clone());
         let p = &mut self.peers[i];
+        let mut stale_done = false;
         let state = match (p.shared.call.take(), &result) {
             (
                 Some(SyncCall::Planned {
@@ -230,8 +231,12 @@ impl Sim {
                 self.stats.syncs_ok += 1;
                 Some((revision, content))
             }
-            (Some(SyncCall::Planned { round: r, .. }), Err(_)) if r == round => {
+            (Some(SyncCall::Planned { round: r, done, .. }), Err(_)) if r == round => {
                 self.stats.syncs_failed += 1;
+                // A restarted master failed the sync while this receiver was fetching:
+                // the real peer's fetch runs to its end regardless and then sends its
+                // `SyncDone` (`shared_state::sync`), stale by then.
+                stale_done = done.is_none();
                 None
             }
             // A restarted master failed a sync whose plan never reached this peer.
@@ -245,6 +250,9 @@ impl Sim {
                 ));
             }
         };
+        if stale_done {
+            self.send_to_master(i, ToMaster::SyncDone { ok: false });
+        }
         let alive = self.alive();
         self.rounds
             .record(round, (group, state), i, "sync round", alive)
