@@ -20,11 +20,14 @@
 //! - **decisions some peers missed are given again**: an op verdict, a joint-call answer
 //!   or a sync result that one peer received is sent, unchanged, to every peer still
 //!   waiting for it (matched by op key, call id and sync round), before anything new is
-//!   decided; so every peer sees every decision, in the same order. What a peer that
-//!   re-registered and then left during the recovery saw counts too: the old master may
-//!   have told it alone, and the others must not decide otherwise (a verdict it alone
-//!   received, given up with its claim, made the survivors fail and retry an op it had
-//!   finished);
+//!   decided; so every peer sees every decision, in the same order. A member of a group
+//!   that keeps its epoch gets, right after the commit, every verdict of that epoch it
+//!   has not seen though it waits on none of them (an op it had not started yet): its
+//!   next op of the tag would otherwise take a seq the others have settled. What a peer
+//!   that re-registered and then left during the recovery saw counts too: the old master
+//!   may have told it alone, and the others must not decide otherwise (a verdict it
+//!   alone received, given up with its claim, made the survivors fail and retry an op it
+//!   had finished);
 //! - what was undecided goes on: op votes and joint-call votes are counted again, a
 //!   transfer every participant reports in progress is resumed, a sync whose plans only
 //!   some peers got fails for all of them alike (the `SyncDone` a receiver still fetching
@@ -337,6 +340,9 @@ impl MasterState {
             "run rebuilt after a master restart"
         );
         self.broadcast_commit();
+        for g in &kept {
+            self.resend_missed_verdicts(*g, &members, &decided, &replayed);
+        }
 
         for (key, failure) in failed_ops {
             self.decide_op(key, failure);
@@ -419,6 +425,68 @@ impl MasterState {
                         failed.entry((g, op.tag)).or_insert(f);
                     }
                 }
+            }
+        }
+    }
+
+    /// Group `g` kept its epoch: each member gets, in order, every verdict of that epoch
+    /// it has not seen, though it holds no op it waits on for it (those were replayed
+    /// before the commit). Its next op of the tag takes the seq after the last verdict
+    /// it saw (`Registry::start`): without the verdicts it missed, it would run an op the
+    /// others have settled and report it as stale, and the others' next op of the tag
+    /// would wait for it for ever. A failure verdict of an op it has not started fails
+    /// its call of that op, as it failed everyone else's (`Registry::verdict`).
+    ///
+    /// What it has seen: the verdicts its claim lists and the op it runs of each tag (at
+    /// the seq after its last verdict). A member whose claim names an older epoch has
+    /// seen none of this one: the commit just sent starts its counts at zero.
+    fn resend_missed_verdicts(
+        &mut self,
+        g: u32,
+        members: &BTreeMap<PeerId, &Rejoin>,
+        decided: &BTreeMap<(u64, u64, u32), Option<FailReason>>,
+        replayed: &BTreeSet<(PeerId, u64)>,
+    ) {
+        let Some(epoch) = self.group_epochs.get(&g).copied() else {
+            return;
+        };
+        for (p, c) in members {
+            if self.peers.get(p).is_none_or(|rec| rec.group != g) {
+                continue;
+            }
+            let mut seen: BTreeMap<u64, u32> = BTreeMap::new();
+            if c.topology.group_epoch(g) == Some(epoch) {
+                let verdicts = c
+                    .verdicts
+                    .iter()
+                    .map(|v| (v.tag, v.epoch, v.seq.saturating_add(1)));
+                // An op replayed before the commit has its verdict now.
+                let ops = c.ops.iter().map(|op| {
+                    let replay = replayed.contains(&(*p, op.tag));
+                    (op.tag, op.epoch, op.seq.saturating_add(u32::from(replay)))
+                });
+                for (tag, e, next) in verdicts.chain(ops) {
+                    if e == epoch {
+                        let n = seen.entry(tag).or_insert(0);
+                        *n = (*n).max(next);
+                    }
+                }
+            }
+            // Keys sort by tag, then seq: each tag's verdicts go in the order given.
+            let missed: Vec<FromMaster> = decided
+                .iter()
+                .filter(|((tag, e, seq), _)| {
+                    *e == epoch && *seq >= seen.get(tag).copied().unwrap_or(0)
+                })
+                .map(|(&(tag, epoch, seq), &failure)| FromMaster::OpVerdict {
+                    tag,
+                    epoch,
+                    seq,
+                    failure,
+                })
+                .collect();
+            for msg in missed {
+                self.send_peer(*p, msg);
             }
         }
     }

@@ -243,6 +243,76 @@ fn a_verdict_only_a_peer_that_left_during_the_recovery_saw_is_given_again() {
     }
 }
 
+/// Found by the simulator with master crashes: the old master failed op (tag 9, epoch 5,
+/// seq 2) at peer 1's report and told both; peer 0, which had not started that op yet,
+/// lost the verdict in the crash. Its claim holds no op of tag 9 to match the verdict by,
+/// yet it needs it: else its next op of the tag is seq 2, settled for peer 1, whose seq 3
+/// would then wait on peer 0 for ever.
+#[test]
+fn a_verdict_of_an_op_one_peer_had_not_started_is_given_again() {
+    let mut h = Harness::new();
+    let failed = FromMaster::OpVerdict {
+        tag: 9,
+        epoch: 5,
+        seq: 2,
+        failure: Some(crate::wire::FailReason::Corrupt),
+    };
+    let claims = two_peer_claims(|c| {
+        let seen = |seq| OpRecord {
+            tag: 9,
+            epoch: 5,
+            seq,
+            failure: None,
+        };
+        c.verdicts = vec![seen(0), seen(1)];
+        if c.p2p_port == 48150 {
+            c.verdicts.push(OpRecord {
+                failure: Some(crate::wire::FailReason::Corrupt),
+                ..seen(2)
+            });
+        }
+    });
+    h.rejoin(0, claims[0].clone());
+    h.rejoin(1, claims[1].clone());
+    let msgs = h.take_quiet(0);
+    let commit = msgs
+        .iter()
+        .position(|m| matches!(m, FromMaster::Commit { .. }));
+    let verdict = msgs.iter().position(|m| *m == failed);
+    assert!(
+        commit.is_some() && verdict > commit,
+        "the verdict after the commit: {msgs:?}"
+    );
+    assert_eq!(msgs.iter().filter(|m| **m == failed).count(), 1, "{msgs:?}");
+    assert!(
+        h.take_quiet(1)
+            .iter()
+            .all(|m| !matches!(m, FromMaster::OpVerdict { .. })),
+        "peer 1 saw it"
+    );
+    // Both go on at seq 3.
+    for c in 0..2 {
+        h.msg(
+            c,
+            ToMaster::OpDone {
+                tag: 9,
+                epoch: 5,
+                seq: 3,
+                failure: None,
+            },
+        );
+    }
+    for c in 0..2 {
+        assert!(h.take_quiet(c).contains(&FromMaster::OpVerdict {
+            tag: 9,
+            epoch: 5,
+            seq: 3,
+            failure: None
+        }));
+    }
+    assert!(h.closed.is_empty(), "{:?}", h.closed);
+}
+
 #[test]
 fn an_op_both_finished_is_decided_by_the_new_master() {
     let mut h = Harness::new();
