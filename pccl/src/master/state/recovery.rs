@@ -235,6 +235,11 @@ impl MasterState {
     /// that the highest epoch in the run is in hand before anyone is turned away.
     pub(super) fn recovery_hold(&self) -> Option<Option<Instant>> {
         let r = self.recovery.as_ref()?;
+        if r.claims.is_empty() {
+            // Every claimant left: the members still to come must hear what the departed
+            // were told, so the recovery holds them (`departed`) until the window ends.
+            return None;
+        }
         let views = winning_views(&r.claims);
         let back = |p: &PeerId| r.claims.contains_key(p) || self.pending.contains(p);
         if !views.values().all(|v| v.ring.iter().all(back)) {

@@ -313,6 +313,41 @@ fn a_verdict_of_an_op_one_peer_had_not_started_is_given_again() {
     assert!(h.closed.is_empty(), "{:?}", h.closed);
 }
 
+/// Found by the simulator with master crashes: peer 1, the only claimant so far, was
+/// told that sync round 2 failed, and leaves during the recovery. The recovery must not
+/// end there, empty, and lose that fact: peer 0, which served in round 2, comes back
+/// later and must get the same failure, not a success of a round of its own.
+#[test]
+fn the_last_claimant_leaving_does_not_end_the_recovery() {
+    let mut h = two_second_window();
+    let failed: Result<(), String> = Err("the master restarted".into());
+    let claims = two_peer_claims(|c| {
+        if c.p2p_port == 48149 {
+            c.sync = SyncClaim::Planned {
+                round: 2,
+                revision: 1,
+                done: Some(true),
+            };
+        } else {
+            c.result = Some((2, failed.clone()));
+        }
+    });
+    h.rejoin(1, claims[1].clone());
+    h.disconnect(1);
+    assert!(h.m.recovering(), "the departed claim is held");
+    h.rejoin(0, claims[0].clone());
+    h.run_until(&[0], Duration::from_millis(2_100));
+    assert!(!h.m.recovering());
+    let msgs = h.take_quiet(0);
+    assert!(
+        msgs.contains(&FromMaster::SyncResult {
+            round: 0,
+            result: failed
+        }),
+        "{msgs:?}"
+    );
+}
+
 #[test]
 fn an_op_both_finished_is_decided_by_the_new_master() {
     let mut h = Harness::new();
