@@ -264,8 +264,11 @@ impl Registry {
         if let Some((failed, f)) = g.failed_early.remove(&tag) {
             // The others' call of this op already failed: so does ours, and the retry
             // takes the next seq, as theirs does.
+            // Never back: verdicts of the others' retries may have moved the seq on
+            // past this one already (each retry failed before this peer called).
             if failed.epoch == g.epoch {
-                g.seq.insert(tag, failed.seq + 1);
+                let next = g.seq.get(&tag).copied().unwrap_or(0).max(failed.seq + 1);
+                g.seq.insert(tag, next);
             }
             return Err(verdict_error(tag, f));
         }
@@ -750,6 +753,25 @@ mod tests {
         reg.verdict(running, Some(FailReason::PeerLost));
         let (next, _, _) = reg.start(8, |_| Some(peer(3))).expect("starts clean");
         assert_eq!(next, key(8, 1));
+    }
+
+    /// Two failure verdicts of one tag before this peer calls it (the others' call and
+    /// their retry both failed): this peer's call fails, and its retry joins the others'
+    /// next one instead of running the seq they already settled.
+    #[test]
+    fn failure_verdicts_of_the_others_retries_before_the_call_move_the_seq_on() {
+        let reg = Registry::new(0, 1 << 20);
+        let key = |tag, seq| OpKey { tag, epoch: 0, seq };
+        reg.verdict(key(7, 0), Some(FailReason::Corrupt));
+        reg.verdict(key(7, 1), Some(FailReason::PeerLost));
+        let err = reg.start(7, |_| Some(peer(3))).expect_err("the call fails");
+        assert_eq!(err, verdict_error(7, FailReason::Corrupt));
+        let (retry, _, _) = reg.start(7, |_| Some(peer(3))).expect("the retry starts");
+        assert_eq!(
+            retry,
+            key(7, 2),
+            "seq 1 was settled before this peer called"
+        );
     }
 
     /// Early frames are bounded in count and bytes (the reader waits), and frames for an
