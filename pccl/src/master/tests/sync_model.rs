@@ -268,9 +268,14 @@ impl Sim {
         // Refused alike everywhere: the program goes on (a failed sync is retried).
         p.pos += 1;
         // Honest peers present the next revision and one layout: only a group with no
-        // offering peer (all receive-only) is refused.
+        // offering peer (all receive-only) is refused. An adversary the master accepted
+        // (one that registered first, into an empty run) is a member like any other, and
+        // its report of another layout refuses the sync for everyone, as a member with a
+        // bug would: the master cannot tell which layout is the right one.
+        let adversary_member = self.peers.iter().any(|q| q.hostile && q.admitted);
         ensure!(
-            kind == SyncRefusal::NoSharedState,
+            kind == SyncRefusal::NoSharedState
+                || (kind == SyncRefusal::InvalidUsage && adversary_member),
             "honest peer {i} refused its sync: {reason}"
         );
         self.stats.syncs_refused += 1;
