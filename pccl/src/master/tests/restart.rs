@@ -173,26 +173,7 @@ fn a_verdict_one_peer_missed_is_given_again_and_seqs_go_on() {
             .all(|m| !matches!(m, FromMaster::OpVerdict { .. }))
     );
     // The tag's next op is seq 3 for both.
-    for c in 0..2 {
-        h.msg(
-            c,
-            ToMaster::OpDone {
-                tag: 9,
-                epoch: 5,
-                seq: 3,
-                failure: None,
-            },
-        );
-    }
-    for c in 0..2 {
-        assert!(h.take_quiet(c).contains(&FromMaster::OpVerdict {
-            tag: 9,
-            epoch: 5,
-            seq: 3,
-            failure: None
-        }));
-    }
-    assert!(h.closed.is_empty(), "{:?}", h.closed);
+    both_finish_op_9_5_3(&mut h);
 }
 
 /// The old master's verdict reached peer 0 alone; peer 0 re-registers, then dies before
@@ -290,7 +271,12 @@ fn a_verdict_of_an_op_one_peer_had_not_started_is_given_again() {
             .all(|m| !matches!(m, FromMaster::OpVerdict { .. })),
         "peer 1 saw it"
     );
-    // Both go on at seq 3.
+    both_finish_op_9_5_3(&mut h);
+}
+
+/// Peers 0 and 1 report op (tag 9, epoch 5, seq 3) done and both get its success: the
+/// tag's counts agree after the recovery.
+fn both_finish_op_9_5_3(h: &mut Harness) {
     for c in 0..2 {
         h.msg(
             c,
@@ -405,15 +391,15 @@ fn a_joint_call_answer_one_peer_missed_is_given_again() {
     );
 }
 
-#[test]
-fn a_sync_whose_plans_only_some_got_fails_for_all() {
-    let mut h = Harness::new();
-    let claims = two_peer_claims(|c| {
+/// Claims of a sync round 2 (revision 4) that peer 0 got its plan of (`done` as given)
+/// and peer 1, which reported, did not.
+fn planned_and_reported(done: Option<bool>) -> Vec<Rejoin> {
+    two_peer_claims(|c| {
         c.sync = if c.p2p_port == 48149 {
             SyncClaim::Planned {
                 round: 2,
                 revision: 4,
-                done: Some(true),
+                done,
             }
         } else {
             SyncClaim::Reported {
@@ -422,7 +408,13 @@ fn a_sync_whose_plans_only_some_got_fails_for_all() {
                 tensors: Vec::new(),
             }
         };
-    });
+    })
+}
+
+#[test]
+fn a_sync_whose_plans_only_some_got_fails_for_all() {
+    let mut h = Harness::new();
+    let claims = planned_and_reported(Some(true));
     h.rejoin(0, claims[0].clone());
     h.rejoin(1, claims[1].clone());
     for c in 0..2 {
@@ -447,21 +439,7 @@ fn a_sync_done_of_a_sync_the_recovery_failed_is_stale() {
         strategy: crate::types::SyncStrategy::EnforcePopular,
         tensors: Vec::new(),
     };
-    let claims = two_peer_claims(|c| {
-        c.sync = if c.p2p_port == 48149 {
-            SyncClaim::Planned {
-                round: 2,
-                revision: 4,
-                done: None,
-            }
-        } else {
-            SyncClaim::Reported {
-                revision: 4,
-                strategy: crate::types::SyncStrategy::EnforcePopular,
-                tensors: Vec::new(),
-            }
-        };
-    });
+    let claims = planned_and_reported(None);
     h.rejoin(0, claims[0].clone());
     h.rejoin(1, claims[1].clone());
     h.msg(0, ToMaster::SyncDone { ok: true });
