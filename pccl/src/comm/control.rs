@@ -441,7 +441,12 @@ impl Control {
                     }));
                 }
             }
-            FromMaster::SyncRefused { kind, reason } => {
+            FromMaster::SyncRefused {
+                round,
+                kind,
+                reason,
+            } => {
+                self.memory.sync_refused(round, kind, &reason);
                 let err = match kind {
                     SyncRefusal::InvalidUsage => Error::InvalidUsage(reason),
                     SyncRefusal::NoSharedState => Error::NoSharedStateAvailable(reason),
@@ -450,7 +455,6 @@ impl Control {
                     let _ = p.send(Err(err));
                 }
                 self.sync_result = None;
-                self.memory.sync_refused();
             }
             FromMaster::SyncResult { round, result } => {
                 self.memory.sync_ended(round, result.clone());

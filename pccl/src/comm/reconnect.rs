@@ -11,7 +11,10 @@ use rand::Rng;
 
 use crate::collectives::registry::{OpKey, Registry};
 use crate::types::Topology;
-use crate::wire::{Answer, FailReason, OpClaim, OpRecord, Rejoin, SyncClaim, ToMaster, VoteKind};
+use crate::wire::{
+    Answer, FailReason, OpClaim, OpRecord, RefusalRecord, Rejoin, SyncClaim, SyncRefusal, ToMaster,
+    VoteKind,
+};
 
 /// Verdicts a peer remembers, newest last: enough for any peer still waiting for one it
 /// missed (they can lag by at most the ops in flight at once).
@@ -53,7 +56,10 @@ pub(crate) struct Memory {
     done: BTreeMap<u64, (OpKey, Option<FailReason>)>,
     synced: Option<(u64, u64)>,
     result: Option<(u64, Result<(), String>)>,
+    refused: Option<RefusalRecord>,
     sync: SyncClaim,
+    /// Our group's epoch in the last commit that listed us.
+    epoch: u64,
 }
 
 impl Memory {
@@ -80,6 +86,9 @@ impl Memory {
         if me_in && !self.accepted {
             self.accepted = true;
             self.call = self.call.max(call);
+        }
+        if me_in && let Some((_, e)) = epochs.iter().find(|(g, _)| *g == self.group) {
+            self.epoch = *e;
         }
     }
 
@@ -145,7 +154,16 @@ impl Memory {
         self.sync = SyncClaim::Idle;
     }
 
-    pub(crate) fn sync_refused(&mut self) {
+    /// Sync `round` refused this peer. The epoch it arrived in names the membership of
+    /// that election: a restarted master gives the refusal again to a member of the same
+    /// epoch that lost it (docs/ARCHITECTURE.md §14).
+    pub(crate) fn sync_refused(&mut self, round: u64, kind: SyncRefusal, reason: &str) {
+        self.refused = Some(RefusalRecord {
+            round,
+            epoch: self.epoch,
+            kind,
+            reason: reason.to_string(),
+        });
         self.sync = SyncClaim::Idle;
     }
 
@@ -190,6 +208,7 @@ impl Memory {
             ops,
             synced: self.synced,
             result: self.result.clone(),
+            refused: self.refused.clone(),
             sync: self.sync.clone(),
         }
     }

@@ -12,7 +12,8 @@ use std::time::{Duration, Instant};
 use super::state::{ConnId, MasterState, Output, Timeouts};
 use crate::types::{DataType, PeerEntry, PeerId, SyncStrategy, Topology};
 use crate::wire::{
-    Answer, FailReason, OpClaim, OpRecord, Rejoin, SyncClaim, TensorReport, ToMaster, VoteKind,
+    Answer, FailReason, OpClaim, OpRecord, RefusalRecord, Rejoin, SyncClaim, SyncRefusal,
+    TensorReport, ToMaster, VoteKind,
 };
 
 /// Connections and peer ids are drawn from small sets, so that inputs collide: the same
@@ -206,6 +207,12 @@ fn rejoin(b: &mut Bytes<'_>, known: &[PeerId]) -> Rejoin {
             .collect(),
         synced: b.bool().then(|| (b.u64(), b.u64())),
         result: b.bool().then(|| (b.u64(), Ok(()))),
+        refused: b.bool().then(|| RefusalRecord {
+            round: b.u64(),
+            epoch: b.u64(),
+            kind: SyncRefusal::NoSharedState,
+            reason: "fuzz".into(),
+        }),
         sync: match b.below(3) {
             0 => SyncClaim::Idle,
             1 => SyncClaim::Reported {

@@ -167,8 +167,9 @@ pub enum FromMaster {
         fetch: Vec<Fetch>,
         serve: Vec<Serve>,
     },
-    /// This peer cannot take part in the sync.
+    /// This peer cannot take part in sync `round` (the election's number, as a plan's).
     SyncRefused {
+        round: u64,
         kind: SyncRefusal,
         reason: String,
     },
@@ -384,8 +385,13 @@ impl FromMaster {
                     }
                 }
             }
-            Self::SyncRefused { kind, reason } => {
+            Self::SyncRefused {
+                round,
+                kind,
+                reason,
+            } => {
                 out.put_u8(9);
+                out.put_u64_le(*round);
                 out.put_u8(*kind as u8);
                 put_string(out, reason);
             }
@@ -473,17 +479,11 @@ impl FromMaster {
                     serve,
                 }
             }
-            9 => {
-                let kind = match r.u8()? {
-                    1 => SyncRefusal::InvalidUsage,
-                    2 => SyncRefusal::NoSharedState,
-                    _ => return Err(WireError::InvalidValue("refusal kind")),
-                };
-                Self::SyncRefused {
-                    kind,
-                    reason: r.string(MAX_REASON)?,
-                }
-            }
+            9 => Self::SyncRefused {
+                round: r.u64()?,
+                kind: get_refusal(&mut r)?,
+                reason: r.string(MAX_REASON)?,
+            },
             11 => {
                 let n = r.len(MAX_PEERS, 16)?;
                 let mut targets = Vec::with_capacity(n);
@@ -547,6 +547,14 @@ pub(super) fn get_result(r: &mut Reader<'_>) -> Result<Result<(), String>, WireE
         0 => Ok(Ok(())),
         1 => Ok(Err(r.string(MAX_REASON)?)),
         _ => Err(WireError::InvalidValue("result tag")),
+    }
+}
+
+pub(super) fn get_refusal(r: &mut Reader<'_>) -> Result<SyncRefusal, WireError> {
+    match r.u8()? {
+        1 => Ok(SyncRefusal::InvalidUsage),
+        2 => Ok(SyncRefusal::NoSharedState),
+        _ => Err(WireError::InvalidValue("refusal kind")),
     }
 }
 
@@ -836,13 +844,16 @@ pub(crate) mod tests {
                         })
                         .collect()
                 }),
-            (any::<bool>(), ".{0,12}").prop_map(|(k, reason)| FromMaster::SyncRefused {
-                kind: if k {
-                    SyncRefusal::InvalidUsage
-                } else {
-                    SyncRefusal::NoSharedState
-                },
-                reason
+            (any::<u64>(), any::<bool>(), ".{0,12}").prop_map(|(round, k, reason)| {
+                FromMaster::SyncRefused {
+                    round,
+                    kind: if k {
+                        SyncRefusal::InvalidUsage
+                    } else {
+                        SyncRefusal::NoSharedState
+                    },
+                    reason,
+                }
             }),
             (any::<u64>(), any::<Option<String>>()).prop_map(|(round, s)| {
                 FromMaster::SyncResult {

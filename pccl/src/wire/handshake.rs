@@ -9,7 +9,7 @@ use crate::types::PeerId;
 /// Magic bytes that open every pccl connection.
 pub const MAGIC: [u8; 4] = *b"PCCL";
 /// Protocol version; bumped on any incompatible change.
-pub const VERSION: u16 = 6;
+pub const VERSION: u16 = 7;
 /// Bytes in an encoded hello.
 pub const HELLO_LEN: usize = 4 + 2 + 1 + 16;
 /// Set in the kind byte by a side that holds a run secret (SECURITY.md §6): the Noise

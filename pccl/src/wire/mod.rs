@@ -20,7 +20,7 @@ pub use control::{
 };
 pub use data::{DATA_HEADER_LEN, DataHeader, KEEPALIVE, MAX_SLICE_BYTES, RingFrame};
 pub use handshake::{ConnectionKind, HELLO_LEN, Hello};
-pub use rejoin::{Answer, MAX_REJOIN_OPS, OpClaim, OpRecord, Rejoin, SyncClaim};
+pub use rejoin::{Answer, MAX_REJOIN_OPS, OpClaim, OpRecord, RefusalRecord, Rejoin, SyncClaim};
 pub use state::{StateRequest, StateResponse};
 pub use stats::{MAX_RECENT_OPS, PeerSummary};
 

@@ -8,8 +8,8 @@ use bytes::BufMut;
 
 use super::codec::{Reader, WireError, put_bool, put_string};
 use super::control::{
-    FailReason, TensorReport, VoteKind, get_ip, get_op, get_result, get_tensors, get_topology,
-    put_ip, put_op, put_result, put_tensors, put_topology,
+    FailReason, SyncRefusal, TensorReport, VoteKind, get_ip, get_op, get_refusal, get_result,
+    get_tensors, get_topology, put_ip, put_op, put_result, put_tensors, put_topology,
 };
 use crate::types::{SyncStrategy, Topology};
 
@@ -67,6 +67,16 @@ pub enum SyncClaim {
     },
 }
 
+/// The last sync refusal a peer received: the election's round, the peer's group epoch
+/// when it arrived (the membership that election had), and the refusal itself.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RefusalRecord {
+    pub round: u64,
+    pub epoch: u64,
+    pub kind: SyncRefusal,
+    pub reason: String,
+}
+
 /// A peer's re-registration: `Register`'s fields plus the run as this peer last saw it.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Rejoin {
@@ -92,6 +102,8 @@ pub struct Rejoin {
     pub synced: Option<(u64, u64)>,
     /// The last sync result received here: (round, result).
     pub result: Option<(u64, Result<(), String>)>,
+    /// The last sync refusal received here.
+    pub refused: Option<RefusalRecord>,
     pub sync: SyncClaim,
 }
 
@@ -107,6 +119,7 @@ impl Rejoin {
             .chain([self.max_seen, self.call, round])
             .chain(self.synced.map(|s| s.0))
             .chain(self.result.as_ref().map(|r| r.0))
+            .chain(self.refused.as_ref().map(|r| r.round.max(r.epoch)))
             .max()
             .unwrap_or(0)
     }
@@ -169,6 +182,16 @@ impl Rejoin {
                 out.put_u8(1);
                 out.put_u64_le(*round);
                 put_result(out, r);
+            }
+        }
+        match &self.refused {
+            None => out.put_u8(0),
+            Some(f) => {
+                out.put_u8(1);
+                out.put_u64_le(f.round);
+                out.put_u64_le(f.epoch);
+                out.put_u8(f.kind as u8);
+                put_string(out, &f.reason);
             }
         }
         match &self.sync {
@@ -263,6 +286,16 @@ impl Rejoin {
             1 => Some((r.u64()?, get_result(r)?)),
             _ => return Err(WireError::InvalidValue("last sync result")),
         };
+        let refused = match r.u8()? {
+            0 => None,
+            1 => Some(RefusalRecord {
+                round: r.u64()?,
+                epoch: r.u64()?,
+                kind: get_refusal(r)?,
+                reason: r.string(MAX_REASON)?,
+            }),
+            _ => return Err(WireError::InvalidValue("last sync refusal")),
+        };
         let sync = match r.u8()? {
             0 => SyncClaim::Idle,
             1 => {
@@ -302,6 +335,7 @@ impl Rejoin {
             ops,
             synced,
             result,
+            refused,
             sync,
         })
     }
@@ -353,6 +387,23 @@ pub(crate) mod tests {
         ]
     }
 
+    fn refused() -> impl Strategy<Value = Option<RefusalRecord>> {
+        prop::option::of(
+            (any::<u64>(), any::<u64>(), any::<bool>(), ".{0,8}").prop_map(
+                |(round, epoch, k, reason)| RefusalRecord {
+                    round,
+                    epoch,
+                    kind: if k {
+                        SyncRefusal::InvalidUsage
+                    } else {
+                        SyncRefusal::NoSharedState
+                    },
+                    reason,
+                },
+            ),
+        )
+    }
+
     pub(crate) fn rejoin() -> impl Strategy<Value = Rejoin> {
         let op = || (any::<u64>(), any::<u64>(), any::<u32>(), failure());
         let claim = (op(), any::<bool>()).prop_map(|((tag, epoch, seq, f), done)| OpClaim {
@@ -376,6 +427,7 @@ pub(crate) mod tests {
                 any::<Option<(u64, u64)>>(),
                 any::<Option<u64>>(),
                 result(),
+                refused(),
                 sync(),
             ),
         )
@@ -386,7 +438,7 @@ pub(crate) mod tests {
                     (max_seen, call, answer, v),
                     verdicts,
                     ops,
-                    (synced, result_round, res, sync),
+                    (synced, result_round, res, refused, sync),
                 )| Rejoin {
                     group,
                     p2p_port,
@@ -414,6 +466,7 @@ pub(crate) mod tests {
                     ops,
                     synced,
                     result: result_round.map(|r| (r, res)),
+                    refused,
                     sync,
                 },
             )

@@ -20,7 +20,8 @@
 //! - **decisions some peers missed are given again**: an op verdict, a joint-call answer
 //!   or a sync result that one peer received is sent, unchanged, to every peer still
 //!   waiting for it (matched by op key, call id and sync round), before anything new is
-//!   decided; so every peer sees every decision, in the same order. A member of a group
+//!   decided; so every peer sees every decision, in the same order. A member still
+//!   reporting gets a sync refusal it lost (`missed_refusal`). A member of a group
 //!   that keeps its epoch gets, right after the commit, every verdict of that epoch it
 //!   has not seen though it waits on none of them (an op it had not started yet): its
 //!   next op of the tag would otherwise take a seq the others have settled. What a peer
@@ -55,7 +56,8 @@ use super::{ConnId, MasterState, Peer};
 use crate::master::election::History;
 use crate::types::PeerId;
 use crate::wire::{
-    Answer, FailReason, FromMaster, MAX_REJOIN_OPS, Rejoin, SyncClaim, ToMaster, VoteKind,
+    Answer, FailReason, FromMaster, MAX_REJOIN_OPS, RefusalRecord, Rejoin, SyncClaim, ToMaster,
+    VoteKind,
 };
 
 /// Messages one re-registered peer may send before the run is rebuilt: an `OpDone` per op
@@ -580,6 +582,17 @@ impl MasterState {
                     }
                     None => planned.push((*p, *round, *revision, *done)),
                 },
+                SyncClaim::Reported { .. } if let Some(f) = missed_refusal(g, c, told) => {
+                    let (round, kind, reason) = (f.round, f.kind, f.reason.clone());
+                    self.send_peer(
+                        *p,
+                        FromMaster::SyncRefused {
+                            round,
+                            kind,
+                            reason,
+                        },
+                    );
+                }
                 SyncClaim::Reported {
                     revision,
                     strategy,
@@ -653,6 +666,35 @@ impl MasterState {
         }
         Vec::new()
     }
+}
+
+/// The refusal of sync round `r` that `claim`, still reporting in group `g`, never got
+/// while members of the same membership did: it was lost in the old master's crash, and
+/// the others went on, so its report would wait for an election that never comes. Only
+/// a refusal given in the epoch the claim still holds (so this peer was a member of that
+/// election, and its report was part of it), newer than any sync outcome the claim saw,
+/// and of a round that planned nobody (else the lost outcome may have been a plan, and
+/// the rules for plans apply).
+fn missed_refusal<'a>(g: u32, claim: &Rejoin, told: &[&'a Rejoin]) -> Option<&'a RefusalRecord> {
+    let epoch = claim.topology.group_epoch(g)?;
+    let seen = [
+        claim.result.as_ref().map(|r| r.0),
+        claim.refused.as_ref().map(|r| r.round),
+        claim.synced.map(|s| s.0),
+    ]
+    .into_iter()
+    .flatten()
+    .max();
+    let in_group = || told.iter().filter(|c| c.group == g);
+    let refusal = in_group()
+        .filter_map(|c| c.refused.as_ref())
+        .filter(|f| f.epoch == epoch && seen.is_none_or(|s| f.round > s))
+        .max_by_key(|f| f.round)?;
+    let planned = in_group().any(|c| {
+        c.result.as_ref().is_some_and(|r| r.0 == refusal.round)
+            || matches!(c.sync, SyncClaim::Planned { round, .. } if round == refusal.round)
+    });
+    (!planned).then_some(refusal)
 }
 
 /// Per group, the ring of the claim with the highest epoch for it (ties: the claim of the

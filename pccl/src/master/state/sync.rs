@@ -109,7 +109,14 @@ impl MasterState {
                     ));
                 }
                 Decision::Refuse(kind, reason) => {
-                    msgs.push((peer, FromMaster::SyncRefused { kind, reason }));
+                    msgs.push((
+                        peer,
+                        FromMaster::SyncRefused {
+                            round,
+                            kind,
+                            reason,
+                        },
+                    ));
                 }
             }
         }

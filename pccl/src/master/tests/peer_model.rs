@@ -80,7 +80,11 @@ impl Sim {
                 fetch,
                 ..
             } => self.on_sync_plan(i, round, revision, fetch)?,
-            FromMaster::SyncRefused { kind, reason } => self.on_sync_refused(i, kind, &reason)?,
+            FromMaster::SyncRefused {
+                round,
+                kind,
+                reason,
+            } => self.on_sync_refused(i, round, kind, &reason)?,
             FromMaster::SyncResult { round, result } => self.on_sync_result(i, round, result)?,
             FromMaster::MeasureBandwidth { .. } | FromMaster::RejoinRefused(_) => {
                 // The simulated peers never optimise the topology (covered by the scenario

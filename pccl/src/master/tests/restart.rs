@@ -7,9 +7,12 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::time::Duration;
 
 use super::harness::Harness;
-use crate::master::state::Timeouts;
+use crate::master::state::{SyncPhaseKind, Timeouts};
 use crate::types::{PeerEntry, PeerId, Topology};
-use crate::wire::{Answer, FromMaster, OpClaim, OpRecord, Rejoin, SyncClaim, ToMaster, VoteKind};
+use crate::wire::{
+    Answer, FromMaster, OpClaim, OpRecord, RefusalRecord, Rejoin, SyncClaim, SyncRefusal, ToMaster,
+    VoteKind,
+};
 
 fn id(conn: u64) -> PeerId {
     PeerId([conn as u8 + 1; 16])
@@ -768,4 +771,74 @@ fn a_claim_listing_a_peer_twice_rebuilds_a_ring_with_it_once() {
     assert_eq!(h.m.ring(), &[id(0)]);
     h.disconnect(0);
     assert!(h.m.ring().is_empty());
+}
+
+/// Claims of a group whose sync round 3 was refused (every peer receive-only) while its
+/// epoch was `refused_in`: peer 0 got the refusal and moved on to a joint call; peer 1's
+/// claim still reports (its copy was lost in the crash, or it reports a later sync).
+fn refused_and_reported(refused_in: u64) -> Vec<Rejoin> {
+    two_peer_claims(|c| {
+        if c.p2p_port == 48149 {
+            c.refused = Some(RefusalRecord {
+                round: 3,
+                epoch: refused_in,
+                kind: SyncRefusal::NoSharedState,
+                reason: "all receive-only".into(),
+            });
+            c.vote = Some(VoteKind::ArePeersPending);
+        } else {
+            c.sync = SyncClaim::Reported {
+                revision: 0,
+                strategy: crate::types::SyncStrategy::ReceiveOnly,
+                tensors: Vec::new(),
+            };
+        }
+    })
+}
+
+/// Found by the simulator with master crashes: the old master refused sync round 3 to
+/// both members of a group; peer 1's refusal was lost in the crash, and peer 0 went on to
+/// a joint call. The refusal came in the epoch both still hold, so peer 1 was in that
+/// election: it gets the same refusal, and the joint call can complete (before, peer 1
+/// waited for an election and peer 0 for peer 1's vote, for ever).
+#[test]
+fn a_sync_refusal_one_member_lost_is_given_again() {
+    let mut h = Harness::new();
+    let claims = refused_and_reported(5);
+    h.rejoin(0, claims[0].clone());
+    h.rejoin(1, claims[1].clone());
+    let refusal = FromMaster::SyncRefused {
+        round: 3,
+        kind: SyncRefusal::NoSharedState,
+        reason: "all receive-only".into(),
+    };
+    assert!(h.take_quiet(1).contains(&refusal));
+    assert!(!h.take_quiet(0).contains(&refusal), "peer 0 had it");
+    assert_eq!(h.m.sync_phase(0), SyncPhaseKind::Idle);
+    h.msg(1, ToMaster::Vote(VoteKind::ArePeersPending));
+    for c in 0..2 {
+        let msgs = h.take_quiet(c);
+        assert!(
+            msgs.iter()
+                .any(|m| matches!(m, FromMaster::PeersPending { .. })),
+            "conn {c}: {msgs:?}"
+        );
+    }
+}
+
+/// The same claims, but the refusal came in an earlier epoch: the membership changed
+/// since, so peer 1 may be a newcomer whose report is for a sync of its own. Its report
+/// stands and waits for peer 0's.
+#[test]
+fn a_refusal_of_an_older_membership_is_not_given_to_a_report() {
+    let mut h = Harness::new();
+    let claims = refused_and_reported(4);
+    h.rejoin(0, claims[0].clone());
+    h.rejoin(1, claims[1].clone());
+    assert!(
+        h.take_quiet(1)
+            .iter()
+            .all(|m| !matches!(m, FromMaster::SyncRefused { .. }))
+    );
+    assert_eq!(h.m.sync_phase(0), SyncPhaseKind::Reporting);
 }

@@ -258,9 +258,15 @@ impl Sim {
             .record(round, (group, state), i, "sync round", alive)
     }
 
-    pub(super) fn on_sync_refused(&mut self, i: usize, kind: SyncRefusal, reason: &str) -> Res {
+    pub(super) fn on_sync_refused(
+        &mut self,
+        i: usize,
+        round: u64,
+        kind: SyncRefusal,
+        reason: &str,
+    ) -> Res {
         let p = &mut self.peers[i];
-        p.memory.sync_refused();
+        p.memory.sync_refused(round, kind, reason);
         ensure!(
             matches!(p.shared.call.take(), Some(SyncCall::Reported { .. })),
             "peer {i} got a sync refusal without a report"
