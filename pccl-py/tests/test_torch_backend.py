@@ -178,7 +178,9 @@ def test_exit_shuts_open_groups_down(master):
     from pccl.torch import _group
 
     groups = torch_groups(master, 2)
-    on_each(groups, lambda pg: dist.all_reduce(torch.ones(4), group=pg))
+    ts = [torch.arange(4.0) * (r + 1) for r in range(2)]
+    on_each(groups, lambda pg: dist.all_reduce(ts[pg.rank()], group=pg))
+    assert same_bits(ts[0], ts[1]) and torch.equal(ts[0], torch.arange(4.0) * 3)
     threads = [pg._completer._thread for pg in groups]
     assert all(t.is_alive() for t in threads)
     _group._shutdown_at_exit()  # what atexit runs

@@ -472,6 +472,30 @@ pub(crate) mod tests {
             )
     }
 
+    /// A tampered refusal kind in a claim is an error, not a default.
+    #[test]
+    fn a_claim_with_an_unknown_refusal_kind_is_refused() {
+        let claim = Rejoin {
+            refused: Some(RefusalRecord {
+                round: 3,
+                epoch: 5,
+                kind: SyncRefusal::NoSharedState,
+                reason: String::new(),
+            }),
+            ..Rejoin::default()
+        };
+        let mut buf = Vec::new();
+        ToMaster::Rejoin(Box::new(claim)).encode(&mut buf);
+        // The kind byte sits before the empty reason (u32 length) and the sync state byte.
+        let at = buf.len() - 1 - 4 - 1;
+        assert_eq!(buf[at], SyncRefusal::NoSharedState as u8);
+        buf[at] = 7;
+        assert_eq!(
+            ToMaster::decode(&buf),
+            Err(WireError::InvalidValue("refusal kind"))
+        );
+    }
+
     #[test]
     fn forged_op_count_is_bounded() {
         // A rejoin claiming 2^32-1 verdicts in a short frame fails before allocating.

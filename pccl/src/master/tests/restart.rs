@@ -842,3 +842,28 @@ fn a_refusal_of_an_older_membership_is_not_given_to_a_report() {
     );
     assert_eq!(h.m.sync_phase(0), SyncPhaseKind::Reporting);
 }
+
+/// An attacker's claim (or a corrupt one) whose sync refusal names a round beyond the ids
+/// a master can count on from is closed as a violation; the honest member's recovery
+/// goes on without it once the window ends.
+#[test]
+fn a_claim_with_a_refusal_round_out_of_range_is_closed() {
+    let mut h = two_second_window();
+    let claims = refused_and_reported(5);
+    let mut forged = claims[0].clone();
+    if let Some(f) = &mut forged.refused {
+        f.round = u64::MAX;
+    }
+    h.rejoin(0, forged);
+    assert!(
+        h.closed
+            .iter()
+            .any(|(c, why)| *c == 0 && why.contains("out of range")),
+        "{:?}",
+        h.closed
+    );
+    h.rejoin(1, claims[1].clone());
+    h.run_until(&[1], Duration::from_millis(2_100));
+    assert!(!h.m.recovering());
+    assert_eq!(h.m.ring(), &[id(1)]);
+}
