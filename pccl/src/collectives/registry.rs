@@ -263,12 +263,10 @@ impl Registry {
         }
         if let Some((failed, f)) = g.failed_early.remove(&tag) {
             // The others' call of this op already failed: so does ours, and the retry
-            // takes the next seq, as theirs does.
-            // Never back: verdicts of the others' retries may have moved the seq on
-            // past this one already (each retry failed before this peer called).
+            // takes the next seq, as theirs does (or a later one, when verdicts of their
+            // retries came before this call).
             if failed.epoch == g.epoch {
-                let next = g.seq.get(&tag).copied().unwrap_or(0).max(failed.seq + 1);
-                g.seq.insert(tag, next);
+                g.seq_past(tag, failed.seq);
             }
             return Err(verdict_error(tag, f));
         }
@@ -347,7 +345,7 @@ impl Registry {
                 g.failed_early.insert(key.tag, (key, f));
             }
             _ => {
-                g.seq.insert(key.tag, current.max(key.seq + 1));
+                g.seq_past(key.tag, key.seq);
             }
         }
         let next = current.max(key.seq + 1);
@@ -503,6 +501,13 @@ enum Route {
 }
 
 impl Inner {
+    /// Op (`tag`, `seq`) is decided: the tag's next op takes a later seq. Never back: a
+    /// tag's verdicts may come in any order relative to this peer's calls.
+    fn seq_past(&mut self, tag: u64, seq: u32) {
+        let next = self.seq.entry(tag).or_insert(0);
+        *next = (*next).max(seq + 1);
+    }
+
     /// Keeps buffered frames for which `keep` holds.
     fn purge(&mut self, keep: impl Fn(&DataHeader) -> bool) {
         let before = self.buffered_bytes;

@@ -46,7 +46,10 @@ def _shutdown_at_exit() -> None:
     finalizes: each leaves the run, and its completer thread ends while Python still runs
     (``Completer.stop`` says why that matters)."""
     for pg in list(_open_groups):
-        pg.shutdown()
+        try:
+            pg.shutdown()
+        except Exception as e:  # noqa: BLE001 - the other groups still shut down
+            warnings.warn(f"pccl: shutting down a process group at exit failed: {e}", stacklevel=1)
 
 
 def _overlap(a: torch.Tensor, b: torch.Tensor) -> bool:

@@ -190,9 +190,9 @@ class Completer:
         with self._idle:
             return self._idle.wait_for(lambda: self._pending == 0, timeout)
 
-    def stop(self, timeout: float) -> bool:
+    def stop(self, timeout: float) -> None:
         """Ends the thread after the works submitted before; waits up to `timeout` seconds
-        for it to exit (unless called on it) and returns whether it did.
+        for it to exit (unless called on it).
 
         The thread is a daemon (a program that never shuts its group down still exits),
         so it must be gone before the interpreter finalizes: a daemon thread that takes the
@@ -200,10 +200,8 @@ class Completer:
         ``Work``'s destructor releases and retakes the GIL) that ends the process with
         ``std::terminate``."""
         self._queue.put(None)
-        if threading.current_thread() is self._thread:
-            return False
-        self._thread.join(timeout)
-        return not self._thread.is_alive()
+        if threading.current_thread() is not self._thread:
+            self._thread.join(timeout)
 
     def _loop(self) -> None:
         while True:

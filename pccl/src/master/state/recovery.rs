@@ -389,6 +389,19 @@ impl MasterState {
         self.admit_first_if_empty();
     }
 
+    /// The members of group `g` (as this master has them) with their claims.
+    fn group_claims<'a>(
+        &self,
+        g: u32,
+        members: &BTreeMap<PeerId, &'a Rejoin>,
+    ) -> Vec<(PeerId, &'a Rejoin)> {
+        members
+            .iter()
+            .filter(|(p, _)| self.peers.get(p).is_some_and(|rec| rec.group == g))
+            .map(|(p, c)| (*p, *c))
+            .collect()
+    }
+
     /// Op votes of group `g`, whose epoch was kept: each tag goes on from the highest seq
     /// any member saw decided, and the ops members report at that seq are counted.
     fn rebuild_ops(
@@ -412,13 +425,10 @@ impl MasterState {
         for (tag, n) in &next {
             self.op_seq.insert((g, *tag), *n);
         }
-        for (p, c) in members {
-            if self.peers.get(p).is_none_or(|rec| rec.group != g) {
-                continue;
-            }
+        for (p, c) in self.group_claims(g, members) {
             for op in &c.ops {
                 let seq = next.get(&op.tag).copied().unwrap_or(0);
-                if op.epoch != epoch || op.seq != seq || replayed.contains(&(*p, op.tag)) {
+                if op.epoch != epoch || op.seq != seq || replayed.contains(&(p, op.tag)) {
                     continue;
                 }
                 let vote = self.ops.entry((g, op.tag)).or_insert_with(|| OpVote {
@@ -427,7 +437,7 @@ impl MasterState {
                     done: BTreeSet::new(),
                 });
                 if let Some(f) = op.done {
-                    vote.done.insert(*p);
+                    vote.done.insert(p);
                     if f.is_some() {
                         failed.entry((g, op.tag)).or_insert(f);
                     }
@@ -457,10 +467,7 @@ impl MasterState {
         let Some(epoch) = self.group_epochs.get(&g).copied() else {
             return;
         };
-        for (p, c) in members {
-            if self.peers.get(p).is_none_or(|rec| rec.group != g) {
-                continue;
-            }
+        for (p, c) in self.group_claims(g, members) {
             let mut seen: BTreeMap<u64, u32> = BTreeMap::new();
             if c.topology.group_epoch(g) == Some(epoch) {
                 let verdicts = c
@@ -469,7 +476,7 @@ impl MasterState {
                     .map(|v| (v.tag, v.epoch, v.seq.saturating_add(1)));
                 // An op replayed before the commit has its verdict now.
                 let ops = c.ops.iter().map(|op| {
-                    let replay = replayed.contains(&(*p, op.tag));
+                    let replay = replayed.contains(&(p, op.tag));
                     (op.tag, op.epoch, op.seq.saturating_add(u32::from(replay)))
                 });
                 for (tag, e, next) in verdicts.chain(ops) {
@@ -493,7 +500,7 @@ impl MasterState {
                 })
                 .collect();
             for msg in missed {
-                self.send_peer(*p, msg);
+                self.send_peer(p, msg);
             }
         }
     }
@@ -540,11 +547,7 @@ impl MasterState {
         told: &[&Rejoin],
         members: &BTreeMap<PeerId, &Rejoin>,
     ) -> Vec<(ConnId, ToMaster)> {
-        let in_group: Vec<(PeerId, &Rejoin)> = members
-            .iter()
-            .filter(|(p, _)| self.peers.get(p).is_some_and(|rec| rec.group == g))
-            .map(|(p, c)| (*p, *c))
-            .collect();
+        let in_group = self.group_claims(g, members);
         let results: BTreeMap<u64, &Result<(), String>> = told
             .iter()
             .filter(|c| c.group == g)
