@@ -544,7 +544,10 @@ enum pcclResult_t pcclGetAttribute(const struct pcclComm_t *comm,
 // it (as in PCCL 1.0).
 //
 // Installs a logger writing to stderr at the level in the `PCCL_LOG` environment variable
-// (default `warn`; `PCCL_LOG=debug` also logs the reason behind every error code).
+// (default `warn`; `PCCL_LOG=debug` also logs the reason behind every error code), and
+// sets `SIGPIPE` to be ignored if the program left it at its default, so that a peer
+// hanging up never ends the process (the master functions and `pcclGetBuildInfo` do the
+// same when a program calls them first; a `SIGPIPE` handler of the program's own stays).
 // Thread-safe and idempotent: calling it again, from any thread, returns `pcclSuccess`.
 enum pcclResult_t pcclInit(void);
 

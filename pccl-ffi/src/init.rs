@@ -1,4 +1,5 @@
-//! `pcclInit`, the flag every communicator function checks, and the logger.
+//! `pcclInit`, the flag every communicator function checks, and the process set-up (the
+//! logger, `SIGPIPE`).
 
 use std::sync::Once;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -17,14 +18,44 @@ pub(crate) fn require_init() -> FfiResult {
     }
 }
 
-/// Installs the stderr logger at the level in `PCCL_LOG` (default `warn`), once per
-/// process. Every function that a program may call first runs it (`pcclInit` and the
-/// functions that work without it: the master functions and `pcclGetBuildInfo`), so a
-/// master-only program logs like a Rust one. A logger the host program installed first
-/// wins.
-pub(crate) fn ensure_logging() {
-    static LOGGING: Once = Once::new();
-    LOGGING.call_once(pccl::init_logging);
+/// Sets up the process once, from whichever function a program calls first (`pcclInit`
+/// and the functions that work without it: the master functions and `pcclGetBuildInfo`):
+///
+/// * installs the stderr logger at the level in `PCCL_LOG` (default `warn`), so a
+///   master-only program logs like a Rust one; a logger the host program installed first
+///   wins;
+/// * ignores `SIGPIPE` if the program left it at its default: a write to a socket whose
+///   other end has gone raises it, and by default it ends the process. A peer that dies,
+///   or a stranger that hangs up mid-handshake, must cost an op or a connection, never
+///   the program (Rust and Python programs ignore it at start-up already; a program that
+///   handles it keeps its handler).
+pub(crate) fn ensure_process_setup() {
+    static SETUP: Once = Once::new();
+    SETUP.call_once(|| {
+        pccl::init_logging();
+        ignore_sigpipe();
+    });
+}
+
+/// Sets `SIGPIPE` to "ignore" when it is at its default disposition.
+fn ignore_sigpipe() {
+    // SAFETY: `sigaction` with a null new action only reads the current one into `now`, a
+    // zeroed struct (valid for it); the second call installs `SIG_IGN`, which runs no code
+    // of ours, with an empty mask. Both only touch the structs passed.
+    unsafe {
+        let mut now: libc::sigaction = std::mem::zeroed();
+        if libc::sigaction(libc::SIGPIPE, std::ptr::null(), &raw mut now) != 0
+            || now.sa_sigaction != libc::SIG_DFL
+        {
+            return;
+        }
+        let mut ignore: libc::sigaction = std::mem::zeroed();
+        ignore.sa_sigaction = libc::SIG_IGN;
+        libc::sigemptyset(&raw mut ignore.sa_mask);
+        if libc::sigaction(libc::SIGPIPE, &raw const ignore, std::ptr::null_mut()) != 0 {
+            tracing::warn!("cannot ignore SIGPIPE: a peer that hangs up may end this process");
+        }
+    }
 }
 
 /// Initialises the library. Must precede every communicator function, which otherwise
@@ -32,12 +63,15 @@ pub(crate) fn ensure_logging() {
 /// it (as in PCCL 1.0).
 ///
 /// Installs a logger writing to stderr at the level in the `PCCL_LOG` environment variable
-/// (default `warn`; `PCCL_LOG=debug` also logs the reason behind every error code).
+/// (default `warn`; `PCCL_LOG=debug` also logs the reason behind every error code), and
+/// sets `SIGPIPE` to be ignored if the program left it at its default, so that a peer
+/// hanging up never ends the process (the master functions and `pcclGetBuildInfo` do the
+/// same when a program calls them first; a `SIGPIPE` handler of the program's own stays).
 /// Thread-safe and idempotent: calling it again, from any thread, returns `pcclSuccess`.
 #[unsafe(no_mangle)]
 pub extern "C" fn pcclInit() -> pcclResult_t {
     ffi_boundary!(no_init, {
-        ensure_logging();
+        ensure_process_setup();
         INITIALIZED.store(true, Ordering::Release);
         Ok(())
     })

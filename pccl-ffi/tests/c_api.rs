@@ -564,6 +564,23 @@ fn master_runs_without_pccl_init() {
     assert_eq!(master.lines().last().map(String::as_str), Some("DONE"));
 }
 
+/// `sigpipe.c`: after the first library call (`pcclInit`, or a master function without
+/// it) a write to a socket whose other end has gone returns `EPIPE` instead of ending the
+/// program; a `SIGPIPE` handler of the program's own stays. (Found as a C peer killed by
+/// `SIGPIPE` when a neighbour died: `async_and_multiple_with_retry_survive_a_killed_peer`.)
+#[test]
+fn a_hung_up_socket_never_ends_a_c_program() {
+    let exe = c_test("sigpipe");
+    let deadline = deadline_in(60);
+    for mode in ["init", "master", "handler"] {
+        let mut cmd = Command::new(&exe);
+        cmd.args([mode.to_string(), free_port().to_string()]);
+        let mut p = Proc::spawn(&format!("sigpipe {mode}"), cmd);
+        p.expect_success(deadline);
+        assert_eq!(p.lines().last().map(String::as_str), Some("OK"), "{mode}");
+    }
+}
+
 #[test]
 fn example_hello_runs() {
     let exe = compile(
