@@ -1,7 +1,7 @@
 //! Single-core throughput of pccl's reduce kernel and of the baselines it is judged by,
 //! printed in GB/s (10^9 bytes per second).
 //!
-//! `cargo bench -p benches --bench kernels` prints two tables:
+//! `cargo bench -p benches --bench kernels` prints three tables:
 //!
 //! 1. Baselines per buffer size: `memcpy` (`copy_from_slice`), `crc32` (`crc32fast::hash`,
 //!    what the all-reduce parity checks use) and `f32 add (ref)` (`acc[i] += x[i]`, the
@@ -14,6 +14,10 @@
 //!    last hop). GB/s counts the accumulator's bytes: the kernel reads both buffers and
 //!    writes one, so memory traffic is three times that.
 //!
+//! 3. Result stores (`pccl::kernels::store_results`): 1 MiB frames copied one after the
+//!    other into a results buffer (128 MiB, far beyond the caches, so each pass finds it
+//!    cold), ordinary copy against the streaming stores the ring uses for such buffers.
+//!
 //! Inputs are positive normal floats (small integers for integer types) and, for `prod`,
 //! all ones: the accumulator never becomes subnormal (which would time the FPU's slow path,
 //! not the kernel) however many repetitions run.
@@ -25,7 +29,7 @@ use std::hint::black_box;
 use std::time::{Duration, Instant};
 
 use benches::{fmt_size, gbps, median};
-use pccl::kernels::reduce_into;
+use pccl::kernels::{reduce_into, store_results};
 use pccl::{DataType, ReduceOp};
 
 struct Plan {
@@ -83,6 +87,35 @@ fn main() {
     baselines(&p);
     println!();
     kernel(&p);
+    println!();
+    stores(&p);
+}
+
+/// Frames copied into a large results buffer, as the ring stores what it receives.
+fn stores(p: &Plan) {
+    let (frame, total) = match p.min_time.is_zero() {
+        true => (64 << 10, 1 << 20),
+        false => (1 << 20, 128 << 20),
+    };
+    println!(
+        "result stores: {} frames into a {} results buffer, one thread, median pass,\n\
+         GB/s = 1e9 bytes of results per second",
+        fmt_size(frame),
+        fmt_size(total)
+    );
+    println!("{:>10} {:>10}", "copy", "streamed");
+    let src: Vec<u8> = (0..frame).map(|i| (i * 7 + 1) as u8).collect();
+    let mut dst = vec![0u8; total];
+    let mut row = Vec::new();
+    for stream in [false, true] {
+        let t = time(p, || {
+            for out in dst.chunks_mut(frame) {
+                store_results(black_box(out), black_box(&src), stream);
+            }
+        });
+        row.push(gbps(total, t));
+    }
+    println!("{:>10.2} {:>10.2}", row[0], row[1]);
 }
 
 fn baselines(p: &Plan) {

@@ -103,23 +103,19 @@ impl ReduceBuffers for RawBuffers {
         self.recv_len
     }
 
-    fn write(&mut self, offset: usize, data: &[u8]) {
-        let end = offset
-            .checked_add(data.len())
-            .expect("write range overflows");
+    fn out(&mut self, offset: usize, len: usize) -> &mut [u8] {
+        let end = offset.checked_add(len).expect("result range overflows");
         assert!(
             end <= self.recv_len,
-            "write past the end of the receive buffer"
+            "result range past the end of the receive buffer"
         );
         match &mut self.staged {
-            Some(staged) => staged[offset..end].copy_from_slice(data),
+            Some(staged) => &mut staged[offset..end],
             // SAFETY: `offset..end` lies inside the `recv_len` writable bytes of `recv`,
-            // which are disjoint from `send` (checked in `sized`) and from `data` (the
-            // core's own buffer), and nobody else touches them while the op runs (caller's
-            // contract).
-            None => unsafe {
-                std::ptr::copy_nonoverlapping(data.as_ptr(), self.recv.add(offset), data.len());
-            },
+            // which are disjoint from `send` (checked in `sized`), and nobody else touches
+            // them while the op runs (caller's contract); `&mut self` makes this the one
+            // live view of them.
+            None => unsafe { std::slice::from_raw_parts_mut(self.recv.add(offset), len) },
         }
     }
 

@@ -63,7 +63,7 @@ pub use types::{
 };
 pub use types::{Quantization, QuantizationAlgorithm};
 
-/// The ring's reduce kernel, exposed for pccl's own benchmarks (`benches/benches/kernels.rs`);
+/// The ring's reduce kernel and result stores, exposed for pccl's own benchmarks (`benches/benches/kernels.rs`);
 /// not a stable API.
 #[doc(hidden)]
 pub mod kernels {
@@ -71,6 +71,12 @@ pub mod kernels {
     /// reduces every received slice (`Avg` sums here). Never panics.
     pub fn reduce_into(op: crate::ReduceOp, dtype: crate::DataType, acc: &mut [u8], local: &[u8]) {
         crate::collectives::reduce_into(op, dtype, acc, local);
+    }
+
+    /// Copies `src` into `dst` (equal lengths) as the ring writes results: with streaming
+    /// stores when `stream` is set (results buffers of 8 MiB or more), else an ordinary copy.
+    pub fn store_results(dst: &mut [u8], src: &[u8], stream: bool) {
+        crate::collectives::store_results(dst, src, stream);
     }
 }
 

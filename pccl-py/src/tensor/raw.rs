@@ -170,28 +170,21 @@ impl ReduceBuffers for PyBuffers {
         self.recv_len
     }
 
-    fn write(&mut self, offset: usize, data: &[u8]) {
-        let end = offset.checked_add(data.len());
+    fn out(&mut self, offset: usize, len: usize) -> &mut [u8] {
+        let end = offset.checked_add(len);
         assert!(
             end.is_some_and(|e| e <= self.recv_len),
-            "write outside the buffer"
+            "result range outside the buffer"
         );
         match &mut self.output {
-            Output::Direct(ptr) => {
-                // SAFETY: `offset + data.len() <= len` (checked above) and `ptr` is the
-                // receive tensor's memory (alive while `_keep` is), distinct from the send
-                // memory and from `data`, which the core owns.
-                unsafe {
-                    std::ptr::copy_nonoverlapping(
-                        data.as_ptr(),
-                        (*ptr as *mut u8).add(offset),
-                        data.len(),
-                    );
-                }
-            }
-            Output::Staged { stage, .. } => {
-                stage.as_mut_slice()[offset..offset + data.len()].copy_from_slice(data);
-            }
+            Output::Direct(_) if len == 0 => &mut [],
+            // SAFETY: `offset + len <= recv_len` (checked above) and `ptr` is the receive
+            // tensor's memory (alive while `_keep` is), distinct from the send memory;
+            // `&mut self` makes this the one live view of it.
+            Output::Direct(ptr) => unsafe {
+                std::slice::from_raw_parts_mut((*ptr as *mut u8).add(offset), len)
+            },
+            Output::Staged { stage, .. } => &mut stage.as_mut_slice()[offset..offset + len],
         }
     }
 

@@ -13,13 +13,15 @@ use crate::types::DataType;
 pub trait ReduceBuffers: Send {
     /// The input bytes.
     fn send(&self) -> &[u8];
-    /// Bytes the results may fill; `write` is only called inside them. The same as the
+    /// Bytes the results may fill; `out` is only called inside them. The same as the
     /// input's length unless the buffers say otherwise.
     fn recv_len(&self) -> usize {
         self.send().len()
     }
-    /// Stores result bytes at `offset`.
-    fn write(&mut self, offset: usize, data: &[u8]);
+    /// The `len` result bytes at `offset`, which the op is about to write (it does the
+    /// copy, so it can choose how: see `collectives/stream.rs`). Panics outside
+    /// `recv_len()`.
+    fn out(&mut self, offset: usize, len: usize) -> &mut [u8];
     /// The op succeeded everywhere: results may now become visible.
     fn commit(&mut self) {}
 }
@@ -69,8 +71,8 @@ impl ReduceBuffers for SliceBuffers<'_> {
         self.recv.len()
     }
 
-    fn write(&mut self, offset: usize, data: &[u8]) {
-        self.recv[offset..offset + data.len()].copy_from_slice(data);
+    fn out(&mut self, offset: usize, len: usize) -> &mut [u8] {
+        &mut self.recv[offset..offset + len]
     }
 }
 
@@ -96,8 +98,8 @@ impl ReduceBuffers for InPlaceBuffer<'_> {
         self.buf
     }
 
-    fn write(&mut self, offset: usize, data: &[u8]) {
-        self.staged[offset..offset + data.len()].copy_from_slice(data);
+    fn out(&mut self, offset: usize, len: usize) -> &mut [u8] {
+        &mut self.staged[offset..offset + len]
     }
 
     fn commit(&mut self) {
@@ -141,8 +143,8 @@ impl ReduceBuffers for OwnedBuffers {
         self.recv.len()
     }
 
-    fn write(&mut self, offset: usize, data: &[u8]) {
-        self.recv[offset..offset + data.len()].copy_from_slice(data);
+    fn out(&mut self, offset: usize, len: usize) -> &mut [u8] {
+        &mut self.recv[offset..offset + len]
     }
 }
 
@@ -155,8 +157,8 @@ impl<B: ReduceBuffers + ?Sized> ReduceBuffers for &mut B {
         (**self).recv_len()
     }
 
-    fn write(&mut self, offset: usize, data: &[u8]) {
-        (**self).write(offset, data);
+    fn out(&mut self, offset: usize, len: usize) -> &mut [u8] {
+        (**self).out(offset, len)
     }
 
     fn commit(&mut self) {

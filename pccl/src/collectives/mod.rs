@@ -10,6 +10,8 @@ mod reduce;
 pub(crate) mod registry;
 pub(crate) mod ring;
 pub(crate) mod schedule;
+pub(crate) mod stream;
 
 pub use buffers::{Element, InPlaceBuffer, OwnedBuffers, ReduceBuffers, SliceBuffers};
 pub(crate) use reduce::reduce_into; // for `pccl::kernels` (benchmarks)
+pub(crate) use stream::store as store_results; // likewise

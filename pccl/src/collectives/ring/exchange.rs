@@ -49,7 +49,7 @@ pub(super) async fn exchange<H: RingHost, B: ReduceBuffers>(
     info: &mut ReduceInfo,
 ) -> Result<(), Local> {
     let host = st.host.clone();
-    let op = OpFrames::new(st.key, desc, sched, host.checksums());
+    let op = OpFrames::new(st.key, desc, sched, host.checksums(), bufs.recv_len());
     let mut scratch = Scratch::default();
     let expected = sched.expected_frames();
     let first = sched.first_chunk();

@@ -21,6 +21,7 @@ use crate::collectives::link::{Outgoing, Payload};
 use crate::collectives::reduce::{finish_avg, reduce_into};
 use crate::collectives::registry::OpKey;
 use crate::collectives::schedule::Schedule;
+use crate::collectives::stream::{self, STREAM_MIN_BYTES};
 use crate::quant::{Codec, Scratch};
 use crate::types::{ReduceDescriptor, ReduceOp};
 use crate::wire::{DataHeader, FailReason};
@@ -42,14 +43,18 @@ pub(super) struct OpFrames<'a> {
     /// Whether frames carry a CRC32 of their payload: not on sealed links, where the
     /// AEAD tag covers every byte (docs/PROTOCOL.md §4; SECURITY.md §6).
     checksums: bool,
+    /// Whether results are written with streaming stores (`collectives/stream.rs`).
+    stream: bool,
 }
 
 impl<'a> OpFrames<'a> {
+    /// `recv_len`: the bytes of the caller's results buffer.
     pub(super) fn new(
         key: OpKey,
         desc: &'a ReduceDescriptor,
         sched: &'a Schedule,
         checksums: bool,
+        recv_len: usize,
     ) -> Self {
         Self {
             key,
@@ -58,6 +63,7 @@ impl<'a> OpFrames<'a> {
             codec: Codec::new(desc),
             size: desc.dtype.size(),
             checksums,
+            stream: recv_len >= STREAM_MIN_BYTES,
         }
     }
 
@@ -110,13 +116,17 @@ impl<'a> OpFrames<'a> {
         (range.start - self.sched.output().start) * self.size
     }
 
+    /// Writes `data`, the result bytes for `range` (elements of the op's buffer).
+    fn store<B: ReduceBuffers>(&self, bufs: &mut B, range: &Range<usize>, data: &[u8]) {
+        stream::store(bufs.out(self.out_at(range), data.len()), data, self.stream);
+    }
+
     /// Writes the part of the result that is the local input unchanged (an all-gather's
     /// own chunk, a broadcast root's buffer), before any frame moves.
     pub(super) fn keep_input<B: ReduceBuffers>(&self, bufs: &mut B) {
         if let Some(range) = self.sched.kept_input() {
-            let at = self.out_at(&range);
             let data = self.local(bufs, &range).to_vec();
-            bufs.write(at, &data);
+            self.store(bufs, &range, &data);
         }
     }
 
@@ -223,7 +233,7 @@ impl<'a> OpFrames<'a> {
             }
         }
         if action.stores() {
-            bufs.write(self.out_at(range), &payload);
+            self.store(bufs, range, &payload);
         }
         if !action.forwards() {
             pool.put(payload);
@@ -268,12 +278,12 @@ impl<'a> OpFrames<'a> {
             if last {
                 // The owner's result is the dequantization of the bytes it sends (or, in a
                 // reduce-scatter, would send): quantized once, as in an all-reduce.
-                bufs.write(self.out_at(range), c.decode(&out, range.len(), scratch));
+                self.store(bufs, range, c.decode(&out, range.len(), scratch));
             }
             let crc = self.crc(&out);
             (out, crc)
         } else {
-            bufs.write(self.out_at(range), c.decode(&payload, range.len(), scratch));
+            self.store(bufs, range, c.decode(&payload, range.len(), scratch));
             (payload, h.crc)
         };
         if !action.forwards() {

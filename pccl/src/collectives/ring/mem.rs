@@ -146,8 +146,8 @@ impl ReduceBuffers for Staged {
         self.staged.len()
     }
 
-    fn write(&mut self, offset: usize, data: &[u8]) {
-        self.staged[offset..offset + data.len()].copy_from_slice(data);
+    fn out(&mut self, offset: usize, len: usize) -> &mut [u8] {
+        &mut self.staged[offset..offset + len]
     }
 
     fn commit(&mut self) {

@@ -168,6 +168,22 @@ fn plain_ops_reach_parity_and_the_reference() {
     });
 }
 
+/// Results buffers of `STREAM_MIN_BYTES` or more are written with streaming stores
+/// (`collectives/stream.rs`): an element count that leaves slices off 16-byte alignment,
+/// and every rank still has the reference's bits.
+#[test]
+fn streamed_results_reach_parity_and_the_reference() {
+    let count = crate::collectives::stream::STREAM_MIN_BYTES / 4 + 7;
+    rt().block_on(async {
+        let ring = MemRing::new(Options {
+            conns: 2,
+            slice_bytes: 256 << 10,
+            ..Options::new(3)
+        });
+        plain_rounds(&ring, 3, count, &[ReduceOp::Sum, ReduceOp::Avg], "streamed").await;
+    });
+}
+
 /// A rank sends its step-0 slices at most `window` ahead of the frames it has received
 /// at the pace step (the last), so what a ring holds in flight is bounded whatever the
 /// queues allow (docs/ARCHITECTURE.md §5, "Memory"). Seen on the wires: step-0 frames a
