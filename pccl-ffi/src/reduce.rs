@@ -103,20 +103,23 @@ impl ReduceBuffers for RawBuffers {
         self.recv_len
     }
 
-    fn out(&mut self, offset: usize, len: usize) -> &mut [u8] {
+    fn input_and_out(&mut self, offset: usize, len: usize) -> (&[u8], &mut [u8]) {
         let end = offset.checked_add(len).expect("result range overflows");
         assert!(
             end <= self.recv_len,
             "result range past the end of the receive buffer"
         );
-        match &mut self.staged {
+        // SAFETY: as in `send`; this view lives no longer than `&mut self`.
+        let input = unsafe { std::slice::from_raw_parts(self.send, self.send_len) };
+        let out = match &mut self.staged {
             Some(staged) => &mut staged[offset..end],
             // SAFETY: `offset..end` lies inside the `recv_len` writable bytes of `recv`,
             // which are disjoint from `send` (checked in `sized`), and nobody else touches
             // them while the op runs (caller's contract); `&mut self` makes this the one
             // live view of them.
             None => unsafe { std::slice::from_raw_parts_mut(self.recv.add(offset), len) },
-        }
+        };
+        (input, out)
     }
 
     fn commit(&mut self) {

@@ -91,6 +91,19 @@ enum Input {
     Copy(HostMem),
 }
 
+impl Input {
+    /// The `len` input bytes.
+    fn bytes(&self, len: usize) -> &[u8] {
+        match self {
+            // SAFETY: `ptr` is the send tensor's memory, alive while the buffers' `_keep`
+            // is; results never go there through a reference while this slice is alive
+            // (in place means staged output).
+            Self::User(ptr) => unsafe { host_slice(*ptr, len) },
+            Self::Copy(m) => m.as_slice(),
+        }
+    }
+}
+
 /// Where results end up.
 #[derive(Debug)]
 enum Output {
@@ -157,26 +170,21 @@ impl PyBuffers {
 
 impl ReduceBuffers for PyBuffers {
     fn send(&self) -> &[u8] {
-        match &self.input {
-            // SAFETY: `ptr` is the send tensor's memory, alive while `_keep` is; results
-            // never go there through a reference while this slice is alive (in place
-            // means staged output).
-            Input::User(ptr) => unsafe { host_slice(*ptr, self.len) },
-            Input::Copy(m) => m.as_slice(),
-        }
+        self.input.bytes(self.len)
     }
 
     fn recv_len(&self) -> usize {
         self.recv_len
     }
 
-    fn out(&mut self, offset: usize, len: usize) -> &mut [u8] {
+    fn input_and_out(&mut self, offset: usize, len: usize) -> (&[u8], &mut [u8]) {
         let end = offset.checked_add(len);
         assert!(
             end.is_some_and(|e| e <= self.recv_len),
             "result range outside the buffer"
         );
-        match &mut self.output {
+        let input = self.input.bytes(self.len);
+        let out = match &mut self.output {
             Output::Direct(_) if len == 0 => &mut [],
             // SAFETY: `offset + len <= recv_len` (checked above) and `ptr` is the receive
             // tensor's memory (alive while `_keep` is), distinct from the send memory;
@@ -185,7 +193,8 @@ impl ReduceBuffers for PyBuffers {
                 std::slice::from_raw_parts_mut((*ptr as *mut u8).add(offset), len)
             },
             Output::Staged { stage, .. } => &mut stage.as_mut_slice()[offset..offset + len],
-        }
+        };
+        (input, out)
     }
 
     fn commit(&mut self) {

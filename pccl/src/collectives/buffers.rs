@@ -13,15 +13,16 @@ use crate::types::DataType;
 pub trait ReduceBuffers: Send {
     /// The input bytes.
     fn send(&self) -> &[u8];
-    /// Bytes the results may fill; `out` is only called inside them. The same as the
-    /// input's length unless the buffers say otherwise.
+    /// Bytes the results may fill; `input_and_out` is only called inside them. The same
+    /// as the input's length unless the buffers say otherwise.
     fn recv_len(&self) -> usize {
         self.send().len()
     }
-    /// The `len` result bytes at `offset`, which the op is about to write (it does the
-    /// copy, so it can choose how: see `collectives/stream.rs`). Panics outside
+    /// The input bytes, and the `len` result bytes at `offset`, which the op is about to
+    /// write (it does the copy, so it can choose how: see `collectives/stream.rs`; part of
+    /// an all-gather's or broadcast's results is the input itself). Panics outside
     /// `recv_len()`.
-    fn out(&mut self, offset: usize, len: usize) -> &mut [u8];
+    fn input_and_out(&mut self, offset: usize, len: usize) -> (&[u8], &mut [u8]);
     /// The op succeeded everywhere: results may now become visible.
     fn commit(&mut self) {}
 }
@@ -71,8 +72,8 @@ impl ReduceBuffers for SliceBuffers<'_> {
         self.recv.len()
     }
 
-    fn out(&mut self, offset: usize, len: usize) -> &mut [u8] {
-        &mut self.recv[offset..offset + len]
+    fn input_and_out(&mut self, offset: usize, len: usize) -> (&[u8], &mut [u8]) {
+        (self.send, &mut self.recv[offset..offset + len])
     }
 }
 
@@ -98,8 +99,8 @@ impl ReduceBuffers for InPlaceBuffer<'_> {
         self.buf
     }
 
-    fn out(&mut self, offset: usize, len: usize) -> &mut [u8] {
-        &mut self.staged[offset..offset + len]
+    fn input_and_out(&mut self, offset: usize, len: usize) -> (&[u8], &mut [u8]) {
+        (self.buf, &mut self.staged[offset..offset + len])
     }
 
     fn commit(&mut self) {
@@ -143,8 +144,8 @@ impl ReduceBuffers for OwnedBuffers {
         self.recv.len()
     }
 
-    fn out(&mut self, offset: usize, len: usize) -> &mut [u8] {
-        &mut self.recv[offset..offset + len]
+    fn input_and_out(&mut self, offset: usize, len: usize) -> (&[u8], &mut [u8]) {
+        (&self.send, &mut self.recv[offset..offset + len])
     }
 }
 
@@ -157,8 +158,8 @@ impl<B: ReduceBuffers + ?Sized> ReduceBuffers for &mut B {
         (**self).recv_len()
     }
 
-    fn out(&mut self, offset: usize, len: usize) -> &mut [u8] {
-        (**self).out(offset, len)
+    fn input_and_out(&mut self, offset: usize, len: usize) -> (&[u8], &mut [u8]) {
+        (**self).input_and_out(offset, len)
     }
 
     fn commit(&mut self) {

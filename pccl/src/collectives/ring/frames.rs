@@ -118,15 +118,17 @@ impl<'a> OpFrames<'a> {
 
     /// Writes `data`, the result bytes for `range` (elements of the op's buffer).
     fn store<B: ReduceBuffers>(&self, bufs: &mut B, range: &Range<usize>, data: &[u8]) {
-        stream::store(bufs.out(self.out_at(range), data.len()), data, self.stream);
+        let (_, out) = bufs.input_and_out(self.out_at(range), data.len());
+        stream::store(out, data, self.stream);
     }
 
     /// Writes the part of the result that is the local input unchanged (an all-gather's
     /// own chunk, a broadcast root's buffer), before any frame moves.
     pub(super) fn keep_input<B: ReduceBuffers>(&self, bufs: &mut B) {
         if let Some(range) = self.sched.kept_input() {
-            let data = self.local(bufs, &range).to_vec();
-            self.store(bufs, &range, &data);
+            let bytes = self.input_bytes(&range);
+            let (input, out) = bufs.input_and_out(self.out_at(&range), bytes.len());
+            stream::store(out, &input[bytes], self.stream);
         }
     }
 

@@ -226,6 +226,31 @@ fn all_gather_and_broadcast_copy_bits_exactly() {
     });
 }
 
+/// Results buffers large enough to be written with streaming stores
+/// (`collectives/stream.rs`), the kept input included: the same exact bits.
+#[test]
+fn streamed_all_gather_and_broadcast_copy_bits_exactly() {
+    let (n, count) = (3, crate::collectives::stream::STREAM_MIN_BYTES / 8 + 3);
+    rt().block_on(async {
+        let ring = MemRing::new(Options {
+            conns: 2,
+            slice_bytes: 256 << 10,
+            ..Options::new(n)
+        });
+        let want: Vec<u8> = (0..n)
+            .flat_map(|r| raw_bits(r, chunk(count, n, r).len()))
+            .collect();
+        let out = ring.run_calls(all_gather_calls(n, count)).await;
+        for (r, got) in committed(&out, "streamed").iter().enumerate() {
+            assert!(*got == want, "rank {r}'s all-gather differs");
+        }
+        let out = ring.run_calls(broadcast_calls(n, count, 1)).await;
+        for (r, got) in committed(&out, "streamed").iter().enumerate() {
+            assert!(*got == raw_bits(1, count), "rank {r}'s broadcast differs");
+        }
+    });
+}
+
 /// Rank n-1 calls something else than the others with the same tag: every rank fails,
 /// and the next op of the tag, called alike, succeeds on every rank.
 #[test]

@@ -146,8 +146,8 @@ impl ReduceBuffers for Staged {
         self.staged.len()
     }
 
-    fn out(&mut self, offset: usize, len: usize) -> &mut [u8] {
-        &mut self.staged[offset..offset + len]
+    fn input_and_out(&mut self, offset: usize, len: usize) -> (&[u8], &mut [u8]) {
+        (&self.send, &mut self.staged[offset..offset + len])
     }
 
     fn commit(&mut self) {
