@@ -5,7 +5,7 @@ use std::ops::Range;
 
 use pccl::{
     DataType, Quantization, QuantizationAlgorithm, ReduceBuffers, ReduceDescriptor, ReduceInfo,
-    ReduceOp,
+    ReduceOp, Staging,
 };
 
 use crate::comm::comm_ref;
@@ -29,7 +29,7 @@ pub(crate) struct RawBuffers {
     send_len: usize,
     recv: *mut u8,
     recv_len: usize,
-    staged: Option<Vec<u8>>,
+    staged: Option<Staging>,
 }
 
 // SAFETY: the buffers are plain memory the caller lends for the op's whole life (the
@@ -72,7 +72,7 @@ impl RawBuffers {
             send_len,
             recv,
             recv_len,
-            staged: in_place.then(|| vec![0; recv_len]),
+            staged: in_place.then(|| Staging::take(recv_len)),
         })
     }
 
@@ -124,7 +124,7 @@ impl ReduceBuffers for RawBuffers {
 
     fn commit(&mut self) {
         if let Some(staged) = &self.staged {
-            // SAFETY: `recv` has `recv_len` writable bytes; `staged` is our own Vec of that
+            // SAFETY: `recv` has `recv_len` writable bytes; `staged` is our own buffer of that
             // length; no slice returned by `send` is alive (`&mut self`).
             unsafe { std::ptr::copy_nonoverlapping(staged.as_ptr(), self.recv, self.recv_len) };
         }

@@ -47,7 +47,7 @@ mod topology;
 mod types;
 pub mod wire;
 
-pub use collectives::{Element, InPlaceBuffer, OwnedBuffers, ReduceBuffers, SliceBuffers};
+pub use collectives::{Element, InPlaceBuffer, OwnedBuffers, ReduceBuffers, SliceBuffers, Staging};
 pub use comm::stats::{CommStats, LinkBandwidth, NeighbourBytes, OpCounts, ReduceSample};
 pub use comm::{AsyncReduce, Communicator};
 pub use config::{CommunicatorConfig, DEFAULT_MASTER_PORT, DEFAULT_P2P_PORT};

@@ -4,7 +4,6 @@
 //!
 //! Everything here is safe code; the raw-pointer views over that memory live in `raw`.
 
-mod pool;
 pub(crate) mod raw;
 
 use pccl::DataType;

@@ -9,12 +9,11 @@
 //! its `&mut [u8]`.
 
 use pccl::{
-    Communicator, DataType, Device, ReduceBuffers, SharedState, SyncInfo, SyncStrategy, TensorInfo,
-    tensor_hash,
+    Communicator, DataType, Device, ReduceBuffers, SharedState, Staging, SyncInfo, SyncStrategy,
+    TensorInfo, tensor_hash,
 };
 
 use super::Loc;
-use super::pool::Staging;
 use crate::cuda::{self, Pinned};
 use crate::runtime::KeepAlive;
 
@@ -60,7 +59,7 @@ impl HostMem {
     }
 
     /// A staging buffer for memory at `loc` (recycled host memory for the CPU, whose old
-    /// bytes are all overwritten before a commit reads them: `pool.rs`).
+    /// bytes are all overwritten before a commit reads them: `pccl::Staging`).
     fn staging(loc: Loc, len: usize) -> pccl::Result<Self> {
         Ok(match loc {
             Loc::Cpu => Self::Heap(Staging::take(len)),

@@ -1,6 +1,7 @@
 //! The memory a collective reads and writes. The user owns it; the op reads the send
 //! side and writes results, and nothing else (docs/ARCHITECTURE.md §5: the send buffer is never modified).
 
+use super::Staging;
 use crate::types::DataType;
 
 /// Source and destination of one collective, as bytes.
@@ -82,13 +83,13 @@ impl ReduceBuffers for SliceBuffers<'_> {
 #[derive(Debug)]
 pub struct InPlaceBuffer<'a> {
     buf: &'a mut [u8],
-    staged: Vec<u8>,
+    staged: Staging,
 }
 
 impl<'a> InPlaceBuffer<'a> {
     pub fn new(buf: &'a mut [u8]) -> Self {
         Self {
-            staged: vec![0; buf.len()],
+            staged: Staging::take(buf.len()),
             buf,
         }
     }

@@ -10,8 +10,10 @@ mod reduce;
 pub(crate) mod registry;
 pub(crate) mod ring;
 pub(crate) mod schedule;
+mod staging;
 pub(crate) mod stream;
 
 pub use buffers::{Element, InPlaceBuffer, OwnedBuffers, ReduceBuffers, SliceBuffers};
 pub(crate) use reduce::reduce_into; // for `pccl::kernels` (benchmarks)
+pub use staging::Staging;
 pub(crate) use stream::store as store_results; // likewise
