@@ -60,7 +60,7 @@ pub(crate) enum SyncPhase {
     Transferring(Transfer),
 }
 
-/// The name of a [`TopologyPhase`], without its data.
+/// The name of a `TopologyPhase`, without its data.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum TopologyPhaseKind {
     /// Joint calls may complete.
@@ -71,7 +71,7 @@ pub enum TopologyPhaseKind {
     Proposing,
 }
 
-/// The name of a [`SyncPhase`], without its data.
+/// The name of a `SyncPhase`, without its data.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum SyncPhaseKind {
     /// No sync in progress.
