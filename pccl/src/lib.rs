@@ -76,7 +76,7 @@ pub mod kernels {
     /// Copies `src` into `dst` (equal lengths) as the ring writes results: with streaming
     /// stores when `stream` is set (results buffers of 8 MiB or more), else an ordinary copy.
     pub fn store_results(dst: &mut [u8], src: &[u8], stream: bool) {
-        crate::collectives::store_results(dst, src, stream);
+        crate::collectives::stream::store(dst, src, stream);
     }
 }
 

@@ -16,4 +16,3 @@ pub(crate) mod stream;
 pub use buffers::{Element, InPlaceBuffer, OwnedBuffers, ReduceBuffers, SliceBuffers};
 pub(crate) use reduce::reduce_into; // for `pccl::kernels` (benchmarks)
 pub use staging::Staging;
-pub(crate) use stream::store as store_results; // likewise
