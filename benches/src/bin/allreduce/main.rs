@@ -33,6 +33,11 @@
 //!   Reported as per-stream GB/s; a ring all-reduce's busbw cannot exceed it.
 //! * `tcp ring (tokio)`: the same ring on a tokio runtime shaped like a communicator's
 //!   (`--tcp-worker`), to show what the runtime itself costs.
+//! * `bare all-reduce` and `bare + crc32`: a hand-written ring all-reduce on blocking
+//!   threads with nothing but the bytes and the additions (`--bare-worker`,
+//!   `bare_worker.rs`), without and with checksums placed as pccl's: what a ring
+//!   all-reduce over TCP reaches on this machine, so the distance to it is what pccl's own
+//!   machinery costs.
 //! * `gloo`: `n` Python processes running torch.distributed's gloo all-reduce on the same
 //!   inputs (`gloo.rs`, `benches/gloo_worker.py`); skipped with a `SKIPPED: gloo:` line when
 //!   the Python (`--python`, `$PCCL_BENCH_PYTHON`, the repository's `.venv`, `python3`)
@@ -44,8 +49,10 @@
 //! This file is the command line and the order of the runs; `measure.rs` runs one world of
 //! pccl or of a TCP ring, `gloo.rs` one of gloo, `reports.rs` reduces the workers' reports,
 //! `table.rs` prints them, `workers.rs` owns the child processes, and `child.rs`,
-//! `meter.rs`, `worker.rs`, `thread_worker.rs` and `tcp_worker.rs` are the child side.
+//! `meter.rs`, `worker.rs`, `thread_worker.rs`, `tcp_worker.rs` and `bare_worker.rs` are
+//! the child side.
 
+mod bare_worker;
 mod child;
 mod gloo;
 mod measure;
@@ -78,7 +85,7 @@ usage: allreduce [--worlds 2,3,4] [--sizes 1M,16M,128M] [--iters K] [--warmup W]
   --pool       p2p_connection_pool_size (TCP connections per ring neighbour) [1]
   --threads    worker_threads of each communicator's runtime     [pccl default: 2]
   --slice      slice_bytes, the pipeline slice size (K/M suffixes) [pccl default: 1M]
-  --no-ceiling skip both raw TCP ring ceilings (threads and tokio)
+  --no-ceiling skip the raw TCP rings (both ceilings and the bare all-reduce)
   --gloo       run gloo (the default except with --quick)
   --no-gloo    skip gloo
   --python     the Python whose torch runs gloo [$PCCL_BENCH_PYTHON, else the
@@ -165,6 +172,7 @@ fn main() {
         Some("--worker") => worker::run(&args[1..]),
         Some("--tcp-worker") => tcp_worker::run(&args[1..]),
         Some("--thread-worker") => thread_worker::run(&args[1..]),
+        Some("--bare-worker") => bare_worker::run(&args[1..]),
         _ => parent(&args),
     };
     if let Err(e) = result {
@@ -250,18 +258,14 @@ fn parse_opts(args: &[String]) -> Result<Opts> {
 }
 
 /// With two ranks each element is `a + b`, which rounds the same in either order, so
-/// pccl's result must be bit-identical to gloo's: a check of both and of the inputs.
+/// every all-reduce's result (pccl's, the bare ring's) must be bit-identical to gloo's: a
+/// check of all of them and of the inputs.
 fn same_as_gloo(n: usize, world: &table::World) -> Result<()> {
     let Some(gloo) = world.get(&Impl::Gloo).filter(|_| n == 2) else {
         return Ok(());
     };
-    for (imp, per) in world.range(
-        Impl::Pccl {
-            pass: 0,
-            mode: Mode::Plain,
-        }..,
-    ) {
-        for (bytes, m) in per {
+    for (imp, per) in world.iter().filter(|(i, _)| **i != Impl::Gloo) {
+        for (bytes, m) in per.iter().filter(|(_, m)| m.crc.is_some()) {
             let want = gloo.get(bytes).and_then(|g| g.crc);
             ensure!(
                 m.crc == want,
@@ -320,6 +324,14 @@ fn parent(args: &[String]) -> Result<()> {
             for (kind, imp) in [
                 (Ceiling::Threads, Impl::Threads),
                 (Ceiling::Tokio, Impl::Tokio),
+                (
+                    Ceiling::Bare { checksums: false },
+                    Impl::Bare { checksums: false },
+                ),
+                (
+                    Ceiling::Bare { checksums: true },
+                    Impl::Bare { checksums: true },
+                ),
             ] {
                 let res = ceiling_world(&o, n, kind)
                     .with_context(|| format!("{kind:?} tcp ceiling, world {n}"))?;
@@ -344,7 +356,7 @@ fn parent(args: &[String]) -> Result<()> {
     }
     println!();
     let vs_gloo = if gloo && o.worlds.contains(&2) {
-        "; at world 2 pccl's is gloo's"
+        "; at world 2 pccl's and the bare ring's are gloo's"
     } else {
         ""
     };

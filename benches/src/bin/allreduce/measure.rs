@@ -1,5 +1,5 @@
 //! One world of the benchmark, parent side: starts the workers of the pccl all-reduce (with
-//! a master in-process) or of one of the two raw TCP ring ceilings, and reduces their
+//! a master in-process) or of a raw TCP ring (the two ceilings and the bare all-reduce), and reduces their
 //! reports (`reports.rs`). The gloo world is in `gloo.rs`.
 
 use std::collections::BTreeMap;
@@ -138,16 +138,20 @@ impl Drop for Scraper {
     }
 }
 
-/// Which raw TCP ring ceiling.
+/// Which raw TCP ring: a ceiling, or the bare all-reduce.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Ceiling {
     /// Blocking sender and receiver threads (`thread_worker.rs`), the yardstick.
     Threads,
     /// A tokio runtime like a pccl communicator's (`tcp_worker.rs`).
     Tokio,
+    /// The hand-written blocking-thread ring all-reduce (`bare_worker.rs`), with or
+    /// without pccl's checksums.
+    Bare { checksums: bool },
 }
 
-/// One world of a raw TCP ring: `n` processes stream to their successor at once.
+/// One world of a raw TCP ring: `n` processes stream to their successor at once (the
+/// bare all-reduce's report a result crc32, which must agree).
 pub(crate) fn ceiling_world(
     o: &Opts,
     n: usize,
@@ -155,12 +159,14 @@ pub(crate) fn ceiling_world(
 ) -> Result<BTreeMap<usize, Measured>> {
     let budget = world_budget(o, n);
     let deadline = Instant::now() + budget;
-    let flag = match kind {
-        Ceiling::Threads => "--thread-worker",
-        Ceiling::Tokio => "--tcp-worker",
+    let flags: &[&str] = match kind {
+        Ceiling::Threads => &["--thread-worker"],
+        Ceiling::Tokio => &["--tcp-worker"],
+        Ceiling::Bare { checksums: false } => &["--bare-worker"],
+        Ceiling::Bare { checksums: true } => &["--bare-worker", "--checksums"],
     };
     let mut workers = Workers::spawn(n, &[], |rank| {
-        let mut a = vec![flag.into()];
+        let mut a: Vec<String> = flags.iter().map(|f| (*f).into()).collect();
         a.extend(worker_args(o, n, rank, budget + Duration::from_secs(30)));
         a
     })?;
@@ -181,5 +187,5 @@ pub(crate) fn ceiling_world(
     let mut reports = Reports::new(n, o.iters);
     workers.collect(deadline, |w, line| reports.line(w, line))?;
     workers.finish(Duration::from_secs(10))?;
-    reports.summarize(&o.sizes, false)
+    reports.summarize(&o.sizes, matches!(kind, Ceiling::Bare { .. }))
 }

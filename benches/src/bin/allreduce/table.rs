@@ -16,6 +16,10 @@ pub(crate) enum Impl {
     Threads,
     /// The tokio TCP ring.
     Tokio,
+    /// The hand-written blocking-thread ring all-reduce, with or without checksums.
+    Bare {
+        checksums: bool,
+    },
     Gloo,
     /// pccl in one mode; `pass` counts earlier runs of the same mode in this world, so
     /// `--modes plain,http,plain,http` keeps all four rows, in the order they ran.
@@ -30,6 +34,8 @@ impl Impl {
         match self {
             Self::Threads => "tcp ring (threads)".into(),
             Self::Tokio => "tcp ring (tokio)".into(),
+            Self::Bare { checksums: false } => "bare all-reduce".into(),
+            Self::Bare { checksums: true } => "bare + crc32".into(),
             Self::Gloo => "gloo".into(),
             Self::Pccl { pass, mode } => {
                 let name = match mode {

@@ -65,7 +65,7 @@ pub(crate) fn run(args: &[String]) -> Result<()> {
     child::park()
 }
 
-fn dial(to: SocketAddr) -> Result<TcpStream> {
+pub(crate) fn dial(to: SocketAddr) -> Result<TcpStream> {
     let until = Instant::now() + Duration::from_secs(30);
     loop {
         match TcpStream::connect_timeout(&to, Duration::from_secs(5)) {
@@ -76,7 +76,7 @@ fn dial(to: SocketAddr) -> Result<TcpStream> {
     }
 }
 
-fn accept(l: &TcpListener) -> Result<TcpStream> {
+pub(crate) fn accept(l: &TcpListener) -> Result<TcpStream> {
     l.set_nonblocking(true)?;
     let until = Instant::now() + Duration::from_secs(30);
     loop {

@@ -24,6 +24,28 @@ fn value(rank: usize, i: usize) -> f32 {
     ((z >> 40) as f32) / (1u64 << 23) as f32 - 1.0
 }
 
+/// Rank `rank`'s input of `count` elements.
+pub(crate) fn inputs(rank: usize, count: usize) -> Vec<f32> {
+    (0..count).map(|i| value(rank, i)).collect()
+}
+
+/// Checks a sample of an all-reduce's result over `n` ranks' [`inputs`] (sums of `n`
+/// values in [-1, 1): f32 error far below 1e-5) and returns the result's crc32.
+pub(crate) fn check_result(n: usize, bytes: usize, result: &[f32]) -> Result<u32> {
+    let count = result.len();
+    let step = (count / 4096).max(1);
+    for i in (0..count).step_by(step).chain([count - 1]) {
+        let want: f64 = (0..n).map(|r| f64::from(value(r, i))).sum();
+        let got = f64::from(result[i]);
+        ensure!(
+            (got - want).abs() <= 1e-5,
+            "wrong result at element {i} of {}: got {got}, want {want}",
+            fmt_size(bytes)
+        );
+    }
+    Ok(crc32fast::hash(bytemuck::cast_slice(result)))
+}
+
 pub(crate) fn run(args: &[String]) -> Result<()> {
     let a = child::parse(args)?;
     let _stdin = child::link(a.deadline);
@@ -62,9 +84,8 @@ pub(crate) fn run(args: &[String]) -> Result<()> {
     let mut tag = 0u64;
     for &bytes in &a.sizes {
         let mut meter = SizeMeter::start(bytes);
-        let count = bytes / 4;
-        let send: Vec<f32> = (0..count).map(|i| value(a.rank, i)).collect();
-        let mut recv = vec![0f32; count];
+        let send = inputs(a.rank, bytes / 4);
+        let mut recv = vec![0f32; send.len()];
         for _ in 0..a.warmup {
             comm.all_reduce(&send, &mut recv, ReduceOp::Sum, tag)
                 .context("warm-up all-reduce")?;
@@ -77,18 +98,7 @@ pub(crate) fn run(args: &[String]) -> Result<()> {
             meter.end(mark, k)?;
             tag += 1;
         }
-        // Correctness on a sample (sums of n values in [-1, 1): f32 error far below 1e-5).
-        let step = (count / 4096).max(1);
-        for i in (0..count).step_by(step).chain([count - 1]) {
-            let want: f64 = (0..n).map(|r| f64::from(value(r, i))).sum();
-            let got = f64::from(recv[i]);
-            ensure!(
-                (got - want).abs() <= 1e-5,
-                "wrong result at element {i} of {}: got {got}, want {want}",
-                fmt_size(bytes)
-            );
-        }
-        let crc = crc32fast::hash(bytemuck::cast_slice(&recv));
+        let crc = check_result(n, bytes, &recv)?;
         writeln!(out.lock(), "CRC {bytes} {crc:08x}")?;
         meter.finish()?;
     }
