@@ -146,7 +146,7 @@ pub(crate) trait Socket: Send + Sync + std::fmt::Debug {
 
 impl Socket for tokio::net::tcp::OwnedWriteHalf {
     fn try_write_vectored(&self, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
-        Self::try_write_vectored(self, bufs)
+        crate::net::socket::try_send_vectored(self.as_ref(), bufs)
     }
 
     fn writable(&self) -> Pin<Box<dyn Future<Output = io::Result<()>> + Send + '_>> {

@@ -4,7 +4,9 @@
 
 use std::io::{self, IoSlice};
 
-use tokio::io::{AsyncWrite, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use super::socket::try_send_vectored;
 
 /// A position in the concatenation of some byte slices.
 #[derive(Debug)]
@@ -66,12 +68,16 @@ impl<'a> Parts<'a> {
     }
 }
 
-/// Writes all of `parts` to a stream this task owns.
-pub(crate) async fn write_all<W: AsyncWrite + Unpin>(w: &mut W, parts: &[&[u8]]) -> io::Result<()> {
+/// Writes all of `parts` to a stream this task owns (`try_send_vectored`: never
+/// `SIGPIPE`).
+pub(crate) async fn write_all(stream: &mut TcpStream, parts: &[&[u8]]) -> io::Result<()> {
     let mut p = Parts::new(parts, 0);
     while !p.is_done() {
-        let n = w.write_vectored(&p.slices()).await?;
-        p.wrote(n)?;
+        match try_send_vectored(stream, &p.slices()) {
+            Ok(n) => p.wrote(n)?,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => stream.writable().await?,
+            Err(e) => return Err(e),
+        }
     }
     Ok(())
 }

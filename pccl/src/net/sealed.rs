@@ -165,8 +165,8 @@ pub(crate) async fn dial_link(
 
 /// Seals and writes one frame whose body we may change (encrypted in place when the
 /// connection encrypts).
-pub(crate) async fn write_frame<W: AsyncWrite + Unpin>(
-    w: &mut W,
+pub(crate) async fn write_frame(
+    w: &mut TcpStream,
     key: &mut SendKey,
     header: &[u8],
     body: &mut [u8],
@@ -178,8 +178,8 @@ pub(crate) async fn write_frame<W: AsyncWrite + Unpin>(
 
 /// Seals and writes one frame whose body we may not change: authenticated as it is, or,
 /// on an encrypting connection, encrypted in the copy `scratch`.
-pub(crate) async fn write_frame_shared<W: AsyncWrite + Unpin>(
-    w: &mut W,
+pub(crate) async fn write_frame_shared(
+    w: &mut TcpStream,
     key: &mut SendKey,
     header: &[u8],
     body: &[u8],
