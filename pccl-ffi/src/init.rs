@@ -27,10 +27,10 @@ pub(crate) fn require_init() -> FfiResult {
 /// * ignores `SIGPIPE` if the program left it at its default: a write to a socket whose
 ///   other end has gone raises it, and by default it ends the process. The library's
 ///   socket writes ask the kernel not to raise it (`MSG_NOSIGNAL`,
-///   `pccl/src/net/socket.rs`), so a peer that dies costs an op, never the program; ignoring it
-///   covers what that cannot: platforms without `MSG_NOSIGNAL` and the library's other
-///   writes (its log, should stderr be a closed pipe). Rust and Python programs ignore it
-///   at start-up already; a program that handles it keeps its handler.
+///   `pccl/src/net/socket.rs`), so a peer that dies costs an op, never the program;
+///   ignoring it covers what that cannot: platforms without `MSG_NOSIGNAL` and the
+///   library's other writes (its log, should stderr be a closed pipe). Rust and Python
+///   programs ignore it at start-up already; a program that handles it keeps its handler.
 pub(crate) fn ensure_process_setup() {
     static SETUP: Once = Once::new();
     SETUP.call_once(|| {
