@@ -23,8 +23,8 @@ pub(crate) fn run_boundary(body: impl FnOnce() -> FfiResult) -> pcclResult_t {
 
 /// Wraps an exported function's body: checks `pcclInit` (unless the body is marked
 /// `no_init`: `pcclInit` itself, the master functions, `pcclGetBuildInfo`; those may come
-/// first in a program and set the process up instead: `init::ensure_process_setup`), catches panics, and maps
-/// `Err(code)` / `Ok(())` to the returned code.
+/// first in a program and set the process up instead: `init::ensure_process_setup`),
+/// catches panics, and maps `Err(code)` / `Ok(())` to the returned code.
 /// Inside, `?` works on `FfiResult` and on `pccl::Result` values.
 macro_rules! ffi_boundary {
     (no_init, $body:block) => {

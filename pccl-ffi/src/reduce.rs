@@ -25,8 +25,7 @@ use crate::types::{
 /// intact for the retry, and no `&mut [u8]` ever aliases the `&[u8]` that `send` returns.
 #[derive(Debug)]
 pub(crate) struct RawBuffers {
-    send: *const u8,
-    send_len: usize,
+    send: Lent,
     recv: *mut u8,
     recv_len: usize,
     staged: Option<Staging>,
@@ -36,6 +35,22 @@ pub(crate) struct RawBuffers {
 // `# Safety` contract of every function that builds a `RawBuffers`); nothing about them
 // is tied to the thread that made the call.
 unsafe impl Send for RawBuffers {}
+
+/// The caller's send buffer: `len` readable bytes at `ptr`.
+#[derive(Debug)]
+struct Lent {
+    ptr: *const u8,
+    len: usize,
+}
+
+impl Lent {
+    fn bytes(&self) -> &[u8] {
+        // SAFETY: `ptr` is non-null and `len` bytes are readable and not written by anyone
+        // else while the op runs (caller's contract); in place, `RawBuffers` writes them
+        // only in `commit`, which takes `&mut self`, so no slice from here is alive then.
+        unsafe { std::slice::from_raw_parts(self.ptr, self.len) }
+    }
+}
 
 impl RawBuffers {
     /// Checks the pointers of an op of `len` bytes. Buffers must be the same or disjoint.
@@ -68,8 +83,10 @@ impl RawBuffers {
             return Err(pcclResult_t::pcclInvalidArgument);
         }
         Ok(Self {
-            send,
-            send_len,
+            send: Lent {
+                ptr: send,
+                len: send_len,
+            },
             recv,
             recv_len,
             staged: in_place.then(|| Staging::take(recv_len)),
@@ -86,17 +103,14 @@ impl RawBuffers {
         if self.staged.is_some() {
             0..0
         } else {
-            range(self.send, self.send_len)
+            range(self.send.ptr, self.send.len)
         }
     }
 }
 
 impl ReduceBuffers for RawBuffers {
     fn send(&self) -> &[u8] {
-        // SAFETY: `send` is non-null and `send_len` bytes are readable and not written by
-        // anyone else while the op runs (caller's contract); in place, we write them only
-        // in `commit`, which takes `&mut self` so no slice from here is alive then.
-        unsafe { std::slice::from_raw_parts(self.send, self.send_len) }
+        self.send.bytes()
     }
 
     fn recv_len(&self) -> usize {
@@ -109,8 +123,7 @@ impl ReduceBuffers for RawBuffers {
             end <= self.recv_len,
             "result range past the end of the receive buffer"
         );
-        // SAFETY: as in `send`; this view lives no longer than `&mut self`.
-        let input = unsafe { std::slice::from_raw_parts(self.send, self.send_len) };
+        let input = self.send.bytes();
         let out = match &mut self.staged {
             Some(staged) => &mut staged[offset..end],
             // SAFETY: `offset..end` lies inside the `recv_len` writable bytes of `recv`,

@@ -63,8 +63,9 @@ pub use types::{
 };
 pub use types::{Quantization, QuantizationAlgorithm};
 
-/// The ring's reduce kernel and result stores, exposed for pccl's own benchmarks (`benches/benches/kernels.rs`);
-/// not a stable API.
+/// The ring's reduce kernel and result stores, exposed for pccl's own benchmarks
+/// (`benches/benches/kernels.rs`, the bare ring of `benches/src/bin/allreduce/`); not a
+/// stable API.
 #[doc(hidden)]
 pub mod kernels {
     /// `acc[i] = acc[i] (op) local[i]` over native-endian `dtype` elements, as the ring
