@@ -116,9 +116,12 @@ pub(crate) async fn sink(mut s: TcpStream, keys: Keys) -> Result<(), ConnectionE
         }
     };
     bounded(counting).await?;
-    match send.as_mut() {
-        Some(k) => sealed::write_frame(&mut s, k, &total.to_le_bytes(), &mut []).await?,
-        None => s.write_all(&total.to_le_bytes()).await?,
-    }
-    Ok(())
+    // A sender that stopped reading cannot hold the answer's write either.
+    bounded(async {
+        match send.as_mut() {
+            Some(k) => sealed::write_frame(&mut s, k, &total.to_le_bytes(), &mut []).await,
+            None => Ok(s.write_all(&total.to_le_bytes()).await?),
+        }
+    })
+    .await
 }
